@@ -1,0 +1,42 @@
+"""torchntk: Neural Tangent Kernels for PyTorch.
+
+The public API, re-exported explicitly:
+
+- :func:`empirical_ntk`: the finite-width NTK of any ``nn.Module``;
+- :mod:`torchntk.nn`: NTK-parameterized layers and the theory's MLP;
+- :mod:`torchntk.layers`: architecture specs with exact infinite-width NNGP/NTK kernels;
+- :mod:`torchntk.dynamics`: training in function space;
+- the error types of :mod:`torchntk.errors`.
+"""
+
+from __future__ import annotations
+
+from . import errors, nn
+from .errors import (
+    InvalidArgumentError,
+    ModelStateError,
+    NonFiniteError,
+    ShapeError,
+    SpecError,
+    StoreError,
+    TorchNTKError,
+    UnsupportedLayerError,
+)
+
+__version__ = "0.1.0"
+
+# -- subpackage exports (each room adds its own lines below) --
+
+__all__ = [
+    "__version__",
+    "errors",
+    "nn",
+    "TorchNTKError",
+    "InvalidArgumentError",
+    "ShapeError",
+    "NonFiniteError",
+    "ModelStateError",
+    "UnsupportedLayerError",
+    "SpecError",
+    "StoreError",
+]

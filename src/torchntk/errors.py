@@ -1,0 +1,57 @@
+"""torchntk's exception types.
+
+Every user mistake that torchntk detects raises a subclass of :class:`TorchNTKError`, with a
+message that names the offending argument and what was expected. The subclasses also derive
+from the matching built-in type (``ValueError``, ``RuntimeError``...) so that generic handlers
+keep working::
+
+    try:
+        torchntk.empirical_ntk(model, x)
+    except torchntk.TorchNTKError as err:
+        print(err)
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "TorchNTKError",
+    "InvalidArgumentError",
+    "ShapeError",
+    "NonFiniteError",
+    "ModelStateError",
+    "UnsupportedLayerError",
+    "SpecError",
+    "StoreError",
+]
+
+
+class TorchNTKError(Exception):
+    """Base class of every error raised by torchntk."""
+
+
+class InvalidArgumentError(TorchNTKError, ValueError):
+    """An argument has a value torchntk cannot use (unknown mode, negative time...)."""
+
+
+class ShapeError(InvalidArgumentError):
+    """An array argument has the wrong shape or rank, or two arguments disagree."""
+
+
+class NonFiniteError(InvalidArgumentError):
+    """An input contains NaN or infinite values."""
+
+
+class ModelStateError(TorchNTKError, RuntimeError):
+    """The model cannot be used as it is: train-mode BatchNorm/Dropout, no trainable parameters."""
+
+
+class UnsupportedLayerError(TorchNTKError, NotImplementedError):
+    """A layer or activation has no rule for the requested computation."""
+
+
+class SpecError(TorchNTKError, ValueError):
+    """An architecture spec (``torchntk.layers``) is inconsistent with itself or with its input."""
+
+
+class StoreError(TorchNTKError, RuntimeError):
+    """A kernel store cannot be created, read or resumed (settings changed, corrupt manifest...)."""
