@@ -26,6 +26,8 @@ from .errors import (
 __version__ = "0.1.0"
 
 # -- subpackage exports (each room adds its own lines below) --
+from . import layers  # noqa: E402  (infinite-width architecture specs)
+from .layers import Kernel  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -39,4 +41,6 @@ __all__ = [
     "UnsupportedLayerError",
     "SpecError",
     "StoreError",
+    "layers",
+    "Kernel",
 ]

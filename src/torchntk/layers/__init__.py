@@ -1,0 +1,37 @@
+"""Architecture specs with exact infinite-width NNGP and NTK kernels.
+
+One description gives both the finite network and its infinite-width kernels::
+
+    from torchntk import layers as L
+    spec = L.serial(L.Dense(512, b_std=0.1), L.Relu(), L.Dense(1, b_std=0.1))
+    k = spec.kernel(x1, x2)          # Kernel with .nngp and .ntk (float64)
+    net = spec.module(x1.shape[1:])  # the finite nn.Module, NTK-parameterized
+
+The layer names and arguments follow neural-tangents' ``stax`` (with PyTorch's channels-first
+layout). See ``docs/infinite-width.md``.
+"""
+
+from ._base import Layer
+from ._elementwise import ElementwiseLayer
+from .combinators import FanInConcat, FanInProd, FanInSum, FanOut, Identity, parallel, serial
+from .dense import Dense
+from .kernel import Kernel
+
+__all__ = [
+    "Kernel",
+    "Layer",
+    "ElementwiseLayer",
+    "serial",
+    "parallel",
+    "FanOut",
+    "FanInSum",
+    "FanInProd",
+    "FanInConcat",
+    "Identity",
+    "Dense",
+]
+
+# -- nonlinearities and Monte Carlo kernels (engineer B2's modules) -----------------------------
+# B2: add `from .activations import ...` and `from .monte_carlo import ...` here, and the names
+# to __all__ with `__all__ += [...]`.
+# -- end of B2's section ------------------------------------------------------------------------

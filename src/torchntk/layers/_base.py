@@ -1,0 +1,360 @@
+"""The layer protocol of the architecture spec, and the kernel driver (private).
+
+Every layer (and every composition of layers) is a *spec* that knows three things:
+
+- ``output_shape(input_shape)``: the per-sample shape after it (``(width,)`` or
+  ``(channels, *spatial)``; a list of shapes between ``FanOut`` and a ``FanIn*``);
+- ``kernel_rule(k) -> Kernel``: the infinite-width recursion, one :class:`Kernel` to the next;
+- ``make_module(input_shape, generator, dtype, device) -> nn.Module``: the finite network.
+
+The public entry points ``spec.kernel(x1, x2)`` and ``spec.module(input_shape)`` are defined
+once here. Before computing, one backward pass over the spec (``needs_full``) decides where
+the full spatial covariance (every pair of pixels) is needed: only upstream of a pooling layer.
+Everywhere else the per-pixel (diagonal) layout is enough, which costs ``N^2 D`` instead of
+``N^2 D^2`` for ``D`` pixels.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Union
+
+import torch
+from torch import nn
+
+from .._checks import check_finite, check_nonempty_batch, check_tensor
+from ..errors import InvalidArgumentError, ShapeError, SpecError
+from . import _spatial
+from .kernel import Kernel
+
+Shape = tuple[int, ...]
+Shapes = Union[Shape, list]
+Kernels = Union[Kernel, list]
+
+#: Default memory budget of one block of ``spec.kernel`` (bytes).
+DEFAULT_MEMORY = 1 << 30
+# Live kernel-sized tensors per block (nngp, ntk, the rule's temporaries, the padded copies...).
+_WORK_FACTOR = 12
+
+
+def any_full(flag: Any) -> bool:
+    """Whether any branch of a (possibly nested) list of layout flags needs the full layout."""
+    if isinstance(flag, (list, tuple)):
+        return any(any_full(f) for f in flag)
+    return bool(flag)
+
+
+def shape_of(k: Kernels) -> Shapes:
+    """The per-sample shape(s) carried by a kernel or a list of kernels."""
+    if isinstance(k, list):
+        return [shape_of(x) for x in k]
+    return k.shape
+
+
+def as_shape(input_shape: Any, name: str = "input_shape") -> Shape:
+    """Normalize a per-sample input shape (an int or a sequence of positive ints)."""
+    if isinstance(input_shape, int):
+        input_shape = (input_shape,)
+    try:
+        shape = tuple(int(s) for s in input_shape)
+    except TypeError:
+        raise InvalidArgumentError(f"`{name}` must be an int or a tuple of ints, got {input_shape!r}") from None
+    if not 1 <= len(shape) <= 3 or any(s < 1 for s in shape):
+        raise ShapeError(
+            f"`{name}` must be the per-sample shape (features,), (C, L) or (C, H, W) without the "
+            f"batch axis, with positive sizes; got {shape}"
+        )
+    return shape
+
+
+def single(layer: "Layer", input_shape: Shapes) -> Shape:
+    """Check that a single-input layer receives one tensor (not the branches of a FanOut)."""
+    if isinstance(input_shape, list):
+        raise SpecError(
+            f"{layer!r} receives {len(input_shape)} branches; combine them first with "
+            "FanInSum/FanInProd/FanInConcat or apply it per branch with parallel(...)"
+        )
+    return input_shape
+
+
+class Layer:
+    """Base class of every layer and combinator of :mod:`torchntk.layers`.
+
+    Subclasses implement :meth:`output_shape`, :meth:`kernel_rule` and :meth:`make_module`;
+    pooling-like layers override :meth:`needs_full`. Layers are immutable descriptions: the
+    same instance may appear at several places of a spec.
+
+    Compose with :func:`~torchntk.layers.serial` or ``a >> b``.
+    """
+
+    # -- the protocol ---------------------------------------------------------------------
+
+    def output_shape(self, input_shape: Shapes) -> Shapes:
+        """Per-sample output shape for a per-sample input shape; raises SpecError if invalid."""
+        raise NotImplementedError
+
+    def kernel_rule(self, k: Kernels) -> Kernels:
+        """The infinite-width recursion step: the kernel after this layer."""
+        raise NotImplementedError
+
+    def make_module(
+        self, input_shape: Shapes, generator: torch.Generator | None, dtype: torch.dtype | None, device: Any
+    ) -> nn.Module:
+        """The finite-width module of this layer for a per-sample input shape."""
+        raise NotImplementedError
+
+    def needs_full(self, input_shape: Shapes, out_full: Any) -> Any:
+        """Whether the input kernel must hold every pixel pair, given whether the output must.
+
+        Local layers (dense, conv, nonlinearities) pass the requirement through; pooling
+        layers need the full layout; Flatten needs only the diagonal.
+        """
+        return out_full
+
+    def _kernel(self, k: Kernels, out_full: Any) -> Kernels:
+        """Apply the rule knowing the layout the rest of the spec needs (combinators use it)."""
+        return self.kernel_rule(k)
+
+    # -- public API -----------------------------------------------------------------------
+
+    def __rshift__(self, other: "Layer") -> "Layer":
+        from .combinators import serial
+
+        return serial(self, other)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    def module(
+        self,
+        input_shape: int | tuple[int, ...],
+        *,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> nn.Module:
+        """The finite network of this spec, freshly initialized (CONVENTIONS section 1).
+
+        Args:
+            input_shape: per-sample shape without the batch axis: ``(features,)``, ``(C, L)``
+                or ``(C, H, W)`` (an int means ``(features,)``).
+            generator: ``torch.Generator`` for a reproducible draw.
+            dtype, device: of the parameters (torch's defaults when ``None``).
+
+        Example:
+            >>> from torchntk import layers
+            >>> net = layers.serial(layers.Dense(256, b_std=0.1), layers.Relu(), layers.Dense(1)).module(3)
+            >>> net(torch.randn(5, 3)).shape
+            torch.Size([5, 1])
+        """
+        shape = as_shape(input_shape)
+        out = self.output_shape(shape)
+        if isinstance(out, list):
+            raise SpecError(f"the spec ends with {len(out)} branches; add a FanInSum/FanInProd/FanInConcat")
+        return self.make_module(shape, generator, dtype, device)
+
+    def kernel(
+        self,
+        x1: torch.Tensor,
+        x2: torch.Tensor | None = None,
+        *,
+        dtype: torch.dtype = torch.float64,
+        batch_size: int | None = None,
+        memory: float = DEFAULT_MEMORY,
+        diagonal_spatial: bool = True,
+    ) -> Kernel:
+        """Infinite-width NNGP and NTK of this spec between ``x1`` and ``x2`` (default ``x1``).
+
+        Args:
+            x1: inputs ``(N1, n0)``, ``(N1, C, L)`` or ``(N1, C, H, W)`` (channels first).
+            x2: inputs ``(N2, *same per-sample shape)``, or ``None`` for ``x1`` itself (then the
+                symmetric kernel is computed once per pair of blocks).
+            dtype: of the computation and the result (float64 by default); the device is the
+                inputs'.
+            batch_size: rows/columns per block; by default chosen from ``memory``.
+            memory: approximate budget in bytes of the tensors of one block.
+            diagonal_spatial: for a spec whose output is still spatial, return the per-pixel
+                kernel ``(N1, N2, *spatial)`` (default) or, if False, every pixel pair
+                ``(N1, N2, S0, S0', S1, S1')``.
+
+        Returns:
+            :class:`Kernel` with ``nngp`` and ``ntk`` (``(N1, N2)`` for a flat output),
+            ``cov1`` (``(N1,)``) and ``cov2`` (``None`` when ``x2`` is ``None``). The kernel of a
+            network with O outputs is ``ntk (x) I_O``.
+
+        Example:
+            >>> from torchntk import layers
+            >>> spec = layers.serial(layers.Dense(512, b_std=0.1), layers.Relu(), layers.Dense(1))
+            >>> k = spec.kernel(torch.randn(4, 3))
+            >>> k.ntk.shape
+            torch.Size([4, 4])
+        """
+        x1 = _check_inputs("x1", x1)
+        same = x2 is None
+        if not same:
+            x2 = _check_inputs("x2", x2)
+            if x2.shape[1:] != x1.shape[1:]:
+                raise ShapeError(
+                    f"`x2` per-sample shape {tuple(x2.shape[1:])} differs from `x1`'s {tuple(x1.shape[1:])}"
+                )
+            if x2.device != x1.device:
+                raise InvalidArgumentError(f"`x1` is on {x1.device} but `x2` is on {x2.device}")
+        if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise InvalidArgumentError(f"`dtype` must be a floating torch.dtype, got {dtype!r}")
+        in_shape: Shape = tuple(x1.shape[1:])
+        out_shape = self.output_shape(in_shape)
+        if isinstance(out_shape, list):
+            raise SpecError(f"the spec ends with {len(out_shape)} branches; add a FanInSum/FanInProd/FanInConcat")
+        out_full = (not diagonal_spatial) and len(out_shape) > 1
+        full_in = any_full(self.needs_full(in_shape, out_full)) and len(in_shape) > 1
+        x1 = x1.to(dtype)
+        x2 = None if same else x2.to(dtype)
+
+        b = _block_size(in_shape, full_in, dtype, batch_size, memory)
+        n1 = x1.shape[0]
+        n2 = n1 if same else x2.shape[0]
+
+        def run(a: torch.Tensor, c: torch.Tensor | None) -> Kernel:
+            k = self._kernel(input_kernel(a, c, full=full_in), out_full)
+            if isinstance(k, list):  # pragma: no cover - excluded by output_shape above
+                raise SpecError("the spec ends with several branches")
+            return k if out_full else _spatial.to_diagonal(k)
+
+        if n1 <= b and n2 <= b:
+            return run(x1, x2)
+        return _blocked(run, x1, x2, b)
+
+    # convenience -------------------------------------------------------------------------
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Kernel:
+        """Alias of :meth:`kernel`."""
+        return self.kernel(*args, **kwargs)
+
+
+def _check_inputs(name: str, x: Any) -> torch.Tensor:
+    x = check_tensor(name, x)
+    check_nonempty_batch(name, x)
+    if x.ndim not in (2, 3, 4):
+        raise ShapeError(
+            f"`{name}` must have shape (N, features), (N, C, L) or (N, C, H, W) (channels first); "
+            f"got rank {x.ndim} with shape {tuple(x.shape)}"
+        )
+    if x.is_complex():
+        raise InvalidArgumentError(f"`{name}` must be real, got {x.dtype}")
+    return check_finite(name, x)
+
+
+def _block_size(in_shape: Shape, full: bool, dtype: torch.dtype, batch_size: int | None, memory: float) -> int:
+    if batch_size is not None:
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise InvalidArgumentError(f"`batch_size` must be a positive int or None, got {batch_size!r}")
+        return batch_size
+    if not (isinstance(memory, (int, float)) and memory > 0):
+        raise InvalidArgumentError(f"`memory` must be a positive number of bytes, got {memory!r}")
+    pixels = math.prod(in_shape[1:]) if len(in_shape) > 1 else 1
+    per_pair = (pixels**2 if full else pixels) * torch.finfo(dtype).bits // 8 * _WORK_FACTOR
+    return max(1, int(math.sqrt(memory / per_pair)))
+
+
+def input_kernel(x1: torch.Tensor, x2: torch.Tensor | None, *, full: bool) -> Kernel:
+    """The kernel of the inputs: ``Sigma0 = x . x' / n0`` (per pixel pair: channel dot / C).
+
+    ``x1``: ``(N1, n0)`` or ``(N1, C, *spatial)``; ``full`` selects the full spatial layout.
+    ``Theta0 = 0``.
+    """
+    shape = tuple(x1.shape[1:])
+    c = shape[0]
+    nsp = len(shape) - 1
+    xb = x1 if x2 is None else x2
+    if nsp == 0:
+        nngp = x1 @ xb.T / c
+        cov1 = (x1 * x1).sum(1) / c
+        cov2 = None if x2 is None else (x2 * x2).sum(1) / c
+        full = False
+    elif not full:
+        sp = "hw"[:nsp]
+        nngp = torch.einsum(f"ic{sp},jc{sp}->ij{sp}", x1, xb) / c
+        cov1 = (x1 * x1).sum(1) / c
+        cov2 = None if x2 is None else (x2 * x2).sum(1) / c
+    else:
+        nngp = _full_gram(x1, xb) / c
+        cov1 = _self_full(x1) / c
+        cov2 = None if x2 is None else _self_full(x2) / c
+    return Kernel(
+        nngp=nngp,
+        ntk=torch.zeros_like(nngp),
+        cov1=cov1,
+        cov2=cov2,
+        shape=shape,
+        diagonal_spatial=not full,
+        is_gaussian=False,
+        is_input=True,
+    )
+
+
+def _full_gram(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(N1, C, *S), (N2, C, *S) -> (N1, N2, S0, S0', S1, S1')`` channel dot products."""
+    nsp = a.ndim - 2
+    n1, c, sp = a.shape[0], a.shape[1], a.shape[2:]
+    n2 = b.shape[0]
+    g = a.movedim(1, -1).reshape(-1, c) @ b.movedim(1, -1).reshape(-1, c).T  # (N1*S, N2*S)
+    g = g.reshape(n1, *sp, n2, *sp)
+    # axes: 0=N1, 1..nsp = S of a, nsp+1 = N2, nsp+2.. = S of b
+    perm = [0, nsp + 1]
+    for d in range(nsp):
+        perm += [1 + d, nsp + 2 + d]
+    return g.permute(perm).contiguous()
+
+
+def _self_full(a: torch.Tensor) -> torch.Tensor:
+    """``(N, C, *S) -> (N, S0, S0', S1, S1')``: every pixel pair of each input with itself."""
+    nsp = a.ndim - 2
+    flat = a.flatten(2)  # (N, C, D)
+    g = flat.transpose(1, 2) @ flat  # (N, D, D)
+    sp = a.shape[2:]
+    g = g.reshape(a.shape[0], *sp, *sp)
+    perm = [0]
+    for d in range(nsp):
+        perm += [1 + d, 1 + nsp + d]
+    return g.permute(perm).contiguous()
+
+
+def _blocked(run: Any, x1: torch.Tensor, x2: torch.Tensor | None, b: int) -> Kernel:
+    """Assemble the kernel from ``(b x b)`` blocks of pairs; mirror the symmetric case."""
+    same = x2 is None
+    xb = x1 if same else x2
+    n1, n2 = x1.shape[0], xb.shape[0]
+    r1 = [(i, min(i + b, n1)) for i in range(0, n1, b)]
+    r2 = [(j, min(j + b, n2)) for j in range(0, n2, b)]
+    nngp = ntk = cov1 = cov2 = None
+    first: Kernel | None = None
+    for bi, (i0, i1) in enumerate(r1):
+        for bj, (j0, j1) in enumerate(r2):
+            if same and bj < bi:
+                continue
+            if same and bi == bj:
+                k = run(x1[i0:i1], None)
+            else:
+                k = run(x1[i0:i1], xb[j0:j1])
+            if first is None:
+                first = k
+                tail = tuple(k.nngp.shape[2:])
+                kw = {"dtype": k.nngp.dtype, "device": k.nngp.device}
+                nngp = torch.empty((n1, n2, *tail), **kw)
+                ntk = None if k.ntk is None else torch.empty((n1, n2, *tail), **kw)
+                cov1 = torch.empty((n1, *k.cov1.shape[1:]), **kw)
+                cov2 = None if same else torch.empty((n2, *k.cov1.shape[1:]), **kw)
+            nngp[i0:i1, j0:j1] = k.nngp
+            if ntk is not None:
+                ntk[i0:i1, j0:j1] = k.ntk
+            if bj == (bi if same else 0):
+                cov1[i0:i1] = k.cov1
+            if not same and bi == 0:
+                cov2[j0:j1] = k.q22
+            if same and bj > bi:
+                nsp, full = k.spatial_ndim, k.full_spatial
+                nngp[j0:j1, i0:i1] = _spatial.transpose_pairs(k.nngp, full, nsp)
+                if ntk is not None:
+                    ntk[j0:j1, i0:i1] = _spatial.transpose_pairs(k.ntk, full, nsp)
+    assert first is not None
+    return first.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2)

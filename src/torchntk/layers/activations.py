@@ -1,0 +1,446 @@
+"""Nonlinearities of the architecture spec, with their infinite-width rules.
+
+Each layer is an :class:`~torchntk.layers._elementwise.ElementwiseLayer`: ``fn`` is the finite
+network's activation ``phi`` and ``rule(q11, q12, q22)`` returns
+
+    sigma = E[phi(u) phi(v)],   sdot = E[phi'(u) phi'(v)],   (u, v) ~ N(0, [[q11, q12], [q12, q22]])
+
+so that after the layer ``Sigma' = sigma`` and ``Theta' = Theta * sdot`` (CONVENTIONS
+section 2). Closed forms are used where they exist; :class:`Elementwise` covers any other torch
+function by two-dimensional quadrature (``phi'`` by autograd). Names and arguments follow
+neural-tangents' ``stax`` where it has the layer.
+
+Notation of the closed forms (all safe at correlation +-1 and at zero variance, with finite
+gradients there):
+
+    s = sqrt(max(q11 q22 - q12^2, 0)),   t = atan2(s, q12)  in [0, pi]   (t = pi/2 when both are 0)
+
+Example:
+    >>> from torchntk import layers
+    >>> spec = layers.serial(layers.Dense(512), layers.Gelu(), layers.Dense(1))
+    >>> spec.kernel(torch.randn(4, 3)).ntk.shape
+    torch.Size([4, 4])
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import InvalidArgumentError
+from ._elementwise import ElementwiseLayer
+from ._quadrature import angle, gaussian_expectations
+
+__all__ = [
+    "ABRelu",
+    "Relu",
+    "LeakyRelu",
+    "Abs",
+    "Sign",
+    "Erf",
+    "Sigmoid_like",
+    "Gelu",
+    "Sin",
+    "Cos",
+    "Rbf",
+    "Monomial",
+    "Polynomial",
+    "Elementwise",
+    "ElementwiseNumerical",
+]
+
+Tensor = torch.Tensor
+_PI = math.pi
+
+
+def _number(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidArgumentError(f"`{name}` must be a finite number, got {value!r}")
+    return float(value)
+
+
+# -- piecewise-linear activations (arc-cosine kernels of degrees 0 and 1) ----------------
+
+
+class ABRelu(ElementwiseLayer):
+    """``phi(x) = a min(x, 0) + b max(x, 0)``: ReLU, leaky ReLU, |x| and the identity in one.
+
+    Rule (arc-cosine kernels of degree 1 and 0, with ``s``, ``t`` as in the module docstring):
+
+        sigma = ((a - b)^2 s + ((a^2 + b^2) pi - (a - b)^2 t) q12) / (2 pi)
+        sdot  = ((a^2 + b^2) pi - (a - b)^2 t) / (2 pi)
+
+    Example:
+        >>> ABRelu(0.1, 1.0).rule(torch.tensor(1.0), torch.tensor(1.0), torch.tensor(1.0))[0]
+        tensor(0.5050)
+    """
+
+    def __init__(self, a: float, b: float) -> None:
+        self.a, self.b = _number("a", a), _number("b", b)
+
+    def __repr__(self) -> str:
+        return f"ABRelu(a={self.a}, b={self.b})"
+
+    def fn(self, x: Tensor) -> Tensor:
+        return self.a * torch.clamp(x, max=0) + self.b * torch.clamp(x, min=0)
+
+    def rule(self, q11: Tensor, q12: Tensor, q22: Tensor) -> tuple[Tensor, Tensor]:
+        s, t = angle(q11, q12, q22)
+        a, b = self.a, self.b
+        if (a, b) == (0.0, 1.0):  # the ReLU, written exactly as in CONVENTIONS section 2
+            return (s + (_PI - t) * q12) / (2 * _PI), (_PI - t) / (2 * _PI)
+        d2, sq = (a - b) ** 2, a * a + b * b
+        sdot = (sq * _PI - d2 * t) / (2 * _PI)
+        return d2 * s / (2 * _PI) + sdot * q12, sdot
+
+
+class Relu(ABRelu):
+    """``phi(x) = max(x, 0)``: ``sigma = (s + (pi - t) q12) / (2 pi)``, ``sdot = (pi - t) / (2 pi)``.
+
+    Example:
+        >>> sigma, sdot = Relu().rule(torch.tensor(2.0), torch.tensor(0.0), torch.tensor(2.0))
+        >>> float(sigma) == 2 / (2 * math.pi), float(sdot)
+        (True, 0.25)
+    """
+
+    def __init__(self) -> None:
+        super().__init__(0.0, 1.0)
+
+    def __repr__(self) -> str:
+        return "Relu()"
+
+    def fn(self, x: Tensor) -> Tensor:
+        return torch.relu(x)
+
+
+class LeakyRelu(ABRelu):
+    """``phi(x) = x`` for ``x >= 0`` and ``alpha x`` otherwise (``ABRelu(alpha, 1)``)."""
+
+    def __init__(self, alpha: float) -> None:
+        super().__init__(alpha, 1.0)
+        self.alpha = self.a
+
+    def __repr__(self) -> str:
+        return f"LeakyRelu(alpha={self.alpha})"
+
+
+class Abs(ABRelu):
+    """``phi(x) = |x|`` (``ABRelu(-1, 1)``): ``sigma = (2 s + (pi - 2 t) q12) / pi``."""
+
+    def __init__(self) -> None:
+        super().__init__(-1.0, 1.0)
+
+    def __repr__(self) -> str:
+        return "Abs()"
+
+    def fn(self, x: Tensor) -> Tensor:
+        return torch.abs(x)
+
+
+class Sign(ElementwiseLayer):
+    """``phi(x) = sign(x)``: ``sigma = 1 - 2 t / pi`` (the degree-0 arc-cosine kernel).
+
+    The derivative of ``sign`` is 0 almost everywhere and a Dirac delta at 0, so
+    ``E[phi'(u) phi'(v)]`` is not a function. torchntk follows what autograd does in the
+    finite network (``torch.sign`` back-propagates 0) and what neural-tangents does:
+    ``sdot = 0``, so the NTK accumulated *before* a ``Sign`` is dropped and only the layers
+    after it contribute (their ``Sigma`` terms). Monte Carlo estimates with
+    :func:`torchntk.empirical_ntk` agree with this.
+    """
+
+    def fn(self, x: Tensor) -> Tensor:
+        return torch.sign(x)
+
+    def rule(self, q11: Tensor, q12: Tensor, q22: Tensor) -> tuple[Tensor, Tensor]:
+        _, t = angle(q11, q12, q22)
+        sigma = 1 - 2 * t / _PI
+        return sigma, torch.zeros_like(sigma)
+
+
+# -- erf family ---------------------------------------------------------------------------
+
+
+class Erf(ElementwiseLayer):
+    """``phi(x) = a erf(b x) + c``. With ``d = (1 + 2 b^2 q11)(1 + 2 b^2 q22)``:
+
+        sigma = a^2 (2 / pi) asin(2 b^2 q12 / sqrt(d)) + c^2
+        sdot  = a^2 b^2 (4 / pi) / sqrt(d - 4 b^4 q12^2)
+
+    (for ``a = b = 1, c = 0`` the formulas of CONVENTIONS section 2).
+    """
+
+    def __init__(self, a: float = 1.0, b: float = 1.0, c: float = 0.0) -> None:
+        self.a, self.b, self.c = _number("a", a), _number("b", b), _number("c", c)
+
+    def __repr__(self) -> str:
+        return f"Erf(a={self.a}, b={self.b}, c={self.c})"
+
+    def fn(self, x: Tensor) -> Tensor:
+        return self.a * torch.special.erf(self.b * x) + self.c
+
+    def rule(self, q11: Tensor, q12: Tensor, q22: Tensor) -> tuple[Tensor, Tensor]:
+        b2 = self.b**2
+        d = (1 + 2 * b2 * q11) * (1 + 2 * b2 * q22)
+        sigma = self.a**2 * (2 / _PI) * torch.asin(2 * b2 * q12 / torch.sqrt(d)) + self.c**2
+        sdot = (self.a * self.b) ** 2 * (4 / _PI) / torch.sqrt(d - 4 * b2 * b2 * q12 * q12)
+        return sigma, sdot
+
+
+#: Scale of the erf that best fits the logistic sigmoid on [-5, 5] (neural-tangents' value).
+_SIGMOID_SCALE = 2.4020563531719796
+
+
+class Sigmoid_like(Erf):  # noqa: N801 - the neural-tangents name
+    """``phi(x) = (erf(x / 2.4020563531719796) + 1) / 2``, an erf close to the logistic sigmoid."""
+
+    def __init__(self) -> None:
+        super().__init__(a=0.5, b=1 / _SIGMOID_SCALE, c=0.5)
+
+    def __repr__(self) -> str:
+        return "Sigmoid_like()"
+
+
+class Gelu(ElementwiseLayer):
+    """``phi(x) = x Phi(x)`` (exact GELU, ``torch.nn.functional.gelu``). With
+    ``D = (1 + q11)(1 + q22) - q12^2`` and ``rho = q12 / sqrt((1 + q11)(1 + q22))``:
+
+        sigma = q12 (1/4 + asin(rho) / (2 pi))
+                + (q11 q22 + q12^2 (1 - q11 q22) / ((1 + q11)(1 + q22))) / (2 pi sqrt(D))
+        sdot  = 1/4 + asin(rho) / (2 pi) + q12 (1/(1 + q11) + 1/(1 + q22)) / (2 pi sqrt(D))
+                + q12 / (2 pi D^(3/2))
+
+    (Gaussian integration by parts; the quadrature tests check it.) ``approximate="tanh"`` is
+    not supported (use ``Elementwise``).
+    """
+
+    def __init__(self, approximate: bool | str = False) -> None:
+        if approximate not in (False, "none"):
+            raise InvalidArgumentError(
+                "Gelu(approximate=...) only supports the exact GELU (False); for the tanh "
+                "approximation use Elementwise(lambda x: torch.nn.functional.gelu(x, approximate='tanh'))"
+            )
+
+    def fn(self, x: Tensor) -> Tensor:
+        return torch.nn.functional.gelu(x)
+
+    def rule(self, q11: Tensor, q12: Tensor, q22: Tensor) -> tuple[Tensor, Tensor]:
+        p1, p2 = 1 + q11, 1 + q22
+        d = p1 * p2 - q12 * q12
+        root = torch.sqrt(d)
+        orthant = 0.25 + torch.asin(q12 / torch.sqrt(p1 * p2)) / (2 * _PI)
+        sigma = q12 * orthant + (q11 * q22 + q12 * q12 * (1 - q11 * q22) / (p1 * p2)) / (2 * _PI * root)
+        sdot = orthant + q12 * (1 / p1 + 1 / p2) / (2 * _PI * root) + q12 / (2 * _PI * d * root)
+        return sigma, sdot
+
+
+# -- trigonometric ------------------------------------------------------------------------
+
+
+class Sin(ElementwiseLayer):
+    """``phi(x) = a sin(b x + c)``. With ``e_pm = exp(-b^2 (q11 + q22 +- 2 q12) / 2)``:
+
+        sigma = a^2 (e_- - cos(2 c) e_+) / 2,    sdot = a^2 b^2 (e_- + cos(2 c) e_+) / 2
+    """
+
+    def __init__(self, a: float = 1.0, b: float = 1.0, c: float = 0.0) -> None:
+        self.a, self.b, self.c = _number("a", a), _number("b", b), _number("c", c)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(a={self.a}, b={self.b}, c={self.c})"
+
+    def _shift(self) -> float:
+        return self.c
+
+    def fn(self, x: Tensor) -> Tensor:
+        return self.a * torch.sin(self.b * x + self._shift())
+
+    def rule(self, q11: Tensor, q12: Tensor, q22: Tensor) -> tuple[Tensor, Tensor]:
+        half_b2 = self.b**2 / 2
+        e_minus = torch.exp(-half_b2 * (q11 + q22 - 2 * q12))
+        e_plus = math.cos(2 * self._shift()) * torch.exp(-half_b2 * (q11 + q22 + 2 * q12))
+        a2 = self.a**2
+        return a2 * (e_minus - e_plus) / 2, a2 * self.b**2 * (e_minus + e_plus) / 2
+
+
+class Cos(Sin):
+    """``phi(x) = a cos(b x + c)`` (``Sin`` with the phase ``c + pi/2``)."""
+
+    def _shift(self) -> float:
+        return self.c + _PI / 2
+
+
+class Rbf(Sin):
+    """``phi(x) = sqrt(2) sin(sqrt(2 gamma) x + pi/4)``, whose NNGP is the RBF kernel of the
+    pre-activations: ``sigma = exp(-gamma (q11 + q22 - 2 q12))``, ``sdot = 2 gamma sigma``."""
+
+    def __init__(self, gamma: float = 1.0) -> None:
+        gamma = _number("gamma", gamma)
+        if gamma <= 0:
+            raise InvalidArgumentError(f"`gamma` must be > 0, got {gamma!r}")
+        super().__init__(a=math.sqrt(2), b=math.sqrt(2 * gamma), c=_PI / 4)
+        self.gamma = gamma
+
+    def __repr__(self) -> str:
+        return f"Rbf(gamma={self.gamma})"
+
+
+# -- polynomials --------------------------------------------------------------------------
+
+
+def _hermite_table(degree: int) -> np.ndarray:
+    """``A[i, k]``: ``x^i = sum_k A[i, k] He_k(x)`` (probabilists' Hermite), ``i, k <= degree``."""
+    table = np.zeros((degree + 1, degree + 1))
+    for i in range(degree + 1):
+        c = np.polynomial.hermite_e.poly2herme(np.eye(degree + 1)[i])
+        table[i, : len(c)] = c
+    return table
+
+
+def _polynomial_expectation(coef: np.ndarray, q11: Tensor, q12: Tensor, q22: Tensor) -> Tensor:
+    """``E[p(u) p(v)]`` for ``p(x) = sum_i coef[i] x^i``, exactly.
+
+    Uses ``E[u^i v^j] = sum_k A[i,k] A[j,k] k! q12^k q11^((i-k)/2) q22^((j-k)/2)``
+    (``E[He_k(z1) He_l(z2)] = delta_kl k! rho^k`` for unit normals of correlation ``rho``).
+    """
+    n = len(coef)
+    if n == 0:
+        return torch.zeros_like(q12 + q11 + q22)
+    table = _hermite_table(n - 1)
+    total = torch.zeros_like(q12 + q11 + q22)
+    for k in range(n):
+        # b[k] coefficients: sum_i coef[i] A[i, k] q11^((i-k)/2), and the same in q22.
+        left = sum(coef[i] * table[i, k] * q11 ** ((i - k) // 2) for i in range(k, n, 2) if coef[i])
+        right = sum(coef[j] * table[j, k] * q22 ** ((j - k) // 2) for j in range(k, n, 2) if coef[j])
+        if isinstance(left, int) or isinstance(right, int):  # no term of this parity
+            continue
+        total = total + math.factorial(k) * q12**k * left * right
+    return total
+
+
+class Polynomial(ElementwiseLayer):
+    """``phi(x) = sum_i coef[i] x^i``: exact expectations through the Hermite expansion.
+
+    ``sigma = sum_{i,j} coef_i coef_j E[u^i v^j]`` with
+    ``E[u^i v^j] = sum_k A_ik A_jk k! q12^k q11^((i-k)/2) q22^((j-k)/2)``, where
+    ``x^i = sum_k A_ik He_k(x)``; ``sdot`` is the same for the derivative polynomial.
+    """
+
+    def __init__(self, coef: Sequence[float]) -> None:
+        try:
+            values = [_number("coef[i]", float(c)) for c in coef]
+        except (TypeError, ValueError):
+            raise InvalidArgumentError(f"`coef` must be a sequence of numbers, got {coef!r}") from None
+        self.coef = tuple(values)
+        self._c = np.asarray(values, dtype=np.float64)
+        self._dc = np.polynomial.polynomial.polyder(self._c) if len(values) > 1 else np.zeros(0)
+
+    def __repr__(self) -> str:
+        return f"Polynomial(coef={list(self.coef)})"
+
+    def fn(self, x: Tensor) -> Tensor:
+        out = torch.zeros_like(x)
+        for c in reversed(self.coef):  # Horner
+            out = out * x + c
+        return out
+
+    def rule(self, q11: Tensor, q12: Tensor, q22: Tensor) -> tuple[Tensor, Tensor]:
+        return (
+            _polynomial_expectation(self._c, q11, q12, q22),
+            _polynomial_expectation(self._dc, q11, q12, q22),
+        )
+
+
+class Monomial(Polynomial):
+    """``phi(x) = x^degree`` (a :class:`Polynomial` with one coefficient)."""
+
+    def __init__(self, degree: int) -> None:
+        if isinstance(degree, bool) or not isinstance(degree, int) or degree < 0:
+            raise InvalidArgumentError(f"`degree` must be an int >= 0, got {degree!r}")
+        super().__init__([0.0] * degree + [1.0])
+        self.degree = degree
+
+    def __repr__(self) -> str:
+        return f"Monomial(degree={self.degree})"
+
+    def fn(self, x: Tensor) -> Tensor:
+        return x**self.degree
+
+
+# -- any function ---------------------------------------------------------------------------
+
+NngpFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+
+class Elementwise(ElementwiseLayer):
+    """Any elementwise torch function ``fn``, its kernel by quadrature or by given formulas.
+
+    Args:
+        fn: the activation (``torch.tanh``, ``torch.nn.functional.softplus``, ``torch.nn.SiLU()``,
+            a lambda...). It must map a tensor to a tensor of the same shape, elementwise, and
+            be differentiable by autograd.
+        nngp_fn: optional closed form ``nngp_fn(cov12, var1, var2) = E[fn(u) fn(v)]``
+            (neural-tangents' argument order).
+        d_nngp_fn: optional ``E[fn'(u) fn'(v)]``, same signature. When ``nngp_fn`` is given but
+            not ``d_nngp_fn``, it is ``d nngp_fn / d cov12`` by autograd (Price's theorem).
+        method, degree: the quadrature used when ``nngp_fn`` is None: ``"polar"`` (default,
+            exact for kinks at 0, ``2 degree^2`` points) or ``"hermite"`` (tensor-product
+            Gauss-Hermite, ``degree^2`` points); ``degree`` defaults to 32 and 48. Cost grows
+            with the number of points; activations that are steep at the scale of the
+            pre-activation's standard deviation need a larger ``degree``.
+
+    Example:
+        >>> from torchntk import layers
+        >>> spec = layers.serial(layers.Dense(256), layers.Elementwise(torch.tanh), layers.Dense(1))
+        >>> spec.kernel(torch.randn(3, 5)).nngp.shape
+        torch.Size([3, 3])
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[Tensor], Tensor],
+        nngp_fn: NngpFn | None = None,
+        d_nngp_fn: NngpFn | None = None,
+        *,
+        method: str = "polar",
+        degree: int | None = None,
+    ) -> None:
+        if not callable(fn):
+            raise InvalidArgumentError(f"`fn` must be a callable Tensor -> Tensor, got {fn!r}")
+        for name, f in (("nngp_fn", nngp_fn), ("d_nngp_fn", d_nngp_fn)):
+            if f is not None and not callable(f):
+                raise InvalidArgumentError(f"`{name}` must be None or a callable, got {f!r}")
+        if d_nngp_fn is not None and nngp_fn is None:
+            raise InvalidArgumentError("`d_nngp_fn` needs `nngp_fn` too")
+        if method not in ("polar", "hermite"):
+            raise InvalidArgumentError(f"unknown method={method!r}; expected 'polar' or 'hermite'")
+        if degree is not None and (isinstance(degree, bool) or not isinstance(degree, int) or degree < 2):
+            raise InvalidArgumentError(f"`degree` must be an int >= 2 or None, got {degree!r}")
+        self._fn, self.nngp_fn, self.d_nngp_fn = fn, nngp_fn, d_nngp_fn
+        self.method, self.degree = method, degree
+
+    def __repr__(self) -> str:
+        name = getattr(self._fn, "__name__", None) or repr(self._fn)
+        return f"Elementwise({name})"
+
+    def fn(self, x: Tensor) -> Tensor:
+        return self._fn(x)
+
+    def rule(self, q11: Tensor, q12: Tensor, q22: Tensor) -> tuple[Tensor, Tensor | None]:
+        if self.nngp_fn is None:
+            return gaussian_expectations(self._fn, q11, q12, q22, method=self.method, degree=self.degree)
+        if self.d_nngp_fn is not None:
+            return self.nngp_fn(q12, q11, q22), self.d_nngp_fn(q12, q11, q22)
+        with torch.enable_grad():
+            keep = q12.requires_grad
+            leaf = q12 if keep else q12.detach().requires_grad_(True)
+            sigma = self.nngp_fn(leaf, q11, q22)
+            (sdot,) = torch.autograd.grad(sigma.sum(), leaf, create_graph=keep)
+        return (sigma if keep else sigma.detach()), sdot
+
+
+def ElementwiseNumerical(fn: Callable[[Tensor], Tensor], deg: int = 25) -> Elementwise:  # noqa: N802
+    """neural-tangents' name: ``Elementwise(fn, method="hermite", degree=deg)``."""
+    return Elementwise(fn, method="hermite", degree=deg)

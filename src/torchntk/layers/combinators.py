@@ -1,0 +1,361 @@
+"""Combinators of the spec: ``serial``, ``parallel``, ``FanOut``, ``FanInSum``, ``FanInProd``,
+``FanInConcat`` and ``Identity``.
+
+Branches: ``FanOut(n)`` turns one activation into ``n`` copies (a list), ``parallel(*layers)``
+applies one layer per branch, and a ``FanIn*`` layer merges them. The kernel rules assume the
+branches are *uncorrelated* (their cross-covariance vanishes), which holds at infinite width
+when every branch but at most one passes through its own randomly initialized layer with
+zero-mean weights, as in a residual block ``x + f(x)``:
+
+- ``FanInSum``:    ``Sigma = sum_b Sigma_b``, ``Theta = sum_b Theta_b``;
+- ``FanInProd``:   ``Sigma = prod_b Sigma_b``, ``Theta = sum_b Theta_b prod_{c != b} Sigma_c``
+  (the output is not Gaussian any more);
+- ``FanInConcat``: along the channel axis (axis 1), ``Sigma = sum_b (C_b / C) Sigma_b`` (the
+  kernels are per-unit averages, weighted by each branch's width ``C_b``).
+
+Example (a residual block):
+    >>> from torchntk import layers as L
+    >>> block = L.serial(L.FanOut(2), L.parallel(L.Identity(), L.serial(L.Relu(), L.Dense(256))), L.FanInSum())
+    >>> spec = L.serial(L.Dense(256), block, L.Relu(), L.Dense(1))
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import InvalidArgumentError, SpecError
+from . import _spatial
+from ._base import Kernels, Layer, Shapes, any_full, shape_of, single
+from .kernel import Kernel
+
+__all__ = ["serial", "parallel", "FanOut", "FanInSum", "FanInProd", "FanInConcat", "Identity"]
+
+
+def _check_layers(layers: Sequence[Any], who: str) -> tuple[Layer, ...]:
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, Layer):
+            raise InvalidArgumentError(
+                f"{who}: argument {i} must be a torchntk.layers layer, got {type(layer).__name__}"
+            )
+    return tuple(layers)
+
+
+def _downconvert(k: Kernels) -> Kernels:
+    if isinstance(k, list):
+        return [_downconvert(x) for x in k]
+    return _spatial.to_diagonal(k)
+
+
+class Serial(Layer):
+    """Layers applied one after the other (built by :func:`serial` or ``a >> b``)."""
+
+    def __init__(self, *layers: Layer) -> None:
+        flat: list[Layer] = []
+        for layer in _check_layers(layers, "serial"):
+            flat.extend(layer.layers if isinstance(layer, Serial) else [layer])
+        self.layers = tuple(flat)
+
+    def __repr__(self) -> str:
+        return f"serial({', '.join(map(repr, self.layers))})"
+
+    def _shapes(self, input_shape: Shapes) -> list[Shapes]:
+        shapes = [input_shape]
+        for layer in self.layers:
+            shapes.append(layer.output_shape(shapes[-1]))
+        return shapes
+
+    def output_shape(self, input_shape: Shapes) -> Shapes:
+        return self._shapes(input_shape)[-1]
+
+    def _flags(self, shapes: list[Shapes], out_full: Any) -> list[Any]:
+        """``flags[i]``: whether the output of layer ``i`` must be in the full layout."""
+        flags: list[Any] = [None] * len(self.layers)
+        need = out_full
+        for i in range(len(self.layers) - 1, -1, -1):
+            flags[i] = need
+            need = self.layers[i].needs_full(shapes[i], need)
+        return flags
+
+    def needs_full(self, input_shape: Shapes, out_full: Any) -> Any:
+        shapes = self._shapes(input_shape)
+        need = out_full
+        for i in range(len(self.layers) - 1, -1, -1):
+            need = self.layers[i].needs_full(shapes[i], need)
+        return need
+
+    def _kernel(self, k: Kernels, out_full: Any) -> Kernels:
+        shapes = self._shapes(shape_of(k))
+        flags = self._flags(shapes, out_full)
+        for i, layer in enumerate(self.layers):
+            if not any_full(layer.needs_full(shapes[i], flags[i])):
+                k = _downconvert(k)
+            k = layer._kernel(k, flags[i])
+        return k
+
+    def kernel_rule(self, k: Kernels) -> Kernels:
+        return self._kernel(k, False)
+
+    def make_module(self, input_shape: Shapes, generator: Any, dtype: Any, device: Any) -> nn.Module:
+        shapes = self._shapes(input_shape)
+        return nn.Sequential(
+            *[layer.make_module(s, generator, dtype, device) for layer, s in zip(self.layers, shapes)]
+        )
+
+
+def serial(*layers: Layer) -> Serial:
+    """Compose layers in sequence: the spec of ``layers[-1](...(layers[0](x)))``.
+
+    Example:
+        >>> from torchntk import layers as L
+        >>> spec = L.serial(L.Dense(512, b_std=0.1), L.Relu(), L.Dense(1, b_std=0.1))
+        >>> spec.kernel(torch.randn(3, 2)).ntk.shape
+        torch.Size([3, 3])
+    """
+    return Serial(*layers)
+
+
+class _ParallelModule(nn.ModuleList):
+    def forward(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [m(x) for m, x in zip(self, xs)]
+
+
+class Parallel(Layer):
+    """One layer per branch (built by :func:`parallel`)."""
+
+    def __init__(self, *layers: Layer) -> None:
+        self.layers = _check_layers(layers, "parallel")
+        if not self.layers:
+            raise InvalidArgumentError("parallel() needs at least one layer")
+
+    def __repr__(self) -> str:
+        return f"parallel({', '.join(map(repr, self.layers))})"
+
+    def _inputs(self, input_shape: Shapes) -> list[Shapes]:
+        if not isinstance(input_shape, list) or len(input_shape) != len(self.layers):
+            got = f"{len(input_shape)} branches" if isinstance(input_shape, list) else "a single input"
+            raise SpecError(f"parallel of {len(self.layers)} layers needs {len(self.layers)} branches (FanOut), got {got}")
+        return input_shape
+
+    def output_shape(self, input_shape: Shapes) -> Shapes:
+        return [layer.output_shape(s) for layer, s in zip(self.layers, self._inputs(input_shape))]
+
+    def needs_full(self, input_shape: Shapes, out_full: Any) -> Any:
+        flags = out_full if isinstance(out_full, list) else [out_full] * len(self.layers)
+        return [layer.needs_full(s, f) for layer, s, f in zip(self.layers, self._inputs(input_shape), flags)]
+
+    def _kernel(self, k: Kernels, out_full: Any) -> Kernels:
+        self._inputs(shape_of(k))
+        flags = out_full if isinstance(out_full, list) else [out_full] * len(self.layers)
+        return [layer._kernel(x, f) for layer, x, f in zip(self.layers, k, flags)]
+
+    def kernel_rule(self, k: Kernels) -> Kernels:
+        return self._kernel(k, False)
+
+    def make_module(self, input_shape: Shapes, generator: Any, dtype: Any, device: Any) -> nn.Module:
+        return _ParallelModule(
+            [layer.make_module(s, generator, dtype, device) for layer, s in zip(self.layers, self._inputs(input_shape))]
+        )
+
+
+def parallel(*layers: Layer) -> Parallel:
+    """Apply ``layers[b]`` to branch ``b`` of a ``FanOut`` (one layer per branch)."""
+    return Parallel(*layers)
+
+
+class _FanOutModule(nn.Module):
+    def __init__(self, num: int) -> None:
+        super().__init__()
+        self.num = num
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [x] * self.num
+
+
+class FanOut(Layer):
+    """Copy the activation into ``num`` branches (a list), to be merged by a ``FanIn*`` layer."""
+
+    def __init__(self, num: int) -> None:
+        if not isinstance(num, int) or num < 1:
+            raise InvalidArgumentError(f"FanOut: `num` must be a positive int, got {num!r}")
+        self.num = num
+
+    def __repr__(self) -> str:
+        return f"FanOut({self.num})"
+
+    def output_shape(self, input_shape: Shapes) -> Shapes:
+        return [single(self, input_shape)] * self.num
+
+    def needs_full(self, input_shape: Shapes, out_full: Any) -> Any:
+        return any_full(out_full)
+
+    def kernel_rule(self, k: Kernels) -> Kernels:
+        single(self, shape_of(k))
+        return [k] * self.num
+
+    def make_module(self, input_shape: Shapes, generator: Any, dtype: Any, device: Any) -> nn.Module:
+        return _FanOutModule(self.num)
+
+
+class _FanIn(Layer):
+    """Common part of the FanIn layers: a list of branches in, one tensor out."""
+
+    def _branches(self, input_shape: Shapes) -> list[tuple[int, ...]]:
+        if not isinstance(input_shape, list):
+            raise SpecError(f"{self!r} needs several branches (after FanOut/parallel), got a single input")
+        for s in input_shape:
+            if isinstance(s, list):
+                raise SpecError(f"{self!r}: nested branches; merge the inner ones first")
+        return input_shape
+
+    def needs_full(self, input_shape: Shapes, out_full: Any) -> Any:
+        return [out_full] * len(self._branches(input_shape))
+
+    @staticmethod
+    def _same_layout(ks: list[Kernel]) -> list[Kernel]:
+        if len({k.full_spatial for k in ks}) > 1:
+            ks = [_spatial.to_diagonal(k) for k in ks]
+        return ks
+
+    def _check_equal(self, shapes: list[tuple[int, ...]]) -> tuple[int, ...]:
+        if len(set(shapes)) != 1:
+            raise SpecError(f"{self!r}: the branches have different shapes {shapes}; they must be equal")
+        return shapes[0]
+
+
+class _SumModule(nn.Module):
+    def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
+        return sum(xs[1:], xs[0])
+
+
+class FanInSum(_FanIn):
+    """Sum of the branches: ``Sigma = sum_b Sigma_b``, ``Theta = sum_b Theta_b`` (equal shapes)."""
+
+    def output_shape(self, input_shape: Shapes) -> Shapes:
+        return self._check_equal(self._branches(input_shape))
+
+    def kernel_rule(self, k: Kernels) -> Kernel:
+        self.output_shape(shape_of(k))
+        ks = self._same_layout(k)
+        ntk = None if any(x.ntk is None for x in ks) else sum(x.ntk for x in ks)
+        return ks[0].replace(
+            nngp=sum(x.nngp for x in ks),
+            ntk=ntk,
+            cov1=sum(x.cov1 for x in ks),
+            cov2=None if ks[0].cov2 is None else sum(x.cov2 for x in ks),
+            is_gaussian=all(x.is_gaussian for x in ks),
+            is_input=all(x.is_input for x in ks),
+        )
+
+    def make_module(self, input_shape: Shapes, generator: Any, dtype: Any, device: Any) -> nn.Module:
+        self.output_shape(input_shape)
+        return _SumModule()
+
+
+class _ProdModule(nn.Module):
+    def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
+        out = xs[0]
+        for x in xs[1:]:
+            out = out * x
+        return out
+
+
+def _prod(ts: list[torch.Tensor]) -> torch.Tensor:
+    out = ts[0]
+    for t in ts[1:]:
+        out = out * t
+    return out
+
+
+class FanInProd(_FanIn):
+    """Elementwise product of the branches: ``Sigma = prod_b Sigma_b``,
+    ``Theta = sum_b Theta_b prod_{c != b} Sigma_c`` (equal shapes; the result is not Gaussian)."""
+
+    def output_shape(self, input_shape: Shapes) -> Shapes:
+        return self._check_equal(self._branches(input_shape))
+
+    def kernel_rule(self, k: Kernels) -> Kernel:
+        self.output_shape(shape_of(k))
+        ks = self._same_layout(k)
+        ntk = None
+        if all(x.ntk is not None for x in ks):
+            ntk = sum(
+                _prod([x.ntk if c == b else x.nngp for c, x in enumerate(ks)]) for b in range(len(ks))
+            )
+        return ks[0].replace(
+            nngp=_prod([x.nngp for x in ks]),
+            ntk=ntk,
+            cov1=_prod([x.cov1 for x in ks]),
+            cov2=None if ks[0].cov2 is None else _prod([x.cov2 for x in ks]),
+            is_gaussian=False,
+            is_input=False,
+        )
+
+    def make_module(self, input_shape: Shapes, generator: Any, dtype: Any, device: Any) -> nn.Module:
+        self.output_shape(input_shape)
+        return _ProdModule()
+
+
+class _ConcatModule(nn.Module):
+    def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(xs, dim=1)
+
+
+class FanInConcat(_FanIn):
+    """Concatenate the branches along the channel (feature) axis 1:
+    ``Sigma = sum_b (C_b / sum_c C_c) Sigma_b`` (the other axes must agree)."""
+
+    def __init__(self, axis: int = 1) -> None:
+        if axis != 1:
+            raise InvalidArgumentError(
+                f"FanInConcat: only the channel/feature axis (axis=1, channels first) is supported, got axis={axis!r}"
+            )
+        self.axis = axis
+
+    def __repr__(self) -> str:
+        return "FanInConcat(axis=1)"
+
+    def output_shape(self, input_shape: Shapes) -> Shapes:
+        shapes = self._branches(input_shape)
+        rest = {s[1:] for s in shapes}
+        if len(rest) != 1:
+            raise SpecError(f"{self!r}: the branches' non-channel axes differ: {shapes}")
+        return (sum(s[0] for s in shapes), *shapes[0][1:])
+
+    def kernel_rule(self, k: Kernels) -> Kernel:
+        out = self.output_shape(shape_of(k))
+        ks = self._same_layout(k)
+        w = [x.shape[0] / out[0] for x in ks]
+
+        def mix(ts: list[torch.Tensor]) -> torch.Tensor:
+            return sum((wi * t for wi, t in zip(w[1:], ts[1:])), w[0] * ts[0])
+
+        ntk = None if any(x.ntk is None for x in ks) else mix([x.ntk for x in ks])
+        return ks[0].replace(
+            nngp=mix([x.nngp for x in ks]),
+            ntk=ntk,
+            cov1=mix([x.cov1 for x in ks]),
+            cov2=None if ks[0].cov2 is None else mix([x.cov2 for x in ks]),
+            shape=out,
+            is_gaussian=all(x.is_gaussian for x in ks),
+            is_input=all(x.is_input for x in ks),
+        )
+
+    def make_module(self, input_shape: Shapes, generator: Any, dtype: Any, device: Any) -> nn.Module:
+        self.output_shape(input_shape)
+        return _ConcatModule()
+
+
+class Identity(Layer):
+    """The identity: kernel and activations unchanged."""
+
+    def output_shape(self, input_shape: Shapes) -> Shapes:
+        return input_shape
+
+    def kernel_rule(self, k: Kernels) -> Kernels:
+        return k
+
+    def make_module(self, input_shape: Shapes, generator: Any, dtype: Any, device: Any) -> nn.Module:
+        return nn.Identity()

@@ -1,0 +1,121 @@
+"""``Dense``: the fully connected layer of the spec (on the channel axis of spatial inputs).
+
+NTK parameterization (default), for an input kernel ``(Sigma, Theta)`` of fan-in ``n``:
+
+    Sigma' = W_std^2 Sigma + b_std^2,       Theta' = W_std^2 Theta + Sigma'
+
+Standard parameterization (``W ~ N(0, W_std^2 / n)``, ``b ~ N(0, b_std^2)``, ``z = W a + b``):
+the same ``Sigma'``, but the gradient with respect to the weights is ``a`` itself (not
+``a W_std / sqrt(n)``), so its contribution is ``sum_j a_j a'_j = n Sigma`` and the bias's is 1:
+
+    Theta' = W_std^2 Theta + n Sigma + [has bias]
+
+which grows with the width ``n`` of the previous layer: the spec's finite widths enter here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import nn as tnn
+from ..nn import _init
+from ..errors import InvalidArgumentError
+from ._base import Layer, Shapes, single
+from .kernel import Kernel
+
+__all__ = ["Dense"]
+
+
+def affine(
+    k: Kernel, W_std: float, b_std: float | None, fan_in: int, parameterization: str, *, out_shape: tuple[int, ...]
+) -> Kernel:
+    """The affine step shared by Dense and Conv (after Conv's spatial averaging of ``k``)."""
+    w2 = W_std**2
+    b2 = float(b_std or 0.0) ** 2
+    nngp = w2 * k.nngp + b2 if b2 else w2 * k.nngp
+    ntk = None
+    if k.ntk is not None:
+        if parameterization == "ntk":
+            ntk = w2 * k.ntk + nngp
+        else:
+            ntk = w2 * k.ntk + fan_in * k.nngp
+            if b_std:
+                ntk = ntk + 1.0
+
+    def cov(c: torch.Tensor | None) -> torch.Tensor | None:
+        if c is None:
+            return None
+        return w2 * c + b2 if b2 else w2 * c
+
+    return k.replace(
+        nngp=nngp, ntk=ntk, cov1=cov(k.cov1), cov2=cov(k.cov2), shape=out_shape, is_gaussian=True, is_input=False
+    )
+
+
+def check_affine_args(who: str, W_std: float, b_std: float | None, parameterization: str) -> None:
+    """Validate ``W_std``/``b_std``/``parameterization`` at spec construction (as torchntk.nn)."""
+    try:
+        _init.check_stds(W_std, b_std, parameterization)
+    except InvalidArgumentError as err:
+        raise InvalidArgumentError(f"{who}: {err}") from None
+
+
+class _ChannelLinear(nn.Module):
+    """A Linear layer on axis 1 of ``(N, C, *spatial)`` (per pixel, shared weights)."""
+
+    def __init__(self, linear: tnn.Linear) -> None:
+        super().__init__()
+        self.linear = linear
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.movedim(1, -1)).movedim(-1, 1)
+
+
+class Dense(Layer):
+    """Fully connected layer ``z = (W_std / sqrt(n)) W a + b_std b`` with ``out_dim`` units.
+
+    On a flat input ``(N, n)`` it is :class:`torchntk.nn.Linear`; on a spatial input
+    ``(N, C, *spatial)`` it acts on the channel axis at every pixel (a 1x1 convolution).
+
+    Args:
+        out_dim: width of the finite network's layer (the kernel does not depend on it in NTK
+            parameterization).
+        W_std: weight factor; b_std: bias factor (``None``/0: no bias).
+        parameterization: ``"ntk"`` or ``"standard"`` (see the module docstring for its NTK).
+
+    Example:
+        >>> from torchntk import layers as L
+        >>> k = L.Dense(10, W_std=1.5, b_std=0.1).kernel(torch.ones(2, 4))
+        >>> round(float(k.nngp[0, 1]), 4)  # 1.5**2 * 1 + 0.1**2
+        2.26
+    """
+
+    def __init__(
+        self, out_dim: int, W_std: float = 1.0, b_std: float | None = None, parameterization: str = "ntk"
+    ) -> None:
+        if not isinstance(out_dim, int) or out_dim < 1:
+            raise InvalidArgumentError(f"Dense: `out_dim` must be a positive int, got {out_dim!r}")
+        check_affine_args("Dense", W_std, b_std, parameterization)
+        self.out_dim, self.W_std, self.b_std, self.parameterization = out_dim, float(W_std), b_std, parameterization
+
+    def __repr__(self) -> str:
+        return f"Dense({self.out_dim}, W_std={self.W_std}, b_std={self.b_std}, parameterization={self.parameterization!r})"
+
+    def output_shape(self, input_shape: Shapes) -> Shapes:
+        shape = single(self, input_shape)
+        return (self.out_dim, *shape[1:])
+
+    def kernel_rule(self, k: Kernel) -> Kernel:
+        out = self.output_shape(k.shape)
+        return affine(k, self.W_std, self.b_std, k.shape[0], self.parameterization, out_shape=out)
+
+    def make_module(self, input_shape: Shapes, generator: Any, dtype: Any, device: Any) -> nn.Module:
+        shape = single(self, input_shape)
+        lin = tnn.Linear(
+            shape[0], self.out_dim, self.W_std, self.b_std, self.parameterization,
+            generator=generator, dtype=dtype, device=device,
+        )
+        return lin if len(shape) == 1 else _ChannelLinear(lin)

@@ -1,0 +1,100 @@
+"""The record carried through the infinite-width recursion: :class:`Kernel`.
+
+Layouts of the kernel tensors (``S0, S1`` are spatial sizes, e.g. ``H, W``):
+
+==================  ============================  ==========================  ====================
+layout              ``nngp`` / ``ntk``            ``cov1`` (``cov2``: N2)      when
+==================  ============================  ==========================  ====================
+flat                ``(N1, N2)``                  ``(N1,)``                   after Dense/Flatten
+diagonal spatial    ``(N1, N2, S0, S1)``          ``(N1, S0, S1)``            per-pixel pairs only
+full spatial        ``(N1, N2, S0, S0', S1, S1')``  ``(N1, S0, S0', S1, S1')``  pooling needs them
+==================  ============================  ==========================  ====================
+
+In the full layout every spatial axis is followed by its partner (the pixel of the second input),
+``nngp[i, j, h, h', w, w'] = Sigma(x1_i at (h, w), x2_j at (h', w'))``. The diagonal layout keeps
+only ``h = h', w = w'``. ``cov1[i]`` is the kernel of ``x1_i`` with itself in the same layout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["Kernel"]
+
+
+@dataclass
+class Kernel:
+    """Infinite-width NNGP and NTK of a pair of input batches, with what the recursion carries.
+
+    Attributes:
+        nngp: ``Sigma(x1_i, x2_j)``, shape ``(N1, N2, *pair_axes)`` (see the module docstring).
+        ntk: ``Theta(x1_i, x2_j)``, same shape, or ``None`` where a layer has no NTK rule.
+        cov1: ``Sigma(x1_i, x1_i)`` (the variances ``q11``), shape ``(N1, *self_axes)``.
+        cov2: ``Sigma(x2_j, x2_j)`` (``q22``), shape ``(N2, *self_axes)``; ``None`` when ``x2``
+            is ``x1`` (then ``cov1`` plays both roles and ``nngp`` is square and symmetric).
+        shape: per-sample shape of the finite network's activations at this point,
+            ``(width,)`` or ``(channels, *spatial)``: the widths are needed to build the finite
+            module and for the standard-parameterization NTK (it scales with fan-in).
+        diagonal_spatial: ``True`` for the per-pixel layout, ``False`` for the full one
+            (meaningless for flat kernels, kept ``True``).
+        is_gaussian: whether the pre-activations are Gaussian (true after Dense/Conv; an
+            elementwise nonlinearity requires it).
+        is_input: whether no layer has been applied yet.
+
+    Example:
+        >>> from torchntk import layers
+        >>> k = layers.serial(layers.Dense(512), layers.Relu(), layers.Dense(1)).kernel(torch.randn(3, 4))
+        >>> k.nngp.shape, k.ntk.dtype
+        (torch.Size([3, 3]), torch.float64)
+    """
+
+    nngp: torch.Tensor
+    ntk: torch.Tensor | None
+    cov1: torch.Tensor
+    cov2: torch.Tensor | None
+    shape: tuple[int, ...]
+    diagonal_spatial: bool = True
+    is_gaussian: bool = False
+    is_input: bool = False
+
+    @property
+    def spatial_ndim(self) -> int:
+        """Number of spatial axes of the activations (0 for flat ones)."""
+        return len(self.shape) - 1
+
+    @property
+    def same_inputs(self) -> bool:
+        """Whether the kernel is of ``x1`` with itself (``cov2`` is then ``None``)."""
+        return self.cov2 is None
+
+    @property
+    def full_spatial(self) -> bool:
+        """Whether the kernel tensors hold every pair of pixels (the full spatial layout)."""
+        return self.spatial_ndim > 0 and not self.diagonal_spatial
+
+    @property
+    def q22(self) -> torch.Tensor:
+        """The variances of the second batch: ``cov2``, or ``cov1`` when ``x2`` is ``x1``."""
+        return self.cov1 if self.cov2 is None else self.cov2
+
+    def replace(self, **changes: object) -> "Kernel":
+        """A copy with some fields changed (``dataclasses.replace``)."""
+        return dataclasses.replace(self, **changes)
+
+    def to(self, *args: object, **kwargs: object) -> "Kernel":
+        """Move/cast every tensor, as ``torch.Tensor.to``."""
+        def mv(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(*args, **kwargs)
+
+        return self.replace(nngp=mv(self.nngp), ntk=mv(self.ntk), cov1=mv(self.cov1), cov2=mv(self.cov2))
+
+    def __repr__(self) -> str:
+        layout = "flat" if self.spatial_ndim == 0 else ("diagonal" if self.diagonal_spatial else "full")
+        return (
+            f"Kernel(nngp={tuple(self.nngp.shape)}, ntk={None if self.ntk is None else tuple(self.ntk.shape)}, "
+            f"shape={self.shape}, layout={layout!r}, is_gaussian={self.is_gaussian}, "
+            f"dtype={self.nngp.dtype}, device={self.nngp.device})"
+        )
