@@ -1,0 +1,240 @@
+"""Validation, conversion and flattening of kernels and targets for the dynamics room (private).
+
+Two kernel layouts are accepted everywhere in :mod:`torchntk.dynamics` (CONVENTIONS section 3):
+
+- a *scalar* kernel ``(N1, N2)``, applied to each of the ``O`` outputs independently
+  (the full kernel is then ``Theta (x) I_O``);
+- a *full* kernel ``(N1, N2, O, O)``, flattened sample-major to ``(N1*O, N2*O)`` with row
+  ``i*O + a`` (:func:`flatten_full`).
+
+Targets ``y`` are ``(N, O)`` or ``(N,)`` (one output). Inputs may be torch tensors or numpy
+arrays; they are converted to ``dtype`` (float64 by default) on the kernel's device.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._checks import check_finite
+from ..errors import InvalidArgumentError, ShapeError
+
+DEFAULT_DTYPE = torch.float64
+
+# Relative size (to the largest eigenvalue) below which a negative eigenvalue is taken for
+# round-off and clamped to zero; anything more negative means "not a PSD kernel".
+PSD_RTOL = {torch.float64: 1e-7, torch.float32: 1e-4}
+
+
+def as_tensor(
+    name: str,
+    value: Any,
+    *,
+    dtype: torch.dtype | None = DEFAULT_DTYPE,
+    device: torch.device | str | None = None,
+    finite: bool = True,
+) -> torch.Tensor:
+    """Convert ``value`` (tensor, numpy array, list or number) to a floating tensor.
+
+    The tensor keeps its device unless ``device`` is given; it is cast to ``dtype``
+    (``None`` keeps a floating dtype, and casts integers to float64).
+    """
+    if isinstance(value, torch.Tensor):
+        out = value
+    elif isinstance(value, (np.ndarray, np.generic, list, tuple, int, float)):
+        try:
+            out = torch.as_tensor(np.asarray(value))
+        except (TypeError, ValueError) as err:
+            raise InvalidArgumentError(f"`{name}` could not be converted to a tensor: {err}")
+    else:
+        raise InvalidArgumentError(
+            f"`{name}` must be a torch.Tensor or a numpy array, got {type(value).__name__}"
+        )
+    if out.is_complex():
+        raise InvalidArgumentError(f"`{name}` must be real, got dtype {out.dtype}")
+    target = dtype if dtype is not None else (
+        out.dtype if out.is_floating_point() else DEFAULT_DTYPE
+    )
+    out = out.to(device=device if device is not None else out.device, dtype=target)
+    if finite:
+        check_finite(name, out)
+    return out
+
+
+def flatten_full(kernel: torch.Tensor) -> torch.Tensor:
+    """``(N1, N2, O, O) -> (N1*O, N2*O)``, sample-major: entry ``[i*O + a, j*O + b]``."""
+    n1, n2, o1, o2 = kernel.shape
+    return kernel.permute(0, 2, 1, 3).reshape(n1 * o1, n2 * o2)
+
+
+def unflatten_full(flat: torch.Tensor, n1: int, n2: int, o: int) -> torch.Tensor:
+    """Inverse of :func:`flatten_full`: ``(N1*O, N2*O) -> (N1, N2, O, O)``."""
+    return flat.reshape(n1, o, n2, o).permute(0, 2, 1, 3)
+
+
+@dataclass(frozen=True)
+class TrainKernel:
+    """A validated train-train kernel.
+
+    ``matrix`` is ``(N, N)`` for a scalar kernel or the flattened ``(N*O, N*O)`` one for a
+    full kernel; ``full`` tells which; ``n`` is the number of samples N and ``o`` the number
+    of outputs of a full kernel (``None`` for a scalar kernel, which fits any O).
+    """
+
+    matrix: torch.Tensor
+    n: int
+    o: int | None
+    full: bool
+    source_dtype: torch.dtype = DEFAULT_DTYPE
+
+
+def train_kernel(
+    name: str, value: Any, *, dtype: torch.dtype | None = DEFAULT_DTYPE, sym_rtol: float = 1e-6
+) -> TrainKernel:
+    """Validate a train-train kernel: square ``(N, N)`` or ``(N, N, O, O)``, finite, symmetric."""
+    k = as_tensor(name, value, dtype=None)
+    source_dtype = k.dtype
+    k = k.to(dtype if dtype is not None else k.dtype)
+    if k.ndim == 2:
+        if k.shape[0] != k.shape[1]:
+            raise ShapeError(
+                f"`{name}` must be a square (N, N) kernel, got shape {tuple(k.shape)}"
+            )
+        n, o, full, mat = k.shape[0], None, False, k
+    elif k.ndim == 4:
+        if k.shape[0] != k.shape[1] or k.shape[2] != k.shape[3]:
+            raise ShapeError(
+                f"`{name}` must be a full (N, N, O, O) kernel, got shape {tuple(k.shape)}"
+            )
+        n, o, full, mat = k.shape[0], k.shape[2], True, flatten_full(k)
+    else:
+        raise ShapeError(
+            f"`{name}` must be a scalar (N, N) or full (N, N, O, O) kernel, "
+            f"got a {k.ndim}-D tensor of shape {tuple(k.shape)}"
+        )
+    if n == 0 or (o is not None and o == 0):
+        raise ShapeError(f"`{name}` is empty (shape {tuple(k.shape)})")
+    scale = float(mat.abs().max())
+    asym = float((mat - mat.T).abs().max())
+    if asym > sym_rtol * max(scale, 1e-300) and asym > 0:
+        raise InvalidArgumentError(
+            f"`{name}` must be symmetric; max |K - K^T| = {asym:.3g} "
+            f"(max |K| = {scale:.3g})"
+        )
+    return TrainKernel(0.5 * (mat + mat.T), n, o, full, source_dtype)
+
+
+def cross_kernel(
+    name: str, value: Any, kt: TrainKernel, o: int, *, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """Validate a test-train kernel against the train kernel; return it 2-D.
+
+    Scalar train kernels want ``(M, N)``; full ones want ``(M, N, O, O)``, returned flattened
+    as ``(M*O, N*O)``.
+    """
+    k = as_tensor(name, value, dtype=dtype, device=device)
+    if not kt.full:
+        if k.ndim != 2 or k.shape[1] != kt.n:
+            raise ShapeError(
+                f"`{name}` must be a (M, N={kt.n}) kernel to match the scalar train kernel, "
+                f"got shape {tuple(k.shape)}"
+            )
+        return k
+    if k.ndim != 4 or k.shape[1] != kt.n or k.shape[2] != o or k.shape[3] != o:
+        raise ShapeError(
+            f"`{name}` must be a (M, N={kt.n}, O={o}, O={o}) kernel to match the full train "
+            f"kernel, got shape {tuple(k.shape)}"
+        )
+    return flatten_full(k)
+
+
+def targets(
+    name: str, value: Any, kt: TrainKernel, *, dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, bool]:
+    """Validate ``y`` against the train kernel; return it as ``(N, O)`` and whether it was 1-D."""
+    y = as_tensor(name, value, dtype=dtype, device=device)
+    squeeze = y.ndim == 1
+    if squeeze:
+        y = y[:, None]
+    if y.ndim != 2 or y.shape[0] != kt.n:
+        raise ShapeError(
+            f"`{name}` must be (N={kt.n}, O) or (N={kt.n},) to match the kernel, "
+            f"got shape {tuple(value.shape) if hasattr(value, 'shape') else '?'}"
+        )
+    if kt.full and y.shape[1] != kt.o:
+        raise ShapeError(
+            f"`{name}` has {y.shape[1]} output(s) but the full kernel has O={kt.o}"
+        )
+    return y, squeeze
+
+
+def outputs_like(
+    name: str, value: Any, rows: int, o: int, *, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """Validate initial outputs ``f0``: ``(rows, O)``, ``(rows,)`` when O = 1, or a scalar."""
+    f = as_tensor(name, value, dtype=dtype, device=device)
+    if f.ndim == 0:
+        return f.expand(rows, o).clone()
+    if f.ndim == 1 and o == 1 and f.shape[0] == rows:
+        return f[:, None]
+    if f.ndim == 2 and tuple(f.shape) == (rows, o):
+        return f
+    raise ShapeError(f"`{name}` must have shape ({rows}, {o}), got {tuple(f.shape)}")
+
+
+def times(name: str, value: Any, *, integer: bool = False) -> tuple[torch.Tensor, bool]:
+    """Validate times ``t`` (scalar or 1-D, >= 0, inf allowed); return float64 CPU 1-D and
+    whether a time axis must be kept."""
+    t = as_tensor(name, value, dtype=torch.float64, device="cpu", finite=False)
+    if t.ndim > 1:
+        raise ShapeError(f"`{name}` must be a scalar or a 1-D tensor of times, got {tuple(t.shape)}")
+    if bool(torch.isnan(t).any()):
+        raise InvalidArgumentError(f"`{name}` contains NaN")
+    if bool((t < 0).any()):
+        raise InvalidArgumentError(f"`{name}` must be >= 0 (times cannot be negative), got min "
+                                   f"{float(t.min()):g}")
+    if integer:
+        finite = t[torch.isfinite(t)]
+        if bool((finite != finite.round()).any()):
+            raise InvalidArgumentError(
+                f"`{name}` counts gradient-descent steps here and must hold whole numbers"
+            )
+    return t.reshape(-1), t.ndim == 1
+
+
+def regularize(
+    mat: torch.Tensor, diag_reg: float, diag_reg_mode: str
+) -> torch.Tensor:
+    """``K + diag_reg * s * I`` with ``s`` = mean diagonal ("relative") or 1 ("absolute")."""
+    from .._checks import check_choice
+
+    check_choice("diag_reg_mode", diag_reg_mode, ("relative", "absolute"))
+    if not isinstance(diag_reg, (int, float)) or not math.isfinite(diag_reg) or diag_reg < 0:
+        raise InvalidArgumentError(f"`diag_reg` must be a finite float >= 0, got {diag_reg!r}")
+    if diag_reg == 0:
+        return mat
+    scale = float(torch.diagonal(mat).mean()) if diag_reg_mode == "relative" else 1.0
+    return mat + diag_reg * scale * torch.eye(mat.shape[0], dtype=mat.dtype, device=mat.device)
+
+
+def eigh_psd(name: str, mat: torch.Tensor, input_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigendecomposition ``mat = Q diag(lam) Q^T`` with round-off negatives clamped to 0.
+
+    Eigenvalues down to ``-PSD_RTOL * lam_max`` (1e-7 for float64 input, 1e-4 for float32 or
+    lower) are round-off of a PSD kernel and are set to exactly 0; anything more negative
+    raises, naming ``name``.
+    """
+    lam, q = torch.linalg.eigh(mat)
+    top = float(lam[-1]) if lam.numel() else 0.0
+    rtol = PSD_RTOL.get(input_dtype, 1e-4)
+    low = float(lam[0])
+    if low < -rtol * max(abs(top), 1e-300):
+        raise InvalidArgumentError(
+            f"`{name}` is far from positive semi-definite: smallest eigenvalue {low:.3g}, "
+            f"largest {top:.3g} (tolerated: -{rtol:g} * largest)"
+        )
+    return lam.clamp_min(0.0), q

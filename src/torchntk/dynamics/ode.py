@@ -1,0 +1,208 @@
+"""Any differentiable loss: integrate the function-space dynamics with an adaptive ODE solver.
+
+For a loss ``L(f, y)`` summed over the N training samples, the cost is ``C = (1/N) L`` and
+gradient flow on the parameters moves a fixed-kernel network as
+
+    df(X)/dt = -(1/N) Theta(X, X) grad_f L(f(X), y)
+    df(x)/dt = -(1/N) Theta(x, X) grad_f L(f(X), y)        (test points ride along)
+
+With squared loss ``L = (1/2) sum ||f - y||^2`` this is the closed form of
+:func:`~torchntk.dynamics.mse`. Train and test outputs are integrated together by
+``scipy.integrate.solve_ivp`` (default ``DOP853``, tight tolerances; pick ``"LSODA"`` or
+``"Radau"`` for stiff problems: large ``lam_max * t / N``).
+
+Momentum: a continuous-time version of heavy-ball momentum ``mu`` with learning rate ``eta``,
+with ``t`` counting steps (``v`` the output velocity, ``v(0) = 0``):
+
+    d^2 f/dt^2 + (1 - mu) df/dt = -(eta / N) Theta grad_f L
+
+(it follows from ``f_{k+1} - f_k = mu (f_k - f_{k-1}) - (eta/N) Theta grad L`` for slowly
+varying f). Without momentum a ``learning_rate`` only rescales time: ``t`` steps are gradient
+flow time ``eta * t``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from scipy.integrate import solve_ivp
+
+from .._checks import check_choice
+from ..errors import InvalidArgumentError
+from . import _kernels as K
+from .mse import _check_rate
+
+__all__ = ["ode", "ODEPredictor", "squared_loss", "cross_entropy_loss", "huber_loss"]
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def squared_loss(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``(1/2) sum ||f - y||^2`` (the cost of CONVENTIONS section 4 is this over N)."""
+    return 0.5 * ((f - y) ** 2).sum()
+
+
+def cross_entropy_loss(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``-sum_i sum_a y_ia log softmax(f_i)_a`` for ``(N, O)`` logits and target probabilities."""
+    return -(y * torch.log_softmax(f, dim=-1)).sum()
+
+
+def huber_loss(f: torch.Tensor, y: torch.Tensor, delta: float = 1.0) -> torch.Tensor:
+    """``sum h(f - y)``, ``h(r) = r^2/2`` for ``|r| <= delta``, else ``delta (|r| - delta/2)``."""
+    return torch.nn.functional.huber_loss(f, y, reduction="sum", delta=delta)
+
+
+_LOSSES: dict[str, LossFn] = {
+    "mse": squared_loss,
+    "squared": squared_loss,
+    "cross_entropy": cross_entropy_loss,
+    "huber": huber_loss,
+}
+
+
+class ODEPredictor:
+    """Predictions of fixed-kernel training under any loss; made by :func:`ode`.
+
+    ``f_train, f_test = pred(t, ntk_test_train=None, f0_test=None)`` with the shapes of
+    :class:`~torchntk.dynamics.MSEPredictor` (``t = inf`` is not supported here).
+    """
+
+    def __init__(self, kt, y, squeeze, f0, loss, learning_rate, momentum, method, rtol, atol):
+        self._kt, self.y, self._squeeze, self.f0 = kt, y, squeeze, f0
+        self.n, self.o = kt.n, y.shape[1]
+        self.loss = loss
+        self.learning_rate, self.momentum = learning_rate, momentum
+        self.method, self.rtol, self.atol = method, rtol, atol
+        self._grad = torch.func.grad(lambda f: loss(f, y))
+        self.last_result = None  # scipy's OdeResult of the latest call
+
+    def _apply(self, kernel: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """``kernel @ grad`` in the kernel's layout; returns (rows, O)."""
+        if self._kt.full:
+            return (kernel @ grad.reshape(-1)).reshape(-1, self.o)
+        return kernel @ grad
+
+    def __call__(self, t: Any, ntk_test_train: Any = None, f0_test: Any = None):
+        ts, keep_t = K.times("t", t)
+        if not bool(torch.isfinite(ts).all()):
+            raise InvalidArgumentError("`t` must be finite for the ODE predictor (no t = inf)")
+        kt = self._kt
+        dev, dt = kt.matrix.device, kt.matrix.dtype
+        kx = m = None
+        f0x = None
+        if ntk_test_train is not None:
+            kx = K.cross_kernel("ntk_test_train", ntk_test_train, kt, self.o, dtype=dt, device=dev)
+            m = kx.shape[0] // (self.o if kt.full else 1)
+            f0x = (torch.zeros(m, self.o, dtype=dt, device=dev) if f0_test is None else
+                   K.outputs_like("f0_test", f0_test, m, self.o, dtype=dt, device=dev))
+        elif f0_test is not None:
+            raise InvalidArgumentError("`f0_test` was given without `ntk_test_train`")
+
+        n_tr = self.n * self.o
+        n_te = 0 if m is None else m * self.o
+        size = n_tr + n_te
+        scale = 1.0 / self.n
+        if self.learning_rate is not None:
+            scale *= self.learning_rate
+        mom = self.momentum
+
+        def velocity(f_train: torch.Tensor) -> torch.Tensor:
+            grad = self._grad(f_train)
+            parts = [self._apply(kt.matrix, grad).reshape(-1)]
+            if kx is not None:
+                parts.append(self._apply(kx, grad).reshape(-1))
+            return -scale * torch.cat(parts)
+
+        def rhs(_s: float, state: np.ndarray) -> np.ndarray:
+            z = torch.from_numpy(state).to(device=dev, dtype=dt)
+            drive = velocity(z[:n_tr].reshape(self.n, self.o))
+            if mom is None:
+                return drive.cpu().numpy()
+            v = z[size:]
+            return torch.cat([v, drive - (1.0 - mom) * v]).cpu().numpy()
+
+        z0 = [self.f0.reshape(-1)] + ([] if f0x is None else [f0x.reshape(-1)])
+        state0 = torch.cat(z0)
+        if mom is not None:
+            state0 = torch.cat([state0, torch.zeros_like(state0)])
+        order = torch.argsort(ts)
+        t_sorted = ts[order].numpy()
+        t_end = float(t_sorted[-1])
+        if t_end == 0.0:
+            ys = np.repeat(state0.cpu().numpy()[:, None], ts.shape[0], axis=1)
+        else:
+            res = solve_ivp(rhs, (0.0, t_end), state0.cpu().numpy(), method=self.method,
+                            t_eval=t_sorted, rtol=self.rtol, atol=self.atol)
+            self.last_result = res
+            if not res.success:
+                raise RuntimeError(f"the ODE solver failed: {res.message}")
+            ys = res.y
+        sol = torch.empty(ts.shape[0], ys.shape[0], dtype=dt, device=dev)
+        sol[order.to(dev)] = torch.from_numpy(np.ascontiguousarray(ys.T)).to(device=dev, dtype=dt)
+        f_train = self._out(sol[:, :n_tr], self.n, keep_t)
+        f_test = None if m is None else self._out(sol[:, n_tr:size], m, keep_t)
+        return f_train, f_test
+
+    def _out(self, z: torch.Tensor, rows: int, keep_t: bool) -> torch.Tensor:
+        out = z.reshape(z.shape[0], rows, self.o)
+        if self._squeeze:
+            out = out[..., 0]
+        return out if keep_t else out[0]
+
+
+def ode(
+    loss: str | LossFn,
+    ntk_train_train: Any,
+    y_train: Any,
+    *,
+    f0_train: Any = None,
+    learning_rate: float | None = None,
+    momentum: float | None = None,
+    method: str = "DOP853",
+    rtol: float = 1e-10,
+    atol: float = 1e-12,
+    dtype: torch.dtype = K.DEFAULT_DTYPE,
+) -> ODEPredictor:
+    """Predictor of fixed-kernel training under any differentiable loss, by an ODE solver.
+
+    Args:
+        loss: ``"mse"`` (``(1/2) sum ||f - y||^2``), ``"cross_entropy"`` (softmax over outputs,
+            ``y`` as probabilities or one-hot), ``"huber"`` (delta 1), or a callable
+            ``loss(f, y) -> scalar`` summed over samples (``f`` and ``y`` are ``(N, O)``);
+            the cost is ``loss / N``.
+        ntk_train_train: scalar ``(N, N)`` or full ``(N, N, O, O)`` kernel.
+        y_train: ``(N, O)`` or ``(N,)`` targets.
+        f0_train: initial outputs (zeros if None).
+        learning_rate: with ``momentum``: heavy-ball step, ``t`` counts steps; alone: ``t``
+            counts steps of gradient flow time ``eta`` each.
+        momentum: ``mu`` in ``[0, 1)`` (continuous heavy-ball ODE, see the module docstring).
+        method, rtol, atol: passed to ``scipy.integrate.solve_ivp``.
+
+    Returns:
+        An :class:`ODEPredictor`; ``f_train, f_test = pred(t, ntk_test_train, f0_test)``.
+
+    Example:
+        >>> x = torch.randn(6, 2, dtype=torch.float64)
+        >>> y = torch.nn.functional.one_hot(torch.arange(6) % 3).double()
+        >>> pred = ode("cross_entropy", x @ x.T + 1, y)
+        >>> pred(torch.tensor([0.0, 1.0, 10.0]))[0].shape
+        torch.Size([3, 6, 3])
+    """
+    if isinstance(loss, str):
+        check_choice("loss", loss, tuple(_LOSSES))
+        loss_fn = _LOSSES[loss]
+    elif callable(loss):
+        loss_fn = loss
+    else:
+        raise InvalidArgumentError(f"`loss` must be a name or a callable, got {type(loss).__name__}")
+    learning_rate, momentum = _check_rate(learning_rate, momentum)
+    kt = K.train_kernel("ntk_train_train", ntk_train_train, dtype=dtype)
+    dev = kt.matrix.device
+    y, squeeze = K.targets("y_train", y_train, kt, dtype=dtype, device=dev)
+    f0 = (torch.zeros_like(y) if f0_train is None else
+          K.outputs_like("f0_train", f0_train, kt.n, y.shape[1], dtype=dtype, device=dev))
+    if not (callable(loss_fn) and torch.isfinite(loss_fn(f0, y)).all()):
+        raise InvalidArgumentError("`loss` is not finite at the initial outputs `f0_train`")
+    return ODEPredictor(kt, y, squeeze, f0, loss_fn, learning_rate, momentum, method, rtol, atol)
