@@ -28,6 +28,7 @@ __version__ = "0.1.0"
 # -- subpackage exports (each room adds its own lines below) --
 from . import layers  # noqa: E402  (infinite-width architecture specs)
 from .layers import Kernel  # noqa: E402
+from . import dynamics  # noqa: E402  (training in function space)
 
 __all__ = [
     "__version__",
@@ -43,4 +44,5 @@ __all__ = [
     "StoreError",
     "layers",
     "Kernel",
+    "dynamics",
 ]
