@@ -26,6 +26,8 @@ from .errors import (
 __version__ = "0.1.0"
 
 # -- subpackage exports (each room adds its own lines below) --
+from . import empirical  # noqa: E402  (finite-width NTK of any model)
+from .empirical import empirical_ntk, linearize  # noqa: E402
 from . import layers  # noqa: E402  (infinite-width architecture specs)
 from .layers import Kernel  # noqa: E402
 from . import dynamics  # noqa: E402  (training in function space)
@@ -42,6 +44,9 @@ __all__ = [
     "UnsupportedLayerError",
     "SpecError",
     "StoreError",
+    "empirical",
+    "empirical_ntk",
+    "linearize",
     "layers",
     "Kernel",
     "dynamics",

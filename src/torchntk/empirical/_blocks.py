@@ -1,0 +1,130 @@
+"""Tiling the kernel over blocks of examples under a block size or memory budget (private).
+
+The kernel ``Theta(x1, x2)`` is computed tile by tile: rows ``x1[I]`` against columns
+``x2[J]``. Each tile needs the features of its row block and of its column block (per-example
+Jacobians, or activations and cotangents), so the peak memory is about
+
+    output + 2 * b * (feature bytes per example) + b^2 * (temporary bytes per example pair)
+
+for blocks of ``b`` examples. Given a ``memory`` budget the planner takes the largest ``b`` that
+fits; given ``block_size`` it uses that. For a symmetric kernel (``x2=None``) only the tiles with
+``J >= I`` are computed; the others are their mirror images, and the diagonal tiles are
+symmetrized, so the result is exactly symmetric.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Protocol
+
+import torch
+
+from ..errors import InvalidArgumentError
+from ._modes import Accumulator, finalize, out_shape, transpose
+
+DEFAULT_MEMORY = 2 * 1024**3  # planning budget when neither block_size nor memory is given
+
+_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1024**2, "mb": 1000**2,
+          "mib": 1024**2, "g": 1024**3, "gb": 1000**3, "gib": 1024**3, "t": 1024**4,
+          "tb": 1000**4, "tib": 1024**4}
+
+
+def parse_memory(memory: int | float | str | None) -> int | None:
+    """Bytes from ``memory``: a number of bytes or a string such as ``"2GiB"``, ``"500MB"``."""
+    if memory is None:
+        return None
+    if isinstance(memory, bool):
+        raise InvalidArgumentError(f"`memory` must be bytes or a string like '2GiB', got {memory!r}")
+    if isinstance(memory, (int, float)):
+        value = float(memory)
+    elif isinstance(memory, str):
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", memory)
+        if not m or m.group(2).lower() not in _UNITS:
+            raise InvalidArgumentError(
+                f"`memory` must be bytes or a string like '2GiB' or '512MB', got {memory!r}"
+            )
+        value = float(m.group(1)) * _UNITS[m.group(2).lower()]
+    else:
+        raise InvalidArgumentError(f"`memory` must be bytes or a string like '2GiB', got {memory!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise InvalidArgumentError(f"`memory` must be a positive size, got {memory!r}")
+    return int(value)
+
+
+class Backend(Protocol):
+    """What the tiling needs from an implementation."""
+
+    out_dim: int
+
+    def features(self, x: torch.Tensor) -> object: ...
+
+    def contract(self, f1: object, f2: object, mode: str, acc: Accumulator) -> None: ...
+
+
+def plan_block(
+    n: int,
+    block_size: int | None,
+    budget: int | None,
+    fixed_bytes: float,
+    per_example: float,
+    per_pair: float,
+) -> int:
+    """Block size ``b <= n`` with ``fixed + 2 b per_example + b^2 per_pair <= budget``."""
+    if block_size is not None:
+        if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+            raise InvalidArgumentError(f"`block_size` must be a positive int, got {block_size!r}")
+        return min(block_size, n)
+    budget = DEFAULT_MEMORY if budget is None else budget
+    room = max(budget - fixed_bytes, 0.0)
+    # largest b with per_pair b^2 + 2 per_example b <= room
+    if per_pair > 0:
+        b = (-per_example + math.sqrt(per_example**2 + per_pair * room)) / per_pair
+    else:
+        b = room / max(2 * per_example, 1.0)
+    return int(max(1, min(n, math.floor(b))))
+
+
+def _tiles(n: int, b: int) -> list[slice]:
+    return [slice(s, min(s + b, n)) for s in range(0, n, b)]
+
+
+def compute_tiled(
+    backend: Backend,
+    x1: torch.Tensor,
+    x2: torch.Tensor | None,
+    mode: str,
+    per_layer: bool,
+    block: int,
+    dtype: torch.dtype | None,
+) -> torch.Tensor | dict[str, torch.Tensor]:
+    """Assemble ``Theta(x1, x2)`` (``x2=None``: symmetric ``Theta(x1, x1)``) from tiles."""
+    symmetric = x2 is None
+    xs = x1 if symmetric else x2
+    n1, n2, o = x1.shape[0], xs.shape[0], backend.out_dim
+    rows, cols = _tiles(n1, block), _tiles(n2, block)
+    out: dict[str, torch.Tensor] = {}
+
+    def put(name: str, part: torch.Tensor, r: slice, c: slice, mirror: bool) -> None:
+        if name not in out:
+            out[name] = torch.empty(out_shape(n1, n2, o, mode), dtype=part.dtype, device=part.device)
+        out[name][r, c] = part
+        if mirror:
+            out[name][c, r] = transpose(part, mode)
+
+    for bi, r in enumerate(rows):
+        f1 = backend.features(x1[r])
+        for bj, c in enumerate(cols):
+            if symmetric and bj < bi:
+                continue
+            f2 = f1 if symmetric and bj == bi else backend.features(xs[c])
+            acc = Accumulator(per_layer, dtype)
+            backend.contract(f1, f2, mode, acc)
+            parts = acc.parts if per_layer else {"": acc.total}
+            for name, t in parts.items():
+                t = finalize(t, mode, o)
+                if symmetric and bj == bi:
+                    t = 0.5 * (t + transpose(t, mode))
+                put(name, t, r, c, symmetric and bj != bi)
+            del f2, acc, parts
+    return out if per_layer else out[""]

@@ -1,0 +1,89 @@
+"""Output modes: Gram products in a matmul-friendly internal layout (private).
+
+Every implementation reduces to sums of Gram products of per-example, per-output feature
+vectors ``u1 (N1, O, F)`` and ``u2 (N2, O, F)``. The accumulation happens in an internal layout
+chosen so that each product is one (batched) matmul:
+
+=============  ==================  =========================================
+mode           internal layout     entry
+=============  ==================  =========================================
+``"full"``      ``(N1, O, N2, O)``  ``sum_f u1[i, a, f] u2[j, b, f]``
+``"diagonal"``  ``(O, N1, N2)``     ``sum_f u1[i, a, f] u2[j, a, f]``
+``"mean"``      ``(N1, N2)``        ``sum_a sum_f u1[i, a, f] u2[j, a, f]`` (not yet / O)
+=============  ==================  =========================================
+
+:func:`finalize` turns it into the public shapes of CONVENTIONS section 3.
+"""
+
+from __future__ import annotations
+
+import torch
+
+MODES = ("full", "diagonal", "mean")
+
+
+def gram(u1: torch.Tensor, u2: torch.Tensor, mode: str) -> torch.Tensor:
+    """Gram product of ``u1 (N1, O, F)`` and ``u2 (N2, O, F)`` in the internal layout of ``mode``."""
+    n1, o, _ = u1.shape
+    n2 = u2.shape[0]
+    if mode == "full":
+        return (u1.reshape(n1 * o, -1) @ u2.reshape(n2 * o, -1).T).view(n1, o, n2, o)
+    if mode == "diagonal":
+        return torch.bmm(u1.transpose(0, 1), u2.permute(1, 2, 0))
+    return u1.reshape(n1, -1) @ u2.reshape(n2, -1).T
+
+
+def pair_view(m: torch.Tensor, mode: str) -> torch.Tensor:
+    """View an example-pair factor ``m (N1, N2)`` so it broadcasts against the internal layout."""
+    if mode == "full":
+        return m[:, None, :, None]
+    if mode == "diagonal":
+        return m[None]
+    return m
+
+
+def finalize(t: torch.Tensor, mode: str, out_dim: int) -> torch.Tensor:
+    """Internal layout -> public shape: (N1, N2, O, O), (N1, N2, O) or (N1, N2)."""
+    if mode == "full":
+        return t.permute(0, 2, 1, 3)
+    if mode == "diagonal":
+        return t.permute(1, 2, 0)
+    return t / out_dim
+
+
+def transpose(t: torch.Tensor, mode: str) -> torch.Tensor:
+    """Swap the roles of x1 and x2 in a public-shape kernel (Theta(x2, x1))."""
+    if mode == "full":
+        return t.permute(1, 0, 3, 2)
+    return t.transpose(0, 1)
+
+
+def out_shape(n1: int, n2: int, out_dim: int, mode: str) -> tuple[int, ...]:
+    """Public shape of a kernel block."""
+    return {"full": (n1, n2, out_dim, out_dim), "diagonal": (n1, n2, out_dim), "mean": (n1, n2)}[mode]
+
+
+class Accumulator:
+    """Sums the parts of one kernel block, or keeps them apart (``per_layer=True``).
+
+    ``add(name, t)`` adds the part of parameter ``name`` (internal layout), cast to ``dtype``.
+    """
+
+    def __init__(self, per_layer: bool, dtype: torch.dtype | None) -> None:
+        self.per_layer, self.dtype = per_layer, dtype
+        self.total: torch.Tensor | None = None
+        self.parts: dict[str, torch.Tensor] = {}
+
+    def add(self, name: str, t: torch.Tensor) -> None:
+        if self.dtype is not None and t.dtype != self.dtype:
+            t = t.to(self.dtype)
+        if self.per_layer:
+            self.parts[name] = t.clone() if name not in self.parts else self.parts[name].add_(t)
+        elif self.total is None:
+            self.total = t.clone()
+        else:
+            self.total.add_(t)
+
+    def cast(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` in the accumulation dtype (features are cast before their products)."""
+        return t if self.dtype is None or t.dtype == self.dtype else t.to(self.dtype)

@@ -1,0 +1,99 @@
+"""Every bad input raises the documented torchntk error, naming the argument."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from torchntk.errors import (
+    InvalidArgumentError,
+    ModelStateError,
+    NonFiniteError,
+    ShapeError,
+    TorchNTKError,
+)
+from torchntk.empirical import empirical_ntk, linearize
+
+
+def _net(*extra):
+    return nn.Sequential(nn.Linear(3, 4), *extra, nn.Linear(4, 2))
+
+
+X = torch.randn(4, 3)
+
+
+@pytest.mark.parametrize("layer", [nn.BatchNorm1d(4), nn.Dropout(0.5)])
+def test_train_mode_batchnorm_or_dropout(layer):
+    net = _net(layer)
+    with pytest.raises(ModelStateError, match=r"model\.eval\(\)") as err:
+        empirical_ntk(net, X)
+    assert "deterministic" in str(err.value) and "`model`" in str(err.value)
+    with pytest.raises(ModelStateError):
+        linearize(net)
+    net.eval()
+    assert empirical_ntk(net, X).shape == (4, 4, 2, 2)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("arg", ["x1", "x2"])
+def test_non_finite_inputs(bad, arg):
+    x = X.clone()
+    x[1, 2] = bad
+    args = (x, X) if arg == "x1" else (X, x)
+    with pytest.raises(NonFiniteError, match=f"`{arg}`"):
+        empirical_ntk(_net(), *args)
+
+
+def test_mismatched_feature_shapes():
+    with pytest.raises(ShapeError, match="`x2`"):
+        empirical_ntk(_net(), X, torch.randn(4, 5))
+
+
+@pytest.mark.parametrize("arg", ["x1", "x2"])
+def test_empty_batch(arg):
+    args = (X[:0], X) if arg == "x1" else (X, X[:0])
+    with pytest.raises(ShapeError, match=f"`{arg}`"):
+        empirical_ntk(_net(), *args)
+
+
+def test_no_trainable_parameters():
+    net = _net().requires_grad_(False)
+    with pytest.raises(ModelStateError, match="no trainable parameters"):
+        empirical_ntk(net, X)
+    with pytest.raises(ModelStateError):
+        empirical_ntk(nn.Tanh(), X)
+
+
+def test_unknown_mode_and_implementation():
+    with pytest.raises(InvalidArgumentError, match="mode"):
+        empirical_ntk(_net(), X, mode="trace")
+    with pytest.raises(InvalidArgumentError, match="implementation"):
+        empirical_ntk(_net(), X, implementation="fast")
+
+
+def test_params_naming_nothing():
+    with pytest.raises(InvalidArgumentError, match="`params`"):
+        empirical_ntk(_net(), X, params=["5.weight"])
+    with pytest.raises(InvalidArgumentError, match="`params`"):
+        empirical_ntk(_net(), X, params=lambda n, p: False)
+
+
+def test_output_of_wrong_rank():
+    net = nn.Sequential(nn.Linear(3, 4), nn.Unflatten(1, (2, 2)))
+    with pytest.raises(ShapeError, match="`model`"):
+        empirical_ntk(net, X)
+
+
+def test_other_bad_arguments():
+    with pytest.raises(InvalidArgumentError, match="`memory`"):
+        empirical_ntk(_net(), X, memory="lots")
+    with pytest.raises(InvalidArgumentError, match="`block_size`"):
+        empirical_ntk(_net(), X, block_size=0)
+    with pytest.raises(InvalidArgumentError, match="`x1`"):
+        empirical_ntk(_net(), X.numpy())
+    with pytest.raises(InvalidArgumentError, match="`params`"):
+        empirical_ntk(lambda p, x: x, X)  # plain function without a params dict
+    with pytest.raises(InvalidArgumentError, match="`accumulate_dtype`"):
+        empirical_ntk(_net(), X, accumulate_dtype=torch.int64)
+    assert issubclass(ShapeError, TorchNTKError) and issubclass(ShapeError, ValueError)
