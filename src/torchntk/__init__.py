@@ -30,6 +30,7 @@ from . import empirical  # noqa: E402  (finite-width NTK of any model)
 from .empirical import empirical_ntk, linearize  # noqa: E402
 from . import layers  # noqa: E402  (infinite-width architecture specs)
 from .layers import Kernel  # noqa: E402
+from .layers.monte_carlo import monte_carlo_kernel  # noqa: E402  (Monte Carlo NNGP/NTK of any module)
 from . import dynamics  # noqa: E402  (training in function space)
 
 __all__ = [
@@ -49,5 +50,6 @@ __all__ = [
     "linearize",
     "layers",
     "Kernel",
+    "monte_carlo_kernel",
     "dynamics",
 ]

@@ -1,0 +1,267 @@
+"""Monte Carlo NNGP and NTK: averages of finite networks over random initializations.
+
+For ``n`` independent draws ``theta_1..theta_n`` of a network's parameters,
+
+    NNGP_hat[i, j, a, b] = (1/n) sum_s f_a(x1_i; theta_s) f_b(x2_j; theta_s)
+    NTK_hat[i, j, a, b]  = (1/n) sum_s Theta_emp(x1_i, x2_j; theta_s)[a, b]
+
+(``Theta_emp`` by :func:`torchntk.empirical_ntk`), reduced over the outputs as ``mode`` says:
+``"full"`` ``(N1, N2, O, O)``, ``"diagonal"`` ``(N1, N2, O)``, ``"mean"`` ``(N1, N2)`` (the mean of
+the ``a = b`` entries: the estimate of the scalar infinite-width kernel of a spec). The sums are
+accumulated in float64.
+
+This works for *any* module, so it is also the fallback for layers without an infinite-width
+rule in :mod:`torchntk.layers` (``nn.MaxPool2d``, ``nn.BatchNorm2d`` in eval mode, attention...):
+write a module factory and average. The error falls as ``n^(-1/2)`` (draws) and, against the
+infinite-width kernel, as ``width^(-1/2)``.
+
+Example:
+    >>> from torchntk import layers as L
+    >>> spec = L.serial(L.Dense(256), L.Relu(), L.Dense(1))
+    >>> x = torch.randn(4, 3, dtype=torch.float64)
+    >>> est = L.monte_carlo_kernel(spec, x, n_samples=8, seed=0)
+    >>> est.nngp.shape, est.ntk.shape, est.n_samples
+    (torch.Size([4, 4]), torch.Size([4, 4]), 8)
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Union
+
+import torch
+from torch import nn
+
+from .._checks import check_choice, check_finite, check_nonempty_batch, check_tensor
+from ..errors import InvalidArgumentError, ShapeError
+from ._base import Layer
+
+__all__ = ["MonteCarloKernel", "monte_carlo_kernel", "monte_carlo_kernels"]
+
+MODES = ("mean", "diagonal", "full")
+Factory = Union[Layer, Callable[..., nn.Module]]
+
+
+@dataclass
+class MonteCarloKernel:
+    """A Monte Carlo estimate of the NNGP and NTK after ``n_samples`` draws.
+
+    Attributes:
+        nngp: the mean output covariance, shape by ``mode`` (``None`` if not requested).
+        ntk: the mean empirical NTK, same shape (``None`` if not requested).
+        n_samples: number of initializations averaged.
+    """
+
+    nngp: torch.Tensor | None
+    ntk: torch.Tensor | None
+    n_samples: int
+
+
+def _builder(factory: Factory, x: torch.Tensor, dtype: torch.dtype) -> Callable[[torch.Generator], nn.Module]:
+    """A function ``generator -> fresh module`` for a spec or a user factory."""
+    if isinstance(factory, Layer):
+        shape = tuple(x.shape[1:])
+
+        def build(g: torch.Generator) -> nn.Module:
+            return factory.module(shape, generator=g, dtype=dtype, device=x.device)
+
+        return build
+    if isinstance(factory, nn.Module) or not callable(factory):
+        raise InvalidArgumentError(
+            "`model_factory` must be a torchntk.layers spec or a callable returning a fresh "
+            f"nn.Module (one new initialization per call), got {type(factory).__name__}"
+        )
+    try:
+        params = inspect.signature(factory).parameters.values()
+        takes_generator = any(
+            p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in params
+        )
+    except (TypeError, ValueError):  # builtins without a signature
+        takes_generator = False
+
+    def build(g: torch.Generator) -> nn.Module:
+        if takes_generator:
+            module = factory(g)
+        else:  # seed torch's global RNG from `g`, without disturbing the caller's stream
+            seed = int(torch.randint(0, 2**62, (1,), generator=g, device=g.device))
+            devices = [x.device] if x.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(seed)
+                module = factory()
+        if not isinstance(module, nn.Module):
+            raise InvalidArgumentError(
+                f"`model_factory` must return an nn.Module, got {type(module).__name__}"
+            )
+        return module.to(device=x.device)
+
+    return build
+
+
+def _outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        out = model(x)
+    if not isinstance(out, torch.Tensor) or out.ndim == 0 or out.shape[0] != x.shape[0]:
+        raise ShapeError(
+            f"the model must map a batch of {x.shape[0]} inputs to (N, O) or (N,) outputs, got "
+            f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}"
+        )
+    return out.reshape(out.shape[0], -1).to(torch.float64)
+
+
+def _output_products(f1: torch.Tensor, f2: torch.Tensor, mode: str) -> torch.Tensor:
+    if mode == "full":
+        return torch.einsum("ia,jb->ijab", f1, f2)
+    if mode == "diagonal":
+        return torch.einsum("ia,ja->ija", f1, f2)
+    return f1 @ f2.T / f1.shape[1]
+
+
+def monte_carlo_kernels(
+    model_factory: Factory,
+    x1: torch.Tensor,
+    x2: torch.Tensor | None = None,
+    *,
+    n_samples: int,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+    mode: str = "mean",
+    nngp: bool = True,
+    ntk: bool = True,
+    eval_mode: bool = True,
+    **ntk_options: Any,
+) -> Iterator[MonteCarloKernel]:
+    """Yield the running Monte Carlo estimate after each of ``n_samples`` initializations.
+
+    Same arguments as :func:`monte_carlo_kernel`; the ``s``-th item averages the first ``s``
+    draws (its tensors are fresh float64 tensors, safe to keep), so the items trace the
+    convergence of the estimate.
+
+    Example:
+        >>> from torchntk import layers as L
+        >>> spec = L.serial(L.Dense(128), L.Erf(), L.Dense(1))
+        >>> x = torch.randn(3, 2, dtype=torch.float64)
+        >>> exact = spec.kernel(x).ntk
+        >>> errors = [float((e.ntk - exact).norm() / exact.norm())
+        ...           for e in L.monte_carlo_kernels(spec, x, n_samples=4, seed=0)]
+    """
+    x1 = _check_inputs("x1", x1)
+    if x2 is not None:
+        x2 = _check_inputs("x2", x2)
+        if x2.shape[1:] != x1.shape[1:]:
+            raise ShapeError(
+                f"`x2` per-sample shape {tuple(x2.shape[1:])} differs from `x1`'s {tuple(x1.shape[1:])}"
+            )
+    check_choice("mode", mode, MODES)
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+        raise InvalidArgumentError(f"`n_samples` must be a positive int, got {n_samples!r}")
+    if not (nngp or ntk):
+        raise InvalidArgumentError("nothing to estimate: `nngp` and `ntk` are both False")
+    if generator is not None and seed is not None:
+        raise InvalidArgumentError("give either `seed` or `generator`, not both")
+    if generator is None:
+        generator = torch.Generator(device=x1.device)
+        if seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(int(seed))
+    elif not isinstance(generator, torch.Generator):
+        raise InvalidArgumentError(f"`generator` must be a torch.Generator, got {type(generator).__name__}")
+    dtype = x1.dtype if x1.is_floating_point() else torch.get_default_dtype()
+    build = _builder(model_factory, x1, dtype)
+    return _iterate(build, x1, x2, n_samples, generator, mode, nngp, ntk, eval_mode, ntk_options)
+
+
+def _iterate(
+    build: Callable[[torch.Generator], nn.Module],
+    x1: torch.Tensor,
+    x2: torch.Tensor | None,
+    n_samples: int,
+    generator: torch.Generator,
+    mode: str,
+    nngp: bool,
+    ntk: bool,
+    eval_mode: bool,
+    ntk_options: dict[str, Any],
+) -> Iterator[MonteCarloKernel]:
+    xb = x1 if x2 is None else x2
+    sum_nngp: torch.Tensor | None = None
+    sum_ntk: torch.Tensor | None = None
+    for s in range(1, n_samples + 1):
+        model = build(generator)
+        if eval_mode:
+            model.eval()
+        if nngp:
+            f1 = _outputs(model, x1)
+            f2 = f1 if x2 is None else _outputs(model, xb)
+            term = _output_products(f1, f2, mode)
+            sum_nngp = term if sum_nngp is None else sum_nngp + term
+        if ntk:
+            from ..empirical import empirical_ntk  # the lower room's entry point
+
+            theta = empirical_ntk(model, x1, x2, mode=mode, **ntk_options).to(torch.float64)
+            sum_ntk = theta if sum_ntk is None else sum_ntk + theta
+        yield MonteCarloKernel(
+            nngp=None if sum_nngp is None else sum_nngp / s,
+            ntk=None if sum_ntk is None else sum_ntk / s,
+            n_samples=s,
+        )
+
+
+def monte_carlo_kernel(
+    model_factory: Factory,
+    x1: torch.Tensor,
+    x2: torch.Tensor | None = None,
+    *,
+    n_samples: int,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+    mode: str = "mean",
+    nngp: bool = True,
+    ntk: bool = True,
+    eval_mode: bool = True,
+    **ntk_options: Any,
+) -> MonteCarloKernel:
+    """Average empirical NNGP and NTK of ``n_samples`` random initializations (float64).
+
+    Args:
+        model_factory: a :mod:`torchntk.layers` spec (its ``spec.module(x1.shape[1:])``, with
+            parameters of ``x1``'s dtype and device), or a callable returning a freshly
+            initialized ``nn.Module`` on each call: ``factory(generator)`` if it takes an
+            argument, else ``factory()`` with torch's global RNG seeded from ``generator``
+            (the caller's RNG state is restored). Any module works, which makes this the
+            fallback for layers without an infinite-width rule (MaxPool, BatchNorm...).
+        x1: inputs ``(N1, ...)``; x2: ``(N2, ...)`` or ``None`` for ``x1``.
+        n_samples: number of initializations.
+        seed, generator: reproducibility (one of them; a random seed if neither).
+        mode: ``"mean"`` (default, ``(N1, N2)``), ``"diagonal"`` (``(N1, N2, O)``) or ``"full"``
+            (``(N1, N2, O, O)``), for both kernels (CONVENTIONS section 3).
+        nngp, ntk: which kernels to estimate.
+        eval_mode: call ``model.eval()`` before use (default; BatchNorm then uses its running
+            statistics and Dropout is off, so each example's output is its own).
+        **ntk_options: passed to :func:`torchntk.empirical_ntk` (``implementation``,
+            ``params``, ``block_size``, ``memory``...).
+
+    Returns:
+        :class:`MonteCarloKernel` with ``nngp``, ``ntk`` (float64) and ``n_samples``.
+
+    Example:
+        >>> net = lambda: torch.nn.Sequential(torch.nn.Linear(3, 64), torch.nn.Tanh(), torch.nn.Linear(64, 2))
+        >>> est = monte_carlo_kernel(net, torch.randn(5, 3), n_samples=4, seed=0, mode="full")
+        >>> est.ntk.shape
+        torch.Size([5, 5, 2, 2])
+    """
+    last: MonteCarloKernel | None = None
+    for last in monte_carlo_kernels(
+        model_factory, x1, x2, n_samples=n_samples, seed=seed, generator=generator, mode=mode,
+        nngp=nngp, ntk=ntk, eval_mode=eval_mode, **ntk_options,
+    ):
+        pass
+    assert last is not None
+    return last
+
+
+def _check_inputs(name: str, x: Any) -> torch.Tensor:
+    x = check_tensor(name, x)
+    check_nonempty_batch(name, x)
+    return check_finite(name, x)
