@@ -1,22 +1,22 @@
 """The cost model behind ``implementation="auto"`` and the memory figures of the tiling (private).
 
-Notation: ``N1, N2`` examples, ``O`` outputs, ``P`` differentiated parameters, ``F ~ 2 P``
-forward flops per example (a dense-network estimate), ``s`` bytes per number.
+Notation: ``N1, N2`` examples, ``O`` outputs, ``P`` differentiated parameters, ``F`` forward
+flops per example (``2 P K C`` summed over the covered Linear/Conv layers found by a probe
+forward pass, plus ``2`` per other parameter), ``s`` bytes per number, ``e = O^2`` in
+``"full"`` mode and ``O`` otherwise (the output pairs actually formed).
 
-* ``jacobian``: features ``3 F O`` flops per example (``O`` backward passes), products
-  ``2 N1 N2 O^2 P`` flops in ``"full"`` mode and ``2 N1 N2 O P`` otherwise; memory ``O P s`` per
-  example (its Jacobian).
+* ``jacobian``: per-example Jacobians by ``O`` backward passes, ``3 F (O + 1)`` flops per
+  example, then ``2 N1 N2 e P`` flops of products; memory ``O P s`` per example.
 * ``ntvp``: ``N2 O`` columns, each a backward pass over ``x2`` and a forward-mode pass over
-  ``x1``: ``3 F N2 O (N1 + N2)`` flops; memory a chunk of ``P``-vectors and activations.
-* ``structured``: see :mod:`torchntk.empirical.structured` (``StructuredBackend.flops``):
-  ``O`` batched backward passes (``3 F O`` per example) and, per covered layer of width
-  ``C`` out and ``K`` in, ``2 N1 N2 (O^2 C + K)`` flops (full) or ``2 N1 N2 (O C + K)``
-  (diagonal, mean); uncovered parameters cost as in ``jacobian``. Memory ``O`` cotangents and one
-  input per covered layer per example.
+  ``x1``: ``3 F N2 O (N1 + N2)`` flops; memory: a chunk of ``P``-vectors.
+* ``structured``: one batched backward for all outputs (``3 F (O + 1)`` per example) and per
+  covered layer the flops of :func:`torchntk.empirical.structured.layer_flops`
+  (``2 N1 N2 (e C + K)`` for a Linear layer); the uncovered parameters as in ``jacobian``.
+  Memory: ``O`` cotangents and one input per covered layer per example.
 
-``auto`` takes the implementation with the fewest estimated flops among those whose blocks of
-at least one example fit in the memory budget (``ntvp`` always does); all implementations give
-the same kernel up to rounding, so the choice only affects time and memory.
+``auto`` takes the implementation with the fewest estimated flops among those whose memory for
+the smallest tiling (one example per block) fits in the budget (``ntvp`` always fits). All
+implementations are exact, so the choice affects time and memory only.
 """
 
 from __future__ import annotations
@@ -32,13 +32,16 @@ from .ntvp import NtvpBackend
 
 @dataclass
 class Plan:
-    """The chosen backend and its memory figures (bytes) for :func:`plan_block`."""
+    """A backend, its estimated flops and memory figures (bytes) for the tiling planner."""
 
     backend: object
     flops: float
     fixed_bytes: float
     example_bytes: float
     pair_bytes: float
+
+    def min_bytes(self) -> float:
+        return self.fixed_bytes + 2 * self.example_bytes + self.pair_bytes
 
 
 def _entries(mode: str, o: int) -> int:
@@ -53,22 +56,15 @@ def _itemsize(fm: Functional, acc_dtype: torch.dtype | None) -> int:
     return size
 
 
-def jacobian_plan(fm, n1, n2, o, mode, per_layer, s) -> Plan:
-    p = sum(t.numel() for t in fm.params.values())
-    e = _entries(mode, o)
-    flops = 6 * p * o * (n1 + n2) + 2 * n1 * n2 * (o * o if mode == "full" else o) * p
-    parts = len(fm.params) if per_layer else 1
-    return Plan(JacobianBackend(fm, o), flops, n1 * n2 * e * s * parts, 2 * o * p * s, 3 * e * s)
+def model_flops(fm: Functional, shapes: dict) -> float:
+    """Forward flops per example: covered layers exactly, 2 per other parameter."""
+    covered = sum(2 * sh.P * sh.K * sh.C for sh in shapes.values())
+    return max(covered, 2.0 * sum(t.numel() for t in fm.params.values()))
 
 
-def ntvp_plan(fm, n1, n2, o, mode, per_layer, s, budget) -> Plan:
-    p = sum(t.numel() for t in fm.params.values())
-    e = _entries(mode, o)
-    parts = len(fm.params) if per_layer else 1
-    flops = 6 * p * n2 * o * (n1 + n2) * parts
-    room = (budget or 2 * 1024**3) / 4
-    chunk = int(max(1, room // max(3 * p * s, 1)))
-    return Plan(NtvpBackend(fm, o, chunk=chunk), flops, n1 * n2 * e * s * parts, 8 * p * s / max(n2, 1), 3 * o * o * s)
+def jacobian_flops(fwd: float, p: int, o: int, n1: int, n2: int, mode: str) -> float:
+    e = o * o if mode == "full" else o
+    return 3 * fwd * (o + 1) * (n1 + n2) + 2 * n1 * n2 * e * p
 
 
 def plan(
@@ -82,27 +78,33 @@ def plan(
     per_layer: bool,
     acc_dtype: torch.dtype | None,
 ) -> Plan:
-    """Pick (``"auto"``) or build the backend for ``implementation`` with its memory figures."""
+    """Pick (``"auto"``) or build the backend for ``implementation`` with its cost figures."""
+    from .structured import probe_layers, structured_plan
+
     n1 = x1.shape[0]
     s = _itemsize(fm, acc_dtype)
+    p = sum(t.numel() for t in fm.params.values())
+    e = _entries(mode, o)
+    parts = len(fm.params) if per_layer else 1
+    out_bytes = n1 * n2 * e * s * parts
     candidates: dict[str, Plan] = {}
-    if implementation in ("auto", "jacobian"):
-        candidates["jacobian"] = jacobian_plan(fm, n1, n2, o, mode, per_layer, s)
-    if implementation in ("auto", "ntvp"):
-        candidates["ntvp"] = ntvp_plan(fm, n1, n2, o, mode, per_layer, s, budget)
     if implementation in ("auto", "structured"):
-        try:
-            from .structured import structured_plan
-        except ImportError:  # pragma: no cover - first increment: structured not yet built
-            if implementation == "structured":
-                raise
-        else:
-            candidates["structured"] = structured_plan(fm, x1, n1, n2, o, mode, per_layer, s)
+        candidates["structured"] = structured_plan(fm, x1, n1, n2, o, mode, per_layer, s, budget)
+    fwd = None
+    if implementation in ("auto", "jacobian", "ntvp"):
+        fwd = model_flops(fm, probe_layers(fm, x1)[1]) if implementation == "auto" else 2.0 * p
+    if implementation in ("auto", "jacobian"):
+        candidates["jacobian"] = Plan(
+            JacobianBackend(fm, o), jacobian_flops(fwd, p, o, n1, n2, mode), out_bytes, 2 * o * p * s, 3 * e * s
+        )
+    if implementation in ("auto", "ntvp"):
+        room = (budget or 2 * 1024**3) / 4
+        chunk = int(max(1, room // max(3 * p * s, 1)))
+        candidates["ntvp"] = Plan(
+            NtvpBackend(fm, o, chunk=chunk), 3 * fwd * n2 * o * (n1 + n2) * parts, out_bytes, 0.0, 3 * o * o * s
+        )
     if implementation != "auto":
         return candidates[implementation]
     limit = budget or 2 * 1024**3
-    feasible = {
-        k: v for k, v in candidates.items()
-        if k == "ntvp" or v.fixed_bytes + 2 * v.example_bytes + v.pair_bytes <= limit
-    }
-    return min(feasible.values(), key=lambda pl: pl.flops)
+    feasible = [v for k, v in candidates.items() if k == "ntvp" or v.min_bytes() <= limit]
+    return min(feasible, key=lambda pl: pl.flops)

@@ -66,23 +66,33 @@ def out_shape(n1: int, n2: int, out_dim: int, mode: str) -> tuple[int, ...]:
 class Accumulator:
     """Sums the parts of one kernel block, or keeps them apart (``per_layer=True``).
 
-    ``add(name, t)`` adds the part of parameter ``name`` (internal layout), cast to ``dtype``.
+    ``add(name, t, factor)`` adds ``t * factor`` (``factor`` a number or a tensor broadcasting
+    against ``t``; default 1), the part of parameter ``name`` in the internal layout. The
+    accumulator may keep and modify ``t``: pass a fresh tensor.
     """
 
     def __init__(self, per_layer: bool, dtype: torch.dtype | None) -> None:
         self.per_layer, self.dtype = per_layer, dtype
-        self.total: torch.Tensor | None = None
         self.parts: dict[str, torch.Tensor] = {}
 
-    def add(self, name: str, t: torch.Tensor) -> None:
+    def add(self, name: str, t: torch.Tensor, factor: float | torch.Tensor | None = None) -> None:
         if self.dtype is not None and t.dtype != self.dtype:
             t = t.to(self.dtype)
-        if self.per_layer:
-            self.parts[name] = t.clone() if name not in self.parts else self.parts[name].add_(t)
-        elif self.total is None:
-            self.total = t.clone()
+        key = name if self.per_layer else ""
+        cur = self.parts.get(key)
+        if cur is None:
+            self.parts[key] = t if factor is None else t.mul_(factor)
+        elif factor is None:
+            cur.add_(t)
+        elif isinstance(factor, torch.Tensor):
+            cur.addcmul_(t, factor)
         else:
-            self.total.add_(t)
+            cur.add_(t, alpha=factor)
+
+    @property
+    def total(self) -> torch.Tensor | None:
+        """The sum of all parts (``per_layer=False``)."""
+        return self.parts.get("")
 
     def cast(self, t: torch.Tensor) -> torch.Tensor:
         """``t`` in the accumulation dtype (features are cast before their products)."""

@@ -1,0 +1,181 @@
+"""Which layers the structured NTK covers, and their inputs as patches (private).
+
+A covered layer computes ``y = ws * (W applied to patches of a) + bs * b``:
+
+* ``nn.Linear`` and :class:`torchntk.nn.Linear` on inputs ``(N, *S, K)``: the patches are the
+  ``P = prod(S)`` rows ``a[i, s, :]`` (``P = 1`` for the usual ``(N, K)`` input);
+* ``nn.Conv1d/2d`` (``groups=1``, ``dilation=1``) and :class:`torchntk.nn.Conv1d/2d`: the
+  patches of the padded input, ``K = C_in * prod(kernel_size)`` numbers each, one per output
+  position (``P`` of them).
+
+``ws``/``bs`` are the layers' ``weight_scale``/``bias_scale`` (torchntk's layers) or 1 (torch's).
+Coverage is decided once per call by :func:`find_layers` and a probe forward pass
+(:func:`probe_usage`): a parameter is covered only if it belongs to exactly one covered layer
+(no tying), that layer runs exactly once, and the parameter is used by no operation outside that
+layer's own forward. Everything else goes to the Jacobian path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_leaves
+
+from .. import nn as tnn
+
+_TORCH_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d)
+_OWN_TYPES = (tnn.Linear, tnn.Conv1d, tnn.Conv2d)
+
+
+@dataclass
+class LayerInfo:
+    """A covered layer: module, its selected parameter names, its scales and its kind."""
+
+    name: str
+    module: nn.Module
+    weight: str | None
+    bias: str | None
+    ws: float
+    bs: float
+    conv_dims: int  # 0 for Linear, 1 or 2 for convolutions
+
+
+def _supported(m: nn.Module) -> int | None:
+    """Spatial dims (0 for Linear) when ``m`` is covered, else None (exact types only)."""
+    t = type(m)
+    if t in (nn.Linear, tnn.Linear):
+        return 0
+    if t in (tnn.Conv1d, tnn.Conv2d):
+        return m.dims
+    if t in (nn.Conv1d, nn.Conv2d):
+        if m.groups != 1 or any(d != 1 for d in m.dilation):
+            return None
+        return 1 if t is nn.Conv1d else 2
+    return None
+
+
+def find_layers(module: nn.Module, selected: dict[str, torch.Tensor]) -> list[LayerInfo]:
+    """Covered layers holding at least one selected, untied parameter."""
+    names_of: dict[int, list[str]] = {}
+    for n, p in module.named_parameters(remove_duplicate=False):
+        names_of.setdefault(id(p), []).append(n)
+    layers = []
+    for mname, m in module.named_modules():
+        dims = _supported(m)
+        if dims is None:
+            continue
+        found: dict[str, str | None] = {}
+        for role in ("weight", "bias"):
+            p = getattr(m, role, None)
+            full = f"{mname}.{role}" if mname else role
+            ok = (
+                isinstance(p, nn.Parameter)
+                and len(names_of.get(id(p), [])) == 1  # not tied to another name
+                and full in selected
+            )
+            found[role] = full if ok else None
+        if found["weight"] is None and found["bias"] is None:
+            continue
+        own = type(m) in _OWN_TYPES
+        ws = float(m.weight_scale) if own else 1.0
+        bs = float(m.bias_scale) if own else 1.0
+        layers.append(LayerInfo(mname, m, found["weight"], found["bias"], ws, bs, dims))
+    return layers
+
+
+class _UsageTracker(TorchFunctionMode):
+    """Flags selected parameter tensors used outside the forward of their own layer."""
+
+    def __init__(self, owner: dict[int, str], stack: list[str]) -> None:
+        super().__init__()
+        self.owner, self.stack, self.outside = owner, stack, set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", "") != "__get__":
+            here = self.stack[-1] if self.stack else None
+            for t in tree_leaves((args, kwargs)):
+                if isinstance(t, torch.Tensor):
+                    own = self.owner.get(id(t))
+                    if own is not None and own != here:
+                        self.outside.add(id(t))
+        return func(*args, **kwargs)
+
+
+@dataclass
+class Record:
+    """One layer call: its input (detached) and its output (in the graph)."""
+
+    a: torch.Tensor
+    y: torch.Tensor
+
+
+class Capture:
+    """Context manager: forward hooks recording input and output of each covered layer call."""
+
+    def __init__(self, layers: list[LayerInfo], track: dict[int, str] | None = None) -> None:
+        self.layers = layers
+        self.calls: dict[str, list[Record]] = {lay.name: [] for lay in layers}
+        self.stack: list[str] = []
+        self.tracker = None if track is None else _UsageTracker(track, self.stack)
+        self._handles: list = []
+
+    def __enter__(self) -> "Capture":
+        for lay in self.layers:
+            self._handles.append(lay.module.register_forward_pre_hook(self._pre(lay.name)))
+            self._handles.append(lay.module.register_forward_hook(self._post(lay.name)))
+        if self.tracker is not None:
+            self.tracker.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.tracker is not None:
+            self.tracker.__exit__(*exc)
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def _pre(self, name: str):
+        def hook(module, inputs):
+            self.stack.append(name)
+
+        return hook
+
+    def _post(self, name: str):
+        def hook(module, inputs, output):
+            self.stack.pop()
+            self.calls[name].append(Record(inputs[0].detach(), output))
+
+        return hook
+
+
+def patches(lay: LayerInfo, a: torch.Tensor) -> torch.Tensor:
+    """The layer's input as patches ``(N, P, K)`` (one row per output position)."""
+    m, n = lay.module, a.shape[0]
+    if lay.conv_dims == 0:
+        return a.reshape(n, -1, a.shape[-1])
+    if type(m) in _OWN_TYPES:
+        a = m.pad_input(a)
+    else:
+        pad = m._reversed_padding_repeated_twice
+        if any(pad):
+            mode = "constant" if m.padding_mode == "zeros" else m.padding_mode
+            a = F.pad(a, pad, mode=mode)
+    if lay.conv_dims == 2:
+        return F.unfold(a, m.kernel_size, stride=m.stride).transpose(1, 2)
+    k, s = m.kernel_size[0], m.stride[0]
+    u = a.unfold(2, k, s)  # (N, C_in, L_out, k)
+    return u.permute(0, 2, 1, 3).reshape(n, u.shape[2], -1)
+
+
+def cotangent_layout(lay: LayerInfo, g: torch.Tensor) -> torch.Tensor:
+    """Cotangents ``g (O, N, *y.shape[1:])`` as ``(N, O, P, C)`` (one row per output position)."""
+    o, n = g.shape[:2]
+    if lay.conv_dims == 0:
+        return g.reshape(o, n, -1, g.shape[-1]).transpose(0, 1)
+    c = g.shape[2]
+    return g.reshape(o, n, c, -1).permute(1, 0, 3, 2)

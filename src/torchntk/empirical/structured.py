@@ -1,0 +1,256 @@
+"""The structured implementation: the per-layer factorization of the NTK.
+
+For a covered layer ``y = ws * W (patches of a) + bs * b`` (see :mod:`._layers`) with
+output cotangents ``g[i, a] = d f_a(x_i) / d y(x_i)`` of shape ``(P, C)`` and input patches
+``A[i]`` of shape ``(P, K)``, the per-example gradients are ``dF_a/dW = ws * g[i, a]^T A[i]`` and
+``dF_a/db = bs * sum_p g[i, a, p]``, so the layer's part of the kernel is
+
+    Theta_W[i, j, a, b] = ws^2 * sum_{p, q} (g[i, a, p] . g[j, b, q]) (A[i, p] . A[j, q])
+    Theta_b[i, j, a, b] = bs^2 * (sum_p g[i, a, p]) . (sum_q g[j, b, q])
+
+For ``P = 1`` (a Linear layer on ``(N, K)`` inputs) this is the elementwise product of the Gram
+matrix of the cotangents (``N O x N O``, contracted over the ``C`` output features) and the
+Gram matrix of the inputs (``N x N`` over ``K``): ``2 N1 N2 (O^2 C + K)`` flops instead of the
+``2 N1 N2 O^2 C K`` of the Jacobian path. For ``P > 1`` (convolutions, token axes) each layer
+takes the cheaper, by a flop count, of
+
+* ``"jw"``: per-example weight gradients ``g^T A`` (``(O, C, K)`` per example), then their
+  Gram: ``2 N O P C K`` + ``2 N1 N2 O^2 C K`` flops;
+* ``"pair"``: the patch-pair contraction above: ``2 N1 N2 (O^2 P^2 C + P^2 K + O^2 P^2)`` flops.
+
+The cotangents of all ``O`` outputs come from one batched backward pass
+(``torch.autograd.grad(..., is_grads_batched=True)``) after one forward pass with hooks. In the
+``"diagonal"`` and ``"mean"`` modes only the output pairs ``a == b`` are formed (``O`` times
+fewer flops). Parameters outside covered layers (LayerNorm, embeddings, custom modules, tied
+weights) are handled by the Jacobian path, so every model works and the kernel is exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ._functional import Functional
+from ._layers import Capture, LayerInfo, cotangent_layout, find_layers, patches
+from ._modes import Accumulator, gram, pair_view
+from .jacobian import contract_jacobians, jacobians
+
+
+@dataclass
+class LayerShape:
+    """Per-example sizes of a covered layer: ``P`` positions, ``K`` inputs, ``C`` outputs."""
+
+    P: int
+    K: int
+    C: int
+
+
+def probe_layers(fm: Functional, x: torch.Tensor) -> tuple[list[LayerInfo], dict[str, LayerShape], list[str]]:
+    """Covered layers, their shapes, and the parameter names left to the Jacobian path.
+
+    Runs one forward pass on ``x[:1]`` with hooks and a usage tracker (see :mod:`._layers`).
+    """
+    if fm.module is None:
+        return [], {}, list(fm.params)
+    layers = find_layers(fm.module, fm.params)
+    params = dict(fm.params)
+    owner = {}
+    for lay in layers:
+        for n in (lay.weight, lay.bias):
+            if n is not None:
+                params[n] = params[n].detach()
+                owner[id(params[n])] = lay.name
+    with torch.no_grad(), Capture(layers, track=owner) as cap:
+        fm(params, x[:1])
+    outside = {n for n in params if id(params[n]) in cap.tracker.outside}
+    kept, shapes = [], {}
+    for lay in layers:
+        calls = cap.calls[lay.name]
+        if len(calls) != 1:  # unused, or called more than once (shared module)
+            continue
+        w = None if lay.weight in outside else lay.weight
+        b = None if lay.bias in outside else lay.bias
+        if w is None and b is None:
+            continue
+        lay = LayerInfo(lay.name, lay.module, w, b, lay.ws, lay.bs, lay.conv_dims)
+        a, y = calls[0].a, calls[0].y
+        pt = patches(lay, a)
+        c = y.shape[1] if lay.conv_dims else y.shape[-1]
+        shapes[lay.name] = LayerShape(P=pt.shape[1], K=pt.shape[2], C=c)
+        kept.append(lay)
+    covered = {n for lay in kept for n in (lay.weight, lay.bias) if n is not None}
+    return kept, shapes, [n for n in fm.params if n not in covered]
+
+
+def choose_method(sh: LayerShape, o: int, n1: int, n2: int, mode: str, pair_limit: float) -> str:
+    """``"p1"`` for one position; else ``"jw"`` or ``"pair"``, whichever costs fewer flops."""
+    if sh.P == 1:
+        return "p1"
+    e = o * o if mode == "full" else o
+    jw = 2 * (n1 + n2) * o * sh.C * sh.P * sh.K + 2 * n1 * n2 * e * sh.C * sh.K
+    pair = 2 * n1 * n2 * sh.P**2 * (e * sh.C + sh.K + e)
+    if pair < jw and n1 * n2 * e * sh.P**2 <= pair_limit:
+        return "pair"
+    return "jw"
+
+
+def layer_flops(sh: LayerShape, method: str, o: int, n1: int, n2: int, mode: str) -> float:
+    """Estimated flops of one layer's part of an ``n1 x n2`` kernel (features and products)."""
+    e = o * o if mode == "full" else o
+    if method == "p1":
+        return 2 * n1 * n2 * (e * sh.C + sh.K)
+    if method == "jw":
+        return 2 * (n1 + n2) * o * sh.C * sh.P * sh.K + 2 * n1 * n2 * e * sh.C * (sh.K + 1)
+    return 2 * n1 * n2 * sh.P**2 * (e * sh.C + sh.K + e) + 2 * n1 * n2 * e * sh.C
+
+
+@dataclass
+class _LayerFeat:
+    lay: LayerInfo
+    method: str
+    u: torch.Tensor | None  # p1: G (N, O, C); jw: JW (N, O, C*K); pair: G (N, O, P, C)
+    v: torch.Tensor | None  # p1: A (N, K);    jw: sum_p G (N, O, C); pair: A (N, P, K)
+    gs: torch.Tensor | None = None  # pair: sum_p G (N, O, C)
+
+
+def _cotangents(out: torch.Tensor, ys: list[torch.Tensor]) -> list[torch.Tensor | None]:
+    """``d out[:, a] / d y`` for every output ``a``: tensors ``(O, *y.shape)``."""
+    n, o = out.shape
+    eye = torch.eye(o, dtype=out.dtype, device=out.device)
+    try:
+        return list(torch.autograd.grad(
+            out, ys, eye[:, None, :].expand(o, n, o), retain_graph=True,
+            allow_unused=True, is_grads_batched=True,
+        ))
+    except RuntimeError:  # an operation without a batching rule: one backward per output
+        per = [
+            torch.autograd.grad(out, ys, eye[a].expand(n, o), retain_graph=True, allow_unused=True)
+            for a in range(o)
+        ]
+        return [None if per[0][k] is None else torch.stack([g[k] for g in per]) for k in range(len(ys))]
+
+
+class StructuredBackend:
+    """Blocked-kernel backend: features are per-layer cotangents and input patches."""
+
+    name = "structured"
+
+    def __init__(self, fm: Functional, out_dim: int, layers: list[LayerInfo], methods: dict[str, str],
+                 fallback: list[str]) -> None:
+        self.fm, self.out_dim = fm, out_dim
+        self.layers, self.methods, self.fallback = layers, methods, fallback
+
+    def features(self, x: torch.Tensor) -> tuple[list[_LayerFeat], dict[str, torch.Tensor]]:
+        fm, o = self.fm, self.out_dim
+        feats: list[_LayerFeat] = []
+        if self.layers:
+            params = dict(fm.params)
+            for lay in self.layers:
+                for n in (lay.weight, lay.bias):
+                    if n is not None:
+                        params[n] = params[n].detach().requires_grad_(True)
+            with torch.enable_grad(), Capture(self.layers) as cap:
+                out = fm(params, x)
+                recs = [cap.calls[lay.name][-1] for lay in self.layers]
+                gs = _cotangents(out, [r.y for r in recs])
+            del out, params
+            for lay, rec, g in zip(self.layers, recs, gs):
+                if g is None:
+                    g = rec.y.new_zeros((o, *rec.y.shape))
+                feats.append(self._layer_features(lay, rec.a, g.detach()))
+            del recs, gs
+        jac = jacobians(fm, x, self.fallback) if self.fallback else {}
+        return feats, jac
+
+    def _layer_features(self, lay: LayerInfo, a: torch.Tensor, g: torch.Tensor) -> _LayerFeat:
+        method = self.methods[lay.name]
+        G = cotangent_layout(lay, g)  # (N, O, P, C)
+        if method == "p1":
+            A = patches(lay, a)[:, 0] if lay.weight is not None else None
+            return _LayerFeat(lay, method, G[:, :, 0].contiguous(), A)
+        A = patches(lay, a) if lay.weight is not None else None
+        Gs = G.sum(2) if lay.bias is not None else None
+        if method == "jw":
+            JW = None
+            if A is not None:
+                JW = torch.matmul(G.transpose(2, 3), A.unsqueeze(1))  # (N, O, C, K)
+                JW = JW.reshape(JW.shape[0], JW.shape[1], -1)
+            return _LayerFeat(lay, method, JW, Gs)
+        return _LayerFeat(lay, method, G.contiguous(), A, Gs)
+
+    def contract(self, f1, f2, mode: str, acc: Accumulator) -> None:
+        feats1, jac1 = f1
+        feats2, jac2 = f2
+        for a, b in zip(feats1, feats2):
+            lay = a.lay
+            ws2, bs2 = lay.ws**2, lay.bs**2
+            if a.method == "p1":
+                gg = gram(acc.cast(a.u), acc.cast(b.u), mode)
+                if lay.weight is None:
+                    acc.add(lay.bias, gg, bs2)
+                    continue
+                aa = acc.cast(a.v) @ acc.cast(b.v).T
+                if lay.bias is None:
+                    acc.add(lay.weight, gg, pair_view(aa.mul_(ws2), mode))
+                elif acc.per_layer:
+                    acc.add(lay.bias, gg * bs2)
+                    acc.add(lay.weight, gg, pair_view(aa.mul_(ws2), mode))
+                else:
+                    acc.add("", gg, pair_view(aa.mul_(ws2).add_(bs2), mode))
+                continue
+            if lay.bias is not None:
+                src1 = a.v if a.method == "jw" else a.gs
+                src2 = b.v if b.method == "jw" else b.gs
+                acc.add(lay.bias, gram(acc.cast(src1), acc.cast(src2), mode), bs2)
+            if lay.weight is None:
+                continue
+            if a.method == "jw":
+                acc.add(lay.weight, gram(acc.cast(a.u), acc.cast(b.u), mode), ws2)
+            else:
+                acc.add(lay.weight, _pair_part(acc.cast(a.u), acc.cast(a.v), acc.cast(b.u), acc.cast(b.v), mode), ws2)
+        contract_jacobians(jac1, jac2, mode, acc)
+
+
+def _pair_part(g1, a1, g2, a2, mode: str) -> torch.Tensor:
+    """``sum_{p,q} (g1[i,a,p] . g2[j,b,q]) (a1[i,p] . a2[j,q])`` in the internal layout."""
+    n1, o, p, c = g1.shape
+    n2 = g2.shape[0]
+    app = (a1.reshape(n1 * p, -1) @ a2.reshape(n2 * p, -1).T).view(n1, p, n2, p)
+    if mode == "full":
+        gpp = (g1.reshape(n1 * o * p, c) @ g2.reshape(n2 * o * p, c).T).view(n1, o, p, n2, o, p)
+        return torch.einsum("iapjbq,ipjq->iajb", gpp, app)
+    if mode == "mean":
+        gm = g1.permute(0, 2, 1, 3).reshape(n1 * p, o * c) @ g2.permute(0, 2, 1, 3).reshape(n2 * p, o * c).T
+        return (gm.view(n1, p, n2, p) * app).sum((1, 3))
+    gd = torch.bmm(g1.permute(1, 0, 2, 3).reshape(o, n1 * p, c), g2.permute(1, 3, 0, 2).reshape(o, c, n2 * p))
+    return (gd.view(o, n1, p, n2, p) * app).sum((2, 4))
+
+
+def structured_plan(fm: Functional, x1: torch.Tensor, n1: int, n2: int, o: int, mode: str,
+                    per_layer: bool, s: int, budget: int | None):
+    """The structured backend with its flop estimate and memory figures (see :mod:`._cost`)."""
+    from ._cost import Plan, jacobian_flops, model_flops
+
+    layers, shapes, fallback = probe_layers(fm, x1)
+    limit = (budget or 2 * 1024**3) / 4 / s
+    methods = {lay.name: choose_method(shapes[lay.name], o, n1, n2, mode, limit) for lay in layers}
+    e = o * o if mode == "full" else (o if mode == "diagonal" else 1)
+    fwd = model_flops(fm, shapes)
+    flops = 3 * fwd * (o + 1) * (n1 + n2)
+    example, pair = 0.0, 3.0 * e
+    for lay in layers:
+        sh, m = shapes[lay.name], methods[lay.name]
+        flops += layer_flops(sh, m, o, n1, n2, mode)
+        example += (o + 2) * sh.P * sh.C + sh.P * sh.K
+        if m == "jw":
+            example += o * sh.C * sh.K
+        if m == "pair":
+            pair += (o * o if mode == "full" else o) * sh.P**2 + sh.P**2
+    p_fb = sum(fm.params[n].numel() for n in fallback)
+    if fallback:
+        flops += jacobian_flops(fwd, p_fb, o, n1, n2, mode)
+        example += 2 * o * p_fb
+    parts = len(fm.params) if per_layer else 1
+    backend = StructuredBackend(fm, o, layers, methods, fallback)
+    return Plan(backend, flops, n1 * n2 * e * s * parts, example * s, pair * s)
