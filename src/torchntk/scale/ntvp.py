@@ -1,0 +1,81 @@
+"""NTK-vector products of a model, without forming the Jacobian or the kernel (private).
+
+For a network ``f(theta, x) (N, O)`` with Jacobian ``J (N*O, P)``::
+
+    Theta V = J (J^T V)                        (mode "full", V (N*O, m))
+    Theta_mean v = (1/O) sum_a J_a (J_a^T v)   (mode "mean", v (N, m); J_a: rows of output a)
+
+``J^T V`` is a vector-Jacobian product (``torch.func.vjp``) accumulated over chunks of the
+inputs; ``J u`` a Jacobian-vector product (``torch.func.jvp``) per chunk. Memory: the
+parameters, one parameter-space vector per column, and one chunk of activations.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.func import functional_call, jvp, vjp
+
+from .._checks import check_choice
+from ..errors import ModelStateError
+
+
+class ModelNtvp:
+    """``matmat(V) = Theta V`` for ``model`` on inputs ``x`` (see module doc)."""
+
+    def __init__(self, model: torch.nn.Module, x: torch.Tensor, *, mode: str = "full", chunk: int = 1024) -> None:
+        check_choice("mode", mode, ("full", "mean"))
+        self.model, self.x, self.mode, self.chunk = model, x.detach(), mode, max(1, int(chunk))
+        self.params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+        if not self.params:
+            raise ModelStateError("the model has no parameter with requires_grad=True")
+        self.buffers = {n: b.detach() for n, b in model.named_buffers()}
+        with torch.no_grad():
+            out = self._f(self.params, self.x[:1])
+        self.out_dim = 1 if out.ndim == 1 else out.shape[1]
+        self.dtype = out.dtype
+        n = x.shape[0]
+        self.size = n * self.out_dim if mode == "full" else n
+
+    def _f(self, params: dict, xb: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.model, (params, self.buffers), (xb,))
+
+    def _f2(self, params: dict, xb: torch.Tensor) -> torch.Tensor:
+        out = self._f(params, xb)
+        return out.reshape(out.shape[0], -1)
+
+    def _jt(self, cot: torch.Tensor) -> dict:
+        """``J^T cot`` for cotangents ``cot (N, O)``: a dict of parameter-shaped tensors."""
+        acc = None
+        for s in range(0, self.x.shape[0], self.chunk):
+            xb = self.x[s : s + self.chunk]
+            _, pull = vjp(lambda p: self._f2(p, xb), self.params)
+            (g,) = pull(cot[s : s + self.chunk])
+            acc = g if acc is None else {k: acc[k] + g[k] for k in acc}
+        return acc
+
+    def _j(self, tangent: dict) -> torch.Tensor:
+        """``J tangent`` (N, O)."""
+        parts = []
+        for s in range(0, self.x.shape[0], self.chunk):
+            xb = self.x[s : s + self.chunk]
+            parts.append(jvp(lambda p: self._f2(p, xb), (self.params,), (tangent,))[1])
+        return torch.cat(parts)
+
+    def matmat(self, V: np.ndarray) -> np.ndarray:
+        """``Theta V``: V ``(size, m)`` float64 -> ``(size, m)`` float64."""
+        n, o = self.x.shape[0], self.out_dim
+        Vt = torch.as_tensor(V, dtype=self.dtype, device=self.x.device)
+        cols = []
+        for m in range(Vt.shape[1]):
+            v = Vt[:, m]
+            if self.mode == "full":
+                cols.append(self._j(self._jt(v.reshape(n, o))).reshape(-1))
+            else:
+                total = torch.zeros(n, dtype=self.dtype, device=self.x.device)
+                for a in range(o):
+                    cot = torch.zeros(n, o, dtype=self.dtype, device=self.x.device)
+                    cot[:, a] = v
+                    total += self._j(self._jt(cot))[:, a]
+                cols.append(total / o)
+        return torch.stack(cols, 1).detach().cpu().double().numpy()
