@@ -387,7 +387,7 @@ class Elementwise(ElementwiseLayer):
             not ``d_nngp_fn``, it is ``d nngp_fn / d cov12`` by autograd (Price's theorem).
         method, degree: the quadrature used when ``nngp_fn`` is None: ``"polar"`` (default,
             exact for kinks at 0, ``2 degree^2`` points) or ``"hermite"`` (tensor-product
-            Gauss-Hermite, ``degree^2`` points); ``degree`` defaults to 32 and 48. Cost grows
+            Gauss-Hermite, ``degree^2`` points); ``degree`` defaults to 48 for both. Cost grows
             with the number of points; activations that are steep at the scale of the
             pre-activation's standard deviation need a larger ``degree``.
 
