@@ -61,6 +61,8 @@ class Backend(Protocol):
 
     def contract(self, f1: object, f2: object, mode: str, acc: Accumulator) -> None: ...
 
+    def take(self, f: object, rows: slice) -> object: ...
+
 
 def plan_block(
     n: int,
@@ -89,6 +91,14 @@ def _tiles(n: int, b: int) -> list[slice]:
     return [slice(s, min(s + b, n)) for s in range(0, n, b)]
 
 
+def symmetric_split(n: int, out_dim: int, mode: str) -> int:
+    """Blocks of a symmetric kernel that fits in one tile: splitting it into ``k`` row blocks
+    and computing only the ``k (k + 1) / 2`` upper tiles saves up to half of the products;
+    too small tiles lose matmul efficiency, so ``k`` grows with the Gram size."""
+    rows = n * out_dim if mode == "full" else n
+    return max(1, min(4, rows // 400))
+
+
 def compute_tiled(
     backend: Backend,
     x1: torch.Tensor,
@@ -98,12 +108,22 @@ def compute_tiled(
     block: int,
     dtype: torch.dtype | None,
 ) -> torch.Tensor | dict[str, torch.Tensor]:
-    """Assemble ``Theta(x1, x2)`` (``x2=None``: symmetric ``Theta(x1, x1)``) from tiles."""
+    """Assemble ``Theta(x1, x2)`` (``x2=None``: symmetric ``Theta(x1, x1)``) from tiles.
+
+    When one block holds all examples the features are computed once and sliced per tile;
+    otherwise the features of each column block are recomputed for every row block (the memory
+    bound wins over the time).
+    """
     symmetric = x2 is None
     xs = x1 if symmetric else x2
     n1, n2, o = x1.shape[0], xs.shape[0], backend.out_dim
-    rows, cols = _tiles(n1, block), _tiles(n2, block)
     out: dict[str, torch.Tensor] = {}
+    cached = block >= max(n1, n2)
+    if cached and symmetric:
+        block = -(-n1 // symmetric_split(n1, o, mode))
+    rows, cols = _tiles(n1, block), _tiles(n2, block)
+    f_all1 = backend.features(x1) if cached else None
+    f_all2 = f_all1 if (symmetric or not cached) else backend.features(xs)
 
     def put(name: str, part: torch.Tensor, r: slice, c: slice, mirror: bool) -> None:
         if name not in out:
@@ -113,18 +133,20 @@ def compute_tiled(
             out[name][c, r] = transpose(part, mode)
 
     for bi, r in enumerate(rows):
-        f1 = backend.features(x1[r])
+        f1 = backend.take(f_all1, r) if cached else backend.features(x1[r])
         for bj, c in enumerate(cols):
             if symmetric and bj < bi:
                 continue
-            f2 = f1 if symmetric and bj == bi else backend.features(xs[c])
+            if symmetric and bj == bi:
+                f2 = f1
+            else:
+                f2 = backend.take(f_all2, c) if cached else backend.features(xs[c])
             acc = Accumulator(per_layer, dtype)
             backend.contract(f1, f2, mode, acc)
-            parts = acc.parts if per_layer else {"": acc.total}
-            for name, t in parts.items():
+            for name, t in acc.parts.items():
                 t = finalize(t, mode, o)
                 if symmetric and bj == bi:
-                    t = 0.5 * (t + transpose(t, mode))
+                    t = (t + transpose(t, mode)).mul_(0.5)
                 put(name, t, r, c, symmetric and bj != bi)
-            del f2, acc, parts
+            del f2, acc
     return out if per_layer else out[""]

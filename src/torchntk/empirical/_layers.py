@@ -173,9 +173,9 @@ def patches(lay: LayerInfo, a: torch.Tensor) -> torch.Tensor:
 
 
 def cotangent_layout(lay: LayerInfo, g: torch.Tensor) -> torch.Tensor:
-    """Cotangents ``g (O, N, *y.shape[1:])`` as ``(N, O, P, C)`` (one row per output position)."""
+    """Cotangents ``g (O, N, *y.shape[1:])`` as ``(O, N, P, C)`` (one row per output position)."""
     o, n = g.shape[:2]
     if lay.conv_dims == 0:
-        return g.reshape(o, n, -1, g.shape[-1]).transpose(0, 1)
+        return g.reshape(o, n, -1, g.shape[-1])
     c = g.shape[2]
-    return g.reshape(o, n, c, -1).permute(1, 0, 3, 2)
+    return g.reshape(o, n, c, -1).transpose(2, 3)

@@ -1,15 +1,16 @@
 """Output modes: Gram products in a matmul-friendly internal layout (private).
 
-Every implementation reduces to sums of Gram products of per-example, per-output feature
-vectors ``u1 (N1, O, F)`` and ``u2 (N2, O, F)``. The accumulation happens in an internal layout
-chosen so that each product is one (batched) matmul:
+Every implementation reduces to sums of Gram products of per-output, per-example feature
+vectors ``u1 (O, N1, F)`` and ``u2 (O, N2, F)`` (output-major: the layout in which a batched
+backward pass returns cotangents). The accumulation happens in an internal layout chosen so
+that each product is one (batched) matmul without copies:
 
 =============  ==================  =========================================
 mode           internal layout     entry
 =============  ==================  =========================================
-``"full"``      ``(N1, O, N2, O)``  ``sum_f u1[i, a, f] u2[j, b, f]``
-``"diagonal"``  ``(O, N1, N2)``     ``sum_f u1[i, a, f] u2[j, a, f]``
-``"mean"``      ``(N1, N2)``        ``sum_a sum_f u1[i, a, f] u2[j, a, f]`` (not yet / O)
+``"full"``      ``(O, N1, O, N2)``  ``sum_f u1[a, i, f] u2[b, j, f]``
+``"diagonal"``  ``(O, N1, N2)``     ``sum_f u1[a, i, f] u2[a, j, f]``
+``"mean"``      ``(N1, N2)``        ``sum_a sum_f u1[a, i, f] u2[a, j, f]`` (not yet / O)
 =============  ==================  =========================================
 
 :func:`finalize` turns it into the public shapes of CONVENTIONS section 3.
@@ -23,20 +24,19 @@ MODES = ("full", "diagonal", "mean")
 
 
 def gram(u1: torch.Tensor, u2: torch.Tensor, mode: str) -> torch.Tensor:
-    """Gram product of ``u1 (N1, O, F)`` and ``u2 (N2, O, F)`` in the internal layout of ``mode``."""
-    n1, o, _ = u1.shape
-    n2 = u2.shape[0]
+    """Gram product of ``u1 (O, N1, F)`` and ``u2 (O, N2, F)`` in the internal layout of ``mode``."""
+    o, n1, _ = u1.shape
+    n2 = u2.shape[1]
     if mode == "full":
-        return (u1.reshape(n1 * o, -1) @ u2.reshape(n2 * o, -1).T).view(n1, o, n2, o)
-    if mode == "diagonal":
-        return torch.bmm(u1.transpose(0, 1), u2.permute(1, 2, 0))
-    return u1.reshape(n1, -1) @ u2.reshape(n2, -1).T
+        return (u1.reshape(o * n1, -1) @ u2.reshape(o * n2, -1).T).view(o, n1, o, n2)
+    t = torch.bmm(u1, u2.transpose(1, 2))
+    return t if mode == "diagonal" else t.sum(0)
 
 
 def pair_view(m: torch.Tensor, mode: str) -> torch.Tensor:
     """View an example-pair factor ``m (N1, N2)`` so it broadcasts against the internal layout."""
     if mode == "full":
-        return m[:, None, :, None]
+        return m[None, :, None, :]
     if mode == "diagonal":
         return m[None]
     return m
@@ -45,7 +45,7 @@ def pair_view(m: torch.Tensor, mode: str) -> torch.Tensor:
 def finalize(t: torch.Tensor, mode: str, out_dim: int) -> torch.Tensor:
     """Internal layout -> public shape: (N1, N2, O, O), (N1, N2, O) or (N1, N2)."""
     if mode == "full":
-        return t.permute(0, 2, 1, 3)
+        return t.permute(1, 3, 0, 2)
     if mode == "diagonal":
         return t.permute(1, 2, 0)
     return t / out_dim

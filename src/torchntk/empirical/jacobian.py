@@ -46,8 +46,8 @@ def contract_jacobians(
     """Add ``sum_p <J1_p[i, a], J2_p[j, b]>`` to ``acc``, one part per parameter name."""
     for name, a in j1.items():
         b = j2[name]
-        u1 = acc.cast(a.reshape(a.shape[0], a.shape[1], -1))
-        u2 = acc.cast(b.reshape(b.shape[0], b.shape[1], -1))
+        u1 = acc.cast(a.reshape(a.shape[0], a.shape[1], -1).transpose(0, 1))
+        u2 = acc.cast(b.reshape(b.shape[0], b.shape[1], -1).transpose(0, 1))
         acc.add(name, gram(u1, u2, mode))
 
 
@@ -64,3 +64,7 @@ class JacobianBackend:
 
     def contract(self, f1: dict, f2: dict, mode: str, acc: Accumulator) -> None:
         contract_jacobians(f1, f2, mode, acc)
+
+    def take(self, f: dict, rows: slice) -> dict:
+        """The features of the examples ``rows`` (features are per example)."""
+        return {k: v[rows] for k, v in f.items()}

@@ -32,6 +32,9 @@ class NtvpBackend:
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
+    def take(self, f: torch.Tensor, rows: slice) -> torch.Tensor:
+        return f[rows]
+
     def _columns(self, x1: torch.Tensor, x2: torch.Tensor, names: list[str]) -> torch.Tensor:
         """``C[j, b, i, a] = sum_{p in names} J_p(x1)[i, a] . J_p(x2)[j, b]`` as (N2, O, N1, O)."""
         fm, o = self.fm, self.out_dim
@@ -62,7 +65,7 @@ class NtvpBackend:
         for names in groups:
             c = acc.cast(self._columns(f1, f2, names))  # (N2, O_b, N1, O_a)
             if mode == "full":
-                t = c.permute(2, 3, 0, 1)  # (N1, O, N2, O)
+                t = c.permute(3, 2, 1, 0)  # (O, N1, O, N2)
             else:
                 d = torch.diagonal(c, dim1=1, dim2=3)  # (N2, N1, O)
                 t = d.permute(2, 1, 0) if mode == "diagonal" else d.sum(-1).T

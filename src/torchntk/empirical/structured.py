@@ -109,9 +109,16 @@ def layer_flops(sh: LayerShape, method: str, o: int, n1: int, n2: int, mode: str
 class _LayerFeat:
     lay: LayerInfo
     method: str
-    u: torch.Tensor | None  # p1: G (N, O, C); jw: JW (N, O, C*K); pair: G (N, O, P, C)
-    v: torch.Tensor | None  # p1: A (N, K);    jw: sum_p G (N, O, C); pair: A (N, P, K)
-    gs: torch.Tensor | None = None  # pair: sum_p G (N, O, C)
+    u: torch.Tensor | None  # p1: G (O, N, C); jw: JW (O, N, C*K); pair: G (O, N, P, C)
+    v: torch.Tensor | None  # p1: A (N, K);    jw: sum_p G (O, N, C); pair: A (N, P, K)
+    gs: torch.Tensor | None = None  # pair: sum_p G (O, N, C)
+
+    def take(self, rows: slice) -> "_LayerFeat":
+        def cut(t, axis):
+            return None if t is None else (t[rows] if axis == 0 else t[:, rows])
+
+        v_axis = 1 if self.method == "jw" else 0
+        return _LayerFeat(self.lay, self.method, cut(self.u, 1), cut(self.v, v_axis), cut(self.gs, 1))
 
 
 def _cotangents(out: torch.Tensor, ys: list[torch.Tensor]) -> list[torch.Tensor | None]:
@@ -165,19 +172,24 @@ class StructuredBackend:
 
     def _layer_features(self, lay: LayerInfo, a: torch.Tensor, g: torch.Tensor) -> _LayerFeat:
         method = self.methods[lay.name]
-        G = cotangent_layout(lay, g)  # (N, O, P, C)
+        G = cotangent_layout(lay, g)  # (O, N, P, C)
         if method == "p1":
             A = patches(lay, a)[:, 0] if lay.weight is not None else None
-            return _LayerFeat(lay, method, G[:, :, 0].contiguous(), A)
+            return _LayerFeat(lay, method, G[:, :, 0], A)
         A = patches(lay, a) if lay.weight is not None else None
         Gs = G.sum(2) if lay.bias is not None else None
         if method == "jw":
             JW = None
             if A is not None:
-                JW = torch.matmul(G.transpose(2, 3), A.unsqueeze(1))  # (N, O, C, K)
+                JW = torch.matmul(G.transpose(2, 3), A)  # (O, N, C, K): per-example g^T A
                 JW = JW.reshape(JW.shape[0], JW.shape[1], -1)
             return _LayerFeat(lay, method, JW, Gs)
         return _LayerFeat(lay, method, G.contiguous(), A, Gs)
+
+    def take(self, f, rows: slice):
+        """The features of the examples ``rows`` (features are per example)."""
+        feats, jac = f
+        return [lf.take(rows) for lf in feats], {k: v[rows] for k, v in jac.items()}
 
     def contract(self, f1, f2, mode: str, acc: Accumulator) -> None:
         feats1, jac1 = f1
@@ -213,18 +225,17 @@ class StructuredBackend:
 
 
 def _pair_part(g1, a1, g2, a2, mode: str) -> torch.Tensor:
-    """``sum_{p,q} (g1[i,a,p] . g2[j,b,q]) (a1[i,p] . a2[j,q])`` in the internal layout."""
-    n1, o, p, c = g1.shape
-    n2 = g2.shape[0]
+    """``sum_{p,q} (g1[a,i,p] . g2[b,j,q]) (a1[i,p] . a2[j,q])`` in the internal layout."""
+    o, n1, p, c = g1.shape
+    n2 = g2.shape[1]
     app = (a1.reshape(n1 * p, -1) @ a2.reshape(n2 * p, -1).T).view(n1, p, n2, p)
     if mode == "full":
-        gpp = (g1.reshape(n1 * o * p, c) @ g2.reshape(n2 * o * p, c).T).view(n1, o, p, n2, o, p)
-        return torch.einsum("iapjbq,ipjq->iajb", gpp, app)
+        gpp = (g1.reshape(o * n1 * p, c) @ g2.reshape(o * n2 * p, c).T).view(o, n1, p, o, n2, p)
+        return torch.einsum("aipbjq,ipjq->aibj", gpp, app)
+    gd = torch.bmm(g1.reshape(o, n1 * p, c), g2.reshape(o, n2 * p, c).transpose(1, 2)).view(o, n1, p, n2, p)
     if mode == "mean":
-        gm = g1.permute(0, 2, 1, 3).reshape(n1 * p, o * c) @ g2.permute(0, 2, 1, 3).reshape(n2 * p, o * c).T
-        return (gm.view(n1, p, n2, p) * app).sum((1, 3))
-    gd = torch.bmm(g1.permute(1, 0, 2, 3).reshape(o, n1 * p, c), g2.permute(1, 3, 0, 2).reshape(o, c, n2 * p))
-    return (gd.view(o, n1, p, n2, p) * app).sum((2, 4))
+        return torch.einsum("aipjq,ipjq->ij", gd, app)
+    return torch.einsum("aipjq,ipjq->aij", gd, app)
 
 
 def structured_plan(fm: Functional, x1: torch.Tensor, n1: int, n2: int, o: int, mode: str,
