@@ -61,6 +61,28 @@ _LOSSES: dict[str, LossFn] = {
     "huber": huber_loss,
 }
 
+# closed-form gradients d loss / d f of the named losses (no autograd in the ODE's inner loop)
+_GRADS: dict[LossFn, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    squared_loss: lambda f, y: f - y,
+    cross_entropy_loss: lambda f, y: torch.softmax(f, -1) * y.sum(-1, keepdim=True) - y,
+    huber_loss: lambda f, y: (f - y).clamp(-1.0, 1.0),
+}
+
+
+def _autograd(loss: LossFn, y: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    def grad(f: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            f = f.detach().requires_grad_(True)
+            value = loss(f, y)
+            if value.ndim != 0:
+                raise InvalidArgumentError(
+                    f"`loss` must return a scalar (summed over samples), got shape "
+                    f"{tuple(value.shape)}"
+                )
+            (g,) = torch.autograd.grad(value, f, allow_unused=True)
+        return torch.zeros_like(f) if g is None else g.detach()
+    return grad
+
 
 class ODEPredictor:
     """Predictions of fixed-kernel training under any loss; made by :func:`ode`.
@@ -75,7 +97,8 @@ class ODEPredictor:
         self.loss = loss
         self.learning_rate, self.momentum = learning_rate, momentum
         self.method, self.rtol, self.atol = method, rtol, atol
-        self._grad = torch.func.grad(lambda f: loss(f, y))
+        known = _GRADS.get(loss)
+        self._grad = (lambda f: known(f, y)) if known is not None else _autograd(loss, y)
         self.last_result = None  # scipy's OdeResult of the latest call
 
     def _apply(self, kernel: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
