@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -154,3 +156,30 @@ def test_tanh_mlp_running_error_falls_with_draws_and_width():
     exact = _tanh_mlp(1).kernel(x)
     errors = [_rel(e.nngp, exact.nngp) for e in L.monte_carlo_kernels(_tanh_mlp(64), x, n_samples=64, seed=0, ntk=False)]
     assert errors[-1] < 0.5 * max(errors[:4])
+
+
+@pytest.mark.slow
+def test_single_draw_ntk_error_falls_as_inverse_sqrt_width():
+    # The finite-width NTK fluctuates around the limit with standard deviation ~ width^(-1/2):
+    # the mean relative error of single draws has a log-log slope near -1/2.
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(0), dtype=F64)
+
+    def spec(width: int) -> L.Layer:
+        return L.serial(L.Dense(width, b_std=0.1), L.Elementwise(torch.tanh), L.Dense(width, b_std=0.1), L.Relu(), L.Dense(1))
+
+    exact = spec(8).kernel(x).ntk
+    widths = [32, 64, 128, 256, 512, 1024]
+    errors = []
+    for w in widths:
+        draws = L.monte_carlo_kernels(spec(w), x, n_samples=32 if w <= 256 else 16, seed=w, nngp=False)
+        prev, errs = None, []
+        for est in draws:  # recover each draw from the running means
+            single = est.ntk * est.n_samples - (0 if prev is None else prev.ntk * prev.n_samples)
+            errs.append(_rel(single, exact))
+            prev = est
+        errors.append(math.sqrt(sum(e * e for e in errs) / len(errs)))  # RMS over draws
+    slope = torch.linalg.lstsq(
+        torch.stack([torch.log(torch.tensor(widths, dtype=F64)), torch.ones(len(widths), dtype=F64)], 1),
+        torch.log(torch.tensor(errors, dtype=F64))[:, None],
+    ).solution[0, 0]
+    assert -0.7 <= float(slope) <= -0.3, (errors, float(slope))
