@@ -1,0 +1,48 @@
+"""The physics checks of the demo: each a named claim of the theory, tested on the metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _check(name: str, ok: bool, value: Any, expected: str) -> dict:
+    return {"check": name, "passed": bool(ok), "value": value, "expected": expected}
+
+
+def evaluate(metrics: dict[str, dict]) -> list[dict]:
+    """The list of checks that apply to the studies present in ``metrics``."""
+    out: list[dict] = []
+    m = metrics.get("convergence")
+    if m:
+        out.append(_check("Fig. 1 analytic kernel = independent arc-cosine recursion",
+                          m["fig1_max_abs_error_vs_reference"] <= 1e-8,
+                          m["fig1_max_abs_error_vs_reference"], "max |difference| <= 1e-8"))
+        out.append(_check("empirical NTK error falls as width^(-1/2)", -0.7 <= m["slope"] <= -0.35,
+                          m["slope"], "log-log slope in [-0.7, -0.35]"))
+        for w, err in m["fig1_relative_error_by_width"].items():
+            if int(w) >= 10000:
+                out.append(_check(f"width-{w} empirical kernel on the Fig. 1 curve", err <= 0.05,
+                                  err, "relative error <= 5%"))
+    m = metrics.get("drift")
+    if m:
+        out.append(_check("kernel drift falls with width (lazy training)", m["slope"] <= -0.4,
+                          m["slope"], "log-log slope <= -0.4"))
+    m = metrics.get("agreement")
+    if m:
+        out.append(_check("networks agree better with kernel predictions as width grows",
+                          m["improving_with_width"], m["slopes"], "every RMSE slope < -0.2"))
+        out.append(_check("cost non-increasing along gradient descent", m["cost_non_increasing"],
+                          m["max_relative_cost_increase"], "relative increase <= 1e-9"))
+    m = metrics.get("modes")
+    if m:
+        out.append(_check("modes learned in eigenvalue order", m["learned_in_eigenvalue_order"],
+                          m["measured_rates"], "rates ordered as eigenvalues"))
+        out.append(_check("decay rates = lambda_k / N (modes with lambda_k / lambda_max >= 0.1)",
+                          m["max_relative_rate_error"] <= 0.2, m["max_relative_rate_error"],
+                          "relative error <= 20% (gradient-descent rates)"))
+    m = metrics.get("generalization")
+    if m:
+        out.append(_check("kernel regression (t = inf) classifies digits",
+                          m["kernel_regression_accuracy_t_inf"] >= 0.85,
+                          m["kernel_regression_accuracy_t_inf"], "held-out accuracy >= 0.85"))
+    return out

@@ -1,0 +1,95 @@
+"""The demo's settings: one frozen record, with a full and a quick preset."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from ..errors import InvalidArgumentError
+
+STUDIES = ("convergence", "drift", "agreement", "modes", "generalization")
+
+# The fields each study's results depend on: a finished study is reused only when they match.
+_SWEEP = ("seed", "sweep_depth", "b_std", "sweep_widths", "sweep_seeds", "n_train", "n_test", "steps",
+          "record_every", "lr_scale", "track_every")
+_FIELDS = {
+    "convergence": ("seed", "depth", "b_std", "conv_widths", "conv_seeds", "conv_points",
+                    "fig1_widths", "fig1_seeds", "fig1_angles"),
+    "drift": _SWEEP,
+    "agreement": _SWEEP,
+    "modes": _SWEEP,
+    "generalization": ("seed", "b_std", "digits_train", "digits_test", "digits_widths",
+                       "digits_depth", "digits_steps", "digits_lr_scale", "digits_record_every"),
+}
+
+
+@dataclass(frozen=True)
+class LabConfig:
+    """Settings of the five studies (widths, seeds, data sizes, training steps).
+
+    ``LabConfig.preset(quick=True)`` is the one-minute variant that the tests run;
+    ``LabConfig.preset()`` is the full demo (a few minutes on two CPU cores).
+    The learning rate is ``eta = lr_scale * N / lambda_max(Theta_inf)`` (stable below 2 N / lambda_max).
+    """
+
+    seed: int = 0
+    quick: bool = False
+    depth: int = 4                      # affine layers of the Fig. 1 network (convergence)
+    b_std: float = 0.1                  # beta
+    # (a) kernel convergence
+    conv_widths: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048)
+    conv_seeds: int = 8
+    conv_points: int = 12
+    fig1_widths: tuple[int, ...] = (500, 10000)
+    fig1_seeds: int = 4
+    fig1_angles: int = 101
+    # (b, c, d) one sweep of trained networks on points of the unit circle
+    sweep_widths: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048)
+    sweep_depth: int = 3
+    sweep_seeds: int = 4
+    n_train: int = 16
+    n_test: int = 48
+    steps: int = 300
+    record_every: int = 5
+    lr_scale: float = 0.5
+    track_every: int = 50
+    # (e) digits
+    digits_train: int = 600
+    digits_test: int = 600
+    digits_widths: tuple[int, ...] = (256, 1024)
+    digits_depth: int = 3
+    digits_steps: int = 300
+    digits_lr_scale: float = 1.0
+    digits_record_every: int = 10
+    studies: tuple[str, ...] = field(default=STUDIES)
+
+    @classmethod
+    def preset(cls, quick: bool = False, **overrides) -> "LabConfig":
+        """The full demo (``quick=False``) or its quick variant, with ``overrides`` applied."""
+        base = dict(quick=quick)
+        if quick:
+            base.update(
+                conv_widths=(64, 128, 256, 512, 1024), conv_seeds=4, conv_points=10,
+                fig1_widths=(500, 2000), fig1_seeds=2, fig1_angles=61,
+                sweep_widths=(32, 64, 128, 256, 512), sweep_seeds=3, steps=150, track_every=50,
+                n_test=32,
+                digits_train=200, digits_test=300, digits_widths=(256,), digits_steps=150,
+            )
+        base.update(overrides)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(base) - names)
+        if unknown:
+            raise InvalidArgumentError(f"unknown lab setting(s): {', '.join(unknown)}")
+        for key, value in list(base.items()):
+            if isinstance(value, list):
+                base[key] = tuple(value)
+        cfg = cls(**base)
+        bad = sorted(set(cfg.studies) - set(STUDIES))
+        if bad:
+            raise InvalidArgumentError(f"unknown study name(s) {bad}; expected some of {list(STUDIES)}")
+        return cfg
+
+    def fingerprint(self, study: str) -> dict:
+        """The settings ``study`` depends on (JSON-ready); equal fingerprints mean reusable results."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in
+                ((k, getattr(self, k)) for k in _FIELDS[study])}
