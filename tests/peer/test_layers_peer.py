@@ -216,3 +216,25 @@ def test_quadrature_tanh_close_to_peer_numerical():
     theirs = peer[2](_to_peer(x), None, ("nngp", "ntk"))
     np.testing.assert_allclose(ours.nngp.numpy(), np.asarray(theirs.nngp), rtol=1e-4, atol=1e-8)
     np.testing.assert_allclose(ours.ntk.numpy(), np.asarray(theirs.ntk), rtol=1e-4, atol=1e-8)
+
+
+def test_strided_conv_standard_parameterization_global_avg_pool():
+    spec = L.serial(
+        L.Conv(8, (3, 3), strides=(2, 2), padding="SAME", W_std=1.5, b_std=0.2, parameterization="standard"), L.Relu(),
+        L.Conv(8, (2, 2), strides=(1, 2), padding="VALID", parameterization="standard"), L.Erf(),
+        L.GlobalAvgPool(), L.Dense(1, parameterization="standard"),
+    )
+    peer = stax.serial(
+        stax.Conv(8, (3, 3), strides=(2, 2), padding="SAME", W_std=1.5, b_std=0.2, parameterization="standard"), stax.Relu(),
+        stax.Conv(8, (2, 2), strides=(1, 2), padding="VALID", parameterization="standard"), stax.Erf(),
+        stax.GlobalAvgPool(), stax.Dense(1, parameterization="standard"),
+    )
+    _compare(spec, peer, _images(h=7, w=6), _images(2, h=7, w=6, seed=4))
+
+
+def test_layer_norm_over_channels_and_pixels_then_flatten():
+    # (torchntk only allows LayerNorm on Gaussian pre-activations, where the mean it removes is 0
+    # at infinite width; the peer's kernel ignores the mean everywhere.)
+    spec = L.serial(L.Conv(8, (3, 3), padding="SAME", b_std=0.3), L.LayerNorm(axis=(1, 2, 3)), L.Gelu(), L.Flatten(), L.Dense(1))
+    peer = stax.serial(stax.Conv(8, (3, 3), padding="SAME", b_std=0.3), stax.LayerNorm(axis=(1, 2, 3)), stax.Gelu(), stax.Flatten(), stax.Dense(1))
+    _compare(spec, peer, _images(h=4, w=4))
