@@ -1,0 +1,81 @@
+"""The ``torchntk`` command: ``demo``, ``kernel``, ``predict`` and ``spectrum``.
+
+Each subcommand lives in its own module with ``add_parser(subparsers)`` and ``run(args)``. Every
+option can also come from a TOML file (``--config file.toml``: the option names as keys, at top
+level or under a table named after the subcommand); flags given on the command line win.
+User mistakes (unknown config key, a model file that fails to import, data of mismatched
+lengths, an unwritable output...) print one line ``torchntk: error: ...`` on stderr and exit
+with code 2.
+
+Example::
+
+    torchntk demo --quick --out results
+    torchntk kernel --data train.npz --test test.npz --analytic --out kernel.npz
+    torchntk predict --kernel kernel.npz --data train.npz --t 0,10,inf --out pred.npz
+    torchntk spectrum --kernel kernel.npz --plot spectrum.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from . import demo, kernel, predict, spectrum
+from ._common import CLIError, config_defaults
+
+COMMANDS = {"demo": demo, "kernel": kernel, "predict": predict, "spectrum": spectrum}
+
+__all__ = ["main", "build_parser", "CLIError"]
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The top-level parser and one sub-parser per command."""
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="torchntk",
+        description="Neural Tangent Kernels for PyTorch: the finite-vs-infinite-width demo, "
+                    "kernels, predictions and spectra from the command line.",
+    )
+    parser.add_argument("--version", action="version", version=f"torchntk {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subs = {}
+    for name, module in COMMANDS.items():
+        p = module.add_parser(sub)
+        p.add_argument("--config", metavar="FILE.toml", help="read options from a TOML file (flags win)")
+        subs[name] = p
+    return parser, subs
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser, subs = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
+        if getattr(args, "config", None):
+            sp = subs[args.command]
+            sp.set_defaults(**config_defaults(args.config, sp, args.command))
+            args = parser.parse_args(argv)
+        return int(COMMANDS[args.command].run(args) or 0)
+    except CLIError as err:
+        print(f"torchntk: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("torchntk: interrupted; rerun the same command to continue where it stopped", file=sys.stderr)
+        return 130
+    except Exception as err:  # torchntk's own errors are user mistakes too: one line, exit 2
+        from ..errors import TorchNTKError
+
+        if isinstance(err, TorchNTKError):
+            print(f"torchntk: error: {err}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""Shared pieces of the CLI: the error type, TOML configs, data/model/kernel files (private)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+class CLIError(Exception):
+    """A user mistake: printed as one line on stderr, exit code 2."""
+
+
+# -- config files ------------------------------------------------------------------------------
+
+def config_defaults(path: str, parser: argparse.ArgumentParser, command: str) -> dict[str, Any]:
+    """Read a TOML file for ``command``: top-level keys, or those of its ``[command]`` table.
+
+    Keys are the command's long options (``learning-rate`` or ``learning_rate``); an unknown key
+    is an error, so a typo never passes silently.
+    """
+    import tomllib
+
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as err:
+        raise CLIError(f"cannot read config file {path!r}: {err.strerror or err}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise CLIError(f"config file {path!r} is not valid TOML: {err}") from None
+    if isinstance(data.get(command), dict):
+        data = data[command]
+    allowed = {a.dest: a for a in parser._actions if a.option_strings and a.dest not in ("help", "config")}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        dest = key.replace("-", "_")
+        if dest not in allowed:
+            names = ", ".join(sorted(d.replace("_", "-") for d in allowed))
+            raise CLIError(f"unknown config key {key!r} in {path} (the {command} command takes: {names})")
+        action = allowed[dest]
+        if isinstance(value, list):
+            value = ",".join(map(str, value))
+        if action.type is None:          # a switch (--quick, --force...)
+            if not isinstance(value, bool):
+                raise CLIError(f"config key {key!r} in {path} must be true or false, got {value!r}")
+        else:
+            try:
+                value = action.type(value if action.type is not str else str(value))
+            except (TypeError, ValueError, argparse.ArgumentTypeError) as err:
+                raise CLIError(f"config key {key!r} in {path}: {err}") from None
+        out[dest] = value
+    return out
+
+
+# -- data files --------------------------------------------------------------------------------
+
+def load_data(path: str, *, need_y: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Inputs ``x`` ``(N, ...)`` and targets ``y`` ``(N, O)`` (or None) from ``.npz``, ``.pt``, ``.npy``.
+
+    ``.npz``/``.pt``: arrays named ``x`` and optionally ``y``; ``.npy`` or a bare tensor: ``x``.
+    Inputs are float64; a 1-D ``y`` becomes ``(N, 1)``.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise CLIError(f"data file {path!r} does not exist")
+    try:
+        if p.suffix == ".npz":
+            with np.load(p) as f:
+                data = {k: f[k] for k in f.files}
+        elif p.suffix == ".pt":
+            data = torch.load(p, weights_only=True)
+        elif p.suffix == ".npy":
+            data = np.load(p)
+        else:
+            raise CLIError(f"data file {path!r}: unknown format {p.suffix!r} (use .npz, .pt or .npy)")
+    except CLIError:
+        raise
+    except Exception as err:  # noqa: BLE001  (any reader failure is the file's fault)
+        raise CLIError(f"cannot read data file {path!r}: {type(err).__name__}: {err}") from None
+    if not isinstance(data, dict):
+        data = {"x": data}
+    if "x" not in data:
+        raise CLIError(f"data file {path!r} has no array 'x' (found: {', '.join(map(str, data)) or 'none'})")
+    x = torch.as_tensor(np.asarray(data["x"]), dtype=torch.float64)
+    y = data.get("y")
+    if y is not None:
+        y = torch.as_tensor(np.asarray(y), dtype=torch.float64)
+        if y.ndim == 1:
+            y = y[:, None]
+        if y.shape[0] != x.shape[0]:
+            raise CLIError(f"data file {path!r}: x has {x.shape[0]} rows but y has {y.shape[0]}")
+    elif need_y:
+        raise CLIError(f"data file {path!r} has no targets 'y'")
+    if x.ndim < 2 or x.shape[0] == 0:
+        raise CLIError(f"data file {path!r}: x must be (N, features...) with N >= 1, got {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise CLIError(f"data file {path!r}: x contains NaN or Inf")
+    return x, y
+
+
+# -- models ------------------------------------------------------------------------------------
+
+_MODEL_NAMES = ("model", "spec", "make_model", "build_model")
+
+
+def load_model_file(ref: str) -> Any:
+    """The object named in ``file.py[:name]``: an ``nn.Module``, a layers spec, or a factory of one.
+
+    Without ``:name`` the file must define one of ``model``, ``spec``, ``make_model``,
+    ``build_model``. A factory is called without arguments.
+    """
+    path, _, name = ref.partition(":") if not os.path.exists(ref) else (ref, "", "")
+    if not os.path.exists(path):
+        raise CLIError(f"model file {path!r} does not exist")
+    module_name = f"_torchntk_user_model_{abs(hash(os.path.abspath(path)))}"
+    try:
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        if spec is None or spec.loader is None:
+            raise ImportError("not a Python file")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    except BaseException as err:  # noqa: BLE001  (SyntaxError, ImportError, anything the file raises)
+        if isinstance(err, KeyboardInterrupt):
+            raise
+        sys.modules.pop(module_name, None)
+        where = f" (line {err.lineno})" if isinstance(err, SyntaxError) and err.lineno else ""
+        raise CLIError(f"cannot import model file {path!r}: {type(err).__name__}: {err}{where}") from None
+    names = [name] if name else [n for n in _MODEL_NAMES if hasattr(module, n)]
+    if not names or not hasattr(module, names[0]):
+        want = repr(name) if name else "one of " + ", ".join(_MODEL_NAMES)
+        raise CLIError(f"model file {path!r} defines no {want}")
+    obj = getattr(module, names[0])
+    if not isinstance(obj, torch.nn.Module) and not _is_spec(obj) and callable(obj):
+        try:
+            obj = obj()
+        except Exception as err:  # noqa: BLE001
+            raise CLIError(f"model file {path!r}: {names[0]}() failed: {type(err).__name__}: {err}") from None
+    if not isinstance(obj, torch.nn.Module) and not _is_spec(obj):
+        raise CLIError(f"model file {path!r}: {names[0]} is neither an nn.Module nor a torchntk.layers spec")
+    return obj
+
+
+def _is_spec(obj: Any) -> bool:
+    return hasattr(obj, "kernel") and hasattr(obj, "module") and not isinstance(obj, torch.nn.Module)
+
+
+def builtin_spec(width: int, depth: int, activation: str, W_std: float, b_std: float, outputs: int):
+    """``depth`` Dense layers of ``width`` (the last of ``outputs``) with ``activation`` between."""
+    from .. import layers as L
+
+    acts = {"relu": L.Relu, "erf": L.Erf, "gelu": L.Gelu, "abs": L.Abs,
+            "tanh": lambda: L.Elementwise(torch.tanh)}
+    if activation not in acts:
+        raise CLIError(f"unknown activation {activation!r}; expected one of {', '.join(acts)}")
+    if depth < 1:
+        raise CLIError(f"--depth must be >= 1, got {depth}")
+    parts: list = []
+    for _ in range(depth - 1):
+        parts += [L.Dense(width, W_std=W_std, b_std=b_std), acts[activation]()]
+    parts.append(L.Dense(outputs, W_std=W_std, b_std=b_std))
+    return L.serial(*parts)
+
+
+# -- kernel files ------------------------------------------------------------------------------
+
+def load_kernels(path: str) -> dict[str, torch.Tensor]:
+    """Kernels saved by ``torchntk kernel``: ``.npz``, ``.pt`` or a ``.zarr`` store (float64 tensors)."""
+    p = Path(path)
+    if not p.exists():
+        raise CLIError(f"kernel file {path!r} does not exist")
+    try:
+        if p.suffix == ".zarr" or p.is_dir():
+            from ..scale import KernelStore
+
+            store = KernelStore.open(p)
+            if not store.is_complete:
+                raise CLIError(f"kernel store {path!r} is incomplete; finish it with `torchntk kernel --resume {path}`")
+            out = {n: torch.from_numpy(np.asarray(store.to_numpy(n))) for n in store.names}
+            if not store.manifest.get("symmetric", True):   # written with --test: Theta(test, train)
+                out = {f"{k}_test_train": v for k, v in out.items()}
+            return {k: v.double() for k, v in out.items()}
+        if p.suffix == ".npz":
+            with np.load(p) as f:
+                return {k: torch.from_numpy(f[k]).double() for k in f.files if f[k].ndim >= 2}
+        if p.suffix == ".pt":
+            data = torch.load(p, weights_only=True)
+            if isinstance(data, torch.Tensor):
+                data = {"ntk": data}
+            return {k: torch.as_tensor(v).double() for k, v in data.items() if torch.as_tensor(v).ndim >= 2}
+    except CLIError:
+        raise
+    except Exception as err:  # noqa: BLE001
+        raise CLIError(f"cannot read kernel file {path!r}: {type(err).__name__}: {err}") from None
+    raise CLIError(f"kernel file {path!r}: unknown format {p.suffix!r} (use .npz, .pt or .zarr)")
+
+
+def check_writable(path: str | Path, *, folder: bool = False) -> Path:
+    """Fail early (one line) if ``path`` (a file, or a folder when ``folder``) cannot be written."""
+    p = Path(path)
+    target = p if folder else p.parent
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        probe = target / f".torchntk-write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        what = "output folder" if folder else "folder of the output file"
+        raise CLIError(f"{what} {str(target)!r} is not writable ({err.strerror or err})") from None
+    return p
+
+
+def parse_times(text: str) -> torch.Tensor:
+    """``"0,10,100,inf"`` -> float64 tensor of times."""
+    try:
+        values = [float(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise CLIError(f"--t must be comma-separated numbers or 'inf', got {text!r}") from None
+    if not values or any(v < 0 for v in values):
+        raise CLIError(f"--t must be non-negative times, got {text!r}")
+    return torch.tensor(values, dtype=torch.float64)

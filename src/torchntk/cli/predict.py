@@ -1,0 +1,97 @@
+"""``torchntk predict``: outputs of MSE training predicted from saved kernels (closed form).
+
+``f_t - y = exp(-t Theta / N) (f_0 - y)`` on the training points (gradient flow; with
+``--learning-rate eta``, ``(I - eta Theta / N)^t`` with ``t`` in steps) and the matching formula
+on held-out points when the kernel file has ``ntk_test_train``; ``t = inf`` is kernel regression.
+``f_0 = 0`` (the mean over initializations). Uses :func:`torchntk.dynamics.mse`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ._common import CLIError, check_writable, load_data, load_kernels, parse_times
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("predict", help="predict training outputs over time from saved kernels",
+                       description=__doc__.split("\n\n")[1])
+    p.add_argument("--kernel", help="kernel file from `torchntk kernel`: .npz, .pt or .zarr")
+    p.add_argument("--data", help="training data with targets 'y' (the kernel's N rows)")
+    p.add_argument("--test-data", dest="test_data", default=None,
+                   help="held-out data with 'y' to score the test predictions (optional)")
+    p.add_argument("--t", default="0,1,10,100,1000,inf", help="comma-separated times, 'inf' allowed")
+    p.add_argument("--learning-rate", dest="learning_rate", type=float, default=None,
+                   help="gradient descent with this step (t counts steps); default: gradient flow")
+    p.add_argument("--diag-reg", dest="diag_reg", type=float, default=0.0,
+                   help="ridge: Theta + diag_reg * mean(diag Theta) * I (default 0)")
+    p.add_argument("--out", default="predictions.npz", help="output .npz (t, f_train, f_test) or .json")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..dynamics import mse
+
+    if not args.kernel or not args.data:
+        raise CLIError("--kernel and --data are required")
+    kernels = load_kernels(args.kernel)
+    _, y = load_data(args.data, need_y=True)
+    if "ntk" not in kernels:
+        if "ntk_test_train" in kernels:
+            raise CLIError(f"kernel file {args.kernel!r} holds only a test/train kernel; "
+                           "predictions need the (N, N) training kernel 'ntk'")
+        raise CLIError(f"kernel file {args.kernel!r} has no array 'ntk'")
+    K = kernels["ntk"]
+    if K.shape[0] != y.shape[0]:
+        raise CLIError(f"the kernel has {K.shape[0]} training rows but {args.data!r} has {y.shape[0]} targets")
+    Kt = kernels.get("ntk_test_train")
+    if Kt is not None and Kt.shape[1] != K.shape[0]:
+        raise CLIError(f"ntk_test_train has {Kt.shape[1]} columns but the training kernel has {K.shape[0]} rows")
+    y_test = None
+    if args.test_data:
+        _, y_test = load_data(args.test_data, need_y=True)
+        if Kt is None:
+            raise CLIError("--test-data given but the kernel file has no 'ntk_test_train' (run `torchntk kernel --test`)")
+        if y_test.shape[0] != Kt.shape[0]:
+            raise CLIError(f"ntk_test_train has {Kt.shape[0]} rows but {args.test_data!r} has {y_test.shape[0]} targets")
+    t = parse_times(args.t)
+    if args.learning_rate is not None:
+        finite = t[torch.isfinite(t)]
+        if not torch.equal(finite, finite.round()):
+            raise CLIError("with --learning-rate, --t counts steps: use whole numbers (or inf)")
+    out = Path(args.out)
+    check_writable(out)
+    pred = mse(K, y, learning_rate=args.learning_rate, diag_reg=args.diag_reg)
+    f_train, f_test = pred(t, Kt)
+    cost = 0.5 * ((f_train - y) ** 2).sum((-2, -1)) / y.shape[0]
+    summary = {"t": t.tolist(), "train_cost": cost.tolist()}
+    print(f"{'t':>10}  {'train cost':>12}" + ("  test MSE" if y_test is not None else ""))
+    test_mse = None
+    if y_test is not None:
+        test_mse = ((f_test - y_test) ** 2).mean((-2, -1))
+        summary["test_mse"] = test_mse.tolist()
+        if y_test.shape[1] > 1:
+            acc = (f_test.argmax(-1) == y_test.argmax(-1)).double().mean(-1)
+            summary["test_accuracy"] = acc.tolist()
+    for i, ti in enumerate(t.tolist()):
+        line = f"{ti:>10g}  {float(cost[i]):>12.6g}"
+        if test_mse is not None:
+            line += f"  {float(test_mse[i]):.6g}"
+            if "test_accuracy" in summary:
+                line += f"  (accuracy {summary['test_accuracy'][i]:.4f})"
+        print(line)
+    if out.suffix == ".json":
+        out.write_text(json.dumps({**summary, "f_train": f_train.tolist(),
+                                   "f_test": None if f_test is None else f_test.tolist()}) + "\n")
+    else:
+        arrays = {"t": t.numpy(), "f_train": f_train.numpy(), "train_cost": cost.numpy()}
+        if f_test is not None:
+            arrays["f_test"] = f_test.numpy()
+        np.savez(out if out.suffix == ".npz" else out.with_suffix(out.suffix + ".npz"), **arrays)
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,79 @@
+"""``torchntk spectrum``: eigenvalues of a saved kernel and what they say about training.
+
+Prints the top eigenvalues ``lambda_k`` of the (N, N) training kernel, the decay rates
+``lambda_k / N`` of the residual's eigenmodes, the condition number, the effective dimension
+``(sum lambda)^2 / sum lambda^2`` and the largest stable gradient-descent step ``2 N / lambda_max``;
+saves them as JSON and, with ``--plot``, a log-scale figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ._common import CLIError, check_writable, load_kernels
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("spectrum", help="eigenvalues of a saved kernel, mode decay rates, max step",
+                       description=__doc__.split("\n\n")[1])
+    p.add_argument("--kernel", help="kernel file from `torchntk kernel`: .npz, .pt or .zarr")
+    p.add_argument("--name", default="ntk", help="which array of the file (default ntk; e.g. nngp)")
+    p.add_argument("--top", type=int, default=10, help="eigenvalues to print (default 10)")
+    p.add_argument("--out", default="spectrum.json", help="JSON output (default spectrum.json)")
+    p.add_argument("--plot", default=None, help="also draw the spectrum to this PNG")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.kernel:
+        raise CLIError("--kernel is required")
+    kernels = load_kernels(args.kernel)
+    if args.name not in kernels:
+        raise CLIError(f"kernel file {args.kernel!r} has no array {args.name!r} (found: {', '.join(kernels)})")
+    K = kernels[args.name]
+    if K.ndim == 4:                                   # full (N, N, O, O): sample-major flattening
+        n, _, o, _ = K.shape
+        K = K.permute(0, 2, 1, 3).reshape(n * o, n * o)
+    if K.ndim != 2 or K.shape[0] != K.shape[1]:
+        raise CLIError(f"{args.name!r} must be a square training kernel, got shape {tuple(K.shape)}")
+    n = K.shape[0]
+    lam = torch.linalg.eigvalsh(0.5 * (K + K.T)).flip(0).numpy()
+    pos = lam[lam > 0]
+    summary = {
+        "n": n,
+        "eigenvalues": lam.tolist(),
+        "lambda_max": float(lam[0]),
+        "lambda_min": float(lam[-1]),
+        "condition_number": float(lam[0] / lam[-1]) if lam[-1] > 0 else float("inf"),
+        "effective_dimension": float(pos.sum() ** 2 / (pos**2).sum()),
+        "mode_rates_lambda_over_N": (lam[: args.top] / n).tolist(),
+        "max_stable_learning_rate": float(2 * n / lam[0]),
+    }
+    print(f"N = {n}; lambda_max = {lam[0]:.6g}, lambda_min = {lam[-1]:.6g}, "
+          f"condition number = {summary['condition_number']:.4g}")
+    print(f"effective dimension = {summary['effective_dimension']:.4g}; "
+          f"largest stable GD step 2N/lambda_max = {summary['max_stable_learning_rate']:.6g}")
+    print(f"{'k':>4}  {'lambda_k':>12}  {'lambda_k/lambda_max':>20}  {'rate lambda_k/N':>16}")
+    for k in range(min(args.top, n)):
+        print(f"{k + 1:>4}  {lam[k]:>12.6g}  {lam[k] / lam[0]:>20.4g}  {lam[k] / n:>16.6g}")
+    out = check_writable(args.out)
+    out.write_text(json.dumps({k: (None if isinstance(v, float) and not np.isfinite(v) else v)
+                               for k, v in summary.items()}, indent=1) + "\n")
+    print(f"wrote {out}")
+    if args.plot:
+        from ..lab.figures import figure, save
+
+        check_writable(args.plot)
+        fig, (ax,) = figure(1)
+        ax.semilogy(np.arange(1, len(pos) + 1), pos, "o-", ms=3)
+        ax.set_xlabel("index k")
+        ax.set_ylabel(r"eigenvalue $\lambda_k$")
+        ax.set_title(f"spectrum of {args.name} (N = {n})")
+        save(fig, Path(args.plot))
+        print(f"wrote {args.plot}")
+    return 0
