@@ -77,3 +77,17 @@ def test_modes_are_consistent(cases):
     mean = empirical_ntk(model, x1, x2, mode="mean", implementation="jacobian")
     assert_close(diag, torch.diagonal(full, dim1=2, dim2=3))
     assert_close(mean, diag.mean(-1))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("mode", ["full", "diagonal", "mean"])
+def test_symmetric_gram_split_into_chunks(impl, mode):
+    """N*O and N large enough that the symmetric Gram is computed by upper chunks and mirrored."""
+    torch.manual_seed(7)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 6), torch.nn.Tanh(), torch.nn.Linear(6, 10)).double()
+    x = torch.randn(400 if mode != "full" else 45, 2, dtype=torch.float64)
+    if impl == "ntvp":
+        x = x[:45]
+    sym = empirical_ntk(net, x, mode=mode, implementation=impl)
+    assert_close(sym, empirical_ntk(net, x, x, mode=mode, implementation="jacobian"))
+    assert torch.equal(sym, sym.transpose(0, 1) if mode != "full" else sym.permute(1, 0, 3, 2))

@@ -21,7 +21,7 @@ from typing import Protocol
 import torch
 
 from ..errors import InvalidArgumentError
-from ._modes import Accumulator, finalize, out_shape, transpose
+from ._modes import Accumulator, finalize, mirror, out_shape, transpose
 
 DEFAULT_MEMORY = 2 * 1024**3  # planning budget when neither block_size nor memory is given
 
@@ -91,14 +91,6 @@ def _tiles(n: int, b: int) -> list[slice]:
     return [slice(s, min(s + b, n)) for s in range(0, n, b)]
 
 
-def symmetric_split(n: int, out_dim: int, mode: str) -> int:
-    """Blocks of a symmetric kernel that fits in one tile: splitting it into ``k`` row blocks
-    and computing only the ``k (k + 1) / 2`` upper tiles saves up to half of the products;
-    too small tiles lose matmul efficiency, so ``k`` grows with the Gram size."""
-    rows = n * out_dim if mode == "full" else n
-    return max(1, min(4, rows // 400))
-
-
 def compute_tiled(
     backend: Backend,
     x1: torch.Tensor,
@@ -119,8 +111,6 @@ def compute_tiled(
     n1, n2, o = x1.shape[0], xs.shape[0], backend.out_dim
     out: dict[str, torch.Tensor] = {}
     cached = block >= max(n1, n2)
-    if cached and symmetric:
-        block = -(-n1 // symmetric_split(n1, o, mode))
     rows, cols = _tiles(n1, block), _tiles(n2, block)
     f_all1 = backend.features(x1) if cached else None
     f_all2 = f_all1 if (symmetric or not cached) else backend.features(xs)
@@ -141,12 +131,11 @@ def compute_tiled(
                 f2 = f1
             else:
                 f2 = backend.take(f_all2, c) if cached else backend.features(xs[c])
-            acc = Accumulator(per_layer, dtype)
+            on_diagonal = symmetric and bj == bi
+            acc = Accumulator(per_layer, dtype, symmetric=on_diagonal)
             backend.contract(f1, f2, mode, acc)
             for name, t in acc.parts.items():
-                t = finalize(t, mode, o)
-                if symmetric and bj == bi:
-                    t = (t + transpose(t, mode)).mul_(0.5)
+                t = finalize(mirror(t, mode) if on_diagonal else t, mode, o)
                 put(name, t, r, c, symmetric and bj != bi)
             del f2, acc
     return out if per_layer else out[""]

@@ -29,8 +29,70 @@ def gram(u1: torch.Tensor, u2: torch.Tensor, mode: str) -> torch.Tensor:
     n2 = u2.shape[1]
     if mode == "full":
         return (u1.reshape(o * n1, -1) @ u2.reshape(o * n2, -1).T).view(o, n1, o, n2)
-    t = torch.bmm(u1, u2.transpose(1, 2))
-    return t if mode == "diagonal" else t.sum(0)
+    if mode == "diagonal":
+        return torch.bmm(u1, u2.transpose(1, 2))
+    out = u1[0] @ u2[0].T  # "mean": sum over outputs without an (O, N1, N2) temporary
+    for a in range(1, o):
+        out.addmm_(u1[a], u2[a].T)
+    return out
+
+
+def sym_chunks(m: int) -> list[slice]:
+    """Row chunks of a symmetric ``m x m`` Gram: only the upper block triangle is multiplied
+    (``(k + 1) / (2 k)`` of the flops for ``k`` chunks); small Grams are not split."""
+    k = 1 if m < 384 else min(8, m // 192)
+    b = -(-m // k)
+    return [slice(s, min(s + b, m)) for s in range(0, m, b)]
+
+
+def _upper_mm(out: torch.Tensor, u: torch.Tensor, beta: float) -> None:
+    """``out = beta out + u u^T`` on the upper block triangle of :func:`sym_chunks`.
+
+    ``beta = 0`` ignores the old content of ``out`` (even NaN), so ``out`` may be uninitialized.
+    """
+    ch = sym_chunks(u.shape[0])
+    for bi, r in enumerate(ch):
+        for c in ch[bi:]:
+            out[r, c].addmm_(u[r], u[c].T, beta=beta)
+
+
+def gram_sym(u: torch.Tensor, mode: str) -> torch.Tensor:
+    """``gram(u, u, mode)``, valid on the upper block triangle only (see :func:`mirror`).
+
+    The rows of the symmetric matrix are the flattened ``(a, i)`` pairs in ``"full"`` mode and
+    the examples ``i`` in the other modes. The lower blocks are left uninitialized: only
+    elementwise operations may touch them before :func:`mirror` overwrites them.
+    """
+    o, n, _ = u.shape
+    if mode == "full":
+        out = u.new_empty(o * n, o * n)
+        _upper_mm(out, u.reshape(o * n, -1), 0.0)
+        return out.view(o, n, o, n)
+    out = u.new_empty(o, n, n) if mode == "diagonal" else u.new_empty(n, n)
+    for a in range(o):
+        _upper_mm(out[a] if mode == "diagonal" else out, u[a], 0.0 if (a == 0 or mode == "diagonal") else 1.0)
+    return out
+
+
+def mirror(t: torch.Tensor, mode: str) -> torch.Tensor:
+    """Make a symmetric tile exactly symmetric: copy the upper block triangle onto the lower
+    one and replace each diagonal block ``D`` by ``(D + D^T) / 2``."""
+    t = t.contiguous()
+    if mode == "full":
+        o, n = t.shape[:2]
+        mats = [t.view(o * n, o * n)]
+    elif mode == "diagonal":
+        mats = list(t)
+    else:
+        mats = [t]
+    for m in mats:
+        ch = sym_chunks(m.shape[0])
+        for bi, r in enumerate(ch):
+            d = m[r, r]
+            d.copy_((d + d.T).mul_(0.5))
+            for c in ch[bi + 1:]:
+                m[c, r] = m[r, c].T
+    return t
 
 
 def pair_view(m: torch.Tensor, mode: str) -> torch.Tensor:
@@ -66,13 +128,15 @@ def out_shape(n1: int, n2: int, out_dim: int, mode: str) -> tuple[int, ...]:
 class Accumulator:
     """Sums the parts of one kernel block, or keeps them apart (``per_layer=True``).
 
-    ``add(name, t, factor)`` adds ``t * factor`` (``factor`` a number or a tensor broadcasting
+    On a symmetric tile (``symmetric=True``) the parts need only be valid on the upper block
+    triangle of :func:`sym_chunks`; :func:`mirror` completes them. ``add(name, t, factor)`` adds
+    ``t * factor`` (``factor`` a number or a tensor broadcasting
     against ``t``; default 1), the part of parameter ``name`` in the internal layout. The
     accumulator may keep and modify ``t``: pass a fresh tensor.
     """
 
-    def __init__(self, per_layer: bool, dtype: torch.dtype | None) -> None:
-        self.per_layer, self.dtype = per_layer, dtype
+    def __init__(self, per_layer: bool, dtype: torch.dtype | None, symmetric: bool = False) -> None:
+        self.per_layer, self.dtype, self.symmetric = per_layer, dtype, symmetric
         self.parts: dict[str, torch.Tensor] = {}
 
     def add(self, name: str, t: torch.Tensor, factor: float | torch.Tensor | None = None) -> None:
@@ -93,6 +157,13 @@ class Accumulator:
     def total(self) -> torch.Tensor | None:
         """The sum of all parts (``per_layer=False``)."""
         return self.parts.get("")
+
+    def gram(self, u1: torch.Tensor, u2: torch.Tensor, mode: str) -> torch.Tensor:
+        """:func:`gram` of the features of a tile; on a symmetric tile (``x1`` block against
+        itself) only the upper block triangle is computed, and the tiling mirrors it."""
+        if self.symmetric:
+            return gram_sym(u1, mode)
+        return gram(u1, u2, mode)
 
     def cast(self, t: torch.Tensor) -> torch.Tensor:
         """``t`` in the accumulation dtype (features are cast before their products)."""

@@ -20,7 +20,7 @@ import torch
 from torch.func import jacrev, vmap
 
 from ._functional import Functional
-from ._modes import Accumulator, gram
+from ._modes import Accumulator
 
 
 def jacobians(fm: Functional, x: torch.Tensor, names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
@@ -48,7 +48,7 @@ def contract_jacobians(
         b = j2[name]
         u1 = acc.cast(a.reshape(a.shape[0], a.shape[1], -1).transpose(0, 1))
         u2 = acc.cast(b.reshape(b.shape[0], b.shape[1], -1).transpose(0, 1))
-        acc.add(name, gram(u1, u2, mode))
+        acc.add(name, acc.gram(u1, u2, mode))
 
 
 class JacobianBackend:

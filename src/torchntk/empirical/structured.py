@@ -33,7 +33,7 @@ import torch
 
 from ._functional import Functional
 from ._layers import Capture, LayerInfo, cotangent_layout, find_layers, patches
-from ._modes import Accumulator, gram, pair_view
+from ._modes import Accumulator, pair_view
 from .jacobian import contract_jacobians, jacobians
 
 
@@ -198,7 +198,7 @@ class StructuredBackend:
             lay = a.lay
             ws2, bs2 = lay.ws**2, lay.bs**2
             if a.method == "p1":
-                gg = gram(acc.cast(a.u), acc.cast(b.u), mode)
+                gg = acc.gram(acc.cast(a.u), acc.cast(b.u), mode)
                 if lay.weight is None:
                     acc.add(lay.bias, gg, bs2)
                     continue
@@ -214,11 +214,11 @@ class StructuredBackend:
             if lay.bias is not None:
                 src1 = a.v if a.method == "jw" else a.gs
                 src2 = b.v if b.method == "jw" else b.gs
-                acc.add(lay.bias, gram(acc.cast(src1), acc.cast(src2), mode), bs2)
+                acc.add(lay.bias, acc.gram(acc.cast(src1), acc.cast(src2), mode), bs2)
             if lay.weight is None:
                 continue
             if a.method == "jw":
-                acc.add(lay.weight, gram(acc.cast(a.u), acc.cast(b.u), mode), ws2)
+                acc.add(lay.weight, acc.gram(acc.cast(a.u), acc.cast(b.u), mode), ws2)
             else:
                 acc.add(lay.weight, _pair_part(acc.cast(a.u), acc.cast(a.v), acc.cast(b.u), acc.cast(b.v), mode), ws2)
         contract_jacobians(jac1, jac2, mode, acc)

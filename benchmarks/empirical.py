@@ -1,0 +1,244 @@
+"""Empirical NTK, side by side in one process: torchntk vs the torch.func recipe vs the peer.
+
+Contenders, all on scikit-learn's digits (inputs scaled to [0, 1]):
+
+* torchntk's ``empirical_ntk`` with each implementation ("jacobian", "ntvp", "structured")
+  and "auto";
+* the recipe of the torch.func tutorial ("Neural Tangent Kernels"): per-example Jacobians with
+  ``vmap(jacrev)``, then one einsum per parameter tensor, summed;
+* neural-tangents' structured-derivatives NTK (``implementation=3``, ``vmap_axes=0``, jitted)
+  on the same MLP with the same weights, when it imports (run with the peer's Python).
+
+Workloads: MLP 64-512-512-10 (ReLU, bias) at N = 96 in "full" and "mean" modes; a CNN (three
+3x3 convolutions with 64 channels, SAME padding, ReLU, then a dense layer to 10) on the 8x8
+images at N = 32; torchntk vs the peer on the MLP at N = 96 and 256; and a scale line: the
+4000 x 4000 "mean" kernel of an MLP with about a million parameters under ``memory="4GiB"``,
+run in a child process whose peak resident memory is reported.
+
+Everything runs in float32 (the peer's default; jax_enable_x64 is on, but the arrays are
+float32). Times are medians over repeats after one warm-up call; "peak" is the largest rise of
+the process's resident memory over its level before the call, sampled every millisecond.
+
+    .peer-venv/bin/python benchmarks/empirical.py            # everything (about 3 minutes)
+    .venv/bin/python benchmarks/empirical.py --quick         # no peer, fewer repeats
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, jacrev, vmap
+
+import torchntk
+from torchntk.nn import MLP, Conv2d, Linear
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * PAGE
+
+
+class PeakRSS:
+    """Largest rise of the resident set size over its level at entry (sampled every 1 ms)."""
+
+    def __enter__(self):
+        self.base = self.peak = _rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss())
+            time.sleep(0.001)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss())
+
+    @property
+    def rise(self) -> int:
+        return self.peak - self.base
+
+
+def measure(fn, repeats: int):
+    """(median seconds, peak rise in bytes, last result) after one warm-up call."""
+    fn()
+    times, peak, out = [], 0, None
+    for _ in range(repeats):
+        with PeakRSS() as mem:
+            t = time.perf_counter()
+            out = fn()
+            times.append(time.perf_counter() - t)
+        peak = max(peak, mem.rise)
+    return statistics.median(times), peak, out
+
+
+# -- the torch.func tutorial recipe ------------------------------------------------------------
+
+def recipe_ntk(net: nn.Module, x1: torch.Tensor, x2: torch.Tensor, mode: str) -> torch.Tensor:
+    params = {k: v.detach() for k, v in net.named_parameters()}
+
+    def fnet_single(p, x):
+        return functional_call(net, p, (x.unsqueeze(0),)).squeeze(0)
+
+    jac1 = vmap(jacrev(fnet_single), (None, 0))(params, x1)
+    jac1 = [j.flatten(2) for j in jac1.values()]
+    jac2 = vmap(jacrev(fnet_single), (None, 0))(params, x2)
+    jac2 = [j.flatten(2) for j in jac2.values()]
+    if mode == "full":
+        return torch.stack([torch.einsum("Naf,Mbf->NMab", a, b) for a, b in zip(jac1, jac2)]).sum(0)
+    return torch.stack([torch.einsum("Naf,Maf->NM", a, b) for a, b in zip(jac1, jac2)]).sum(0) / jac1[0].shape[1]
+
+
+# -- models --------------------------------------------------------------------------------------
+
+def make_mlp(widths=(512, 512), seed=0) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    return MLP(64, list(widths), 10, activation="relu", beta=0.1, generator=g)
+
+
+def make_cnn(seed=0) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    return nn.Sequential(
+        Conv2d(1, 64, 3, padding="same", b_std=0.1, generator=g), nn.ReLU(),
+        Conv2d(64, 64, 3, padding="same", b_std=0.1, generator=g), nn.ReLU(),
+        Conv2d(64, 64, 3, padding="same", b_std=0.1, generator=g), nn.ReLU(),
+        nn.Flatten(), Linear(64 * 8 * 8, 10, b_std=0.1, generator=g),
+    )
+
+
+def digits() -> torch.Tensor:
+    from sklearn.datasets import load_digits
+
+    return torch.tensor(load_digits().data / 16.0, dtype=torch.float32)
+
+
+# -- the peer ------------------------------------------------------------------------------------
+
+def peer_kernel_fns(net: nn.Module):
+    """neural-tangents' structured NTK of the same MLP, with the torch weights; or None."""
+    try:
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+        import jax.numpy as jnp
+        import neural_tangents as nt
+        from neural_tangents import stax
+    except Exception as err:  # noqa: BLE001 - any import failure means: no peer
+        print(f"(peer skipped: {type(err).__name__}: {err})")
+        return None
+    layers, params = [], []
+    for m in net:
+        if isinstance(m, Linear):
+            layers.append(stax.Dense(m.out_features, W_std=m.W_std, b_std=m.b_std))
+            params.append((jnp.asarray(m.weight.detach().numpy().T), jnp.asarray(m.bias.detach().numpy())))
+        else:
+            layers.append(stax.Relu())
+            params.append(())
+    _, apply_fn, _ = stax.serial(*layers)
+    fns = {}
+    for mode, axes in (("full", ()), ("mean", (-1,))):
+        k = jax.jit(nt.empirical_ntk_fn(apply_fn, trace_axes=axes, vmap_axes=0, implementation=3))
+        fns[mode] = (lambda k: lambda x: k(x, None, params).block_until_ready())(k)
+    return fns, jnp
+
+
+# -- report ----------------------------------------------------------------------------------------
+
+ROWS: list[tuple] = []
+
+
+def report(workload: str, name: str, seconds: float, peak: int, ref: float | None, extra: str = ""):
+    ratio = "" if ref is None else f"{ref / seconds:8.1f}x"
+    ROWS.append((workload, name, seconds, peak, ratio, extra))
+    print(f"{workload:<28} {name:<22} {seconds:9.4f} s {peak / 2**20:9.1f} MiB {ratio:>9} {extra}", flush=True)
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).abs().max() / b.double().abs().max())
+
+
+def bench_torch(workload, net, x, mode, repeats, impls, recipe_repeats):
+    t_ref, peak, ref = measure(lambda: recipe_ntk(net, x, x, mode), recipe_repeats)
+    report(workload, "torch.func recipe", t_ref, peak, None)
+    for impl in impls:
+        t, peak, theta = measure(lambda: torchntk.empirical_ntk(net, x, mode=mode, implementation=impl), repeats)
+        report(workload, f"torchntk {impl}", t, peak, t_ref, f"(speed-up; rel. diff {rel_err(theta, ref):.1e})")
+
+
+def scale_check() -> None:
+    """Child process: the 4000 x 4000 mean kernel of a ~1M-parameter MLP under memory='4GiB'."""
+    torch.manual_seed(0)
+    net = make_mlp(widths=(1000, 1000))
+    n_params = sum(p.numel() for p in net.parameters())
+    x = torch.randn(4000, 64)
+    t = time.perf_counter()
+    theta = torchntk.empirical_ntk(net, x, mode="mean", memory="4GiB")
+    dt = time.perf_counter() - t
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(f"scale: mean kernel {tuple(theta.shape)} of a {n_params}-parameter MLP, memory='4GiB': "
+          f"{dt:.1f} s, peak RSS of the whole process {peak / 2**30:.2f} GiB")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer repeats, no peer, no scale line")
+    ap.add_argument("--scale-check", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.scale_check:
+        scale_check()
+        return
+    reps, rreps = (3, 1) if args.quick else (7, 3)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32")
+    print(f"{'workload':<28} {'contender':<22} {'median':>11} {'peak':>13} {'vs recipe':>9}")
+    X = digits()
+    impls = ["auto", "structured", "jacobian", "ntvp"]
+
+    mlp = make_mlp()
+    for mode in ("full", "mean"):
+        bench_torch(f"MLP N=96 {mode}", mlp, X[:96], mode, reps, impls, rreps)
+    cnn = make_cnn()
+    imgs = X[:32].view(32, 1, 8, 8)
+    for mode in ("full", "mean"):
+        bench_torch(f"CNN N=32 {mode}", cnn, imgs, mode, reps, ["auto", "structured", "jacobian"], rreps)
+
+    peer = None if args.quick else peer_kernel_fns(mlp)
+    if peer is not None:
+        fns, jnp = peer
+        for n in (96, 256):
+            x = X[:n]
+            xj = jnp.asarray(x.numpy())
+            for mode in ("full", "mean"):
+                tp, pp, kp = measure(lambda: fns[mode](xj), reps)
+                report(f"MLP N={n} {mode} vs peer", "neural-tangents", tp, pp, None)
+                tt, pt, kt = measure(lambda: torchntk.empirical_ntk(mlp, x, mode=mode), reps)
+                diff = rel_err(kt, torch.from_numpy(np.asarray(kp)))
+                report(f"MLP N={n} {mode} vs peer", "torchntk auto", tt, pt, None,
+                       f"peer/torchntk time {tp / tt:.2f}x; rel. diff {diff:.1e}")
+
+    if not args.quick:
+        out = subprocess.run([sys.executable, __file__, "--scale-check"], capture_output=True, text=True)
+        line = [ln for ln in out.stdout.splitlines() if ln.startswith("scale:")]
+        if line:
+            print(line[0])
+        else:
+            print("scale check failed:", out.stderr[-2000:])
+
+
+if __name__ == "__main__":
+    main()
