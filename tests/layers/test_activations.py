@@ -88,12 +88,12 @@ def test_quadrature_against_monte_carlo_samples():
         assert abs(float(sdot) - float(mc_sdot)) < 5e-3
 
 
-@pytest.mark.parametrize("method", ["polar", "hermite"])
+@pytest.mark.parametrize("method", ["polar", "hermite", "series", "auto"])
 def test_quadrature_methods_agree_on_smooth_functions_and_broadcast(method):
     q11 = torch.tensor([[1.0], [2.0]], dtype=F64)  # (2, 1)
     q22 = torch.tensor([0.5, 1.0, 1.5], dtype=F64)  # (3,)
     q12 = 0.3 * torch.sqrt(q11 * q22)  # (2, 3)
-    sigma, sdot = gaussian_expectations(torch.tanh, q11, q12, q22, method=method, degree=96)
+    sigma, sdot = gaussian_expectations(torch.tanh, q11, q12, q22, method=method, degree=None if method == "auto" else 96)
     assert sigma.shape == sdot.shape == (2, 3)
     ref_s, ref_d = gaussian_expectations(torch.tanh, q11, q12, q22, method="polar", degree=128)
     torch.testing.assert_close(sigma, ref_s, rtol=1e-6, atol=1e-9)
@@ -107,6 +107,29 @@ def test_polar_is_exact_for_relu_where_hermite_is_not():
     hermite = gaussian_expectations(torch.relu, q11, q12, q22, method="hermite", degree=24)[0]
     assert abs(float(polar - exact)) < 1e-12
     assert abs(float(hermite - exact)) > 1e-4  # the kink costs the product rule accuracy
+
+
+def test_auto_uses_the_series_for_smooth_functions_and_polar_for_kinks():
+    q11, q12, q22 = _grid()
+    from torchntk.layers import _quadrature as Q
+
+    assert Q._series(torch.tanh, q11, q12, q22, True, Q.SERIES, check=True) is not None
+    assert Q._series(torch.relu, q11, q12, q22, True, Q.SERIES, check=True) is None
+    # kinked: auto falls back to the polar rule, exact for ReLU
+    torch.testing.assert_close(gaussian_expectations(torch.relu, q11, q12, q22)[0], L.Relu().rule(q11, q12, q22)[0], rtol=1e-10, atol=1e-13)
+    # smooth: series and polar agree
+    series = gaussian_expectations(torch.nn.functional.silu, q11, q12, q22, method="series")
+    polar = gaussian_expectations(torch.nn.functional.silu, q11, q12, q22, method="polar", degree=96)
+    torch.testing.assert_close(series, polar, rtol=1e-8, atol=1e-12)
+
+
+def test_series_grad_matches_polar_grad():
+    q = torch.tensor([1.3, 0.4, 0.7], dtype=F64, requires_grad=True)
+    grads = []
+    for method, degree in (("series", None), ("polar", 96)):
+        sigma, sdot = gaussian_expectations(torch.tanh, q[0], q[1], q[2], method=method, degree=degree)
+        grads.append(torch.autograd.grad(sigma + 2 * sdot, q)[0])
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-7, atol=1e-10)
 
 
 def test_quadrature_degenerate_inputs_are_finite():
@@ -190,10 +213,11 @@ def test_gradcheck_at_exact_correlation_one_is_finite():
     assert abs(float(g[1]) - float(sdot.detach())) < 1e-15
 
 
-def test_quadrature_kernel_is_differentiable_wrt_inputs():
+@pytest.mark.parametrize("method, degree", [("series", 24), ("polar", 12)])
+def test_quadrature_kernel_is_differentiable_wrt_inputs(method, degree):
     g = torch.Generator().manual_seed(4)
-    x = torch.randn(3, 2, generator=g, dtype=F64, requires_grad=True)
-    spec = L.serial(L.Dense(8, b_std=0.2), L.Elementwise(torch.tanh, degree=12), L.Dense(1))
+    x = torch.randn(2, 2, generator=g, dtype=F64, requires_grad=True)
+    spec = L.serial(L.Dense(8, b_std=0.2), L.Elementwise(torch.tanh, method=method, degree=degree), L.Dense(1))
     assert torch.autograd.gradcheck(lambda z: spec.kernel(z).ntk, (x,), eps=1e-6, atol=1e-6)
 
 

@@ -32,7 +32,8 @@ import torch
 
 from ..errors import InvalidArgumentError
 from ._elementwise import ElementwiseLayer
-from ._quadrature import angle, gaussian_expectations
+from .._checks import check_choice
+from ._quadrature import METHODS, angle, gaussian_expectations
 
 __all__ = [
     "ABRelu",
@@ -385,11 +386,12 @@ class Elementwise(ElementwiseLayer):
             (neural-tangents' argument order).
         d_nngp_fn: optional ``E[fn'(u) fn'(v)]``, same signature. When ``nngp_fn`` is given but
             not ``d_nngp_fn``, it is ``d nngp_fn / d cov12`` by autograd (Price's theorem).
-        method, degree: the quadrature used when ``nngp_fn`` is None: ``"polar"`` (default,
-            exact for kinks at 0, ``2 degree^2`` points) or ``"hermite"`` (tensor-product
-            Gauss-Hermite, ``degree^2`` points); ``degree`` defaults to 48 for both. Cost grows
-            with the number of points; activations that are steep at the scale of the
-            pre-activation's standard deviation need a larger ``degree``.
+        method, degree: how the expectations are computed when ``nngp_fn`` is None:
+            ``"auto"`` (default) uses Mehler's Hermite series (fast, for smooth ``fn``) when
+            it has converged and the polar quadrature otherwise (exact for kinks at 0);
+            ``"series"`` (``degree`` terms, default 256), ``"polar"`` (``2 degree^2`` points,
+            default degree 48) or ``"hermite"`` (tensor-product Gauss-Hermite, ``degree^2``
+            points, default 48) force one rule; see ``docs/activations.md``.
 
     Example:
         >>> from torchntk import layers
@@ -404,7 +406,7 @@ class Elementwise(ElementwiseLayer):
         nngp_fn: NngpFn | None = None,
         d_nngp_fn: NngpFn | None = None,
         *,
-        method: str = "polar",
+        method: str = "auto",
         degree: int | None = None,
     ) -> None:
         if not callable(fn):
@@ -414,8 +416,7 @@ class Elementwise(ElementwiseLayer):
                 raise InvalidArgumentError(f"`{name}` must be None or a callable, got {f!r}")
         if d_nngp_fn is not None and nngp_fn is None:
             raise InvalidArgumentError("`d_nngp_fn` needs `nngp_fn` too")
-        if method not in ("polar", "hermite"):
-            raise InvalidArgumentError(f"unknown method={method!r}; expected 'polar' or 'hermite'")
+        check_choice("method", method, METHODS)
         if degree is not None and (isinstance(degree, bool) or not isinstance(degree, int) or degree < 2):
             raise InvalidArgumentError(f"`degree` must be an int >= 2 or None, got {degree!r}")
         self._fn, self.nngp_fn, self.d_nngp_fn = fn, nngp_fn, d_nngp_fn
