@@ -13,9 +13,12 @@ layout). See ``docs/infinite-width.md``.
 
 from ._base import Layer
 from ._elementwise import ElementwiseLayer
+from .conv import Conv
 from .combinators import FanInConcat, FanInProd, FanInSum, FanOut, Identity, parallel, serial
 from .dense import Dense
 from .kernel import Kernel
+from .normalization import Dropout, LayerNorm
+from .pooling import AvgPool, Flatten, GlobalAvgPool, SumPool
 
 __all__ = [
     "Kernel",
@@ -29,9 +32,36 @@ __all__ = [
     "FanInConcat",
     "Identity",
     "Dense",
+    "Conv",
+    "AvgPool",
+    "SumPool",
+    "GlobalAvgPool",
+    "Flatten",
+    "LayerNorm",
+    "Dropout",
 ]
 
 # -- nonlinearities and Monte Carlo kernels (engineer B2's modules) -----------------------------
-# B2: add `from .activations import ...` and `from .monte_carlo import ...` here, and the names
-# to __all__ with `__all__ += [...]`.
+from . import activations as _activations
+from .activations import (
+    ABRelu,
+    Abs,
+    Cos,
+    Elementwise,
+    ElementwiseNumerical,
+    Erf,
+    Gelu,
+    LeakyRelu,
+    Monomial,
+    Polynomial,
+    Rbf,
+    Relu,
+    Sigmoid_like,
+    Sign,
+    Sin,
+)
+
+from .monte_carlo import MonteCarloKernel, monte_carlo_kernel, monte_carlo_kernels
+
+__all__ += list(_activations.__all__) + ["MonteCarloKernel", "monte_carlo_kernel", "monte_carlo_kernels"]
 # -- end of B2's section ------------------------------------------------------------------------

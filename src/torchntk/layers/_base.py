@@ -35,6 +35,9 @@ Kernels = Union[Kernel, list]
 DEFAULT_MEMORY = 1 << 30
 # Live kernel-sized tensors per block (nngp, ntk, the rule's temporaries, the padded copies...).
 _WORK_FACTOR = 12
+# Default block: about this many entries per kernel tensor, so that a block's working set stays
+# in the processor's cache (each layer makes tens of elementwise passes over it).
+_CACHE_ENTRIES = 1 << 18
 
 
 def any_full(flag: Any) -> bool:
@@ -252,8 +255,11 @@ def _block_size(in_shape: Shape, full: bool, dtype: torch.dtype, batch_size: int
     if not (isinstance(memory, (int, float)) and memory > 0):
         raise InvalidArgumentError(f"`memory` must be a positive number of bytes, got {memory!r}")
     pixels = math.prod(in_shape[1:]) if len(in_shape) > 1 else 1
-    per_pair = (pixels**2 if full else pixels) * torch.finfo(dtype).bits // 8 * _WORK_FACTOR
-    return max(1, int(math.sqrt(memory / per_pair)))
+    entries = pixels**2 if full else pixels
+    per_pair = entries * torch.finfo(dtype).bits // 8 * _WORK_FACTOR
+    by_memory = int(math.sqrt(memory / per_pair))
+    by_cache = int(math.sqrt(_CACHE_ENTRIES / entries))
+    return max(1, min(by_memory, max(by_cache, 4)))
 
 
 def input_kernel(x1: torch.Tensor, x2: torch.Tensor | None, *, full: bool) -> Kernel:

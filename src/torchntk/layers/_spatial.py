@@ -78,10 +78,43 @@ def _mean_of(views: list[torch.Tensor]) -> torch.Tensor:
     return out.mul_(1.0 / len(views))
 
 
+def _grad(t: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and t.requires_grad
+
+
+def _same_shift_mean(t: torch.Tensor, axes: tuple[int, ...], pads: tuple[int, int], circular: bool) -> torch.Tensor:
+    """Stride-1 SAME/CIRCULAR window mean without a padded copy (no autograd).
+
+    ``out[o] = (1/k) sum_{e=-before}^{after} t[o + e]`` along every axis of ``axes`` jointly
+    (the same offset ``e`` on each), zero (or wrapped) outside.
+    """
+    before, after = pads
+    k = before + after + 1
+    out = t.clone()
+    n = t.shape[axes[0]]
+    for e in range(-before, after + 1):
+        if e == 0:
+            continue
+        if circular:
+            out.add_(torch.roll(t, shifts=(-e,) * len(axes), dims=axes))
+            continue
+        if abs(e) >= n:
+            continue
+        src = [slice(None)] * t.ndim
+        dst = [slice(None)] * t.ndim
+        for ax in axes:
+            src[ax] = slice(e, None) if e > 0 else slice(0, n + e)
+            dst[ax] = slice(0, n - e) if e > 0 else slice(-e, None)
+        out[tuple(dst)] += t[tuple(src)]
+    return out.mul_(1.0 / k)
+
+
 def window_mean(
     t: torch.Tensor, axis: int, window: int, stride: int, pads: tuple[int, int], circular: bool
 ) -> torch.Tensor:
     """``out[o] = (1/window) sum_d pad(t)[stride*o + d]`` along ``axis`` (padding counts as 0)."""
+    if stride == 1 and window > 1 and sum(pads) == window - 1 and not _grad(t):
+        return _same_shift_mean(t, (axis,), pads, circular)
     t = _pad_axis(t, axis, pads, circular)
     count = (t.shape[axis] - window) // stride + 1
     return _mean_of([_strided(t, axis, d, count, stride) for d in range(window)])
@@ -95,6 +128,8 @@ def pair_window_mean(
     This is a convolution's effect on a full-layout covariance: both pixels of a pair move by
     the same filter offset ``d``.
     """
+    if stride == 1 and window > 1 and sum(pads) == window - 1 and not _grad(t):
+        return _same_shift_mean(t, (axis, axis + 1), pads, circular)
     t = _pad_axis(_pad_axis(t, axis, pads, circular), axis + 1, pads, circular)
     count = (t.shape[axis] - window) // stride + 1
     views = [_strided(_strided(t, axis, d, count, stride), axis + 1, d, count, stride) for d in range(window)]

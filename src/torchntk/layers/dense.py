@@ -30,28 +30,50 @@ __all__ = ["Dense"]
 
 
 def affine(
-    k: Kernel, W_std: float, b_std: float | None, fan_in: int, parameterization: str, *, out_shape: tuple[int, ...]
+    k: Kernel,
+    W_std: float,
+    b_std: float | None,
+    fan_in: int,
+    parameterization: str,
+    *,
+    out_shape: tuple[int, ...],
+    fresh: bool = False,
 ) -> Kernel:
-    """The affine step shared by Dense and Conv (after Conv's spatial averaging of ``k``)."""
+    """The affine step shared by Dense and Conv (after Conv's spatial averaging of ``k``).
+
+    ``fresh``: the tensors of ``k`` belong to the caller alone and may be overwritten (saves
+    memory passes; ignored while autograd records).
+    """
     w2 = W_std**2
     b2 = float(b_std or 0.0) ** 2
-    nngp = w2 * k.nngp + b2 if b2 else w2 * k.nngp
-    ntk = None
-    if k.ntk is not None:
-        if parameterization == "ntk":
-            ntk = w2 * k.ntk + nngp
-        else:
-            ntk = w2 * k.ntk + fan_in * k.nngp
-            if b_std:
-                ntk = ntk + 1.0
+    inplace = fresh and not (torch.is_grad_enabled() and k.nngp.requires_grad)
 
-    def cov(c: torch.Tensor | None) -> torch.Tensor | None:
+    def aff(c: torch.Tensor | None) -> torch.Tensor | None:
         if c is None:
             return None
-        return w2 * c + b2 if b2 else w2 * c
+        if inplace:
+            if w2 != 1.0:
+                c.mul_(w2)
+            return c.add_(b2) if b2 else c
+        out = c * w2 if w2 != 1.0 else c
+        return out + b2 if b2 else out
 
+    ntk = None
+    if k.ntk is not None:
+        if parameterization == "standard":
+            # Theta' = W_std^2 Theta + fan_in Sigma + [bias]   (Sigma before the affine step)
+            ntk = torch.add(k.nngp * float(fan_in), k.ntk, alpha=w2)
+            if b_std:
+                ntk = ntk.add_(1.0)
+    nngp = aff(k.nngp)
+    if k.ntk is not None and parameterization == "ntk":
+        # Theta' = W_std^2 Theta + Sigma'
+        if inplace:
+            ntk = k.ntk.mul_(w2).add_(nngp) if w2 != 1.0 else k.ntk.add_(nngp)
+        else:
+            ntk = torch.add(nngp, k.ntk, alpha=w2)
     return k.replace(
-        nngp=nngp, ntk=ntk, cov1=cov(k.cov1), cov2=cov(k.cov2), shape=out_shape, is_gaussian=True, is_input=False
+        nngp=nngp, ntk=ntk, cov1=aff(k.cov1), cov2=aff(k.cov2), shape=out_shape, is_gaussian=True, is_input=False
     )
 
 

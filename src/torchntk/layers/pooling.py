@@ -1,0 +1,186 @@
+"""Pooling and reshaping layers: ``AvgPool``, ``SumPool``, ``GlobalAvgPool``, ``Flatten``.
+
+Pooling mixes different pixels, so its kernel needs the covariance of every pixel pair (the
+full spatial layout), which the spec then carries from the input on:
+
+    AvgPool:        Sigma'(p, p') = (1/k^2) sum_{d, d'} pad(Sigma)(s p + d, s p' + d')
+    SumPool:        k^2 times the above (the sum instead of the mean over k window pixels)
+    GlobalAvgPool:  Sigma' = mean over all pixel pairs (p, p') of Sigma(p, p')
+
+``Flatten`` (``(C, *spatial) -> (C * D,)``) needs only the per-pixel kernel: the flat vector's
+kernel is the mean over pixels of ``Sigma(p, p)``. The same formulas hold for ``Theta``; all
+these layers are linear, so Gaussian pre-activations stay Gaussian.
+
+Example:
+    >>> from torchntk import layers as L
+    >>> spec = L.serial(L.Conv(32, (3, 3)), L.Relu(), L.GlobalAvgPool(), L.Dense(1))
+    >>> spec.kernel(torch.randn(2, 3, 6, 6)).nngp.shape
+    torch.Size([2, 2])
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import SpecError
+from . import _spatial
+from ._base import Layer, Shapes, single
+from .conv import as_tuple, check_padding, window_geometry, window_mean_kernel
+from .kernel import Kernel
+
+__all__ = ["AvgPool", "SumPool", "GlobalAvgPool", "Flatten"]
+
+
+class _PoolModule(nn.Module):
+    """Average (or sum) pooling with TF-style SAME/CIRCULAR padding applied explicitly."""
+
+    def __init__(self, window: tuple[int, ...], strides: tuple[int, ...], padding: str, scale: float) -> None:
+        super().__init__()
+        self.window, self.strides, self.padding, self.scale = window, strides, padding, scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.padding != "VALID":
+            pads = [_spatial.same_pads(n, k, s) for n, k, s in zip(x.shape[2:], self.window, self.strides)]
+            flat = [p for pair in reversed(pads) for p in pair]
+            if any(flat):
+                x = F.pad(x, flat, mode="constant" if self.padding == "SAME" else "circular")
+        pool = F.avg_pool1d if len(self.window) == 1 else F.avg_pool2d
+        out = pool(x, self.window, self.strides)
+        return out * self.scale if self.scale != 1 else out
+
+    def extra_repr(self) -> str:
+        return f"window={self.window}, strides={self.strides}, padding={self.padding!r}, scale={self.scale}"
+
+
+class _Pool(Layer):
+    _sum = False
+
+    def __init__(
+        self, window_shape: int | Sequence[int], strides: int | Sequence[int] | None = None, padding: str = "VALID"
+    ) -> None:
+        who = type(self).__name__
+        self.window_shape = as_tuple(window_shape, "window_shape", who)
+        self.strides = as_tuple(strides, "strides", who, allow_none=True)
+        self.padding = check_padding(padding, who)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.window_shape}, strides={self.strides}, padding={self.padding!r})"
+
+    def _geometry(self, shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        return window_geometry(type(self).__name__, shape, self.window_shape, self.strides, self.padding)
+
+    def output_shape(self, input_shape: Shapes) -> Shapes:
+        shape = single(self, input_shape)
+        return (shape[0], *self._geometry(shape)[1])
+
+    def needs_full(self, input_shape: Shapes, out_full: Any) -> Any:
+        return True
+
+    def kernel_rule(self, k: Kernel) -> Kernel:
+        strides, sizes = self._geometry(k.shape)
+        if not k.full_spatial:
+            raise SpecError(f"{self!r} needs the full spatial covariance; call it through spec.kernel")
+        k = window_mean_kernel(k, self.window_shape, strides, self.padding, paired=False)
+        if self._sum:
+            f = float(math.prod(self.window_shape)) ** 2
+
+            def sc(t: Any) -> Any:
+                return None if t is None else t * f
+
+            k = k.replace(nngp=sc(k.nngp), ntk=sc(k.ntk), cov1=sc(k.cov1), cov2=sc(k.cov2))
+        return k.replace(shape=(k.shape[0], *sizes), is_input=False)
+
+    def make_module(self, input_shape: Shapes, generator: Any, dtype: Any, device: Any) -> nn.Module:
+        strides, _ = self._geometry(single(self, input_shape))
+        scale = float(math.prod(self.window_shape)) if self._sum else 1.0
+        return _PoolModule(self.window_shape, strides, self.padding, scale)
+
+
+class AvgPool(_Pool):
+    """Average pooling over ``window_shape`` (strides default 1; padding VALID, SAME or
+    CIRCULAR; padded pixels count as zeros in the mean, as neural-tangents'
+    ``normalize_edges=False``)."""
+
+
+class SumPool(_Pool):
+    """Sum pooling: ``prod(window_shape)`` times :class:`AvgPool`."""
+
+    _sum = True
+
+
+class _GlobalAvgPoolModule(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=tuple(range(2, x.ndim)))
+
+
+def _spatial_input(layer: Layer, input_shape: Shapes) -> tuple[int, ...]:
+    shape = single(layer, input_shape)
+    if len(shape) < 2:
+        raise SpecError(f"{layer!r} needs spatial data (C, L) or (C, H, W), but its input is flat (shape {shape})")
+    return shape
+
+
+class GlobalAvgPool(Layer):
+    """Mean over all spatial positions: ``(C, *spatial) -> (C,)``; kernel: mean over all pixel pairs."""
+
+    def output_shape(self, input_shape: Shapes) -> Shapes:
+        return (_spatial_input(self, input_shape)[0],)
+
+    def needs_full(self, input_shape: Shapes, out_full: Any) -> Any:
+        return True
+
+    def kernel_rule(self, k: Kernel) -> Kernel:
+        out = self.output_shape(k.shape)
+        if not k.full_spatial:
+            raise SpecError(f"{self!r} needs the full spatial covariance; call it through spec.kernel")
+        nsp = k.spatial_ndim
+
+        def m(t: Any, lead: int) -> Any:
+            return None if t is None else _spatial.spatial_mean(t, lead, True, nsp, diagonal_only=False)
+
+        return k.replace(
+            nngp=m(k.nngp, 2), ntk=m(k.ntk, 2), cov1=m(k.cov1, 1), cov2=m(k.cov2, 1),
+            shape=out, diagonal_spatial=True, is_input=False,
+        )
+
+    def make_module(self, input_shape: Shapes, generator: Any, dtype: Any, device: Any) -> nn.Module:
+        self.output_shape(input_shape)
+        return _GlobalAvgPoolModule()
+
+
+class Flatten(Layer):
+    """``(C, *spatial) -> (C * D,)`` (row-major, as ``x.flatten(1)``); kernel: mean of ``Sigma(p, p)``.
+
+    A no-op on flat inputs.
+    """
+
+    def output_shape(self, input_shape: Shapes) -> Shapes:
+        shape = single(self, input_shape)
+        return (math.prod(shape),)
+
+    def needs_full(self, input_shape: Shapes, out_full: Any) -> Any:
+        return False
+
+    def kernel_rule(self, k: Kernel) -> Kernel:
+        out = self.output_shape(k.shape)
+        nsp = k.spatial_ndim
+        if nsp == 0:
+            return k
+        full = k.full_spatial
+
+        def m(t: Any, lead: int) -> Any:
+            return None if t is None else _spatial.spatial_mean(t, lead, full, nsp, diagonal_only=True)
+
+        return k.replace(
+            nngp=m(k.nngp, 2), ntk=m(k.ntk, 2), cov1=m(k.cov1, 1), cov2=m(k.cov2, 1),
+            shape=out, diagonal_spatial=True, is_input=k.is_input,
+        )
+
+    def make_module(self, input_shape: Shapes, generator: Any, dtype: Any, device: Any) -> nn.Module:
+        self.output_shape(input_shape)
+        return nn.Flatten(1)
