@@ -52,7 +52,7 @@ class LabConfig:
     steps: int = 300
     record_every: int = 5
     lr_scale: float = 0.5
-    track_every: int = 50
+    track_every: int = 20
     # (e) digits
     digits_train: int = 600
     digits_test: int = 600
@@ -71,7 +71,7 @@ class LabConfig:
             base.update(
                 conv_widths=(64, 128, 256, 512, 1024), conv_seeds=4, conv_points=10,
                 fig1_widths=(500, 2000), fig1_seeds=2, fig1_angles=61,
-                sweep_widths=(32, 64, 128, 256, 512), sweep_seeds=3, steps=150, track_every=50,
+                sweep_widths=(32, 64, 128, 256, 512), sweep_seeds=3, steps=150, track_every=10,
                 n_test=32,
                 digits_train=200, digits_test=300, digits_widths=(256,), digits_steps=150,
             )

@@ -67,6 +67,10 @@ def power_law(ax, widths, values, *, label: str, color: str | None = None, sprea
         ax.plot(grid, anchor * (grid / mid) ** theory_slope, ":", color="gray", alpha=0.9)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    from matplotlib.ticker import NullFormatter
+
+    ax.set_xticks(widths, [str(int(w)) for w in widths])
+    ax.xaxis.set_minor_formatter(NullFormatter())
     return slope, icpt
 
 
