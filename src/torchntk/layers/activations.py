@@ -7,7 +7,7 @@ network's activation ``phi`` and ``rule(q11, q12, q22)`` returns
 
 so that after the layer ``Sigma' = sigma`` and ``Theta' = Theta * sdot`` (CONVENTIONS
 section 2). Closed forms are used where they exist; :class:`Elementwise` covers any other torch
-function by two-dimensional quadrature (``phi'`` by autograd). Names and arguments follow
+function by a Hermite series or 2-D quadrature (``phi'`` by autograd). Names and arguments follow
 neural-tangents' ``stax`` where it has the layer.
 
 Notation of the closed forms (all safe at correlation +-1 and at zero variance, with finite
