@@ -187,13 +187,21 @@ class MSEPredictor:
                K.outputs_like("f0_test", f0_test, m, self.o, dtype=dt, device=dev))
         f0x = self._to_state(f0x)
         out = torch.empty(n_t, kx.shape[0], c, dtype=dt, device=dev)
-        w = None if g is None else g.T[:, :, None] * self._coef[:, None, :]  # (D, T_f, C)
+        w = None
+        if g is not None:
+            w = (g.T[:, :, None] * self._coef[:, None, :]).reshape(d, -1)  # (D, T_f * C)
+            # two orders of the same product Theta(x, X) Q diag(g) Q^T r0: (K_x Q) w costs
+            # M D^2 + M D TC, K_x (Q w) costs D^2 TC + M D TC; take the cheaper one
+            if kx.shape[0] > w.shape[1]:
+                w, project = self.eigenvectors @ w, False
+            else:
+                project = True
         for lo in range(0, kx.shape[0], self._batch):
             rows = kx[lo:lo + self._batch]
             if w is not None:
-                a = rows @ self.eigenvectors  # (b, D)
+                a = rows @ self.eigenvectors if project else rows  # (b, D)
                 out[fin_idx.to(dev), lo:lo + self._batch] = (
-                    f0x[lo:lo + self._batch] - (a @ w.reshape(d, -1)).reshape(
+                    f0x[lo:lo + self._batch] - (a @ w).reshape(
                         rows.shape[0], -1, c).transpose(0, 1))
             if alpha is not None:
                 out[inf_idx.to(dev), lo:lo + self._batch] = f0x[lo:lo + self._batch] - rows @ alpha
