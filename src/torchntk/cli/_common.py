@@ -46,9 +46,11 @@ def config_defaults(path: str, parser: argparse.ArgumentParser, command: str) ->
         action = allowed[dest]
         if isinstance(value, list):
             value = ",".join(map(str, value))
-        if action.type is None:          # a switch (--quick, --force...)
+        if action.nargs == 0:            # a switch (--quick, --force...)
             if not isinstance(value, bool):
                 raise CLIError(f"config key {key!r} in {path} must be true or false, got {value!r}")
+        elif action.type is None:
+            value = str(value)
         else:
             try:
                 value = action.type(value if action.type is not str else str(value))
