@@ -57,17 +57,24 @@ def check_padding(padding: Any, who: str) -> str:
 
 def window_geometry(
     who: str, shape: tuple[int, ...], window: tuple[int, ...], strides: tuple[int, ...] | None, padding: str
-) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Validate a window on a spatial input; return ``(strides, output spatial sizes)``."""
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """Validate a window on a spatial input; return ``(window, strides, output spatial sizes)``.
+
+    A 1-entry window or stride (an int) applies to every spatial axis.
+    """
     nsp = len(shape) - 1
     if nsp == 0:
         raise SpecError(
             f"{who} needs spatial data (C, L) or (C, H, W) (channels first), but its input is flat "
             f"(shape {shape}); a Dense/Flatten/GlobalAvgPool layer came before it, or the inputs are (N, features)"
         )
+    if len(window) == 1 and nsp > 1:  # an int filter/window: the same size on every axis
+        window = window * nsp
     if len(window) != nsp:
         raise SpecError(f"{who}: a {len(window)}-D window {window} on {nsp}-D spatial input of shape {shape}")
     strides = strides if strides is not None else (1,) * nsp
+    if len(strides) == 1 and nsp > 1:
+        strides = strides * nsp
     if len(strides) != nsp:
         raise SpecError(f"{who}: `strides` {strides} must have {nsp} entries for input shape {shape}")
     out = []
@@ -78,7 +85,7 @@ def window_geometry(
                 "padding='VALID'; use a smaller filter or padding='SAME'"
             )
         out.append(_spatial.out_size(n, k, s, padding))
-    return strides, tuple(out)
+    return window, strides, tuple(out)
 
 
 def window_mean_kernel(
@@ -153,28 +160,28 @@ class Conv(Layer):
             f"W_std={self.W_std}, b_std={self.b_std}, parameterization={self.parameterization!r})"
         )
 
-    def _geometry(self, shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    def _geometry(self, shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
         return window_geometry("Conv", shape, self.filter_shape, self.strides, self.padding)
 
     def output_shape(self, input_shape: Shapes) -> Shapes:
         shape = single(self, input_shape)
-        return (self.out_chan, *self._geometry(shape)[1])
+        return (self.out_chan, *self._geometry(shape)[2])
 
     def kernel_rule(self, k: Kernel) -> Kernel:
-        strides, sizes = self._geometry(k.shape)
-        fresh = _prod(self.filter_shape) > 1
-        k = window_mean_kernel(k, self.filter_shape, strides, self.padding, paired=True)
-        fan_in = k.shape[0] * _prod(self.filter_shape)
+        filt, strides, sizes = self._geometry(k.shape)
+        fresh = _prod(filt) > 1
+        k = window_mean_kernel(k, filt, strides, self.padding, paired=True)
+        fan_in = k.shape[0] * _prod(filt)
         return affine(
             k, self.W_std, self.b_std, fan_in, self.parameterization, out_shape=(self.out_chan, *sizes), fresh=fresh
         )
 
     def make_module(self, input_shape: Shapes, generator: Any, dtype: Any, device: Any) -> nn.Module:
         shape = single(self, input_shape)
-        strides, _ = self._geometry(shape)
+        filt, strides, _ = self._geometry(shape)
         cls = tnn.Conv1d if len(shape) == 2 else tnn.Conv2d
         return cls(
-            shape[0], self.out_chan, self.filter_shape, strides, self.padding.lower(),
+            shape[0], self.out_chan, filt, strides, self.padding.lower(),
             self.W_std, self.b_std, self.parameterization,
             generator=generator, dtype=dtype, device=device,
         )

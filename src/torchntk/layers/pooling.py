@@ -71,23 +71,23 @@ class _Pool(Layer):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.window_shape}, strides={self.strides}, padding={self.padding!r})"
 
-    def _geometry(self, shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    def _geometry(self, shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
         return window_geometry(type(self).__name__, shape, self.window_shape, self.strides, self.padding)
 
     def output_shape(self, input_shape: Shapes) -> Shapes:
         shape = single(self, input_shape)
-        return (shape[0], *self._geometry(shape)[1])
+        return (shape[0], *self._geometry(shape)[2])
 
     def needs_full(self, input_shape: Shapes, out_full: Any) -> Any:
         return True
 
     def kernel_rule(self, k: Kernel) -> Kernel:
-        strides, sizes = self._geometry(k.shape)
+        window, strides, sizes = self._geometry(k.shape)
         if not k.full_spatial:
             raise SpecError(f"{self!r} needs the full spatial covariance; call it through spec.kernel")
-        k = window_mean_kernel(k, self.window_shape, strides, self.padding, paired=False)
+        k = window_mean_kernel(k, window, strides, self.padding, paired=False)
         if self._sum:
-            f = float(math.prod(self.window_shape)) ** 2
+            f = float(math.prod(window)) ** 2
 
             def sc(t: Any) -> Any:
                 return None if t is None else t * f
@@ -96,9 +96,9 @@ class _Pool(Layer):
         return k.replace(shape=(k.shape[0], *sizes), is_input=False)
 
     def make_module(self, input_shape: Shapes, generator: Any, dtype: Any, device: Any) -> nn.Module:
-        strides, _ = self._geometry(single(self, input_shape))
-        scale = float(math.prod(self.window_shape)) if self._sum else 1.0
-        return _PoolModule(self.window_shape, strides, self.padding, scale)
+        window, strides, _ = self._geometry(single(self, input_shape))
+        scale = float(math.prod(window)) if self._sum else 1.0
+        return _PoolModule(window, strides, self.padding, scale)
 
 
 class AvgPool(_Pool):
