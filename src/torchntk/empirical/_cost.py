@@ -6,7 +6,8 @@ forward pass, plus ``2`` per other parameter), ``s`` bytes per number, ``e = O^2
 ``"full"`` mode and ``O`` otherwise (the output pairs actually formed).
 
 * ``jacobian``: per-example Jacobians by ``O`` backward passes, ``3 F (O + 1)`` flops per
-  example, then ``2 N1 N2 e P`` flops of products; memory ``O P s`` per example.
+  example plus ``O F`` for forming the per-example weight gradients (``g^T a`` for every output
+  and example), then ``2 N1 N2 e P`` flops of products; memory ``O P s`` per example.
 * ``ntvp``: ``N2 O`` columns, each a backward pass over ``x2`` and a forward-mode pass over
   ``x1``: ``3 F N2 O (N1 + N2)`` flops; memory: a chunk of ``P``-vectors.
 * ``structured``: one batched backward for all outputs (``3 F (O + 1)`` per example) and per
@@ -63,8 +64,9 @@ def model_flops(fm: Functional, shapes: dict) -> float:
 
 
 def jacobian_flops(fwd: float, p: int, o: int, n1: int, n2: int, mode: str) -> float:
+    """Backward passes, per-example weight gradients (``O F`` per example), products."""
     e = o * o if mode == "full" else o
-    return 3 * fwd * (o + 1) * (n1 + n2) + 2 * n1 * n2 * e * p
+    return 3 * fwd * (o + 1) * (n1 + n2) + o * fwd * (n1 + n2) + 2 * n1 * n2 * e * p
 
 
 def plan(

@@ -37,10 +37,17 @@ def gram(u1: torch.Tensor, u2: torch.Tensor, mode: str) -> torch.Tensor:
     return out
 
 
-def sym_chunks(m: int) -> list[slice]:
-    """Row chunks of a symmetric ``m x m`` Gram: only the upper block triangle is multiplied
-    (``(k + 1) / (2 k)`` of the flops for ``k`` chunks); small Grams are not split."""
-    k = 1 if m < 384 else min(8, m // 192)
+def sym_chunks(m: int, f: int | None = None) -> list[slice]:
+    """Row chunks of a symmetric ``m x m`` Gram of ``f``-wide rows: only the upper block
+    triangle is multiplied (``(k + 1) / (2 k)`` of the flops for ``k`` chunks). Small Grams are
+    not split (the saving would not pay for the smaller matmuls). The chunks depend on ``m``
+    only through this rule, so :func:`mirror` (which does not know ``f``) must agree: ``f`` only
+    decides between ``k = 1`` and the ``m``-based ``k``; :func:`mirror` on an unsplit block is a
+    no-op apart from symmetrizing it."""
+    if m < 128 or (f is not None and m * m * f < 20_000_000):
+        k = 1
+    else:
+        k = min(4, max(2, m // 320))
     b = -(-m // k)
     return [slice(s, min(s + b, m)) for s in range(0, m, b)]
 
@@ -50,7 +57,7 @@ def _upper_mm(out: torch.Tensor, u: torch.Tensor, beta: float) -> None:
 
     ``beta = 0`` ignores the old content of ``out`` (even NaN), so ``out`` may be uninitialized.
     """
-    ch = sym_chunks(u.shape[0])
+    ch = sym_chunks(u.shape[0], u.shape[1])
     for bi, r in enumerate(ch):
         for c in ch[bi:]:
             out[r, c].addmm_(u[r], u[c].T, beta=beta)

@@ -241,7 +241,7 @@ def _pair_part(g1, a1, g2, a2, mode: str) -> torch.Tensor:
 def structured_plan(fm: Functional, x1: torch.Tensor, n1: int, n2: int, o: int, mode: str,
                     per_layer: bool, s: int, budget: int | None):
     """The structured backend with its flop estimate and memory figures (see :mod:`._cost`)."""
-    from ._cost import Plan, jacobian_flops, model_flops
+    from ._cost import Plan, model_flops
 
     layers, shapes, fallback = probe_layers(fm, x1)
     limit = (budget or 2 * 1024**3) / 4 / s
@@ -260,7 +260,8 @@ def structured_plan(fm: Functional, x1: torch.Tensor, n1: int, n2: int, o: int, 
             pair += (o * o if mode == "full" else o) * sh.P**2 + sh.P**2
     p_fb = sum(fm.params[n].numel() for n in fallback)
     if fallback:
-        flops += jacobian_flops(fwd, p_fb, o, n1, n2, mode)
+        e_fb = o * o if mode == "full" else o
+        flops += 3 * fwd * (o + 1) * (n1 + n2) + 2 * o * (n1 + n2) * p_fb + 2 * n1 * n2 * e_fb * p_fb
         example += 2 * o * p_fb
     parts = len(fm.params) if per_layer else 1
     backend = StructuredBackend(fm, o, layers, methods, fallback)
