@@ -9,7 +9,8 @@ eigendecomposition is part of the time):
 - torchntk: ``mse(K, y)(t, K_test_train)`` (train and test outputs at all 100 times);
 - neural-tangents: ``predict.gradient_descent_mse(K, y)(t_nt, k_test_train=...)`` with
   ``t_nt = O * t`` (its loss is a mean over all N*O entries);
-- floor: ``torch.linalg.eigh(K)`` alone.
+- floor: ``torch.linalg.eigh(K)`` alone (and, for reference, ``scipy.linalg.eigh(K,
+  driver="evd")``, which torchntk uses on the CPU).
 
 Then the accuracy part: 1,297 train / 500 test, test accuracy along t and at t = inf
 (kernel regression).
@@ -119,9 +120,16 @@ def main() -> None:
     def floor():
         return torch.linalg.eigh(k_tt)
 
+    def scipy_floor():
+        import scipy.linalg
+
+        return scipy.linalg.eigh(k_tt.numpy(), driver="evd", check_finite=False)
+
     rows = []
     t_floor, m_floor, _ = timed(floor, args.repeats)
     rows.append(("bare torch.linalg.eigh (floor)", t_floor, m_floor))
+    t_sf, m_sf, _ = timed(scipy_floor, args.repeats)
+    rows.append(("bare scipy.linalg.eigh (evd)", t_sf, m_sf))
     t_ours, m_ours, (f_tr, f_te) = timed(ours, args.repeats)
     rows.append(("torchntk.dynamics.mse", t_ours, m_ours))
 

@@ -227,8 +227,18 @@ def eigh_psd(name: str, mat: torch.Tensor, input_dtype: torch.dtype) -> tuple[to
     Eigenvalues down to ``-PSD_RTOL * lam_max`` (1e-7 for float64 input, 1e-4 for float32 or
     lower) are round-off of a PSD kernel and are set to exactly 0; anything more negative
     raises, naming ``name``.
+
+    On the CPU the decomposition is LAPACK's divide-and-conquer ``syevd`` through
+    ``scipy.linalg.eigh`` (measured 1.2-2x faster here than ``torch.linalg.eigh``, whose MKL
+    build is slow on this AMD machine); elsewhere (GPU) it is ``torch.linalg.eigh``.
     """
-    lam, q = torch.linalg.eigh(mat)
+    if mat.device.type == "cpu" and mat.dtype in (torch.float32, torch.float64):
+        import scipy.linalg
+
+        w, v = scipy.linalg.eigh(mat.numpy(), driver="evd", check_finite=False)
+        lam, q = torch.from_numpy(w), torch.from_numpy(v)
+    else:
+        lam, q = torch.linalg.eigh(mat)
     top = float(lam[-1]) if lam.numel() else 0.0
     rtol = PSD_RTOL.get(input_dtype, 1e-4)
     low = float(lam[0])
