@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.func import functional_call, jvp, vjp
+from torch.func import functional_call, jvp, vjp, vmap
 
 from .._checks import check_choice
 from ..errors import ModelStateError
@@ -45,37 +45,39 @@ class ModelNtvp:
         return out.reshape(out.shape[0], -1)
 
     def _jt(self, cot: torch.Tensor) -> dict:
-        """``J^T cot`` for cotangents ``cot (N, O)``: a dict of parameter-shaped tensors."""
+        """``J^T cot`` for a batch of cotangents ``cot (m, N, O)``: parameter-shaped ``(m, ...)``."""
         acc = None
         for s in range(0, self.x.shape[0], self.chunk):
             xb = self.x[s : s + self.chunk]
             _, pull = vjp(lambda p: self._f2(p, xb), self.params)
-            (g,) = pull(cot[s : s + self.chunk])
+            (g,) = vmap(pull)(cot[:, s : s + self.chunk])
             acc = g if acc is None else {k: acc[k] + g[k] for k in acc}
         return acc
 
-    def _j(self, tangent: dict) -> torch.Tensor:
-        """``J tangent`` (N, O)."""
+    def _j(self, tangents: dict) -> torch.Tensor:
+        """``J t`` for a batch of parameter-space tangents ``(m, ...)``: ``(m, N, O)``."""
         parts = []
         for s in range(0, self.x.shape[0], self.chunk):
             xb = self.x[s : s + self.chunk]
-            parts.append(jvp(lambda p: self._f2(p, xb), (self.params,), (tangent,))[1])
-        return torch.cat(parts)
+
+            def push(t: dict, xb: torch.Tensor = xb) -> torch.Tensor:
+                return jvp(lambda p: self._f2(p, xb), (self.params,), (t,))[1]
+
+            parts.append(vmap(push)(tangents))
+        return torch.cat(parts, 1)
 
     def matmat(self, V: np.ndarray) -> np.ndarray:
         """``Theta V``: V ``(size, m)`` float64 -> ``(size, m)`` float64."""
         n, o = self.x.shape[0], self.out_dim
-        Vt = torch.as_tensor(V, dtype=self.dtype, device=self.x.device)
-        cols = []
-        for m in range(Vt.shape[1]):
-            v = Vt[:, m]
-            if self.mode == "full":
-                cols.append(self._j(self._jt(v.reshape(n, o))).reshape(-1))
-            else:
-                total = torch.zeros(n, dtype=self.dtype, device=self.x.device)
-                for a in range(o):
-                    cot = torch.zeros(n, o, dtype=self.dtype, device=self.x.device)
-                    cot[:, a] = v
-                    total += self._j(self._jt(cot))[:, a]
-                cols.append(total / o)
-        return torch.stack(cols, 1).detach().cpu().double().numpy()
+        Vt = torch.as_tensor(np.ascontiguousarray(V.T), dtype=self.dtype, device=self.x.device)  # (m, size)
+        m = Vt.shape[0]
+        if self.mode == "full":
+            out = self._j(self._jt(Vt.reshape(m, n, o))).reshape(m, n * o)
+        else:
+            out = torch.zeros(m, n, dtype=self.dtype, device=self.x.device)
+            for a in range(o):
+                cot = torch.zeros(m, n, o, dtype=self.dtype, device=self.x.device)
+                cot[:, :, a] = Vt
+                out += self._j(self._jt(cot))[:, :, a]
+            out /= o
+        return out.T.detach().cpu().double().numpy()

@@ -99,7 +99,7 @@ def nystrom_preconditioner(op: KernelOperator, rank: int, *, seed: int = 0) -> L
     return LinearOperator(op.shape, matvec=lambda v: apply(v).ravel(), matmat=apply, dtype=np.float64)
 
 
-def cg_solve(kernel: Any, y: torch.Tensor | np.ndarray, *, diag_reg: float = 0.0, rtol: float = 1e-6,
+def cg_solve(kernel: Any, y: torch.Tensor | np.ndarray, *, diag_reg: float | None = None, rtol: float = 1e-6,
              maxiter: int | None = None, preconditioner: Any = None, rank: int = 100,
              seed: int = 0) -> tuple[torch.Tensor, dict[str, Any]]:
     """Solve ``(K + diag_reg I) alpha = y`` by (preconditioned) conjugate gradients.
@@ -107,7 +107,7 @@ def cg_solve(kernel: Any, y: torch.Tensor | np.ndarray, *, diag_reg: float = 0.0
     Args:
         kernel: a kernel tensor ``(N, N)``, a :class:`KernelStore` or a :class:`KernelOperator`.
         y: targets ``(N,)`` or ``(N, O)`` (one CG solve per column).
-        diag_reg: ridge ``mu``; rtol: stop when ``||y - A alpha|| <= rtol ||y||`` per column.
+        diag_reg: ridge ``mu`` (None: the operator's own, 0 for a tensor or store); rtol: stop when ``||y - A alpha|| <= rtol ||y||`` per column.
         preconditioner: None, ``"jacobi"``, ``"nystrom"`` (of rank ``rank``) or a LinearOperator.
 
     Returns:
@@ -156,7 +156,7 @@ def cg_solve(kernel: Any, y: torch.Tensor | np.ndarray, *, diag_reg: float = 0.0
 
 def kernel_regression(kernel_train: Any, y_train: torch.Tensor, kernel_test_train: Any = None, *,
                       f0_train: torch.Tensor | None = None, f0_test: torch.Tensor | None = None,
-                      diag_reg: float = 0.0, **cg_kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
+                      diag_reg: float | None = None, **cg_kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
     """Kernel regression (t = infinity) by CG: ``f = f0 + K(x, X) alpha``,
     ``alpha = (K(X, X) + diag_reg I)^{-1} (y - f0(X))``.
 
@@ -167,8 +167,9 @@ def kernel_regression(kernel_train: Any, y_train: torch.Tensor, kernel_test_trai
     y = torch.as_tensor(y_train, dtype=torch.float64)
     y2 = y.reshape(y.shape[0], -1)
     f0 = torch.zeros_like(y2) if f0_train is None else torch.as_tensor(f0_train, dtype=torch.float64).reshape(y2.shape)
-    alpha, info = cg_solve(kernel_train, y2 - f0, diag_reg=diag_reg, **cg_kwargs)
-    f_train = y2 - diag_reg * alpha
+    op = as_operator(kernel_train, diag_reg)
+    alpha, info = cg_solve(op, y2 - f0, **cg_kwargs)
+    f_train = y2 - op.diag_reg * alpha
     f_test = None
     if kernel_test_train is not None:
         if isinstance(kernel_test_train, KernelStore):

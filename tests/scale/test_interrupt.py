@@ -1,0 +1,81 @@
+"""A run killed with SIGKILL mid-way resumes to the identical store, computing only what is missing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import torch
+
+from torchntk.scale import KernelStore, resume, tiled_kernel
+from torchntk.scale._reference import ReluFCKernel
+
+N, D, TILE = 320, 30, 64  # 5 x 5 tile grid, 15 upper tiles
+
+_SCRIPT = textwrap.dedent(
+    """
+    import sys, torch
+    from torchntk.scale import tiled_kernel
+    from torchntk.scale._reference import ReluFCKernel
+    x = torch.randn({N}, {D}, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    tiled_kernel(ReluFCKernel(depth=2, delay=0.25), x, out=sys.argv[1], tile={TILE},
+                 identity={{"run": "interrupt-test"}}, progress=False)
+    """
+).format(N=N, D=D, TILE=TILE)
+
+
+class _Counting(ReluFCKernel):
+    def __init__(self) -> None:
+        super().__init__(depth=2)
+        self.calls = 0
+
+    def __call__(self, a, b):
+        self.calls += 1
+        return super().__call__(a, b)
+
+
+def _x() -> torch.Tensor:
+    return torch.randn(N, D, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+
+
+def test_kill_minus_9_then_resume_gives_the_identical_store(tmp_path):
+    path = tmp_path / "killed.zarr"
+    proc = subprocess.Popen([sys.executable, "-c", _SCRIPT, str(path)])
+    tiles = path / "_tiles"
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            if tiles.is_dir() and len(os.listdir(tiles)) >= 3:
+                break
+            assert proc.poll() is None, "the child finished before it could be killed"
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+    partial = KernelStore.open(path)
+    done_before = partial.done_tiles()
+    missing = partial.missing_tiles()
+    assert 3 <= len(done_before) < 15 and len(missing) == 15 - len(done_before)
+
+    fn = _Counting()
+    store = resume(path, fn, _x(), progress=False)
+    assert store.last_run == {"computed": len(missing), "skipped": len(done_before)}
+    assert fn.calls == len(missing) + 1  # the missing tiles, plus the probe of 2 x 2 inputs
+    assert store.is_complete
+
+    ref = tiled_kernel(ReluFCKernel(depth=2), _x(), out=tmp_path / "ref.zarr", tile=TILE,
+                       identity={"run": "interrupt-test"}, progress=False)
+    assert store.manifest == ref.manifest
+    assert store.done_tiles() == ref.done_tiles()
+    for name in ("nngp", "ntk"):
+        # the raw chunks, lower triangle (never written: NaN) included
+        np.testing.assert_array_equal(store._array(name)[:], ref._array(name)[:])
+    x = _x()
+    assert torch.equal(store.to_tensor("ntk"), ReluFCKernel(depth=2)(x, x)["ntk"])
