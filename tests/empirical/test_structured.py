@@ -102,3 +102,21 @@ def test_unsupported_conv_variants_fall_back():
     x1 = torch.randn(3, 2, 5, 5, dtype=torch.float64)
     assert _fallback(model, x1) == ["0.weight", "0.bias", "2.weight", "2.bias"]
     assert_close(empirical_ntk(model, x1, implementation="structured"), brute_ntk(model, x1))
+
+
+def test_auto_prefers_structured_for_wide_layers_and_jacobian_without_them():
+    from torchntk.empirical import _cost
+    from torchntk.nn import MLP
+
+    net = MLP(8, [256, 256], 4).double()
+    x = torch.randn(16, 8, dtype=torch.float64)
+    fm = make_functional(net)
+    chosen = _cost.plan(fm, x, 16, 4, "full", "auto", None, False, None).backend
+    assert chosen.name == "structured"
+    norm = nn.Sequential(nn.LayerNorm(8), nn.Tanh()).double()  # no covered layer at all
+    fm = make_functional(norm)
+    chosen = _cost.plan(fm, x, 16, 8, "mean", "auto", None, False, None).backend
+    assert chosen.name == "jacobian"
+    # in "full" mode with many outputs, NTK-vector products need fewer flops than Jacobians
+    chosen = _cost.plan(fm, x, 16, 8, "full", "auto", None, False, None).backend
+    assert chosen.name in ("jacobian", "ntvp")
