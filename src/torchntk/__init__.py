@@ -32,6 +32,7 @@ from . import layers  # noqa: E402  (infinite-width architecture specs)
 from .layers import Kernel  # noqa: E402
 from .layers.monte_carlo import monte_carlo_kernel  # noqa: E402  (Monte Carlo NNGP/NTK of any module)
 from . import dynamics  # noqa: E402  (training in function space)
+from . import scale  # noqa: E402  (tiled/resumable/distributed kernels, matrix-free solvers; zarr/dask lazy)
 
 __all__ = [
     "__version__",
@@ -52,4 +53,5 @@ __all__ = [
     "Kernel",
     "monte_carlo_kernel",
     "dynamics",
+    "scale",
 ]
