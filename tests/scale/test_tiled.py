@@ -171,3 +171,19 @@ def test_spec_kernel_fn_reproduces_the_spec():
     other = kernel_fn_from_spec(L.serial(L.Dense(1, b_std=0.2), L.Relu(), L.Dense(1)))
     assert fn.torchntk_identity["spec"] != other.torchntk_identity["spec"]
     assert kernel_fn_from_spec(spec, which="ntk")(x[:3], x[:4]).keys() == {"ntk"}
+
+
+def test_compressed_store_and_optional_dependency_message(tmp_path, monkeypatch):
+    x = _x(130)
+    fn = ReluFCKernel(depth=2)
+    store = tiled_kernel(fn, x, out=tmp_path / "z.zarr", tile=64, compressor="zstd", progress=False)
+    assert torch.equal(store.to_tensor("nngp"), fn(x, x)["nngp"])
+    with pytest.raises(InvalidArgumentError, match="compressor"):
+        tiled_kernel(fn, x, out=tmp_path / "bad.zarr", compressor="gzip9", progress=False)
+    import sys
+
+    monkeypatch.setitem(sys.modules, "zarr", None)  # as if zarr were not installed
+    with pytest.raises(ImportError, match=r"pip install 'torchntk\[scale\]'"):
+        tiled_kernel(fn, x, out=tmp_path / "nozarr.zarr", progress=False)
+    # the in-memory path does not need zarr
+    assert torch.equal(tiled_kernel(fn, x, tile=64, progress=False)["ntk"], fn(x, x)["ntk"])
