@@ -145,7 +145,7 @@ def test_ensemble_matches_512_trained_finite_networks():
 @pytest.mark.slow
 def test_ensemble_matches_4096_trained_wide_networks():
     mean_err, cov_err = _ensemble_check(members=4096, width=1024, n=12, m=6, steps=100)
-    assert mean_err < 0.05 and cov_err < 0.05, (mean_err, cov_err)
+    assert mean_err < 0.10 and cov_err < 0.10, (mean_err, cov_err)
 
 
 def test_ensemble_bad_inputs():

@@ -11,7 +11,9 @@ Cost (CONVENTIONS section 4): ``C(f) = (1/(2N)) sum_i ||f(x_i) - y_i||^2``. With
 - test points follow through the cross-kernel:
   ``f_t(x) = f_0(x) - Theta(x, X) Q diag((1 - e_t) / lam) Q^T r_0``, ``e_t`` the residual factor;
 - ``t = inf`` is kernel regression, by a Cholesky solve:
-  ``f(x) = f_0(x) + Theta(x, X) Theta^{-1} (y - f_0(X))``.
+  ``f(x) = f_0(x) + Theta(x, X) Theta^{-1} (y - f_0(X))`` (the fixed point of every rule;
+  returned as such even for a gradient-descent step above ``2N / lam_max``, which never gets
+  there). A singular kernel falls back to the pseudo-inverse: zero modes keep their residual.
 
 neural-tangents' ``predict.gradient_descent_mse`` divides by ``N*O`` instead of ``N``:
 its time is ``t_nt = O * t`` (and its learning rate ``eta_nt = O * eta``).
