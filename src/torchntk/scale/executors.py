@@ -10,6 +10,7 @@ and lets the scheduler place them, retry them and recompute the tiles of a lost 
 from __future__ import annotations
 
 import os
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Mapping, Sequence
 
@@ -182,10 +183,11 @@ def run_dask(
         fn_f = client.scatter(kernel_fn, broadcast=True, hash=False)
         x1_f = client.scatter(x1, broadcast=True, hash=False)
         x2_f = None if x2 is None else client.scatter(x2, broadcast=True, hash=False)
+        run_id = uuid.uuid4().hex[:12]
         futures = [
             client.submit(
                 _dask_tile_task, fn_f, x1_f, x2_f, plan, bi, bj, store_path, device, threads,
-                key=f"torchntk-tile-{bi}-{bj}-{os.getpid()}-{id(plan)}", pure=False, retries=3,
+                key=f"torchntk-tile-{bi}-{bj}-{run_id}", pure=False, retries=3,
             )
             for bi, bj in tasks
         ]
