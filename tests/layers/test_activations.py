@@ -43,6 +43,8 @@ CLOSED_FORMS = [
     L.Sin(a=1.3, b=0.8, c=0.4),
     L.Cos(a=1.0, b=1.5, c=0.2),
     L.Rbf(gamma=0.7),
+    L.Exp(a=0.8, b=0.6),
+    L.Gaussian(a=1.3, b=-0.4),
     L.Monomial(3),
     L.Polynomial([0.3, -1.0, 0.5, 0.2]),
 ]

@@ -76,6 +76,8 @@ ACTIVATIONS = [
     ("cos", L.Cos(0.9, 1.1, 0.1), stax.Cos(0.9, 1.1, 0.1)),
     ("rbf", L.Rbf(0.6), stax.Rbf(0.6)),
     ("sign", L.Sign(), stax.Sign()),
+    ("exp", L.Exp(0.8, 0.3), stax.Exp(0.8, 0.3)),
+    ("gaussian", L.Gaussian(1.3, -0.4), stax.Gaussian(1.3, -0.4)),
     ("monomial", L.Monomial(2), stax.Monomial(2)),
     ("polynomial", L.Polynomial([0.1, 1.0, 0.3]), stax.Polynomial([0.1, 1.0, 0.3])),
 ]

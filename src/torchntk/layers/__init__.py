@@ -50,6 +50,8 @@ from .activations import (
     Elementwise,
     ElementwiseNumerical,
     Erf,
+    Exp,
+    Gaussian,
     Gelu,
     LeakyRelu,
     Monomial,

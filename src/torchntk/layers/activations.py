@@ -47,6 +47,8 @@ __all__ = [
     "Sin",
     "Cos",
     "Rbf",
+    "Exp",
+    "Gaussian",
     "Monomial",
     "Polynomial",
     "Elementwise",
@@ -286,6 +288,52 @@ class Rbf(Sin):
 
     def __repr__(self) -> str:
         return f"Rbf(gamma={self.gamma})"
+
+
+# -- exponentials -------------------------------------------------------------------------
+
+
+class Exp(ElementwiseLayer):
+    """``phi(x) = a exp(b x)``: ``sigma = a^2 exp(b^2 (q11 + q22 + 2 q12) / 2)``, ``sdot = b^2 sigma``.
+
+    (The moment generating function of ``u + v``.)
+    """
+
+    def __init__(self, a: float = 1.0, b: float = 1.0) -> None:
+        self.a, self.b = _number("a", a), _number("b", b)
+
+    def __repr__(self) -> str:
+        return f"Exp(a={self.a}, b={self.b})"
+
+    def fn(self, x: Tensor) -> Tensor:
+        return self.a * torch.exp(self.b * x)
+
+    def rule(self, q11: Tensor, q12: Tensor, q22: Tensor) -> tuple[Tensor, Tensor]:
+        sigma = self.a**2 * torch.exp(self.b**2 * (q11 + q22 + 2 * q12) / 2)
+        return sigma, self.b**2 * sigma
+
+
+class Gaussian(ElementwiseLayer):
+    """``phi(x) = a exp(b x^2)`` (``b < 0`` for a bump). With
+    ``det = (1 - 2 b q11)(1 - 2 b q22) - 4 b^2 q12^2`` (which must be > 0, true for ``b <= 0``):
+
+        sigma = a^2 / sqrt(det),     sdot = 4 a^2 b^2 q12 / det^(3/2)
+    """
+
+    def __init__(self, a: float = 1.0, b: float = -1.0) -> None:
+        self.a, self.b = _number("a", a), _number("b", b)
+
+    def __repr__(self) -> str:
+        return f"Gaussian(a={self.a}, b={self.b})"
+
+    def fn(self, x: Tensor) -> Tensor:
+        return self.a * torch.exp(self.b * x * x)
+
+    def rule(self, q11: Tensor, q12: Tensor, q22: Tensor) -> tuple[Tensor, Tensor]:
+        b = self.b
+        det = (1 - 2 * b * q11) * (1 - 2 * b * q22) - 4 * b * b * q12 * q12
+        root = torch.sqrt(det)
+        return self.a**2 / root, 4 * self.a**2 * b * b * q12 / (det * root)
 
 
 # -- polynomials --------------------------------------------------------------------------
