@@ -81,7 +81,7 @@ def plan(
     acc_dtype: torch.dtype | None,
 ) -> Plan:
     """Pick (``"auto"``) or build the backend for ``implementation`` with its cost figures."""
-    from .structured import probe_layers, structured_plan
+    from .structured import structured_plan
 
     n1 = x1.shape[0]
     s = _itemsize(fm, acc_dtype)
@@ -92,9 +92,9 @@ def plan(
     candidates: dict[str, Plan] = {}
     if implementation in ("auto", "structured"):
         candidates["structured"] = structured_plan(fm, x1, n1, n2, o, mode, per_layer, s, budget)
-    fwd = None
-    if implementation in ("auto", "jacobian", "ntvp"):
-        fwd = model_flops(fm, probe_layers(fm, x1)[1]) if implementation == "auto" else 2.0 * p
+    fwd = 2.0 * p
+    if implementation == "auto":
+        fwd = model_flops(fm, candidates["structured"].backend.shapes)
     if implementation in ("auto", "jacobian"):
         candidates["jacobian"] = Plan(
             JacobianBackend(fm, o), jacobian_flops(fwd, p, o, n1, n2, mode), out_bytes, 2 * o * p * s, 3 * e * s

@@ -144,9 +144,10 @@ class StructuredBackend:
     name = "structured"
 
     def __init__(self, fm: Functional, out_dim: int, layers: list[LayerInfo], methods: dict[str, str],
-                 fallback: list[str]) -> None:
+                 fallback: list[str], shapes: dict[str, LayerShape] | None = None) -> None:
         self.fm, self.out_dim = fm, out_dim
         self.layers, self.methods, self.fallback = layers, methods, fallback
+        self.shapes = shapes or {}
 
     def features(self, x: torch.Tensor) -> tuple[list[_LayerFeat], dict[str, torch.Tensor]]:
         fm, o = self.fm, self.out_dim
@@ -264,5 +265,5 @@ def structured_plan(fm: Functional, x1: torch.Tensor, n1: int, n2: int, o: int, 
         flops += 3 * fwd * (o + 1) * (n1 + n2) + 2 * o * (n1 + n2) * p_fb + 2 * n1 * n2 * e_fb * p_fb
         example += 2 * o * p_fb
     parts = len(fm.params) if per_layer else 1
-    backend = StructuredBackend(fm, o, layers, methods, fallback)
+    backend = StructuredBackend(fm, o, layers, methods, fallback, shapes)
     return Plan(backend, flops, n1 * n2 * e * s * parts, example * s, pair * s)
