@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 PEER   ?= .peer-venv
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: venv demo test test-all peer bench clean
+.PHONY: venv demo test test-all peer test-peer bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ $(PEER)/.installed: pyproject.toml
 	touch $@
 
 peer: $(PEER)/.installed
+
+test-peer: peer
+	$(PEER)/bin/python -m pytest -q tests/peer $(PYTEST_ARGS)
 
 bench: peer
 	$(PEER)/bin/python benchmarks/empirical.py
