@@ -33,6 +33,7 @@ from .layers import Kernel  # noqa: E402
 from .layers.monte_carlo import monte_carlo_kernel  # noqa: E402  (Monte Carlo NNGP/NTK of any module)
 from . import dynamics  # noqa: E402  (training in function space)
 from . import scale  # noqa: E402  (tiled/resumable/distributed kernels, matrix-free solvers; zarr/dask lazy)
+from . import lab  # noqa: E402  (studies, DriftTracker, report; matplotlib/sklearn imported lazily)
 
 __all__ = [
     "__version__",
@@ -54,4 +55,5 @@ __all__ = [
     "monte_carlo_kernel",
     "dynamics",
     "scale",
+    "lab",
 ]
