@@ -91,3 +91,15 @@ def test_symmetric_gram_split_into_chunks(impl, mode):
     sym = empirical_ntk(net, x, mode=mode, implementation=impl)
     assert_close(sym, empirical_ntk(net, x, x, mode=mode, implementation="jacobian"))
     assert torch.equal(sym, sym.transpose(0, 1) if mode != "full" else sym.permute(1, 0, 3, 2))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_works_under_no_grad_and_inference_mode(cases, impl):
+    model, x1, x2 = cases["tnn_mlp"]
+    ref = empirical_ntk(model, x1, x2, implementation=impl)
+    with torch.no_grad():
+        assert_close(empirical_ntk(model, x1, x2, implementation=impl), ref)
+    with torch.inference_mode():
+        assert_close(empirical_ntk(model, x1, x2, implementation=impl), ref)
+        xi = x1.clone()  # an inference tensor
+    assert_close(empirical_ntk(model, xi, x2, implementation=impl), ref)

@@ -152,8 +152,8 @@ def make_functional(model: nn.Module | Callable, params: ParamSelector = None) -
                 f"`params`={params!r} selects none of the model's parameters "
                 f"({', '.join(named) or 'none'})"
             )
-        chosen = {n: named[n].detach() for n in names}
-        frozen = {n: p.detach() for n, p in named.items() if n not in chosen}
+        chosen = {n: _plain(named[n]) for n in names}
+        frozen = {n: _plain(p) for n, p in named.items() if n not in chosen}
         return Functional(params=chosen, module=model, frozen=frozen)
     if not callable(model):
         raise InvalidArgumentError(
@@ -167,4 +167,10 @@ def make_functional(model: nn.Module | Callable, params: ParamSelector = None) -
     for n, p in params.items():
         if not isinstance(p, torch.Tensor) or not p.is_floating_point():
             raise InvalidArgumentError(f"`params`[{n!r}] must be a floating-point tensor")
-    return Functional(params={n: p.detach() for n, p in params.items()}, module=None, raw=model)
+    return Functional(params={n: _plain(p) for n, p in params.items()}, module=None, raw=model)
+
+
+def _plain(t: torch.Tensor) -> torch.Tensor:
+    """``t`` detached (and copied if it is an inference-mode tensor, which autograd refuses)."""
+    t = t.detach()
+    return t.clone() if t.is_inference() else t

@@ -94,16 +94,24 @@ def empirical_ntk(
     if not isinstance(per_layer, bool):
         raise InvalidArgumentError(f"`per_layer` must be True or False, got {per_layer!r}")
     budget = parse_memory(memory)
-    fm = make_functional(model, params)
-    out_dim = fm.probe(x1)
-    x1 = x1.detach()
-    x2 = None if x2 is None else x2.detach()
-    n2 = x1.shape[0] if x2 is None else x2.shape[0]
-    plan = _cost.plan(fm, x1, n2, out_dim, mode, implementation, budget, per_layer, accumulate_dtype)
-    block = plan_block(
-        max(x1.shape[0], n2), block_size, budget, plan.fixed_bytes, plan.example_bytes, plan.pair_bytes
-    )
-    return compute_tiled(plan.backend, x1, x2, mode, per_layer, block, accumulate_dtype)
+    # Derivatives are needed even when the caller is in no_grad or inference mode.
+    with torch.inference_mode(False), torch.enable_grad():
+        fm = make_functional(model, params)
+        x1 = _plain(x1)
+        x2 = None if x2 is None else _plain(x2)
+        out_dim = fm.probe(x1)
+        n2 = x1.shape[0] if x2 is None else x2.shape[0]
+        plan = _cost.plan(fm, x1, n2, out_dim, mode, implementation, budget, per_layer, accumulate_dtype)
+        block = plan_block(
+            max(x1.shape[0], n2), block_size, budget, plan.fixed_bytes, plan.example_bytes, plan.pair_bytes
+        )
+        return compute_tiled(plan.backend, x1, x2, mode, per_layer, block, accumulate_dtype)
+
+
+def _plain(x: torch.Tensor) -> torch.Tensor:
+    """``x`` detached, and copied out of inference mode if it was created there."""
+    x = x.detach()
+    return x.clone() if x.is_inference() else x
 
 
 def flatten_kernel(theta: torch.Tensor) -> torch.Tensor:
