@@ -124,11 +124,15 @@ def _run(contender: str, workload: str, repeats: int, threads: int) -> dict | No
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("workloads", nargs="*", default=list(WORKLOADS), choices=list(WORKLOADS))
+    p.add_argument("workloads", nargs="*", help=f"any of {', '.join(WORKLOADS)} (default: all)")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--worker", choices=["torchntk", "peer"], help=argparse.SUPPRESS)
     args = p.parse_args()
+    bad = [w for w in args.workloads if w not in WORKLOADS]
+    if bad:
+        p.error(f"unknown workload(s) {bad}; choose from {list(WORKLOADS)}")
+    args.workloads = args.workloads or list(WORKLOADS)
     if args.worker:
         _worker(args)
         return

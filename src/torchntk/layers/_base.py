@@ -38,6 +38,8 @@ _WORK_FACTOR = 12
 # Default block: about this many entries per kernel tensor, so that a block's working set stays
 # in the processor's cache (each layer makes tens of elementwise passes over it).
 _CACHE_ENTRIES = 1 << 18
+# Default block of flat kernels (rows and columns).
+_FLAT_BLOCK = 1024
 
 
 def any_full(flag: Any) -> bool:
@@ -174,8 +176,11 @@ class Layer:
                 symmetric kernel is computed once per pair of blocks).
             dtype: of the computation and the result (float64 by default); the device is the
                 inputs'.
-            batch_size: rows/columns per block; by default chosen from ``memory``.
-            memory: approximate budget in bytes of the tensors of one block.
+            batch_size: rows/columns per block. By default: up to 1024 for flat inputs, and
+                for images a block whose kernel tensors hold about 2^18 entries (they then stay
+                in the processor's cache through the tens of passes each layer makes), within
+                ``memory``.
+            memory: approximate budget in bytes of the tensors of one block (default 1 GiB).
             diagonal_spatial: for a spec whose output is still spatial, return the per-pixel
                 kernel ``(N1, N2, *spatial)`` (default) or, if False, every pixel pair
                 ``(N1, N2, S0, S0', S1, S1')``.
@@ -258,6 +263,8 @@ def _block_size(in_shape: Shape, full: bool, dtype: torch.dtype, batch_size: int
     entries = pixels**2 if full else pixels
     per_pair = entries * torch.finfo(dtype).bits // 8 * _WORK_FACTOR
     by_memory = int(math.sqrt(memory / per_pair))
+    if len(in_shape) == 1:  # flat kernels: large blocks (the symmetric case skips 1 of 4)
+        return max(1, min(by_memory, _FLAT_BLOCK))
     by_cache = int(math.sqrt(_CACHE_ENTRIES / entries))
     return max(1, min(by_memory, max(by_cache, 4)))
 
