@@ -26,8 +26,7 @@ def relu_mlp_spec(width: int, depth: int, out: int, *, W_std: float = 1.0, b_std
 def build_module(spec, in_features: int, seed: int, dtype: torch.dtype = torch.float64) -> nn.Module:
     """The finite network of ``spec`` for inputs ``(N, in_features)``, drawn from ``seed``."""
     gen = torch.Generator().manual_seed(int(seed))
-    module = spec.module((in_features,), generator=gen)
-    return module.to(dtype)
+    return spec.module((in_features,), generator=gen, dtype=dtype)
 
 
 def infinite_ntk(spec, x1: torch.Tensor, x2: torch.Tensor | None = None) -> torch.Tensor:

@@ -41,10 +41,10 @@ class LabConfig:
     conv_seeds: int = 8
     conv_points: int = 12
     fig1_widths: tuple[int, ...] = (500, 10000)
-    fig1_seeds: int = 4
-    fig1_angles: int = 101
+    fig1_seeds: int = 3
+    fig1_angles: int = 61
     # (b, c, d) one sweep of trained networks on points of the unit circle
-    sweep_widths: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048)
+    sweep_widths: tuple[int, ...] = (32, 64, 128, 256, 512, 1024)
     sweep_depth: int = 3
     sweep_seeds: int = 4
     n_train: int = 16
@@ -54,11 +54,11 @@ class LabConfig:
     lr_scale: float = 0.5
     track_every: int = 20
     # (e) digits
-    digits_train: int = 600
-    digits_test: int = 600
-    digits_widths: tuple[int, ...] = (256, 1024)
+    digits_train: int = 500
+    digits_test: int = 500
+    digits_widths: tuple[int, ...] = (128, 512)
     digits_depth: int = 3
-    digits_steps: int = 300
+    digits_steps: int = 200
     digits_lr_scale: float = 1.0
     digits_record_every: int = 10
     studies: tuple[str, ...] = field(default=STUDIES)

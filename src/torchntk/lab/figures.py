@@ -32,8 +32,15 @@ def figure(ncols: int = 1, *, width: float = 5.2, height: float = 3.8):
 
 def save(fig, path: str | Path) -> Path:
     """Save ``fig`` as PNG at ``path`` and close it."""
+    from matplotlib.ticker import NullFormatter
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for ax in fig.axes:                      # log axes: label the decades only, never crowd them
+        if ax.get_xscale() == "log":
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        if ax.get_yscale() == "log":
+            ax.yaxis.set_minor_formatter(NullFormatter())
     fig.tight_layout()
     fig.savefig(path, format="png")
     plt().close(fig)

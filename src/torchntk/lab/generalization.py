@@ -57,7 +57,9 @@ def run(cfg, progress) -> tuple[dict, dict]:
     Kt = B.infinite_ntk(spec_inf, xte, xtr)
     N = len(xtr)
     lr = cfg.digits_lr_scale * N / float(torch.linalg.eigvalsh(K)[-1])
-    record = np.arange(0, cfg.digits_steps + 1, cfg.digits_record_every)
+    # log-spaced recordings (the figure's time axis is logarithmic), plus every record_every-th step
+    record = np.union1d(np.unique(np.geomspace(1, cfg.digits_steps, 25).astype(int)),
+                        np.arange(0, cfg.digits_steps + 1, cfg.digits_record_every))
     steps_t = torch.from_numpy(record.astype(np.float64))
     _, f_inf = B.mse_predictor(K, ytr, f0_train=None, learning_rate=None)(float("inf"), Kt)
     acc_inf = 1.0 - float(_error(f_inf.cpu().numpy(), d["labels_test"]))
