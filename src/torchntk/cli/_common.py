@@ -25,8 +25,13 @@ def config_defaults(path: str, parser: argparse.ArgumentParser, command: str) ->
     Keys are the command's long options (``learning-rate`` or ``learning_rate``); an unknown key
     is an error, so a typo never passes silently.
     """
-    import tomllib
-
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        try:
+            import tomli as tomllib
+        except ImportError:
+            raise CLIError("TOML config files need Python >= 3.11 or `pip install tomli`") from None
     try:
         with open(path, "rb") as fh:
             data = tomllib.load(fh)
