@@ -122,3 +122,17 @@ def test_console_script_entry_point():
 
     eps = [e for e in entry_points(group="console_scripts") if e.name == "torchntk"]
     assert eps and eps[0].value == "torchntk.cli:main"
+
+
+def test_zarr_store_resume_and_predict(data, capsys):
+    pytest.importorskip("zarr")
+    d = data
+    argv = ["kernel", "--data", str(d / "train.npz"), "--analytic", "--depth", "2", "--no-progress"]
+    assert main(argv + ["--out", str(d / "k.zarr"), "--tile", "4"]) == 0
+    assert main(argv + ["--out", str(d / "k.npz")]) == 0
+    assert main(["kernel", "--resume", str(d / "k.zarr"), "--no-progress"]) == 0
+    assert "0 tiles computed" in capsys.readouterr().out
+    for name in ("k.zarr", "k.npz"):
+        assert main(["predict", "--kernel", str(d / name), "--data", str(d / "train.npz"), "--t", "3",
+                     "--out", str(d / f"p-{name}.npz")]) == 0
+    np.testing.assert_allclose(np.load(d / "p-k.zarr.npz")["f_train"], np.load(d / "p-k.npz.npz")["f_train"], rtol=1e-7, atol=1e-9)
