@@ -66,8 +66,8 @@ def _ours(workload: str, n: int, repeats: int, threads: int) -> dict:
         t0 = time.perf_counter()
         k = spec.kernel(x)
         times.append(time.perf_counter() - t0)
-    return {"first": times[0], "time": statistics.median(times[1:]), "base_mib": base, "peak_mib": _rss_mib(),
-            "checksum": [float(k.nngp.sum()), float(k.ntk.sum())]}
+    return {"first": times[0], "time": statistics.median(times[1:] or times), "base_mib": base,
+            "peak_mib": _rss_mib(), "checksum": [float(k.nngp.sum()), float(k.ntk.sum())]}
 
 
 def _peer(workload: str, n: int, repeats: int, threads: int) -> dict:
@@ -101,8 +101,8 @@ def _peer(workload: str, n: int, repeats: int, threads: int) -> dict:
         k = fn(x, None, ("nngp", "ntk"))
         k.nngp.block_until_ready(), k.ntk.block_until_ready()
         times.append(time.perf_counter() - t0)
-    return {"first": times[0], "time": statistics.median(times[1:]), "base_mib": base, "peak_mib": _rss_mib(),
-            "checksum": [float(k.nngp.sum()), float(k.ntk.sum())], "batch": batch}
+    return {"first": times[0], "time": statistics.median(times[1:] or times), "base_mib": base,
+            "peak_mib": _rss_mib(), "checksum": [float(k.nngp.sum()), float(k.ntk.sum())], "batch": batch}
 
 
 def _worker(args: argparse.Namespace) -> None:
@@ -125,7 +125,7 @@ def _run(contender: str, workload: str, repeats: int, threads: int) -> dict | No
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("workloads", nargs="*", help=f"any of {', '.join(WORKLOADS)} (default: all)")
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=2, help="timed runs after the warm-up (0: time the first run)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--worker", choices=["torchntk", "peer"], help=argparse.SUPPRESS)
     args = p.parse_args()
