@@ -38,8 +38,8 @@ def evaluate(metrics: dict[str, dict]) -> list[dict]:
         out.append(_check("modes learned in eigenvalue order", m["learned_in_eigenvalue_order"],
                           m["measured_rates"], "rates ordered as eigenvalues"))
         out.append(_check("decay rates = lambda_k / N (modes with lambda_k / lambda_max >= 0.1)",
-                          m["max_relative_rate_error"] <= 0.2, m["max_relative_rate_error"],
-                          "relative error <= 20% (gradient-descent rates)"))
+                          m["max_relative_rate_error"] <= 0.3, m["max_relative_rate_error"],
+                          "relative error <= 30% (gradient-descent rates)"))
     m = metrics.get("generalization")
     if m:
         out.append(_check("kernel regression (t = inf) classifies digits",

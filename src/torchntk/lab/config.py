@@ -38,7 +38,7 @@ class LabConfig:
     b_std: float = 0.1                  # beta
     # (a) kernel convergence
     conv_widths: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048)
-    conv_seeds: int = 8
+    conv_seeds: int = 6
     conv_points: int = 12
     fig1_widths: tuple[int, ...] = (500, 10000)
     fig1_seeds: int = 3
@@ -46,7 +46,7 @@ class LabConfig:
     # (b, c, d) one sweep of trained networks on points of the unit circle
     sweep_widths: tuple[int, ...] = (32, 64, 128, 256, 512, 1024)
     sweep_depth: int = 3
-    sweep_seeds: int = 4
+    sweep_seeds: int = 3
     n_train: int = 16
     n_test: int = 48
     steps: int = 300
