@@ -46,6 +46,7 @@ def test_mlp_relu_matches_monte_carlo():
     _check(make, _inputs(4, 3), n_samples=8)
 
 
+@pytest.mark.slow  # ~15 s; Erf's closed form is also checked against quadrature and the peer
 def test_mlp_erf_matches_monte_carlo():
     def make(out: int) -> L.Layer:
         return L.serial(L.Dense(1024, W_std=1.5, b_std=0.2), L.Erf(), L.Dense(1024, W_std=1.5), L.Erf(), L.Dense(out))
