@@ -27,6 +27,20 @@ from ._base import Layer, Shapes, single
 from .kernel import Kernel
 
 
+#: Entries of the kernel per slice of rows that the rule gets at once without autograd (its
+#: few temporaries then fit in a processor cache: a large speed-up over memory-bound passes).
+_CHUNK_ENTRIES = 1 << 16
+
+
+def _chunked(q11: torch.Tensor, q12: torch.Tensor, q22: torch.Tensor, ntk: torch.Tensor | None) -> bool:
+    """Whether to apply the rule slice by slice: large kernels, no autograd, rows of q11 aligned."""
+    if q12.numel() <= 2 * _CHUNK_ENTRIES or q12.ndim < 2:
+        return False
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q11, q12, q22, ntk)):
+        return False
+    return q11.shape[0] == q12.shape[0] and q22.shape[0] == 1 and (ntk is None or ntk.shape == q12.shape)
+
+
 class _Activation(nn.Module):
     """The finite network's activation: ``layer.fn`` applied elementwise."""
 
@@ -79,6 +93,25 @@ class ElementwiseLayer(Layer):
     def make_module(self, input_shape: Shapes, generator: Any, dtype: Any, device: Any) -> nn.Module:
         return _Activation(self)
 
+    def _rows_in_cache(
+        self, q11: torch.Tensor, q12: torch.Tensor, q22: torch.Tensor, ntk: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``rule`` applied to slices of rows small enough for the rule's temporaries to stay in
+        the processor's cache (no autograd; elementwise, so the values are the same)."""
+        sigma = torch.empty_like(q12)
+        ntk_out = None if ntk is None else torch.empty_like(ntk)
+        rows = max(1, _CHUNK_ENTRIES // max(1, q12[0].numel()))
+        for i in range(0, q12.shape[0], rows):
+            j = min(i + rows, q12.shape[0])
+            sig, sdot = self.rule(q11[i:j], q12[i:j], q22)
+            sigma[i:j] = sig
+            if ntk_out is not None:
+                if sdot is None:
+                    ntk_out = None
+                else:
+                    torch.mul(ntk[i:j], sdot, out=ntk_out[i:j])
+        return sigma, ntk_out
+
     def _self_cov(self, cov: torch.Tensor, k: Kernel) -> torch.Tensor:
         q11, q22 = _spatial.self_variances(cov, k.full_spatial, k.spatial_ndim)
         return self.rule(q11, cov, q22)[0]
@@ -93,10 +126,14 @@ class ElementwiseLayer(Layer):
                 "pre-activations: put a Dense or Conv layer before this nonlinearity"
             )
         q11, q22 = _spatial.pair_variances(k)
-        sigma, sdot = self.rule(q11, k.nngp, q22)
-        ntk = None
-        if self.has_ntk and sdot is not None and k.ntk is not None:
-            ntk = k.ntk * sdot
+        with_ntk = self.has_ntk and k.ntk is not None
+        if _chunked(q11, k.nngp, q22, k.ntk):
+            sigma, ntk = self._rows_in_cache(q11, k.nngp, q22, k.ntk if with_ntk else None)
+        else:
+            sigma, sdot = self.rule(q11, k.nngp, q22)
+            ntk = None
+            if with_ntk and sdot is not None:
+                ntk = k.ntk * sdot
         return k.replace(
             nngp=sigma,
             ntk=ntk,
