@@ -17,6 +17,7 @@ Everywhere else the per-pixel (diagonal) layout is enough, which costs ``N^2 D``
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Union
 
 import torch
@@ -36,10 +37,13 @@ DEFAULT_MEMORY = 1 << 30
 # Live kernel-sized tensors per block (nngp, ntk, the rule's temporaries, the padded copies...).
 _WORK_FACTOR = 12
 # Default block: about this many entries per kernel tensor, so that a block's working set stays
-# in the processor's cache (each layer makes tens of elementwise passes over it).
-_CACHE_ENTRIES = 1 << 18
-# Default block of flat kernels (rows and columns).
-_FLAT_BLOCK = 1024
+# in the processor's cache (each layer makes tens of elementwise passes over it) and each pass
+# stays below torch's parallel grain (32768 elements): every op runs on one thread, and the
+# blocks are spread over ``torch.get_num_threads()`` Python threads instead (torch releases the
+# GIL in its kernels). On a loaded machine this avoids a scheduler wait per parallel op.
+_CACHE_ENTRIES = 1 << 15
+# Default block of flat kernels (rows and columns): 181^2 < 2^15.
+_FLAT_BLOCK = 181
 
 
 def any_full(flag: Any) -> bool:
@@ -263,7 +267,7 @@ def _block_size(in_shape: Shape, full: bool, dtype: torch.dtype, batch_size: int
     entries = pixels**2 if full else pixels
     per_pair = entries * torch.finfo(dtype).bits // 8 * _WORK_FACTOR
     by_memory = int(math.sqrt(memory / per_pair))
-    if len(in_shape) == 1:  # flat kernels: large blocks (the symmetric case skips 1 of 4)
+    if len(in_shape) == 1:  # flat kernels (the symmetric case skips the blocks below the diagonal)
         return max(1, min(by_memory, _FLAT_BLOCK))
     by_cache = int(math.sqrt(_CACHE_ENTRIES / entries))
     return max(1, min(by_memory, max(by_cache, 4)))
@@ -339,35 +343,54 @@ def _blocked(run: Any, x1: torch.Tensor, x2: torch.Tensor | None, b: int) -> Ker
     n1, n2 = x1.shape[0], xb.shape[0]
     r1 = [(i, min(i + b, n1)) for i in range(0, n1, b)]
     r2 = [(j, min(j + b, n2)) for j in range(0, n2, b)]
+    pairs = [(bi, bj) for bi in range(len(r1)) for bj in range(len(r2)) if not (same and bj < bi)]
+
+    grad_mode = torch.is_grad_enabled()  # thread-local: carried into the worker threads
+
+    def one(pair: tuple[int, int]) -> Kernel:
+        (i0, i1), (j0, j1) = r1[pair[0]], r2[pair[1]]
+        with torch.set_grad_enabled(grad_mode):
+            return run(x1[i0:i1], None if same and pair[0] == pair[1] else xb[j0:j1])
+
+    workers = torch.get_num_threads()
+    grad = grad_mode and (x1.requires_grad or xb.requires_grad)
+    if workers > 1 and len(pairs) > 1 and not grad:
+        pool = ThreadPoolExecutor(max_workers=workers)
+        results = pool.map(one, pairs)  # in order; assembled while the next blocks compute
+    else:
+        pool, results = None, map(one, pairs)
+    try:
+        return _assemble(results, pairs, r1, r2, n1, n2, same)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _assemble(results: Any, pairs: list, r1: list, r2: list, n1: int, n2: int, same: bool) -> Kernel:
+    """Write the block kernels ``results`` (in the order of ``pairs``) into the full kernel."""
     nngp = ntk = cov1 = cov2 = None
     first: Kernel | None = None
-    for bi, (i0, i1) in enumerate(r1):
-        for bj, (j0, j1) in enumerate(r2):
-            if same and bj < bi:
-                continue
-            if same and bi == bj:
-                k = run(x1[i0:i1], None)
-            else:
-                k = run(x1[i0:i1], xb[j0:j1])
-            if first is None:
-                first = k
-                tail = tuple(k.nngp.shape[2:])
-                kw = {"dtype": k.nngp.dtype, "device": k.nngp.device}
-                nngp = torch.empty((n1, n2, *tail), **kw)
-                ntk = None if k.ntk is None else torch.empty((n1, n2, *tail), **kw)
-                cov1 = torch.empty((n1, *k.cov1.shape[1:]), **kw)
-                cov2 = None if same else torch.empty((n2, *k.cov1.shape[1:]), **kw)
-            nngp[i0:i1, j0:j1] = k.nngp
+    for (bi, bj), k in zip(pairs, results):
+        (i0, i1), (j0, j1) = r1[bi], r2[bj]
+        if first is None:
+            first = k
+            tail = tuple(k.nngp.shape[2:])
+            kw = {"dtype": k.nngp.dtype, "device": k.nngp.device}
+            nngp = torch.empty((n1, n2, *tail), **kw)
+            ntk = None if k.ntk is None else torch.empty((n1, n2, *tail), **kw)
+            cov1 = torch.empty((n1, *k.cov1.shape[1:]), **kw)
+            cov2 = None if same else torch.empty((n2, *k.cov1.shape[1:]), **kw)
+        nngp[i0:i1, j0:j1] = k.nngp
+        if ntk is not None:
+            ntk[i0:i1, j0:j1] = k.ntk
+        if bj == (bi if same else 0):
+            cov1[i0:i1] = k.cov1
+        if not same and bi == 0:
+            cov2[j0:j1] = k.q22
+        if same and bj > bi:
+            nsp, full = k.spatial_ndim, k.full_spatial
+            nngp[j0:j1, i0:i1] = _spatial.transpose_pairs(k.nngp, full, nsp)
             if ntk is not None:
-                ntk[i0:i1, j0:j1] = k.ntk
-            if bj == (bi if same else 0):
-                cov1[i0:i1] = k.cov1
-            if not same and bi == 0:
-                cov2[j0:j1] = k.q22
-            if same and bj > bi:
-                nsp, full = k.spatial_ndim, k.full_spatial
-                nngp[j0:j1, i0:i1] = _spatial.transpose_pairs(k.nngp, full, nsp)
-                if ntk is not None:
-                    ntk[j0:j1, i0:i1] = _spatial.transpose_pairs(k.ntk, full, nsp)
+                ntk[j0:j1, i0:i1] = _spatial.transpose_pairs(k.ntk, full, nsp)
     assert first is not None
     return first.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2)

@@ -29,7 +29,7 @@ from .kernel import Kernel
 
 #: Entries of the kernel per slice of rows that the rule gets at once without autograd (its
 #: few temporaries then fit in a processor cache: a large speed-up over memory-bound passes).
-_CHUNK_ENTRIES = 1 << 16
+_CHUNK_ENTRIES = 1 << 15
 
 
 def _chunked(q11: torch.Tensor, q12: torch.Tensor, q22: torch.Tensor, ntk: torch.Tensor | None) -> bool:
