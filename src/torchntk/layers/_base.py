@@ -180,10 +180,11 @@ class Layer:
                 symmetric kernel is computed once per pair of blocks).
             dtype: of the computation and the result (float64 by default); the device is the
                 inputs'.
-            batch_size: rows/columns per block. By default: up to 1024 for flat inputs, and
-                for images a block whose kernel tensors hold about 2^18 entries (they then stay
-                in the processor's cache through the tens of passes each layer makes), within
-                ``memory``.
+            batch_size: rows/columns per block. By default a block whose kernel tensors hold
+                about 2^15 entries (181 rows for flat inputs; at least 4), within ``memory``:
+                they stay in the processor's cache through the passes each layer makes, each
+                pass runs on one thread, and the blocks are shared among
+                ``torch.get_num_threads()`` worker threads (when no input requires grad).
             memory: approximate budget in bytes of the tensors of one block (default 1 GiB).
             diagonal_spatial: for a spec whose output is still spatial, return the per-pixel
                 kernel ``(N1, N2, *spatial)`` (default) or, if False, every pixel pair
