@@ -1,0 +1,54 @@
+"""The no-grad fast paths of the analytic recursion give the same numbers as the safe paths."""
+
+import pytest
+import torch
+
+from torchntk import layers as L
+
+DT = torch.float64
+
+
+def _grid():
+    g = torch.Generator().manual_seed(0)
+    q11 = torch.rand(200, generator=g, dtype=DT) * 3
+    q22 = torch.rand(200, generator=g, dtype=DT) * 3
+    c = torch.rand(200, generator=g, dtype=DT) * 2 - 1
+    c[:10], c[10:20] = 1.0, -1.0  # correlation exactly +-1
+    q11[20:25] = 0.0  # zero variance
+    q12 = c * (q11 * q22).sqrt()
+    q12[25:30] = 0.0
+    q11[25:30] = q22[25:30] = 0.0  # all zero: the angle is pi/2 by convention
+    return q11, q12, q22
+
+
+@pytest.mark.parametrize("layer", [L.Relu(), L.LeakyRelu(0.2), L.Abs(), L.ABRelu(-0.3, 1.7)])
+def test_no_grad_rule_equals_safe_rule(layer):
+    q11, q12, q22 = _grid()
+    fast = layer.rule(q11, q12, q22)  # no input requires grad: the fast path
+    safe = layer.rule(q11, q12.clone().requires_grad_(True), q22)  # autograd-safe path
+    for f, s in zip(fast, safe):
+        assert torch.isfinite(f).all()
+        torch.testing.assert_close(f, s.detach(), rtol=1e-15, atol=1e-15)
+
+
+def test_threaded_blocks_equal_one_block_and_grad_path():
+    # Many blocks (small batch_size) run on worker threads; they must equal one block, and the
+    # kernel computed with autograd recording (serial, safe rules).
+    spec = L.serial(L.Dense(64, W_std=1.5, b_std=0.1), L.Relu(), L.Dense(64, W_std=1.5, b_std=0.1),
+                    L.Relu(), L.Dense(1))
+    x = torch.randn(300, 5, dtype=DT, generator=torch.Generator().manual_seed(1))
+    one = spec.kernel(x, batch_size=300)
+    many = spec.kernel(x, batch_size=17)
+    xg = x.clone().requires_grad_(True)
+    with_grad = spec.kernel(xg, batch_size=300)
+    # Off the diagonal the three agree to rounding (the input Gram's matmul rounds differently
+    # per block shape). The diagonal (correlation 1, where the ReLU's s = sqrt(q11 q22 - q12^2)
+    # would amplify any last-bit gap to ~1e-8) is the same bits whatever the blocking.
+    off = ~torch.eye(300, dtype=torch.bool)
+    for a, b, c in [(one.nngp, many.nngp, with_grad.nngp), (one.ntk, many.ntk, with_grad.ntk)]:
+        c = c.detach()
+        torch.testing.assert_close(a[off], b[off], rtol=1e-13, atol=1e-14)
+        torch.testing.assert_close(a[off], c[off], rtol=1e-13, atol=1e-14)
+        assert torch.equal(a.diagonal(), b.diagonal())
+        torch.testing.assert_close(a.diagonal(), c.diagonal(), rtol=1e-15, atol=0)
+        assert torch.equal(a, a.T) and torch.equal(b, b.T)
