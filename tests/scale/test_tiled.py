@@ -54,7 +54,7 @@ def test_store_round_trip_and_manifest(tmp_path):
     fn = ReluFCKernel(depth=3)
     ident = {"command": "kernel", "argv": ["--depth", "3"], "n": 300}
     store = tiled_kernel(fn, x, out=tmp_path / "k.zarr", tile=64, identity=ident, progress=False)
-    assert store.last_run == {"computed": 15, "skipped": 0}
+    assert store.last_run == {"computed": 15, "skipped": 0, "repaired": 0}
     assert store.is_complete and store.missing_tiles() == []
     again = KernelStore.open(tmp_path / "k.zarr")
     m = again.manifest
@@ -76,7 +76,7 @@ def test_store_round_trip_and_manifest(tmp_path):
     calls = []
     counting = with_identity(lambda a, b: calls.append(1) or fn(a, b), fn.torchntk_identity)
     store2 = tiled_kernel(counting, x, out=tmp_path / "k.zarr", progress=False)
-    assert store2.last_run == {"computed": 0, "skipped": 15}
+    assert store2.last_run == {"computed": 0, "skipped": 15, "repaired": 0}
     assert len(calls) == 1  # only the probe
 
 
@@ -142,7 +142,7 @@ def test_interrupted_store_reports_missing_tiles_and_refuses_reads(tmp_path):
     with pytest.raises(StoreError, match="not computed"):
         store.read_tile("ntk", 1, 0)
     done = resume(path, fn, x, progress=False)
-    assert done.last_run == {"computed": 2, "skipped": 8}
+    assert done.last_run == {"computed": 2, "skipped": 8, "repaired": 0}
     assert torch.equal(done.to_tensor("ntk"), fn(x, x)["ntk"])
 
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 import os
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
-from ..errors import ShapeError
+from ..errors import InvalidArgumentError, ShapeError
 from ._optional import require_distributed
 from .tiles import TilePlan
 
@@ -113,25 +114,40 @@ def _worker_device(device: str | None) -> torch.device | None:
     return torch.device("cuda", index % torch.cuda.device_count())
 
 
+#: Stores opened by this worker process, keyed by their ``store_id`` (never by path: a store
+#: deleted and created again at the same path is another store, with another layout).
 _OPEN_STORES: dict[str, Any] = {}
+
+
+def _worker_store(store_path: str, store_id: str | None) -> Any:
+    """The store ``store_id`` at ``store_path``, opened once per worker process."""
+    from ..errors import StoreError
+    from .store import KernelStore
+
+    store = _OPEN_STORES.get(store_id)
+    if store is None:
+        store = KernelStore.open(store_path, verify=False)
+        if store.store_id != store_id:
+            raise StoreError(
+                f"the kernel store at {store_path!r} is not the one this run writes "
+                f"(store_id {store.store_id!r}, expected {store_id!r}): it was replaced meanwhile"
+            )
+        if store_id is not None:  # stores of format 1 have no identity: never cached
+            _OPEN_STORES[store_id] = store
+    return store
 
 
 def _dask_tile_task(
     kernel_fn: Callable, x1: torch.Tensor, x2: torch.Tensor | None, plan: TilePlan, bi: int, bj: int,
-    store_path: str | None, device: str | None, threads: int | None,
+    store: tuple[str, str | None] | None, device: str | None, threads: int | None,
 ) -> Any:
-    """One Dask task: compute tile (bi, bj); write it to the store, or return it."""
+    """One Dask task: compute tile (bi, bj); write it to the store ``(path, store_id)``, or return it."""
     if threads:
         torch.set_num_threads(threads)
     blocks = compute_tile(kernel_fn, x1, x2, plan, bi, bj, _worker_device(device))
-    if store_path is None:
-        return {name: block.numpy() for name, block in blocks.items()}
-    from .store import KernelStore
-
-    store = _OPEN_STORES.get(store_path)
     if store is None:
-        store = _OPEN_STORES[store_path] = KernelStore.open(store_path)
-    store.write_tile(bi, bj, blocks)
+        return {name: block.numpy() for name, block in blocks.items()}
+    _worker_store(*store).write_tile(bi, bj, blocks)
     return None
 
 
@@ -139,6 +155,45 @@ def _default_workers() -> int:
     if torch.cuda.is_available():
         return torch.cuda.device_count()
     return max(1, min(4, os.cpu_count() or 1))
+
+
+@contextmanager
+def dask_session(scheduler: str | Any | None, n_workers: int | None) -> Iterator[tuple[Any, int | None]]:
+    """``(client, threads per task)`` for a Dask run, connected before any store is touched.
+
+    ``scheduler``: None starts an embedded ``LocalCluster`` of ``n_workers`` single-threaded
+    worker processes (default: one per GPU, else up to 4) and closes it at the end; an address
+    string (``"tcp://host:8786"``) or a ``distributed.Client`` uses an existing cluster. An
+    address that cannot be reached (within dask's ``distributed.comm.timeouts.connect``) raises
+    an InvalidArgumentError naming ``scheduler``.
+    """
+    distributed = require_distributed()
+    own_cluster = own_client = None
+    try:
+        if scheduler is None:
+            n = n_workers or _default_workers()
+            own_cluster = distributed.LocalCluster(
+                n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None
+            )
+            client = own_client = distributed.Client(own_cluster)
+            threads = max(1, (os.cpu_count() or 1) // n)
+        elif isinstance(scheduler, str):
+            try:
+                client = own_client = distributed.Client(scheduler)
+            except (OSError, ValueError, TypeError) as err:  # unreachable, timed out, malformed
+                raise InvalidArgumentError(
+                    f"`scheduler`: cannot connect to the Dask scheduler {scheduler!r} "
+                    f"({type(err).__name__}: {err})"
+                ) from None
+            threads = None
+        else:
+            client, threads = scheduler, None
+        yield client, threads
+    finally:
+        if own_client is not None:
+            own_client.close()
+        if own_cluster is not None:
+            own_cluster.close()
 
 
 def run_dask(
@@ -149,58 +204,35 @@ def run_dask(
     plan: TilePlan,
     sink: Sink | None,
     *,
-    store_path: str | None,
-    scheduler: str | Any | None,
-    n_workers: int | None,
+    store: tuple[str, str | None] | None,
+    session: tuple[Any, int | None],
     device: str | None,
     progress: Any,
 ) -> None:
-    """Compute ``tasks`` as one Dask task per tile.
+    """Compute ``tasks`` as one Dask task per tile on the ``session`` of :func:`dask_session`.
 
-    ``scheduler``: None starts an embedded ``LocalCluster`` of ``n_workers`` single-threaded
-    worker processes (default: one per GPU, else up to 4) and closes it at the end; an address
-    string (``"tcp://host:8786"``) or a ``distributed.Client`` uses an existing cluster.
-    With ``store_path`` the workers write their tiles into the store (which must be on a
-    filesystem they all see) and only tile indices travel back; without it the tiles are
-    gathered and passed to ``sink``.
+    With ``store = (path, store_id)`` the workers write their tiles into that store (which must
+    be on a filesystem they all see) and only tile indices travel back; without it the tiles
+    are gathered and passed to ``sink``.
     """
     distributed = require_distributed()
-    own_cluster = own_client = None
-    if scheduler is None:
-        n = n_workers or _default_workers()
-        own_cluster = distributed.LocalCluster(
-            n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None
+    client, threads = session
+    fn_f = client.scatter(kernel_fn, broadcast=True, hash=False)
+    x1_f = client.scatter(x1, broadcast=True, hash=False)
+    x2_f = None if x2 is None else client.scatter(x2, broadcast=True, hash=False)
+    run_id = uuid.uuid4().hex[:12]
+    futures = [
+        client.submit(
+            _dask_tile_task, fn_f, x1_f, x2_f, plan, bi, bj, store, device, threads,
+            key=f"torchntk-tile-{bi}-{bj}-{run_id}", pure=False, retries=3,
         )
-        client = own_client = distributed.Client(own_cluster)
-        threads = max(1, (os.cpu_count() or 1) // n)
-    elif isinstance(scheduler, str):
-        client = own_client = distributed.Client(scheduler)
-        threads = None
-    else:
-        client = scheduler
-        threads = None
-    try:
-        fn_f = client.scatter(kernel_fn, broadcast=True, hash=False)
-        x1_f = client.scatter(x1, broadcast=True, hash=False)
-        x2_f = None if x2 is None else client.scatter(x2, broadcast=True, hash=False)
-        run_id = uuid.uuid4().hex[:12]
-        futures = [
-            client.submit(
-                _dask_tile_task, fn_f, x1_f, x2_f, plan, bi, bj, store_path, device, threads,
-                key=f"torchntk-tile-{bi}-{bj}-{run_id}", pure=False, retries=3,
-            )
-            for bi, bj in tasks
-        ]
-        index = {f.key: t for f, t in zip(futures, tasks)}
-        for future in distributed.as_completed(futures):
-            result = future.result()
-            if store_path is None and sink is not None:
-                bi, bj = index[future.key]
-                sink(bi, bj, {k: torch.from_numpy(v) for k, v in result.items()})
-            future.release()
-            progress.update(1)
-    finally:
-        if own_client is not None:
-            own_client.close()
-        if own_cluster is not None:
-            own_cluster.close()
+        for bi, bj in tasks
+    ]
+    index = {f.key: t for f, t in zip(futures, tasks)}
+    for future in distributed.as_completed(futures):
+        result = future.result()
+        if store is None and sink is not None:
+            bi, bj = index[future.key]
+            sink(bi, bj, {k: torch.from_numpy(v) for k, v in result.items()})
+        future.release()
+        progress.update(1)

@@ -12,6 +12,8 @@ matrix; BLAS matrix products may differ in the last bits between block shapes).
 from __future__ import annotations
 
 import os
+import shutil
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -22,7 +24,8 @@ from .._checks import check_choice, check_nonempty_batch, check_tensor
 from ..errors import InvalidArgumentError, ShapeError, StoreError
 from ._budget import plan_tile
 from ._identity import compare_manifests, jsonable, kernel_identity, tensor_hash, versions
-from .executors import as_blocks, compute_tile, run_dask, run_inprocess
+from ._lock import StoreLock
+from .executors import compute_tile, dask_session, run_dask, run_inprocess
 from .store import KernelStore
 from .tiles import TilePlan, mirror
 
@@ -69,15 +72,18 @@ def tiled_kernel(
         identity: a JSON dict recorded in the manifest (e.g. the CLI request that rebuilds
             ``kernel_fn`` and the data); on resume it must match unless None.
         resume: an existing store at ``out`` is resumed after checking that it was computed
-            from the same kernel, data and settings (StoreError otherwise); False refuses to
-            touch an existing path.
+            from the same kernel, data and settings (StoreError otherwise) and verifying every
+            finished tile against its sha256 (damaged ones are computed again); False refuses
+            to touch an existing path. Creating or resuming holds the lock ``<out>.lock``: a
+            second writer of the same store gets a StoreError.
         progress: show a progress bar with ETA (tqdm, on stderr).
         compressor: chunk compression of a new store: None (raw), ``"zstd"`` or ``"blosc"``.
 
     Returns:
         With ``out=None``: a tensor ``(N1, N2, *trailing)``, or a dict of them when
         ``kernel_fn`` returns a dict. With ``out``: the :class:`KernelStore` (its ``last_run``
-        says how many tiles were computed now and how many were already there).
+        says how many tiles were computed now, how many were already there, and how many of
+        the finished ones were found damaged and computed again).
 
     Example::
 
@@ -106,40 +112,39 @@ def tiled_kernel(
 
     probe = _probe(kernel_fn, x1, x2_eff)
     trailing = {k: tuple(v.shape[2:]) for k, v in probe.items()}
-    if out is None:
-        t = tile or _planned_tile(n1, n2, probe, memory)
-        plan = TilePlan(n1, n2, t, symmetric)
-        return _in_memory(kernel_fn, x1, x2_eff, plan, probe, trailing, executor, scheduler,
-                          n_workers, device, progress, return_dict=not _bare(probe))
-
-    manifest = _manifest(kernel_fn, x1, x2_eff, n1, n2, symmetric, probe, trailing, tile, identity)
-    if Path(out).exists():
-        if not resume:
-            raise StoreError(
-                f"the output path {str(out)!r} exists; pass resume=True to continue that store, "
-                "or choose another path"
-            )
-        store = KernelStore.open(out)
-        compare_manifests(store.manifest, manifest, str(out))
-    else:
-        manifest["tile"] = tile or _planned_tile(n1, n2, probe, memory)
-        manifest["identity"] = manifest["identity"] or {}
-        store = KernelStore.create(out, manifest, compressor=compressor)
-    tasks = store.missing_tiles()
-    store.last_run = {"computed": len(tasks), "skipped": store.plan.n_tiles - len(tasks)}
-    bar = tqdm(total=len(tasks), disable=not progress, unit="tile", desc=f"kernel -> {out}")
-    with bar:
-        if executor == "inprocess":
-            run_inprocess(
-                tasks,
-                lambda bi, bj: compute_tile(kernel_fn, x1, x2_eff, store.plan, bi, bj, device),
-                store.write_tile,
-                background_writes=True,
-                progress=bar,
-            )
-        else:
-            run_dask(tasks, kernel_fn, x1, x2_eff, store.plan, None, store_path=str(out),
-                     scheduler=scheduler, n_workers=n_workers, device=device, progress=bar)
+    with ExitStack() as stack:
+        # connect to the cluster first: an unreachable scheduler must not leave an empty store
+        session = stack.enter_context(dask_session(scheduler, n_workers)) if executor == "dask" else None
+        if out is None:
+            t = tile or _planned_tile(n1, n2, probe, memory)
+            plan = TilePlan(n1, n2, t, symmetric)
+            return _in_memory(kernel_fn, x1, x2_eff, plan, probe, trailing, session, device, progress,
+                              return_dict=not _bare(probe))
+        stack.enter_context(StoreLock(out))
+        manifest = _manifest(kernel_fn, x1, x2_eff, n1, n2, symmetric, probe, trailing, tile, identity)
+        store, created, repaired = _open_or_create(out, manifest, resume, tile, n1, n2, probe, memory,
+                                                   compressor)
+        tasks = store.missing_tiles()
+        store.last_run = {"computed": len(tasks), "skipped": store.plan.n_tiles - len(tasks),
+                          "repaired": repaired}
+        bar = tqdm(total=len(tasks), disable=not progress, unit="tile", desc=f"kernel -> {out}")
+        try:
+            with bar:
+                if session is None:
+                    run_inprocess(
+                        tasks,
+                        lambda bi, bj: compute_tile(kernel_fn, x1, x2_eff, store.plan, bi, bj, device),
+                        store.write_tile,
+                        background_writes=True,
+                        progress=bar,
+                    )
+                else:
+                    run_dask(tasks, kernel_fn, x1, x2_eff, store.plan, None,
+                             store=(str(out), store.store_id), session=session, device=device, progress=bar)
+        except BaseException:
+            if created and not store.done_tiles():  # nothing computed: leave no empty store behind
+                shutil.rmtree(out, ignore_errors=True)
+            raise
     return store
 
 
@@ -153,13 +158,15 @@ def resume(
     """Finish an interrupted store: compute only its missing tiles.
 
     Checks that ``kernel_fn``, ``x1``, ``x2`` (and ``identity``/``tile`` if given) are those
-    the store was started with; StoreError naming what changed otherwise. Other keyword
+    the store was started with; StoreError naming what changed otherwise. Every finished tile
+    is verified against its recorded sha256 and computed again if its chunk was deleted,
+    altered or truncated (``last_run["repaired"]``). Other keyword
     arguments (executor, scheduler, progress...) are those of :func:`tiled_kernel`.
 
     Example::
 
         >>> store = resume("kernel.zarr", fn, x)         # doctest: +SKIP
-        >>> store.last_run                                 # {"computed": 3, "skipped": 12}
+        >>> store.last_run                      # {"computed": 3, "skipped": 12, "repaired": 0}
     """
     if not Path(path).exists():
         raise StoreError(f"cannot resume {str(path)!r}: no store there")
@@ -206,9 +213,30 @@ def _manifest(kernel_fn: KernelFn, x1: torch.Tensor, x2: torch.Tensor | None, n1
     }
 
 
+def _open_or_create(out: str | os.PathLike, manifest: dict[str, Any], resume: bool, tile: int | None,
+                    n1: int, n2: int, probe: Mapping[str, torch.Tensor], memory: Any,
+                    compressor: str | None) -> tuple[KernelStore, bool, int]:
+    """``(store, created, repaired)``: the existing store at ``out`` checked against
+    ``manifest`` with its damaged tiles forgotten, or a new one. Called under the writer lock."""
+    if Path(out).exists():
+        if not resume:
+            raise StoreError(
+                f"the output path {str(out)!r} exists; pass resume=True to continue that store, "
+                "or choose another path"
+            )
+        store = KernelStore.open(out)
+        compare_manifests(store.manifest, manifest, str(out))
+        damaged = store.damaged_tiles()   # every finished tile checked against its sha256
+        store.forget_tiles(damaged)
+        return store, False, len(damaged)
+    manifest["tile"] = tile or _planned_tile(n1, n2, probe, memory)
+    manifest["identity"] = manifest["identity"] or {}
+    return KernelStore.create(out, manifest, compressor=compressor), True, 0
+
+
 def _in_memory(kernel_fn: KernelFn, x1: torch.Tensor, x2: torch.Tensor | None, plan: TilePlan,
-               probe: Mapping[str, torch.Tensor], trailing: Mapping[str, tuple], executor: str,
-               scheduler: Any, n_workers: int | None, device: str | None, progress: bool,
+               probe: Mapping[str, torch.Tensor], trailing: Mapping[str, tuple],
+               session: Any, device: str | None, progress: bool,
                return_dict: bool) -> "torch.Tensor | dict[str, torch.Tensor]":
     result = {
         k: torch.empty((plan.n1, plan.n2, *trailing[k]), dtype=v.dtype) for k, v in probe.items()
@@ -223,10 +251,10 @@ def _in_memory(kernel_fn: KernelFn, x1: torch.Tensor, x2: torch.Tensor | None, p
     tasks = plan.tiles()
     bar = tqdm(total=len(tasks), disable=not progress, unit="tile", desc="kernel tiles")
     with bar:
-        if executor == "inprocess":
+        if session is None:
             run_inprocess(tasks, lambda bi, bj: compute_tile(kernel_fn, x1, x2, plan, bi, bj, device),
                           sink, background_writes=False, progress=bar)
         else:
-            run_dask(tasks, kernel_fn, x1, x2, plan, sink, store_path=None, scheduler=scheduler,
-                     n_workers=n_workers, device=device, progress=bar)
+            run_dask(tasks, kernel_fn, x1, x2, plan, sink, store=None, session=session, device=device,
+                     progress=bar)
     return result if return_dict else result["kernel"]
