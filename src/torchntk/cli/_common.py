@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import TorchNTKError
+
 
 class CLIError(Exception):
     """A user mistake: printed as one line on stderr, exit code 2."""
@@ -186,32 +188,48 @@ def load_kernels(path: str) -> dict[str, torch.Tensor]:
         if p.suffix == ".zarr" or p.is_dir():
             from ..scale import KernelStore
 
-            store = KernelStore.open(p)
+            store = KernelStore.open(p)   # verify=True: a damaged tile is a StoreError naming it
             if not store.is_complete:
-                raise CLIError(f"kernel store {path!r} is incomplete; finish it with `torchntk kernel --resume {path}`")
+                raise CLIError(f"kernel store {path!r} is incomplete ({len(store.missing_tiles())} tiles "
+                               "missing); finish it with `torchntk kernel --resume STORE`, adding "
+                               "`--model FILE` if it was computed from a model file")
             out = {n: torch.from_numpy(np.asarray(store.to_numpy(n))) for n in store.names}
+            if list(out) == ["kernel"]:                      # a bare kernel written from Python
+                out = {"ntk": out["kernel"]}
             if not store.manifest.get("symmetric", True):   # written with --test: Theta(test, train)
                 out = {f"{k}_test_train": v for k, v in out.items()}
-            return {k: v.double() for k, v in out.items()}
-        if p.suffix == ".npz":
+            kernels = {k: v.double() for k, v in out.items()}
+        elif p.suffix == ".npz":
             with np.load(p) as f:
-                return {k: torch.from_numpy(f[k]).double() for k in f.files if f[k].ndim >= 2}
-        if p.suffix == ".pt":
+                kernels = {k: torch.from_numpy(f[k]).double() for k in f.files if f[k].ndim >= 2}
+        elif p.suffix == ".pt":
             data = torch.load(p, weights_only=True)
             if isinstance(data, torch.Tensor):
                 data = {"ntk": data}
-            return {k: torch.as_tensor(v).double() for k, v in data.items() if torch.as_tensor(v).ndim >= 2}
+            kernels = {k: torch.as_tensor(v).double() for k, v in data.items() if torch.as_tensor(v).ndim >= 2}
+        else:
+            raise CLIError(f"kernel file {path!r}: unknown format {p.suffix!r} (use .npz, .pt or .zarr)")
     except CLIError:
+        raise
+    except TorchNTKError:
         raise
     except Exception as err:  # noqa: BLE001
         raise CLIError(f"cannot read kernel file {path!r}: {type(err).__name__}: {err}") from None
-    raise CLIError(f"kernel file {path!r}: unknown format {p.suffix!r} (use .npz, .pt or .zarr)")
+    for name, value in kernels.items():
+        if not torch.isfinite(value).all():
+            raise CLIError(f"kernel file {path!r}: array {name!r} contains NaN or Inf")
+    return kernels
 
 
 def check_writable(path: str | Path, *, folder: bool = False) -> Path:
-    """Fail early (one line) if ``path`` (a file, or a folder when ``folder``) cannot be written."""
+    """Fail early (one line) if ``path`` (a file, or a folder when ``folder``) cannot be written.
+
+    A results folder (``folder=True``) is created; the folder of an output file must exist.
+    """
     p = Path(path)
     target = p if folder else p.parent
+    if not folder and not target.exists():
+        raise CLIError(f"folder of the output file {str(target)!r} does not exist (create it first)")
     try:
         target.mkdir(parents=True, exist_ok=True)
         probe = target / f".torchntk-write-test-{os.getpid()}"
@@ -221,6 +239,18 @@ def check_writable(path: str | Path, *, folder: bool = False) -> Path:
         what = "output folder" if folder else "folder of the output file"
         raise CLIError(f"{what} {str(target)!r} is not writable ({err.strerror or err})") from None
     return p
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float replaced for RFC 8259 JSON: +-inf by the strings
+    ``"inf"``/``"-inf"``, NaN by ``null`` (lists, tuples and dicts are walked)."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return None if np.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def parse_times(text: str) -> torch.Tensor:

@@ -7,12 +7,16 @@ NTK of a spec; otherwise the empirical NTK of the finite network (a spec's ``mod
 ``--seed``, or the given module as it is). Output by extension: ``.npz`` / ``.pt`` (arrays
 ``ntk`` (N, N) [, ``nngp``] and, with ``--test``, ``ntk_test_train`` (M, N) [, ``nngp_test_train``])
 or a ``.zarr`` store computed in tiles by :func:`torchntk.scale.tiled_kernel`
-(``--tile/--memory/--executor/--scheduler``), resumable with ``torchntk kernel --resume STORE``.
+(``--tile/--memory/--executor/--scheduler``; the empirical kernel is its array ``ntk`` too), resumable
+with ``torchntk kernel --resume STORE [--model FILE]``. A store is data: ``--resume`` never imports
+the model file it names; a store computed from a model file needs ``--model`` again, and the file
+must have the sha256 recorded in the store.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -28,44 +32,71 @@ def add_parser(sub) -> argparse.ArgumentParser:
                        description=__doc__.split("\n\n")[1])
     p.add_argument("--data", help="training inputs: .npz/.pt with array 'x' (and 'y'), or .npy")
     p.add_argument("--test", help="held-out inputs (same formats): also computes the (M, N) test/train kernel")
-    p.add_argument("--model", help="Python file defining an nn.Module or a torchntk.layers spec (file.py[:name])")
-    p.add_argument("--width", type=int, default=512, help="built-in network: hidden width (default 512)")
-    p.add_argument("--depth", type=int, default=3, help="built-in network: number of Dense layers (default 3)")
-    p.add_argument("--activation", default="relu", help="built-in network: relu, erf, gelu, tanh, abs")
-    p.add_argument("--w-std", dest="w_std", type=float, default=1.0, help="built-in network: W_std (default 1)")
-    p.add_argument("--b-std", dest="b_std", type=float, default=0.1, help="built-in network: b_std (default 0.1)")
-    p.add_argument("--outputs", type=int, default=1, help="built-in network: output dimension (default 1)")
+    p.add_argument("--model", help="Python file defining an nn.Module or a torchntk.layers spec (file.py[:name]); "
+                                    "with --resume: the same file again, checked against the store")
+    p.add_argument("--width", type=int, default=None, help="built-in network: hidden width (default 512)")
+    p.add_argument("--depth", type=int, default=None, help="built-in network: number of Dense layers (default 3)")
+    p.add_argument("--activation", default=None, help="built-in network: relu, erf, gelu, tanh, abs (default relu)")
+    p.add_argument("--w-std", dest="w_std", type=float, default=None, help="built-in network: W_std (default 1)")
+    p.add_argument("--b-std", dest="b_std", type=float, default=None, help="built-in network: b_std (default 0.1)")
+    p.add_argument("--outputs", type=int, default=None, help="built-in network: output dimension (default 1)")
     p.add_argument("--analytic", action="store_true", help="infinite-width NNGP/NTK of the spec instead of the empirical NTK")
     p.add_argument("--mode", default="mean", choices=("mean", "full", "diagonal"),
                    help="empirical NTK mode (default mean: the scalar (N, N) kernel)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the finite network drawn from a spec")
+    p.add_argument("--seed", type=int, default=None, help="seed of the finite network drawn from a spec (default 0)")
     p.add_argument("--out", default="kernel.npz", help="output: .npz, .pt, or .zarr (a tiled store)")
     p.add_argument("--tile", type=int, default=None, help=".zarr: tile edge in examples (default: from --memory)")
     p.add_argument("--memory", default="2GiB", help=".zarr: memory budget of a tile (default 2GiB)")
     p.add_argument("--executor", default="inprocess", choices=("inprocess", "dask"), help=".zarr: where tiles run")
     p.add_argument("--scheduler", default=None, help=".zarr with dask: scheduler address tcp://host:8786 (default: a local cluster)")
     p.add_argument("--resume", metavar="STORE.zarr", default=None,
-                   help="finish an interrupted .zarr store (all other settings are read from it)")
+                   help="finish an interrupted .zarr store (settings are read from it; a store "
+                        "computed from a model file also needs --model with that file)")
     p.add_argument("--no-progress", dest="no_progress", action="store_true", help="no progress bar")
     return p
 
 
 _REQUEST_KEYS = ("data", "test", "model", "width", "depth", "activation", "w_std", "b_std", "outputs",
                  "analytic", "mode", "seed")
+#: The built-in network's options and their defaults (refused with --model, which they do not shape).
+_BUILTIN = {"width": 512, "depth": 3, "activation": "relu", "w_std": 1.0, "b_std": 0.1, "outputs": 1}
 
 
 def _request(args: argparse.Namespace) -> dict[str, Any]:
     """The settings that define the kernel (stored in a .zarr manifest for --resume)."""
     req = {k: getattr(args, k) for k in _REQUEST_KEYS}
-    for k in ("data", "test", "model"):
+    if req["model"]:
+        given = [k for k in _BUILTIN if req[k] is not None]
+        if given:
+            flags = ", ".join("--" + k.replace("_", "-") for k in given)
+            raise CLIError(f"{flags} shape{'s' if len(given) == 1 else ''} the built-in network only; "
+                           "with --model the network is the one in the model file (drop them)")
+    req.update({k: v for k, v in _BUILTIN.items() if req[k] is None})
+    for k in ("data", "test"):
         if req[k] is not None:
-            path, sep, name = req[k].partition(":") if k == "model" and not os.path.exists(req[k]) else (req[k], "", "")
-            req[k] = os.path.abspath(path) + (sep + name if sep else "")
+            req[k] = os.path.abspath(req[k])
+    if req["model"]:
+        path, name = _model_ref(req["model"])
+        req["model"] = os.path.abspath(path) + (":" + name if name else "")
+        req["model_sha256"] = _file_sha256(path)
     return req
 
 
-def _build(req: dict[str, Any], x: torch.Tensor):
-    """``(spec or None, module or None)`` of the request."""
+def _model_ref(ref: str) -> tuple[str, str]:
+    """``(path, name)`` of ``file.py[:name]``."""
+    path, sep, name = ref.partition(":") if not os.path.exists(ref) else (ref, "", "")
+    return path, name
+
+
+def _file_sha256(path: str) -> str:
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError as err:
+        raise CLIError(f"model file {path!r} cannot be read ({err.strerror or err})") from None
+
+
+def _build(req: dict[str, Any], x: torch.Tensor, seed_given: bool = False):
+    """``(spec or None, module or None)`` of the request (``seed_given``: --seed was passed)."""
     if req["model"]:
         obj = load_model_file(req["model"])
     else:
@@ -77,15 +108,37 @@ def _build(req: dict[str, Any], x: torch.Tensor):
                            "(drop --analytic for its empirical NTK)")
         return obj, None
     if is_module:
-        return None, obj.double().eval()
-    gen = torch.Generator().manual_seed(int(req["seed"]))
-    return obj, obj.module(tuple(x.shape[1:]), generator=gen, dtype=torch.float64).eval()
+        if seed_given:
+            raise CLIError("--seed draws the network of a spec; the model file gives an nn.Module with "
+                           "its own weights (drop --seed)")
+        module = obj.double().eval()
+    else:
+        gen = torch.Generator().manual_seed(int(req["seed"]))
+        try:
+            module = obj.module(tuple(x.shape[1:]), generator=gen, dtype=torch.float64).eval()
+        except Exception as err:  # noqa: BLE001  (a spec that does not fit the data)
+            raise CLIError(f"the network cannot be built for inputs of shape {tuple(x.shape[1:])}: "
+                           f"{type(err).__name__}: {err}") from None
+    _check_forward(module, x)
+    return None, module
 
 
-def _compute(req: dict[str, Any], x: torch.Tensor, xt: torch.Tensor | None) -> dict[str, np.ndarray]:
+def _check_forward(module: torch.nn.Module, x: torch.Tensor) -> None:
+    """One line (CLIError) if the network cannot take the data's inputs."""
+    try:
+        with torch.no_grad():
+            module(x[:1])
+    except Exception as err:  # noqa: BLE001  (shape mismatches surface as torch RuntimeErrors)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise CLIError(f"the model cannot take the inputs of --data (per-example shape "
+                       f"{tuple(x.shape[1:])}): {type(err).__name__}: {first}") from None
+
+
+def _compute(req: dict[str, Any], x: torch.Tensor, xt: torch.Tensor | None,
+             seed_given: bool = False) -> dict[str, np.ndarray]:
     from .. import empirical_ntk
 
-    spec, module = _build(req, x)
+    spec, module = _build(req, x, seed_given)
     out: dict[str, np.ndarray] = {}
     if module is None:
         k = spec.kernel(x)
@@ -100,13 +153,24 @@ def _compute(req: dict[str, Any], x: torch.Tensor, xt: torch.Tensor | None) -> d
     return out
 
 
-def _kernel_fn(req: dict[str, Any], x: torch.Tensor):
+class _NamedNTK:
+    """A model's kernel function whose blocks are named ``ntk`` (as in the .npz/.pt outputs)."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+        self.torchntk_identity = fn.torchntk_identity
+
+    def __call__(self, a: torch.Tensor, b: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"ntk": self.fn(a, b)}
+
+
+def _kernel_fn(req: dict[str, Any], x: torch.Tensor, seed_given: bool = False):
     from ..scale import kernel_fn_from_model, kernel_fn_from_spec
 
-    spec, module = _build(req, x)
+    spec, module = _build(req, x, seed_given)
     if module is None:
         return kernel_fn_from_spec(spec)
-    return kernel_fn_from_model(module, mode=req["mode"])
+    return _NamedNTK(kernel_fn_from_model(module, mode=req["mode"]))
 
 
 def _inputs(req: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -122,33 +186,85 @@ def _inputs(req: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
     return x, xt
 
 
+#: Types of the request fields recorded in a store (checked before a resume uses them).
+_REQUEST_TYPES = {"data": str, "test": (str, type(None)), "model": (str, type(None)), "width": int,
+                  "depth": int, "activation": str, "w_std": (int, float), "b_std": (int, float),
+                  "outputs": int, "analytic": bool, "mode": str, "seed": int}
+
+
+def _stored_request(path: Path, store: Any) -> dict[str, Any]:
+    """The request recorded in a store by `torchntk kernel`, checked field by field."""
+    req = store.manifest.get("identity")
+    if not isinstance(req, dict) or req.get("command") != "kernel":
+        raise CLIError(f"{str(path)!r} was not written by `torchntk kernel`; resume it from Python "
+                       "with torchntk.scale.resume")
+    req = dict(req)
+    req.pop("command")
+    for key, kind in _REQUEST_TYPES.items():
+        if key not in req or not isinstance(req[key], kind) or (kind is int and isinstance(req[key], bool)):
+            raise CLIError(f"the kernel store {str(path)!r} has corrupt metadata: its recorded request "
+                           f"has {key}={req.get(key)!r}; delete the store and compute it again")
+    if req["model"] is not None and not isinstance(req.get("model_sha256"), str):
+        raise CLIError(f"the kernel store {str(path)!r} records no sha256 of its model file (corrupt, or "
+                       "written by an older torchntk): delete the store and compute it again")
+    return req
+
+
+def _resume(args: argparse.Namespace, progress: bool) -> int:
+    from ..scale import KernelStore, resume
+
+    path = Path(args.resume)
+    if not path.exists():
+        raise CLIError(f"cannot resume {str(path)!r}: no store there")
+    req = _stored_request(path, KernelStore.open(path))
+    identity = {"command": "kernel", **req}
+    if req["model"] is None:
+        if args.model:
+            raise CLIError(f"{str(path)!r} was computed from the built-in network, not a model file: drop --model")
+    else:
+        # never import the file the store names: the user names it, and it must be the recorded one
+        stored_path, stored_name = _model_ref(req["model"])
+        if not args.model:
+            raise CLIError(f"{str(path)!r} was computed from the model file {stored_path!r}: pass --model "
+                           "with that file to resume (a store never runs code it names)")
+        given_path, given_name = _model_ref(args.model)
+        if not os.path.exists(given_path):
+            raise CLIError(f"model file {given_path!r} does not exist")
+        if given_name != stored_name:
+            raise CLIError(f"--model names {given_name or 'the default object'!r} but the store was computed "
+                           f"from {stored_name or 'the default object'!r} of its model file")
+        if _file_sha256(given_path) != req["model_sha256"]:
+            raise CLIError(f"--model {given_path!r} is not the model file the store was computed from "
+                           f"(its sha256 differs from the recorded {req['model_sha256'][:12]}...)")
+        req["model"] = given_path + (":" + given_name if given_name else "")
+    x, xt = _inputs(req)
+    fn = _kernel_fn(req, x)
+    x1, x2 = (x, None) if xt is None else (xt, x)
+    store = resume(path, fn, x1, x2, identity=identity, executor=args.executor, scheduler=args.scheduler,
+                   progress=progress)
+    run = store.last_run
+    repaired = f" ({run['repaired']} of them damaged)" if run.get("repaired") else ""
+    print(f"resumed {path}: {run['computed']} tiles computed{repaired}, {run['skipped']} already there")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
-    from ..scale import KernelStore, resume, tiled_kernel
+    from ..scale import tiled_kernel
 
     progress = not args.no_progress
     if args.resume:
-        path = Path(args.resume)
-        if not path.exists():
-            raise CLIError(f"cannot resume {str(path)!r}: no store there")
-        store = KernelStore.open(path)
-        req = dict(store.manifest.get("identity") or {})
-        if req.get("command") != "kernel":
-            raise CLIError(f"{str(path)!r} was not written by `torchntk kernel`; resume it from Python "
-                           "with torchntk.scale.resume")
-        req.pop("command")
-        x, xt = _inputs(req)
-        fn = _kernel_fn(req, x)
-        x1, x2 = (x, None) if xt is None else (xt, x)
-        store = resume(path, fn, x1, x2, identity={"command": "kernel", **req}, executor=args.executor,
-                       scheduler=args.scheduler, progress=progress)
-        print(f"resumed {path}: {store.last_run['computed']} tiles computed, {store.last_run['skipped']} already there")
-        return 0
+        return _resume(args, progress)
+    seed_given = args.seed is not None
+    if args.seed is None:
+        args.seed = 0
     req = _request(args)
     x, xt = _inputs(req)
     out = Path(args.out)
+    if out.suffix not in (".npz", ".pt", ".zarr"):
+        raise CLIError(f"--out must end in .npz, .pt or .zarr, got {str(out)!r}")
     check_writable(out)
     if out.suffix == ".zarr":
-        fn = _kernel_fn(req, x)
+        fn = _kernel_fn(req, x, seed_given)
         x1, x2 = (x, None) if xt is None else (xt, x)   # with --test the store holds Theta(test, train)
         store = tiled_kernel(fn, x1, x2, out=out, tile=args.tile, memory=args.memory, executor=args.executor,
                              scheduler=args.scheduler, identity={"command": "kernel", **req}, resume=True,
@@ -156,11 +272,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {out}: {', '.join(f'{n} {store.shape(n)}' for n in store.names)} "
               f"({store.last_run['computed']} tiles computed, {store.last_run['skipped']} already there)")
         return 0
-    if out.suffix not in (".npz", ".pt"):
-        raise CLIError(f"--out must end in .npz, .pt or .zarr, got {str(out)!r}")
     if args.tile is not None or args.executor != "inprocess" or args.scheduler:
         raise CLIError("--tile/--executor/--scheduler apply to a .zarr output only")
-    arrays = _compute(req, x, xt)
+    arrays = _compute(req, x, xt, seed_given)
     if out.suffix == ".npz":
         np.savez(out, **arrays)
     else:

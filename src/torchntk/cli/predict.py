@@ -4,18 +4,25 @@
 ``--learning-rate eta``, ``(I - eta Theta / N)^t`` with ``t`` in steps) and the matching formula
 on held-out points when the kernel file has ``ntk_test_train``; ``t = inf`` is kernel regression.
 ``f_0 = 0`` (the mean over initializations). Uses :func:`torchntk.dynamics.mse`.
+
+Output by the extension of ``--out``: ``.npz`` or ``.pt`` (arrays ``t`` (T,), ``f_train`` (T, N, O),
+``train_cost`` (T,) [, ``f_test`` (T, M, O)]), ``.json`` (RFC 8259: the summary and predictions, with
+``t = inf`` and any other infinite value written as the string ``"inf"``/``"-inf"`` and NaN as
+``null``) or ``.csv`` (one row per prediction: ``t,split,example,output,prediction``); any other
+extension is refused.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ._common import CLIError, check_writable, load_data, load_kernels, parse_times
+from ._common import CLIError, check_writable, json_safe, load_data, load_kernels, parse_times
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -30,7 +37,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="gradient descent with this step (t counts steps); default: gradient flow")
     p.add_argument("--diag-reg", dest="diag_reg", type=float, default=0.0,
                    help="ridge: Theta + diag_reg * mean(diag Theta) * I (default 0)")
-    p.add_argument("--out", default="predictions.npz", help="output .npz (t, f_train, f_test) or .json")
+    p.add_argument("--out", default="predictions.npz",
+                   help="output by extension: .npz/.pt (t, f_train, train_cost, f_test), .json or .csv")
     return p
 
 
@@ -59,12 +67,14 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError("--test-data given but the kernel file has no 'ntk_test_train' (run `torchntk kernel --test`)")
         if y_test.shape[0] != Kt.shape[0]:
             raise CLIError(f"ntk_test_train has {Kt.shape[0]} rows but {args.test_data!r} has {y_test.shape[0]} targets")
+    out = Path(args.out)
+    if out.suffix.lower() not in _WRITERS:
+        raise CLIError(f"--out must end in {', '.join(_WRITERS)}, got {str(out)!r}")
     t = parse_times(args.t)
     if args.learning_rate is not None:
         finite = t[torch.isfinite(t)]
         if not torch.equal(finite, finite.round()):
             raise CLIError("with --learning-rate, --t counts steps: use whole numbers (or inf)")
-    out = Path(args.out)
     check_writable(out)
     pred = mse(K, y, learning_rate=args.learning_rate, diag_reg=args.diag_reg)
     f_train, f_test = pred(t, Kt)
@@ -85,13 +95,40 @@ def run(args: argparse.Namespace) -> int:
             if "test_accuracy" in summary:
                 line += f"  (accuracy {summary['test_accuracy'][i]:.4f})"
         print(line)
-    if out.suffix == ".json":
-        out.write_text(json.dumps({**summary, "f_train": f_train.tolist(),
-                                   "f_test": None if f_test is None else f_test.tolist()}) + "\n")
-    else:
-        arrays = {"t": t.numpy(), "f_train": f_train.numpy(), "train_cost": cost.numpy()}
-        if f_test is not None:
-            arrays["f_test"] = f_test.numpy()
-        np.savez(out if out.suffix == ".npz" else out.with_suffix(out.suffix + ".npz"), **arrays)
+    arrays = {"t": t, "f_train": f_train, "train_cost": cost}
+    if f_test is not None:
+        arrays["f_test"] = f_test
+    _WRITERS[out.suffix.lower()](out, arrays, summary)
     print(f"wrote {out}")
     return 0
+
+
+def _write_npz(out: Path, arrays: dict[str, torch.Tensor], summary: dict) -> None:
+    with open(out, "wb") as fh:   # a file object: numpy would append ".npz" to another name
+        np.savez(fh, **{k: v.numpy() for k, v in arrays.items()})
+
+
+def _write_pt(out: Path, arrays: dict[str, torch.Tensor], summary: dict) -> None:
+    torch.save(arrays, out)
+
+
+def _write_json(out: Path, arrays: dict[str, torch.Tensor], summary: dict) -> None:
+    doc = {**summary, "f_train": arrays["f_train"].tolist(),
+           "f_test": arrays["f_test"].tolist() if "f_test" in arrays else None}
+    out.write_text(json.dumps(json_safe(doc), allow_nan=False) + "\n")
+
+
+def _write_csv(out: Path, arrays: dict[str, torch.Tensor], summary: dict) -> None:
+    with open(out, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["t", "split", "example", "output", "prediction"])
+        for split in ("train", "test"):
+            f = arrays.get(f"f_{split}")
+            if f is None:
+                continue
+            for k, tk in enumerate(arrays["t"].tolist()):
+                for i, row in enumerate(f[k].tolist()):
+                    writer.writerows([repr(tk), split, i, o, repr(v)] for o, v in enumerate(row))
+
+
+_WRITERS = {".npz": _write_npz, ".pt": _write_pt, ".json": _write_json, ".csv": _write_csv}

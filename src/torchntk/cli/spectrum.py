@@ -3,7 +3,9 @@
 Prints the top eigenvalues ``lambda_k`` of the (N, N) training kernel, the decay rates
 ``lambda_k / N`` of the residual's eigenmodes, the condition number, the effective dimension
 ``(sum lambda)^2 / sum lambda^2`` and the largest stable gradient-descent step ``2 N / lambda_max``;
-saves them as JSON and, with ``--plot``, a log-scale figure.
+saves them as JSON (RFC 8259: an infinite value is written as the string ``"inf"``, NaN as
+``null``) and, with ``--plot``, a log-scale figure in the format of its extension (``.png``,
+``.jpg``/``.jpeg``, ``.pdf`` or ``.svg``) into an existing folder.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._common import CLIError, check_writable, load_kernels
+from ._common import CLIError, check_writable, json_safe, load_kernels
+
+#: Figure formats of ``--plot``, by extension (matplotlib format names).
+_PLOT_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".pdf": "pdf", ".svg": "svg"}
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -25,13 +30,23 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--name", default="ntk", help="which array of the file (default ntk; e.g. nngp)")
     p.add_argument("--top", type=int, default=10, help="eigenvalues to print (default 10)")
     p.add_argument("--out", default="spectrum.json", help="JSON output (default spectrum.json)")
-    p.add_argument("--plot", default=None, help="also draw the spectrum to this PNG")
+    p.add_argument("--plot", default=None, help="also draw the spectrum to this figure (.png, .jpg, .pdf or .svg)")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     if not args.kernel:
         raise CLIError("--kernel is required")
+    if args.top < 1:
+        raise CLIError(f"--top must be a positive number of eigenvalues, got {args.top}")
+    if Path(args.out).suffix.lower() != ".json":
+        raise CLIError(f"--out must end in .json, got {args.out!r}")
+    plot_format = None
+    if args.plot:
+        plot_format = _PLOT_FORMATS.get(Path(args.plot).suffix.lower())
+        if plot_format is None:
+            raise CLIError(f"--plot must end in {', '.join(_PLOT_FORMATS)}, got {args.plot!r}")
+        check_writable(args.plot)
     kernels = load_kernels(args.kernel)
     if args.name not in kernels:
         raise CLIError(f"kernel file {args.kernel!r} has no array {args.name!r} (found: {', '.join(kernels)})")
@@ -62,18 +77,18 @@ def run(args: argparse.Namespace) -> int:
     for k in range(min(args.top, n)):
         print(f"{k + 1:>4}  {lam[k]:>12.6g}  {lam[k] / lam[0]:>20.4g}  {lam[k] / n:>16.6g}")
     out = check_writable(args.out)
-    out.write_text(json.dumps({k: (None if isinstance(v, float) and not np.isfinite(v) else v)
-                               for k, v in summary.items()}, indent=1) + "\n")
+    out.write_text(json.dumps(json_safe(summary), indent=1, allow_nan=False) + "\n")
     print(f"wrote {out}")
     if args.plot:
-        from ..lab.figures import figure, save
+        from ..lab.figures import figure, plt
 
-        check_writable(args.plot)
         fig, (ax,) = figure(1)
         ax.semilogy(np.arange(1, len(pos) + 1), pos, "o-", ms=3)
         ax.set_xlabel("index k")
         ax.set_ylabel(r"eigenvalue $\lambda_k$")
         ax.set_title(f"spectrum of {args.name} (N = {n})")
-        save(fig, Path(args.plot))
+        fig.tight_layout()
+        fig.savefig(Path(args.plot), format=plot_format)
+        plt().close(fig)
         print(f"wrote {args.plot}")
     return 0

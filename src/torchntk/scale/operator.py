@@ -123,14 +123,14 @@ class KernelOperator(LinearOperator):
 def store_matmat(store: KernelStore, name: str, V: np.ndarray) -> np.ndarray:
     """``K V`` for a (possibly rectangular, possibly symmetric) store, one tile at a time.
 
-    ``V``: ``(N2*O, m)``; returns ``(N1*O, m)``. Each computed tile is read once.
+    ``V``: ``(N2*O, m)``; returns ``(N1*O, m)``. Each computed tile is read once (and checked
+    against its checksum when the store verifies reads).
     """
     plan, o = store.plan, _outputs(store.shape(name))
-    arr = store._array(name)
     out = np.zeros((plan.n1 * o, V.shape[1]), dtype=np.float64)
     for bi, bj in plan.tiles():
         rows, cols = plan.rows(bi), plan.cols(bj)
-        block = _flatten(arr[rows, cols]).astype(np.float64, copy=False)
+        block = _flatten(store.read_tile(name, bi, bj)).astype(np.float64, copy=False)
         r = slice(rows.start * o, rows.stop * o)
         c = slice(cols.start * o, cols.stop * o)
         out[r] += block @ V[c]
