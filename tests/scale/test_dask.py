@@ -43,6 +43,23 @@ def test_local_cluster_two_workers_equals_inprocess(tmp_path, cluster):
     assert store.is_complete and all(torch.equal(store.to_tensor(k), ref2[k]) for k in ref2)
 
 
+def test_long_lived_cluster_writes_a_recreated_store_with_its_own_layout(tmp_path, cluster):
+    """Workers cache open stores by store_id, not path: a store deleted and created again at the
+    same path with another tile size is written with the new layout."""
+    import shutil
+
+    x, fn = _x(128), ReluFCKernel(depth=2)
+    path = tmp_path / "k.zarr"
+    tiled_kernel(fn, x, tile=64, executor="dask", scheduler=cluster.scheduler_address, out=path, progress=False)
+    shutil.rmtree(path)
+    store = tiled_kernel(fn, x, tile=48, executor="dask", scheduler=cluster.scheduler_address, out=path,
+                         progress=False)
+    again = KernelStore.open(path)
+    assert again.plan.tile == 48 and again.is_complete and again.damaged_tiles() == []
+    assert torch.equal(again.to_tensor("ntk"), tiled_kernel(fn, x, tile=48, progress=False)["ntk"])
+    assert store.store_id == again.store_id
+
+
 @pytest.mark.slow
 def test_embedded_cluster_started_by_the_engine(tmp_path):
     x = _x(128)
