@@ -13,22 +13,6 @@ from torchntk.cli import main
 from torchntk.cli._common import builtin_spec
 
 
-@pytest.fixture()
-def data(tmp_path):
-    rng = np.random.default_rng(0)
-    x, xt = rng.normal(size=(12, 3)), rng.normal(size=(5, 3))
-    np.savez(tmp_path / "train.npz", x=x, y=np.sin(x[:, 0]))
-    np.savez(tmp_path / "test.npz", x=xt, y=np.sin(xt[:, 0]))
-    return tmp_path
-
-
-def _err(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    assert err.startswith("torchntk: error: ")
-    return err
-
-
 def test_kernel_predict_spectrum_round_trip(data, capsys):
     d = data
     assert main(["kernel", "--data", str(d / "train.npz"), "--test", str(d / "test.npz"), "--analytic",
@@ -81,7 +65,7 @@ def test_config_file_and_flags(data, capsys):
 
 @pytest.mark.parametrize("case", ["config_key", "model_import", "lengths", "unwritable_demo",
                                   "unwritable_kernel", "kernel_rows", "missing_data", "bad_study"])
-def test_user_errors_one_line_exit_2(data, capsys, case):
+def test_user_errors_one_line_exit_2(data, one_line_error, case):
     d = data
     if case == "config_key":
         (d / "c.toml").write_text("quick = true\nwidht = 3\n")
@@ -114,7 +98,7 @@ def test_user_errors_one_line_exit_2(data, capsys, case):
         argv = ["demo", "--studies", "convergence,bogus", "--out", str(d / "r")]
         match = "unknown study 'bogus'"
     assert main(argv) == 2
-    assert match in _err(capsys)
+    assert match in one_line_error()
 
 
 def test_console_script_entry_point():

@@ -14,24 +14,6 @@ import torchntk
 from torchntk.cli import main
 
 
-@pytest.fixture()
-def data(tmp_path):
-    rng = np.random.default_rng(0)
-    x, xt = rng.normal(size=(12, 3)), rng.normal(size=(5, 3))
-    np.savez(tmp_path / "train.npz", x=x, y=np.sin(x[:, 0]))
-    np.savez(tmp_path / "test.npz", x=xt, y=np.sin(xt[:, 0]))
-    (tmp_path / "net.py").write_text("import torch\nfrom torchntk.nn import MLP\n"
-                                     "def make_model():\n    torch.manual_seed(0)\n    return MLP(3, [16], 1)\n")
-    return tmp_path
-
-
-def _err(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    assert err.startswith("torchntk: error: ")
-    return err
-
-
 def _manifest_doc(store):
     return json.loads((store / "zarr.json").read_text())
 
@@ -51,7 +33,7 @@ def _net(d):
 
 # -- stores are data -----------------------------------------------------------------------------
 
-def test_resume_never_imports_the_model_file_named_in_a_store(data, capsys):
+def test_resume_never_imports_the_model_file_named_in_a_store(data, capsys, one_line_error):
     pytest.importorskip("zarr")
     d = data
     store = d / "k.zarr"
@@ -68,9 +50,9 @@ def test_resume_never_imports_the_model_file_named_in_a_store(data, capsys):
     doc["attributes"]["torchntk"]["identity"]["model"] = str(d / "evil.py")
     _set_manifest(store, doc)
     assert main(["kernel", "--resume", str(store), "--no-progress"]) == 2
-    assert "pass --model" in _err(capsys)
+    assert "pass --model" in one_line_error()
     assert main(["kernel", "--resume", str(store), "--model", str(d / "evil.py"), "--no-progress"]) == 2
-    assert "sha256" in _err(capsys)
+    assert "sha256" in one_line_error()
     assert not marker.exists()
     # the genuine file (checked against the recorded sha256) resumes; the identity is unchanged
     doc["attributes"]["torchntk"]["identity"]["model"] = str(d / "net.py")
@@ -92,16 +74,16 @@ def test_resume_never_imports_the_model_file_named_in_a_store(data, capsys):
                                torch.linalg.eigvalsh(ntk).max().item(), rtol=1e-10)
 
 
-def test_resume_refuses_a_model_file_for_a_built_in_store(data, capsys):
+def test_resume_refuses_a_model_file_for_a_built_in_store(data, one_line_error):
     pytest.importorskip("zarr")
     d = data
     assert main(["kernel", "--data", str(d / "train.npz"), "--analytic", "--tile", "4", "--no-progress",
                  "--out", str(d / "k.zarr")]) == 0
     assert main(["kernel", "--resume", str(d / "k.zarr"), "--model", str(d / "net.py")]) == 2
-    assert "built-in network" in _err(capsys)
+    assert "built-in network" in one_line_error()
 
 
-def test_damaged_store_is_named_by_predict_and_spectrum_and_repaired_by_resume(data, capsys):
+def test_damaged_store_is_named_by_predict_and_spectrum_and_repaired_by_resume(data, capsys, one_line_error):
     pytest.importorskip("zarr")
     d = data
     store = d / "k.zarr"
@@ -116,13 +98,13 @@ def test_damaged_store_is_named_by_predict_and_spectrum_and_repaired_by_resume(d
     for argv in (["predict", "--kernel", str(store), "--data", str(d / "train.npz"), "--out", str(d / "p.npz")],
                  ["spectrum", "--kernel", str(store), "--out", str(d / "s.json")]):
         assert main(argv) == 2
-        assert "tile (1, 2) of array 'ntk'" in _err(capsys)
+        assert "tile (1, 2) of array 'ntk'" in one_line_error()
     assert main(["kernel", "--resume", str(store), "--no-progress"]) == 0
     assert "1 tiles computed (1 of them damaged)" in capsys.readouterr().out
     np.testing.assert_array_equal(torchntk.scale.KernelStore.open(store).to_numpy("ntk"), good)
 
 
-def test_incomplete_store_message_does_not_advise_an_unchecked_resume(data, capsys):
+def test_incomplete_store_message_does_not_advise_an_unchecked_resume(data, capsys, one_line_error):
     pytest.importorskip("zarr")
     d = data
     store = d / "k.zarr"
@@ -131,11 +113,11 @@ def test_incomplete_store_message_does_not_advise_an_unchecked_resume(data, caps
     (store / "_tiles" / "0_0").unlink()
     capsys.readouterr()
     assert main(["spectrum", "--kernel", str(store)]) == 2
-    assert "--model FILE" in _err(capsys)
+    assert "--model FILE" in one_line_error()
 
 
 @pytest.mark.parametrize("corruption", ["data_type", "no_n1", "not_json", "no_sha"])
-def test_corrupt_metadata_on_resume_is_one_line(data, capsys, corruption):
+def test_corrupt_metadata_on_resume_is_one_line(data, capsys, one_line_error, corruption):
     pytest.importorskip("zarr")
     d = data
     store = d / "k.zarr"
@@ -156,7 +138,7 @@ def test_corrupt_metadata_on_resume_is_one_line(data, capsys, corruption):
     capsys.readouterr()
     argv = ["kernel", "--resume", str(store), "--no-progress"] + (extra if corruption == "no_sha" else [])
     assert main(argv) == 2
-    assert any(w in _err(capsys) for w in ("corrupt", "not a torchntk kernel store", "no sha256"))
+    assert any(w in one_line_error() for w in ("corrupt", "not a torchntk kernel store", "no sha256"))
 
 
 # -- user mistakes: one line, exit 2 -------------------------------------------------------------
@@ -164,7 +146,7 @@ def test_corrupt_metadata_on_resume_is_one_line(data, capsys, corruption):
 @pytest.mark.parametrize("case", ["wrong_input_size", "nan_kernel", "depth_with_model", "seed_with_module",
                                   "top_negative", "plot_missing_dir", "plot_format", "spectrum_out",
                                   "predict_out", "kernel_out_dir"])
-def test_user_mistakes_one_line_exit_2(data, capsys, case):
+def test_user_mistakes_one_line_exit_2(data, one_line_error, case):
     d = data
     np.savez(d / "k.npz", ntk=np.eye(12))
     if case == "wrong_input_size":
@@ -203,12 +185,12 @@ def test_user_mistakes_one_line_exit_2(data, capsys, case):
         argv = ["kernel", "--data", str(d / "train.npz"), "--out", str(d / "nodir" / "k.npz")]
         match = "does not exist"
     assert main(argv) == 2
-    assert match in _err(capsys)
+    assert match in one_line_error()
     assert not (d / "nonexistent").exists() and not (d / "nodir").exists()
     assert not any((d / n).exists() for n in ("o.npz", "s.json", "p.txt", "s.txt", "s.gif"))
 
 
-def test_unreachable_scheduler_is_one_line_and_leaves_no_store(data, capsys):
+def test_unreachable_scheduler_is_one_line_and_leaves_no_store(data, one_line_error):
     dask = pytest.importorskip("dask")
     pytest.importorskip("dask.distributed")
     pytest.importorskip("zarr")
@@ -216,7 +198,7 @@ def test_unreachable_scheduler_is_one_line_and_leaves_no_store(data, capsys):
     with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
         assert main(["kernel", "--data", str(d / "train.npz"), "--analytic", "--no-progress", "--executor", "dask",
                      "--scheduler", "tcp://127.0.0.1:9", "--out", str(d / "k.zarr")]) == 2
-    assert "cannot connect to the Dask scheduler" in _err(capsys)
+    assert "cannot connect to the Dask scheduler" in one_line_error()
     assert not (d / "k.zarr").exists()
 
 
