@@ -166,7 +166,7 @@ def _race(tmp_path, n: int) -> None:
 
 
 def test_racing_creators_leave_one_valid_store(tmp_path):
-    _race(tmp_path, 12)
+    _race(tmp_path, 10)
 
 
 @pytest.mark.slow
