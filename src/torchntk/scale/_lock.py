@@ -15,6 +15,7 @@ owner was on this host and is no longer alive is treated as stale and removed.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -72,10 +73,15 @@ class StoreLock:
                 ) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            except OSError as err:
                 owner = _read_owner(fd)
                 os.close(fd)
-                raise self._busy(owner) from None
+                if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise self._busy(owner) from None
+                raise StoreError(
+                    f"cannot lock the kernel store {self.store_path!r}: the filesystem of "
+                    f"{str(self.path)!r} refuses file locks ({err.strerror or err})"
+                ) from None
             try:
                 same = os.path.samestat(os.fstat(fd), os.stat(self.path))
             except FileNotFoundError:

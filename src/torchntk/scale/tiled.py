@@ -120,6 +120,11 @@ def tiled_kernel(
             plan = TilePlan(n1, n2, t, symmetric)
             return _in_memory(kernel_fn, x1, x2_eff, plan, probe, trailing, session, device, progress,
                               return_dict=not _bare(probe))
+        try:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)   # as zarr would, for the lock file
+        except OSError as err:
+            raise StoreError(f"cannot create the folder of the kernel store {str(out)!r} "
+                             f"({err.strerror or err})") from None
         stack.enter_context(StoreLock(out))
         manifest = _manifest(kernel_fn, x1, x2_eff, n1, n2, symmetric, probe, trailing, tile, identity)
         store, created, repaired = _open_or_create(out, manifest, resume, tile, n1, n2, probe, memory,
