@@ -12,20 +12,20 @@ The public API, re-exported explicitly:
 from __future__ import annotations
 
 from . import errors, nn
+from ._version import __version__
 from .errors import (
     InvalidArgumentError,
     ModelStateError,
     NonFiniteError,
     ShapeError,
+    SolverError,
     SpecError,
     StoreError,
     TorchNTKError,
     UnsupportedLayerError,
 )
 
-__version__ = "0.1.0"
-
-# -- subpackage exports (each room adds its own lines below) --
+# -- subpackage exports --
 from . import empirical  # noqa: E402  (finite-width NTK of any model)
 from .empirical import empirical_ntk, linearize  # noqa: E402
 from . import layers  # noqa: E402  (infinite-width architecture specs)
@@ -47,6 +47,7 @@ __all__ = [
     "UnsupportedLayerError",
     "SpecError",
     "StoreError",
+    "SolverError",
     "empirical",
     "empirical_ntk",
     "linearize",

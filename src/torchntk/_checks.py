@@ -1,8 +1,9 @@
-"""Small argument checks shared by every room of the package (private)."""
+"""Small argument checks shared by every subpackage (private)."""
 
 from __future__ import annotations
 
-from typing import Iterable
+import warnings
+from typing import Any, Iterable
 
 import torch
 
@@ -10,7 +11,7 @@ from .errors import InvalidArgumentError, NonFiniteError, ShapeError
 
 
 def check_tensor(name: str, value: object) -> torch.Tensor:
-    """Return ``value`` if it is a tensor; raise a ShapeError naming ``name`` otherwise."""
+    """Return ``value`` if it is a tensor; raise an InvalidArgumentError naming ``name`` otherwise."""
     if not isinstance(value, torch.Tensor):
         raise InvalidArgumentError(
             f"`{name}` must be a torch.Tensor, got {type(value).__name__}"
@@ -39,6 +40,23 @@ def check_nonempty_batch(name: str, value: torch.Tensor) -> torch.Tensor:
     return value
 
 
+def check_batches(x1: object, x2: object = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``x1`` and ``x2`` (or ``None``) as finite tensors with a non-empty batch axis and the
+    same per-example shape; InvalidArgumentError or ShapeError naming the argument otherwise."""
+    out = []
+    for name, x in (("x1", x1), ("x2", x2)):
+        if x is not None:
+            x = check_finite(name, check_nonempty_batch(name, check_tensor(name, x)))
+        out.append(x)
+    x1, x2 = out
+    if x2 is not None and x2.shape[1:] != x1.shape[1:]:
+        raise ShapeError(
+            f"`x2` has feature shape {tuple(x2.shape[1:])} but `x1` has {tuple(x1.shape[1:])}; "
+            "both must be batches of the same kind of input"
+        )
+    return x1, x2
+
+
 def check_choice(name: str, value: object, choices: Iterable[str]) -> str:
     """Raise InvalidArgumentError unless ``value`` is one of ``choices``."""
     choices = tuple(choices)
@@ -47,3 +65,19 @@ def check_choice(name: str, value: object, choices: Iterable[str]) -> str:
             f"unknown {name}={value!r}; expected one of {', '.join(map(repr, choices))}"
         )
     return value  # type: ignore[return-value]
+
+
+def renamed(new: str, value: Any, old: str, old_value: Any, default: Any = None) -> Any:
+    """The value of argument ``new``, also accepted under its deprecated name ``old``.
+
+    ``old_value`` is what the caller passed as ``old`` (``None`` when it did not); passing it
+    warns with a ``DeprecationWarning``, and passing it with ``new`` set to anything but its
+    ``default`` is an error. The old names are kept for one release.
+    """
+    if old_value is None:
+        return value
+    if value is not None and value != default:
+        raise InvalidArgumentError(f"pass `{new}` only: `{old}` is its deprecated name")
+    warnings.warn(f"`{old}` is deprecated and will be removed in the next release; use `{new}`",
+                  DeprecationWarning, stacklevel=3)
+    return old_value

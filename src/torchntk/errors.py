@@ -22,6 +22,7 @@ __all__ = [
     "UnsupportedLayerError",
     "SpecError",
     "StoreError",
+    "SolverError",
 ]
 
 
@@ -55,3 +56,7 @@ class SpecError(TorchNTKError, ValueError):
 
 class StoreError(TorchNTKError, RuntimeError):
     """A kernel store cannot be created, read or resumed (settings changed, corrupt manifest...)."""
+
+
+class SolverError(TorchNTKError, RuntimeError):
+    """A numerical solver (the ODE integrator of ``dynamics.train``) stopped without a solution."""

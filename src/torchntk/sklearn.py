@@ -28,6 +28,8 @@ from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from .layers import mlp
+
 __all__ = ["NTKRegressor", "NTKClassifier", "default_architecture"]
 
 
@@ -36,10 +38,7 @@ def default_architecture():
 
     The width in the spec does not change the infinite-width kernel.
     """
-    from .layers import Dense, Relu, serial
-
-    return serial(Dense(512, W_std=1.0, b_std=0.1), Relu(), Dense(512, W_std=1.0, b_std=0.1), Relu(),
-                  Dense(1, W_std=1.0, b_std=0.1))
+    return mlp(512, 3, 1, W_std=1.0, b_std=0.1)
 
 
 class _NTKBase(BaseEstimator):

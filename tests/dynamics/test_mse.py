@@ -115,7 +115,7 @@ def test_shapes_scalar_time_and_1d_targets_and_batches():
     n, m = 6, 11
     ktt, ktx, _ = random_kernels(n, m, seed=2)
     y = torch.randn(n, dtype=D)
-    pred = mse(ktt, y, test_batch_size=4)
+    pred = mse(ktt, y, block_size=4)
     f_tr, f_te = pred(1.5, ktx)
     assert f_tr.shape == (n,) and f_te.shape == (m,)
     f_tr2, f_te2 = mse(ktt, y)(torch.tensor([1.5, float("inf")]), ktx)

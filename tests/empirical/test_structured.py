@@ -105,18 +105,19 @@ def test_unsupported_conv_variants_fall_back():
 
 
 def test_auto_prefers_structured_for_wide_layers_and_jacobian_without_them():
+    from torchntk._memory import DEFAULT_MEMORY
     from torchntk.empirical import _cost
     from torchntk.nn import MLP
 
     net = MLP(8, [256, 256], 4).double()
     x = torch.randn(16, 8, dtype=torch.float64)
     fm = make_functional(net)
-    chosen = _cost.plan(fm, x, 16, 4, "full", "auto", None, False, None).backend
+    chosen = _cost.plan(fm, x, 16, 4, "full", "auto", DEFAULT_MEMORY, False, None).backend
     assert chosen.name == "structured"
     norm = nn.Sequential(nn.LayerNorm(8), nn.Tanh()).double()  # no covered layer at all
     fm = make_functional(norm)
-    chosen = _cost.plan(fm, x, 16, 8, "mean", "auto", None, False, None).backend
+    chosen = _cost.plan(fm, x, 16, 8, "mean", "auto", DEFAULT_MEMORY, False, None).backend
     assert chosen.name == "jacobian"
     # in "full" mode with many outputs, NTK-vector products need fewer flops than Jacobians
-    chosen = _cost.plan(fm, x, 16, 8, "full", "auto", None, False, None).backend
+    chosen = _cost.plan(fm, x, 16, 8, "full", "auto", DEFAULT_MEMORY, False, None).backend
     assert chosen.name in ("jacobian", "ntvp")

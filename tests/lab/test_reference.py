@@ -7,7 +7,7 @@ import torch
 
 from torchntk import layers as L
 from torchntk.lab import circle_points, fig1_reference, relu_kernels
-from torchntk.lab._backend import relu_mlp_spec
+from torchntk.layers import mlp
 
 
 def test_fig1_setting_matches_layers_to_1e8():
@@ -18,7 +18,7 @@ def test_fig1_setting_matches_layers_to_1e8():
     k = spec.kernel(torch.tensor([[1.0, 0.0]], dtype=torch.float64), x)
     np.testing.assert_allclose(k.ntk[0].numpy(), theta, rtol=0, atol=1e-8)
     # the lab's own spec builder gives the same network
-    k2 = relu_mlp_spec(7, 4, 1).kernel(torch.tensor([[1.0, 0.0]], dtype=torch.float64), x)
+    k2 = mlp(7, 4, 1).kernel(torch.tensor([[1.0, 0.0]], dtype=torch.float64), x)
     np.testing.assert_allclose(k2.ntk[0].numpy(), theta, rtol=0, atol=1e-8)
     # shape of the curve: maximum at gamma = 0, symmetric, positive
     assert np.argmax(theta) == 90 and np.allclose(theta, theta[::-1]) and theta.min() > 0

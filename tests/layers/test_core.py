@@ -54,10 +54,10 @@ def test_blocks_and_cross_kernel_agree_with_one_block():
     x2 = torch.randn(5, 4, dtype=torch.float64)
     spec = _mlp(3, 0.1)
     full = spec.kernel(torch.cat([x1, x2]))
-    k = spec.kernel(x1, batch_size=2)
+    k = spec.kernel(x1, block_size=2)
     torch.testing.assert_close(k.ntk, full.ntk[:9, :9])
     torch.testing.assert_close(k.cov1, torch.diagonal(full.nngp)[:9])
-    kx = spec.kernel(x1, x2, batch_size=3)
+    kx = spec.kernel(x1, x2, block_size=3)
     torch.testing.assert_close(kx.ntk, full.ntk[:9, 9:])
     torch.testing.assert_close(kx.cov2, torch.diagonal(full.nngp)[9:])
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from torchntk.scale import KernelStore, tiled_kernel
-from torchntk.scale._reference import ReluFCKernel
+from ._reference import ReluFCKernel
 
 distributed = pytest.importorskip("dask.distributed")
 
@@ -32,12 +32,12 @@ def cluster():
 def test_local_cluster_two_workers_equals_inprocess(tmp_path, cluster):
     x, x2 = _x(), _x(100, seed=1)
     fn = ReluFCKernel(depth=3)
-    ref = tiled_kernel(fn, x, tile=64, progress=False)
-    ref2 = tiled_kernel(fn, x, x2, tile=64, progress=False)
+    ref = tiled_kernel(fn, x, block_size=64, progress=False)
+    ref2 = tiled_kernel(fn, x, x2, block_size=64, progress=False)
     # in memory (tiles gathered) and into a store (tiles written by the workers)
-    got = tiled_kernel(fn, x, tile=64, executor="dask", scheduler=cluster.scheduler_address,
+    got = tiled_kernel(fn, x, block_size=64, executor="dask", scheduler=cluster.scheduler_address,
                        progress=False)
-    store = tiled_kernel(fn, x, x2, tile=64, executor="dask", scheduler=cluster.scheduler_address,
+    store = tiled_kernel(fn, x, x2, block_size=64, executor="dask", scheduler=cluster.scheduler_address,
                          out=tmp_path / "d.zarr", progress=False)
     assert all(torch.equal(got[k], ref[k]) for k in ref)
     assert store.is_complete and all(torch.equal(store.to_tensor(k), ref2[k]) for k in ref2)
@@ -50,13 +50,13 @@ def test_long_lived_cluster_writes_a_recreated_store_with_its_own_layout(tmp_pat
 
     x, fn = _x(128), ReluFCKernel(depth=2)
     path = tmp_path / "k.zarr"
-    tiled_kernel(fn, x, tile=64, executor="dask", scheduler=cluster.scheduler_address, out=path, progress=False)
+    tiled_kernel(fn, x, block_size=64, executor="dask", scheduler=cluster.scheduler_address, out=path, progress=False)
     shutil.rmtree(path)
-    store = tiled_kernel(fn, x, tile=48, executor="dask", scheduler=cluster.scheduler_address, out=path,
+    store = tiled_kernel(fn, x, block_size=48, executor="dask", scheduler=cluster.scheduler_address, out=path,
                          progress=False)
     again = KernelStore.open(path)
     assert again.plan.tile == 48 and again.is_complete and again.damaged_tiles() == []
-    assert torch.equal(again.to_tensor("ntk"), tiled_kernel(fn, x, tile=48, progress=False)["ntk"])
+    assert torch.equal(again.to_tensor("ntk"), tiled_kernel(fn, x, block_size=48, progress=False)["ntk"])
     assert store.store_id == again.store_id
 
 
@@ -64,8 +64,8 @@ def test_long_lived_cluster_writes_a_recreated_store_with_its_own_layout(tmp_pat
 def test_embedded_cluster_started_by_the_engine(tmp_path):
     x = _x(128)
     fn = ReluFCKernel(depth=2)
-    got = tiled_kernel(fn, x, tile=64, executor="dask", n_workers=2, progress=False)
-    assert torch.equal(got["ntk"], tiled_kernel(fn, x, tile=64, progress=False)["ntk"])
+    got = tiled_kernel(fn, x, block_size=64, executor="dask", n_workers=2, progress=False)
+    assert torch.equal(got["ntk"], tiled_kernel(fn, x, block_size=64, progress=False)["ntk"])
 
 
 @pytest.mark.slow
@@ -91,11 +91,11 @@ def test_killing_a_worker_mid_run_still_gives_identical_results(tmp_path, cluste
 
         thread = threading.Thread(target=killer)
         thread.start()
-        store = tiled_kernel(fn, x, tile=64, executor="dask", scheduler=client, out=path, progress=False)
+        store = tiled_kernel(fn, x, block_size=64, executor="dask", scheduler=client, out=path, progress=False)
         thread.join()
         assert victim not in client.run(os.getpid).values()  # the worker really died
     assert 3 <= killed["at"] < 15  # ... while tiles were still missing
     assert store.is_complete
-    ref = tiled_kernel(ReluFCKernel(depth=3), x, tile=64, out=tmp_path / "ref.zarr", progress=False)
+    ref = tiled_kernel(ReluFCKernel(depth=3), x, block_size=64, out=tmp_path / "ref.zarr", progress=False)
     for name in ("nngp", "ntk"):
         np.testing.assert_array_equal(KernelStore.open(path)._array(name)[:], ref._array(name)[:])

@@ -13,20 +13,21 @@ import numpy as np
 import torch
 
 from torchntk.scale import KernelStore, resume, tiled_kernel
-from torchntk.scale._reference import ReluFCKernel
+from ._reference import ReluFCKernel
 
 N, D, TILE = 320, 30, 64  # 5 x 5 tile grid, 15 upper tiles
 
 _SCRIPT = textwrap.dedent(
     """
     import sys, torch
+    sys.path.insert(0, {HERE!r})
     from torchntk.scale import tiled_kernel
-    from torchntk.scale._reference import ReluFCKernel
+    from _reference import ReluFCKernel
     x = torch.randn({N}, {D}, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    tiled_kernel(ReluFCKernel(depth=2, delay=0.25), x, out=sys.argv[1], tile={TILE},
+    tiled_kernel(ReluFCKernel(depth=2, delay=0.25), x, out=sys.argv[1], block_size={TILE},
                  identity={{"run": "interrupt-test"}}, progress=False)
     """
-).format(N=N, D=D, TILE=TILE)
+).format(N=N, D=D, TILE=TILE, HERE=os.path.dirname(os.path.abspath(__file__)))
 
 
 class _Counting(ReluFCKernel):
@@ -70,7 +71,7 @@ def test_kill_minus_9_then_resume_gives_the_identical_store(tmp_path):
     assert fn.calls == len(missing) + 1  # the missing tiles, plus the probe of 2 x 2 inputs
     assert store.is_complete
 
-    ref = tiled_kernel(ReluFCKernel(depth=2), _x(), out=tmp_path / "ref.zarr", tile=TILE,
+    ref = tiled_kernel(ReluFCKernel(depth=2), _x(), out=tmp_path / "ref.zarr", block_size=TILE,
                        identity={"run": "interrupt-test"}, progress=False)
     assert store.store_id != ref.store_id  # each store has its own identity, the rest is equal
     assert {k: v for k, v in store.manifest.items() if k != "store_id"} == {

@@ -39,8 +39,8 @@ def test_tiled_model_kernel_equals_empirical_ntk(mode):
     fn = kernel_fn_from_model(net, mode=mode)
     brute = _brute_full(net, x)
     ref = brute if mode == "full" else torch.diagonal(brute, dim1=2, dim2=3).mean(-1)
-    torch.testing.assert_close(tiled_kernel(fn, x, tile=16, progress=False), ref, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(tiled_kernel(fn, x, x2, tile=16, progress=False),
+    torch.testing.assert_close(tiled_kernel(fn, x, block_size=16, progress=False), ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(tiled_kernel(fn, x, x2, block_size=16, progress=False),
                                empirical.empirical_ntk(net, x, x2, mode=mode), rtol=1e-10, atol=1e-12)
 
 
@@ -55,7 +55,7 @@ def test_ntvp_operator_without_storing_theta(mode):
     net, x = _net(), _x(30)
     brute = _brute_full(net, x)
     dense = brute.permute(0, 2, 1, 3).reshape(90, 90) if mode == "full" else torch.diagonal(brute, dim1=2, dim2=3).mean(-1)
-    op = KernelOperator.from_model(net, x, mode=mode, chunk=16, diag_reg=1.0)
+    op = KernelOperator.from_model(net, x, mode=mode, block_size=16, diag_reg=1.0)
     n = dense.shape[0]
     # the whole operator in one block product with the identity
     np.testing.assert_allclose(op @ np.eye(n), dense.numpy() + np.eye(n), rtol=1e-10, atol=1e-12)
@@ -66,7 +66,7 @@ def test_cg_on_the_ntvp_operator():
     net, x = _net(), _x(30)
     brute = _brute_full(net, x)
     dense = torch.diagonal(brute, dim1=2, dim2=3).mean(-1).numpy()
-    op = KernelOperator.from_model(net, x, mode="mean", chunk=16, diag_reg=1.0)
+    op = KernelOperator.from_model(net, x, mode="mean", block_size=16, diag_reg=1.0)
     y = torch.randn(30, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     alpha, info = cg_solve(op, y, rtol=1e-9)
     assert info["converged"]

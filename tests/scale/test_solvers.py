@@ -16,7 +16,7 @@ from torchntk.scale import (
     tiled_kernel,
     top_eigh,
 )
-from torchntk.scale._reference import ReluFCKernel
+from ._reference import ReluFCKernel
 
 N = 2000
 
@@ -27,7 +27,7 @@ def problem(tmp_path_factory):
     x = torch.randn(N, 10, dtype=torch.float64, generator=g)
     xt = torch.randn(300, 10, dtype=torch.float64, generator=g)
     fn = ReluFCKernel(depth=3, block=None)
-    store = tiled_kernel(fn, x, out=tmp_path_factory.mktemp("s") / "k.zarr", tile=512, progress=False)
+    store = tiled_kernel(fn, x, out=tmp_path_factory.mktemp("s") / "k.zarr", block_size=512, progress=False)
     k = store.to_tensor("ntk")
     kt = fn(xt, x)["ntk"]
     y = torch.sin(x[:, :2] * 2).sum(1, keepdim=True) + 0.1 * torch.randn(N, 1, dtype=torch.float64, generator=g)
@@ -87,7 +87,7 @@ def test_nystrom_preconditioning_cuts_iterations(small):
 def test_kernel_regression_matches_closed_form(problem):
     k, kt, y = problem["k"].numpy(), problem["kt"].numpy(), problem["y"].numpy()
     f_train, f_test, info = kernel_regression(problem["k"], problem["y"], problem["kt"],
-                                              diag_reg=0.1, rtol=1e-10)
+                                              diag_reg=0.1, diag_reg_mode="absolute", rtol=1e-10)
     alpha = sl.solve(k + 0.1 * np.eye(N), y, assume_a="pos")
     np.testing.assert_allclose(f_test.numpy(), kt @ alpha, rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(f_train.numpy(), k @ alpha, rtol=1e-6, atol=1e-8)
@@ -141,3 +141,24 @@ def test_operator_arguments():
         top_eigh(torch.eye(5, dtype=torch.float64), 5)
     with pytest.raises(InvalidArgumentError, match="preconditioner"):
         cg_solve(torch.eye(5, dtype=torch.float64), torch.ones(5), preconditioner="ilu")
+
+
+def test_kernel_regression_is_mse_at_infinite_time_with_its_ridge():
+    """Same arguments, same ridge ``diag_reg * s`` as ``dynamics.mse``; CG against Cholesky."""
+    from torchntk.dynamics import mse
+
+    g = torch.Generator().manual_seed(5)
+    x, xt = torch.randn(80, 4, dtype=torch.float64, generator=g), torch.randn(9, 4, dtype=torch.float64, generator=g)
+    fn = ReluFCKernel(depth=2, block=None)
+    k, kt = fn(x, x)["ntk"], fn(xt, x)["ntk"]
+    y = torch.sin(x[:, :2])
+    for mode, mu in (("relative", 1e-2 * float(k.diagonal().mean())), ("absolute", 1e-2)):
+        f_train, f_test, info = kernel_regression(k, y, kt, diag_reg=1e-2, diag_reg_mode=mode, rtol=1e-13)
+        _, ref_test = mse(k, y, diag_reg=1e-2, diag_reg_mode=mode)(float("inf"), kt)
+        assert info["converged"]
+        torch.testing.assert_close(f_test, ref_test, rtol=1e-9, atol=1e-10)
+        # at the train points: the ridge fit K (K + mu I)^{-1} y (mse trains on K + mu I: f = y)
+        ref_train = k @ torch.linalg.solve(k + mu * torch.eye(80, dtype=k.dtype), y)
+        torch.testing.assert_close(f_train, ref_train, rtol=1e-9, atol=1e-10)
+    with pytest.warns(FutureWarning, match="relative"):
+        kernel_regression(k, y, kt, diag_reg=1e-2)

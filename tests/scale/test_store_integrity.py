@@ -19,7 +19,7 @@ import torch
 from torchntk.errors import InvalidArgumentError, StoreError
 from torchntk.scale import KernelOperator, KernelStore, resume, tiled_kernel
 from torchntk.scale._lock import StoreLock, lock_path
-from torchntk.scale._reference import ReluFCKernel
+from ._reference import ReluFCKernel
 
 pytest.importorskip("zarr")
 
@@ -37,7 +37,7 @@ def _chunk(path: Path, name: str, bi: int, bj: int) -> Path:
 @pytest.fixture()
 def store_path(tmp_path):
     path = tmp_path / "k.zarr"
-    tiled_kernel(ReluFCKernel(depth=2), _x(), out=path, tile=TILE, progress=False)
+    tiled_kernel(ReluFCKernel(depth=2), _x(), out=path, block_size=TILE, progress=False)
     return path
 
 
@@ -122,13 +122,13 @@ def test_second_writer_gets_a_store_error_and_a_stale_lock_is_recovered(tmp_path
     path = tmp_path / "k.zarr"
     with StoreLock(path):
         with pytest.raises(StoreError, match=rf"being written by pid {os.getpid()} on host"):
-            tiled_kernel(ReluFCKernel(depth=2), _x(), out=path, tile=TILE, progress=False)
+            tiled_kernel(ReluFCKernel(depth=2), _x(), out=path, block_size=TILE, progress=False)
     assert not path.exists() and not lock_path(path).exists()
     # a lock file left by a writer that died (its pid no longer exists) does not block
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True, check=True)
     lock_path(path).write_text(json.dumps({"pid": int(dead.stdout), "host": os.uname().nodename}))
-    store = tiled_kernel(ReluFCKernel(depth=2), _x(), out=path, tile=TILE, progress=False)
+    store = tiled_kernel(ReluFCKernel(depth=2), _x(), out=path, block_size=TILE, progress=False)
     assert store.is_complete and not lock_path(path).exists()
 
 
@@ -138,7 +138,7 @@ def _racer(path: str, barrier, results) -> None:
     x = torch.randn(N, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     barrier.wait()
     try:
-        tiled_kernel(ReluFCKernel(depth=2), x, out=path, tile=TILE, resume=False, progress=False)
+        tiled_kernel(ReluFCKernel(depth=2), x, out=path, block_size=TILE, resume=False, progress=False)
         results.put("ok")
     except Err as err:
         results.put(f"StoreError: {err}")
@@ -180,7 +180,7 @@ def test_unreachable_scheduler_is_an_argument_error_and_leaves_no_store(tmp_path
     path = tmp_path / "k.zarr"
     with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
         with pytest.raises(InvalidArgumentError, match="scheduler.*tcp://127.0.0.1:9"):
-            tiled_kernel(ReluFCKernel(depth=2), _x(), out=path, tile=TILE, executor="dask",
+            tiled_kernel(ReluFCKernel(depth=2), _x(), out=path, block_size=TILE, executor="dask",
                          scheduler="tcp://127.0.0.1:9", progress=False)
     assert not path.exists() and not lock_path(path).exists()
 
@@ -196,7 +196,7 @@ def test_failed_first_tile_leaves_no_empty_store(tmp_path):
         return ReluFCKernel(depth=2)(a, b)
 
     with pytest.raises(RuntimeError, match="boom"):
-        tiled_kernel(flaky, _x(), out=path, tile=TILE, progress=False)
+        tiled_kernel(flaky, _x(), out=path, block_size=TILE, progress=False)
     assert not path.exists()
 
 
@@ -208,10 +208,10 @@ def test_worker_store_cache_is_keyed_by_store_identity(tmp_path):
 
     fn, x = ReluFCKernel(depth=2), _x()
     path = tmp_path / "k.zarr"
-    first = tiled_kernel(fn, x, out=path, tile=TILE, progress=False)
+    first = tiled_kernel(fn, x, out=path, block_size=TILE, progress=False)
     _dask_tile_task(fn, x, None, first.plan, 0, 0, (str(path), first.store_id), None, None)
     shutil.rmtree(path)
-    second = tiled_kernel(fn, x, out=path, tile=48, progress=False)
+    second = tiled_kernel(fn, x, out=path, block_size=48, progress=False)
     second.forget_tiles([(0, 1)])
     _dask_tile_task(fn, x, None, TilePlan(N, N, 48, True), 0, 1, (str(path), second.store_id), None, None)
     again = KernelStore.open(path)

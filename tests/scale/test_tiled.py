@@ -10,7 +10,7 @@ import torch
 
 from torchntk.errors import InvalidArgumentError, ShapeError, StoreError
 from torchntk.scale import KernelStore, kernel_fn_from_spec, resume, tiled_kernel, with_identity
-from torchntk.scale._reference import ReluFCKernel
+from ._reference import ReluFCKernel
 
 
 def _x(n, d=40, seed=0):
@@ -30,21 +30,21 @@ def test_tiled_equals_monolithic_bit_for_bit(tile):
     x = _x(320)
     fn = ReluFCKernel(depth=3)
     mono = fn(x, x)
-    tiled = tiled_kernel(fn, x, tile=tile, progress=False)
+    tiled = tiled_kernel(fn, x, block_size=tile, progress=False)
     assert set(tiled) == {"nngp", "ntk"}
     for name in mono:
         assert tiled[name].dtype == torch.float64
         assert torch.equal(tiled[name], mono[name]), name
     x2 = _x(150, seed=1)
     mono2 = fn(x, x2)
-    tiled2 = tiled_kernel(fn, x, x2, tile=tile, progress=False)
+    tiled2 = tiled_kernel(fn, x, x2, block_size=tile, progress=False)
     assert all(torch.equal(tiled2[k], mono2[k]) for k in mono2)
 
 
 def test_full_kernel_mirrors_output_axes_and_bare_tensor_output():
     x = _x(50, d=5)
     mono = _outer_full(x, x)
-    tiled = tiled_kernel(_outer_full, x, tile=16, progress=False)
+    tiled = tiled_kernel(_outer_full, x, block_size=16, progress=False)
     assert isinstance(tiled, torch.Tensor) and tiled.shape == (50, 50, 3, 3)
     assert torch.equal(tiled, mono)
 
@@ -53,7 +53,7 @@ def test_store_round_trip_and_manifest(tmp_path):
     x = _x(300)
     fn = ReluFCKernel(depth=3)
     ident = {"command": "kernel", "argv": ["--depth", "3"], "n": 300}
-    store = tiled_kernel(fn, x, out=tmp_path / "k.zarr", tile=64, identity=ident, progress=False)
+    store = tiled_kernel(fn, x, out=tmp_path / "k.zarr", block_size=64, identity=ident, progress=False)
     assert store.last_run == {"computed": 15, "skipped": 0, "repaired": 0}
     assert store.is_complete and store.missing_tiles() == []
     again = KernelStore.open(tmp_path / "k.zarr")
@@ -83,7 +83,7 @@ def test_store_round_trip_and_manifest(tmp_path):
 def test_changed_inputs_spec_or_settings_are_refused(tmp_path):
     x = _x(200)
     path = tmp_path / "k.zarr"
-    tiled_kernel(ReluFCKernel(depth=3), x, out=path, tile=64, identity={"run": 1}, progress=False)
+    tiled_kernel(ReluFCKernel(depth=3), x, out=path, block_size=64, identity={"run": 1}, progress=False)
     x_changed = x.clone()
     x_changed[17, 3] += 1e-9
     with pytest.raises(StoreError, match=r"inputs x1 \(data hash\)"):
@@ -91,7 +91,7 @@ def test_changed_inputs_spec_or_settings_are_refused(tmp_path):
     with pytest.raises(StoreError, match=r"kernel function \(spec or model hash\)"):
         resume(path, ReluFCKernel(depth=4), x, progress=False)
     with pytest.raises(StoreError, match="tile size"):
-        resume(path, ReluFCKernel(depth=3), x, tile=32, progress=False)
+        resume(path, ReluFCKernel(depth=3), x, block_size=32, progress=False)
     with pytest.raises(StoreError, match="user-supplied identity"):
         resume(path, ReluFCKernel(depth=3), x, identity={"run": 2}, progress=False)
     with pytest.raises(StoreError, match="inputs x2"):
@@ -123,8 +123,8 @@ def test_bad_arguments():
         tiled_kernel(lambda a, b: [a], x, progress=False)
     with pytest.raises(InvalidArgumentError, match="executor"):
         tiled_kernel(ReluFCKernel(), x, executor="spark")
-    with pytest.raises(InvalidArgumentError, match="tile"):
-        tiled_kernel(ReluFCKernel(), x, tile=0)
+    with pytest.raises(InvalidArgumentError, match="block_size"):
+        tiled_kernel(ReluFCKernel(), x, block_size=0)
     with pytest.raises(StoreError, match="JSON"):
         tiled_kernel(ReluFCKernel(), x, out="/tmp/never.zarr", identity={"f": object()})
 
@@ -133,7 +133,7 @@ def test_interrupted_store_reports_missing_tiles_and_refuses_reads(tmp_path):
     x = _x(256)
     fn = ReluFCKernel(depth=2)
     path = tmp_path / "k.zarr"
-    store = tiled_kernel(fn, x, out=path, tile=64, progress=False)
+    store = tiled_kernel(fn, x, out=path, block_size=64, progress=False)
     # simulate a loss: remove two markers (the chunk data stays but is not trusted)
     for bi, bj in [(0, 1), (2, 3)]:
         (path / "_tiles" / f"{bi}_{bj}").unlink()
@@ -153,9 +153,9 @@ def test_spec_kernel_fn_reproduces_the_spec():
     spec = L.serial(L.Dense(1, b_std=0.1), L.Relu(), L.Dense(1, b_std=0.1), L.Relu(), L.Dense(1))
     x = _x(300, d=8)
     fn = kernel_fn_from_spec(spec)
-    tiled = tiled_kernel(fn, x, tile=64, progress=False)
+    tiled = tiled_kernel(fn, x, block_size=64, progress=False)
     # same tiling as the spec's own blocks: bit for bit
-    blocked = spec.kernel(x, batch_size=64)
+    blocked = spec.kernel(x, block_size=64)
     assert torch.equal(tiled["ntk"], blocked.ntk) and torch.equal(tiled["nngp"], blocked.nngp)
     # against the unblocked kernel: equal up to the BLAS rounding of x . x' (the spec multiplies
     # with one BLAS call whose bits depend on the block shape; on the diagonal the arc-cosine
@@ -165,7 +165,7 @@ def test_spec_kernel_fn_reproduces_the_spec():
     torch.testing.assert_close(tiled["ntk"][off], mono.ntk[off], rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(tiled["ntk"], mono.ntk, rtol=1e-7, atol=1e-7)
     x2 = _x(100, d=8, seed=3)
-    torch.testing.assert_close(tiled_kernel(fn, x, x2, tile=64, progress=False)["nngp"],
+    torch.testing.assert_close(tiled_kernel(fn, x, x2, block_size=64, progress=False)["nngp"],
                                spec.kernel(x, x2).nngp, rtol=1e-7, atol=1e-7)
     # identity records the spec; another spec changes it
     other = kernel_fn_from_spec(L.serial(L.Dense(1, b_std=0.2), L.Relu(), L.Dense(1)))
@@ -176,7 +176,7 @@ def test_spec_kernel_fn_reproduces_the_spec():
 def test_compressed_store_and_optional_dependency_message(tmp_path, monkeypatch):
     x = _x(130)
     fn = ReluFCKernel(depth=2)
-    store = tiled_kernel(fn, x, out=tmp_path / "z.zarr", tile=64, compressor="zstd", progress=False)
+    store = tiled_kernel(fn, x, out=tmp_path / "z.zarr", block_size=64, compressor="zstd", progress=False)
     assert torch.equal(store.to_tensor("nngp"), fn(x, x)["nngp"])
     with pytest.raises(InvalidArgumentError, match="compressor"):
         tiled_kernel(fn, x, out=tmp_path / "bad.zarr", compressor="gzip9", progress=False)
@@ -186,4 +186,4 @@ def test_compressed_store_and_optional_dependency_message(tmp_path, monkeypatch)
     with pytest.raises(ImportError, match=r"pip install 'torchntk\[scale\]'"):
         tiled_kernel(fn, x, out=tmp_path / "nozarr.zarr", progress=False)
     # the in-memory path does not need zarr
-    assert torch.equal(tiled_kernel(fn, x, tile=64, progress=False)["ntk"], fn(x, x)["ntk"])
+    assert torch.equal(tiled_kernel(fn, x, block_size=64, progress=False)["ntk"], fn(x, x)["ntk"])

@@ -22,6 +22,8 @@ import sys
 from typing import Sequence
 
 from . import demo, kernel, predict, spectrum
+from .._version import __version__
+from ..errors import TorchNTKError
 from ._common import CLIError, config_defaults
 
 COMMANDS = {"demo": demo, "kernel": kernel, "predict": predict, "spectrum": spectrum}
@@ -31,8 +33,6 @@ __all__ = ["main", "build_parser", "CLIError"]
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The top-level parser and one sub-parser per command."""
-    from .. import __version__
-
     parser = argparse.ArgumentParser(
         prog="torchntk",
         description="Neural Tangent Kernels for PyTorch: the finite-vs-infinite-width demo, "
@@ -62,19 +62,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             sp.set_defaults(**config_defaults(args.config, sp, args.command))
             args = parser.parse_args(argv)
         return int(COMMANDS[args.command].run(args) or 0)
-    except CLIError as err:
+    except TorchNTKError as err:  # CLIError and the library's own errors: user mistakes, one line
         print(f"torchntk: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("torchntk: interrupted; rerun the same command to continue where it stopped", file=sys.stderr)
         return 130
-    except Exception as err:  # torchntk's own errors are user mistakes too: one line, exit 2
-        from ..errors import TorchNTKError
-
-        if isinstance(err, TorchNTKError):
-            print(f"torchntk: error: {err}", file=sys.stderr)
-            return 2
-        raise
 
 
 if __name__ == "__main__":  # pragma: no cover

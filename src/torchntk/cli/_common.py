@@ -12,11 +12,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import layers as L
 from ..errors import TorchNTKError
+from ..scale import KernelStore
 
 
-class CLIError(Exception):
-    """A user mistake: printed as one line on stderr, exit code 2."""
+class CLIError(TorchNTKError):
+    """A user mistake on the command line: printed as one line on stderr, exit code 2."""
 
 
 # -- config files ------------------------------------------------------------------------------
@@ -24,8 +26,9 @@ class CLIError(Exception):
 def config_defaults(path: str, parser: argparse.ArgumentParser, command: str) -> dict[str, Any]:
     """Read a TOML file for ``command``: top-level keys, or those of its ``[command]`` table.
 
-    Keys are the command's long options (``learning-rate`` or ``learning_rate``); an unknown key
-    is an error, so a typo never passes silently.
+    Keys are the command's long options (``learning-rate`` or ``learning_rate``, or a
+    deprecated alias such as ``tile``); an unknown key is an error, so a typo never passes
+    silently.
     """
     try:
         import tomllib
@@ -44,9 +47,10 @@ def config_defaults(path: str, parser: argparse.ArgumentParser, command: str) ->
     if isinstance(data.get(command), dict):
         data = data[command]
     allowed = {a.dest: a for a in parser._actions if a.option_strings and a.dest not in ("help", "config")}
+    aliases = {o.lstrip("-").replace("-", "_"): a.dest for a in allowed.values() for o in a.option_strings}
     out: dict[str, Any] = {}
     for key, value in data.items():
-        dest = key.replace("-", "_")
+        dest = aliases.get(key.replace("-", "_"), key.replace("-", "_"))
         if dest not in allowed:
             names = ", ".join(sorted(d.replace("_", "-") for d in allowed))
             raise CLIError(f"unknown config key {key!r} in {path} (the {command} command takes: {names})")
@@ -162,19 +166,14 @@ def _is_spec(obj: Any) -> bool:
 
 def builtin_spec(width: int, depth: int, activation: str, W_std: float, b_std: float, outputs: int):
     """``depth`` Dense layers of ``width`` (the last of ``outputs``) with ``activation`` between."""
-    from .. import layers as L
-
     acts = {"relu": L.Relu, "erf": L.Erf, "gelu": L.Gelu, "abs": L.Abs,
             "tanh": lambda: L.Elementwise(torch.tanh)}
     if activation not in acts:
         raise CLIError(f"unknown activation {activation!r}; expected one of {', '.join(acts)}")
-    if depth < 1:
-        raise CLIError(f"--depth must be >= 1, got {depth}")
-    parts: list = []
-    for _ in range(depth - 1):
-        parts += [L.Dense(width, W_std=W_std, b_std=b_std), acts[activation]()]
-    parts.append(L.Dense(outputs, W_std=W_std, b_std=b_std))
-    return L.serial(*parts)
+    for flag, value in (("--depth", depth), ("--width", width), ("--outputs", outputs)):
+        if value < 1:
+            raise CLIError(f"{flag} must be >= 1, got {value}")
+    return L.mlp(width, depth, outputs, activation=acts[activation], W_std=W_std, b_std=b_std)
 
 
 # -- kernel files ------------------------------------------------------------------------------
@@ -186,8 +185,6 @@ def load_kernels(path: str) -> dict[str, torch.Tensor]:
         raise CLIError(f"kernel file {path!r} does not exist")
     try:
         if p.suffix == ".zarr" or p.is_dir():
-            from ..scale import KernelStore
-
             store = KernelStore.open(p)   # verify=True: a damaged tile is a StoreError naming it
             if not store.is_complete:
                 raise CLIError(f"kernel store {path!r} is incomplete ({len(store.missing_tiles())} tiles "
@@ -209,9 +206,7 @@ def load_kernels(path: str) -> dict[str, torch.Tensor]:
             kernels = {k: torch.as_tensor(v).double() for k, v in data.items() if torch.as_tensor(v).ndim >= 2}
         else:
             raise CLIError(f"kernel file {path!r}: unknown format {p.suffix!r} (use .npz, .pt or .zarr)")
-    except CLIError:
-        raise
-    except TorchNTKError:
+    except TorchNTKError:  # CLIError and StoreError: already one line
         raise
     except Exception as err:  # noqa: BLE001
         raise CLIError(f"cannot read kernel file {path!r}: {type(err).__name__}: {err}") from None

@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
+import torch
+
+from ..errors import InvalidArgumentError
+from ..lab import STUDIES, LabConfig, run_demo
 from ._common import CLIError, check_writable
 
 
@@ -29,11 +33,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from ..errors import InvalidArgumentError
-    from ..lab import STUDIES, LabConfig, run_demo
-
     out = check_writable(args.out, folder=True)
     overrides = {"seed": args.seed}
     if args.studies:

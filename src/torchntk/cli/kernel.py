@@ -7,7 +7,7 @@ NTK of a spec; otherwise the empirical NTK of the finite network (a spec's ``mod
 ``--seed``, or the given module as it is). Output by extension: ``.npz`` / ``.pt`` (arrays
 ``ntk`` (N, N) [, ``nngp``] and, with ``--test``, ``ntk_test_train`` (M, N) [, ``nngp_test_train``])
 or a ``.zarr`` store computed in tiles by :func:`torchntk.scale.tiled_kernel`
-(``--tile/--memory/--executor/--scheduler``; the empirical kernel is its array ``ntk`` too), resumable
+(``--block-size/--memory/--executor/--scheduler``; the empirical kernel is its array ``ntk`` too), resumable
 with ``torchntk kernel --resume STORE [--model FILE]``. A store is data: ``--resume`` never imports
 the model file it names; a store computed from a model file needs ``--model`` again, and the file
 must have the sha256 recorded in the store.
@@ -45,7 +45,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="empirical NTK mode (default mean: the scalar (N, N) kernel)")
     p.add_argument("--seed", type=int, default=None, help="seed of the finite network drawn from a spec (default 0)")
     p.add_argument("--out", default="kernel.npz", help="output: .npz, .pt, or .zarr (a tiled store)")
-    p.add_argument("--tile", type=int, default=None, help=".zarr: tile edge in examples (default: from --memory)")
+    p.add_argument("--block-size", "--tile", dest="block_size", type=int, default=None,
+                   help=".zarr: tile edge in examples (default: from --memory; --tile: deprecated name)")
     p.add_argument("--memory", default="2GiB", help=".zarr: memory budget of a tile (default 2GiB)")
     p.add_argument("--executor", default="inprocess", choices=("inprocess", "dask"), help=".zarr: where tiles run")
     p.add_argument("--scheduler", default=None, help=".zarr with dask: scheduler address tcp://host:8786 (default: a local cluster)")
@@ -266,14 +267,14 @@ def run(args: argparse.Namespace) -> int:
     if out.suffix == ".zarr":
         fn = _kernel_fn(req, x, seed_given)
         x1, x2 = (x, None) if xt is None else (xt, x)   # with --test the store holds Theta(test, train)
-        store = tiled_kernel(fn, x1, x2, out=out, tile=args.tile, memory=args.memory, executor=args.executor,
+        store = tiled_kernel(fn, x1, x2, out=out, block_size=args.block_size, memory=args.memory, executor=args.executor,
                              scheduler=args.scheduler, identity={"command": "kernel", **req}, resume=True,
                              progress=progress)
         print(f"wrote {out}: {', '.join(f'{n} {store.shape(n)}' for n in store.names)} "
               f"({store.last_run['computed']} tiles computed, {store.last_run['skipped']} already there)")
         return 0
-    if args.tile is not None or args.executor != "inprocess" or args.scheduler:
-        raise CLIError("--tile/--executor/--scheduler apply to a .zarr output only")
+    if args.block_size is not None or args.executor != "inprocess" or args.scheduler:
+        raise CLIError("--block-size/--executor/--scheduler apply to a .zarr output only")
     arrays = _compute(req, x, xt, seed_given)
     if out.suffix == ".npz":
         np.savez(out, **arrays)

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..empirical import flatten_kernel
+from ..lab.figures import figure, plt
 from ._common import CLIError, check_writable, json_safe, load_kernels
 
 #: Figure formats of ``--plot``, by extension (matplotlib format names).
@@ -51,9 +53,8 @@ def run(args: argparse.Namespace) -> int:
     if args.name not in kernels:
         raise CLIError(f"kernel file {args.kernel!r} has no array {args.name!r} (found: {', '.join(kernels)})")
     K = kernels[args.name]
-    if K.ndim == 4:                                   # full (N, N, O, O): sample-major flattening
-        n, _, o, _ = K.shape
-        K = K.permute(0, 2, 1, 3).reshape(n * o, n * o)
+    if K.ndim == 4 and K.shape[2] == K.shape[3]:     # full (N, N, O, O): sample-major flattening
+        K = flatten_kernel(K)
     if K.ndim != 2 or K.shape[0] != K.shape[1]:
         raise CLIError(f"{args.name!r} must be a square training kernel, got shape {tuple(K.shape)}")
     n = K.shape[0]
@@ -80,8 +81,6 @@ def run(args: argparse.Namespace) -> int:
     out.write_text(json.dumps(json_safe(summary), indent=1, allow_nan=False) + "\n")
     print(f"wrote {out}")
     if args.plot:
-        from ..lab.figures import figure, plt
-
         fig, (ax,) = figure(1)
         ax.semilogy(np.arange(1, len(pos) + 1), pos, "o-", ms=3)
         ax.set_xlabel("index k")

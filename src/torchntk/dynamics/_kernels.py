@@ -1,11 +1,11 @@
-"""Validation, conversion and flattening of kernels and targets for the dynamics room (private).
+"""Validation, conversion and flattening of kernels and targets for :mod:`torchntk.dynamics` (private).
 
 Two kernel layouts are accepted everywhere in :mod:`torchntk.dynamics` (CONVENTIONS section 3):
 
 - a *scalar* kernel ``(N1, N2)``, applied to each of the ``O`` outputs independently
   (the full kernel is then ``Theta (x) I_O``);
 - a *full* kernel ``(N1, N2, O, O)``, flattened sample-major to ``(N1*O, N2*O)`` with row
-  ``i*O + a`` (:func:`flatten_full`).
+  ``i*O + a`` (:func:`torchntk.empirical.flatten_kernel`).
 
 Targets ``y`` are ``(N, O)`` or ``(N,)`` (one output). Inputs may be torch tensors or numpy
 arrays; they are converted to ``dtype`` (float64 by default) on the kernel's device.
@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from .._checks import check_finite
+from .._checks import check_choice, check_finite
+from ..empirical import flatten_kernel
 from ..errors import InvalidArgumentError, ShapeError
 
 DEFAULT_DTYPE = torch.float64
@@ -65,17 +66,6 @@ def as_tensor(
     return out
 
 
-def flatten_full(kernel: torch.Tensor) -> torch.Tensor:
-    """``(N1, N2, O, O) -> (N1*O, N2*O)``, sample-major: entry ``[i*O + a, j*O + b]``."""
-    n1, n2, o1, o2 = kernel.shape
-    return kernel.permute(0, 2, 1, 3).reshape(n1 * o1, n2 * o2)
-
-
-def unflatten_full(flat: torch.Tensor, n1: int, n2: int, o: int) -> torch.Tensor:
-    """Inverse of :func:`flatten_full`: ``(N1*O, N2*O) -> (N1, N2, O, O)``."""
-    return flat.reshape(n1, o, n2, o).permute(0, 2, 1, 3)
-
-
 @dataclass(frozen=True)
 class TrainKernel:
     """A validated train-train kernel.
@@ -110,7 +100,7 @@ def train_kernel(
             raise ShapeError(
                 f"`{name}` must be a full (N, N, O, O) kernel, got shape {tuple(k.shape)}"
             )
-        n, o, full, mat = k.shape[0], k.shape[2], True, flatten_full(k)
+        n, o, full, mat = k.shape[0], k.shape[2], True, flatten_kernel(k)
     else:
         raise ShapeError(
             f"`{name}` must be a scalar (N, N) or full (N, N, O, O) kernel, "
@@ -149,7 +139,7 @@ def cross_kernel(
             f"`{name}` must be a (M, N={kt.n}, O={o}, O={o}) kernel to match the full train "
             f"kernel, got shape {tuple(k.shape)}"
         )
-    return flatten_full(k)
+    return flatten_kernel(k)
 
 
 def targets(
@@ -210,15 +200,24 @@ def regularize(
     mat: torch.Tensor, diag_reg: float, diag_reg_mode: str
 ) -> torch.Tensor:
     """``K + diag_reg * s * I`` with ``s`` = mean diagonal ("relative") or 1 ("absolute")."""
-    from .._checks import check_choice
+    mu = ridge(diag_reg, diag_reg_mode, lambda: float(torch.diagonal(mat).mean()))
+    if mu == 0:
+        return mat
+    return mat + mu * torch.eye(mat.shape[0], dtype=mat.dtype, device=mat.device)
 
+
+def ridge(diag_reg: float, diag_reg_mode: str, mean_diagonal: Callable[[], float]) -> float:
+    """The ridge ``diag_reg * s`` added to a kernel's diagonal, ``s`` as in :func:`regularize`.
+
+    ``mean_diagonal`` is called only in ``"relative"`` mode with ``diag_reg > 0``.
+    """
     check_choice("diag_reg_mode", diag_reg_mode, ("relative", "absolute"))
-    if not isinstance(diag_reg, (int, float)) or not math.isfinite(diag_reg) or diag_reg < 0:
+    if isinstance(diag_reg, bool) or not isinstance(diag_reg, (int, float)) or not math.isfinite(diag_reg) \
+            or diag_reg < 0:
         raise InvalidArgumentError(f"`diag_reg` must be a finite float >= 0, got {diag_reg!r}")
     if diag_reg == 0:
-        return mat
-    scale = float(torch.diagonal(mat).mean()) if diag_reg_mode == "relative" else 1.0
-    return mat + diag_reg * scale * torch.eye(mat.shape[0], dtype=mat.dtype, device=mat.device)
+        return 0.0
+    return diag_reg * (mean_diagonal() if diag_reg_mode == "relative" else 1.0)
 
 
 def eigh_psd(name: str, mat: torch.Tensor, input_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -229,8 +228,8 @@ def eigh_psd(name: str, mat: torch.Tensor, input_dtype: torch.dtype) -> tuple[to
     raises, naming ``name``.
 
     On the CPU the decomposition is LAPACK's divide-and-conquer ``syevd`` through
-    ``scipy.linalg.eigh`` (measured 1.2-2x faster here than ``torch.linalg.eigh``, whose MKL
-    build is slow on this AMD machine); elsewhere (GPU) it is ``torch.linalg.eigh``.
+    ``scipy.linalg.eigh`` (measured 1.2-2x faster than ``torch.linalg.eigh`` on an AMD CPU,
+    where torch's MKL build is slow); elsewhere (GPU) it is ``torch.linalg.eigh``.
     """
     if mat.device.type == "cpu" and mat.dtype in (torch.float32, torch.float64):
         import scipy.linalg
@@ -248,3 +247,13 @@ def eigh_psd(name: str, mat: torch.Tensor, input_dtype: torch.dtype) -> tuple[to
             f"largest {top:.3g} (tolerated: -{rtol:g} * largest)"
         )
     return lam.clamp_min(0.0), q
+
+
+def pinv_eigenvalues(lam: torch.Tensor) -> torch.Tensor:
+    """``1 / lam`` on the modes of the pseudo-inverse, 0 on the others, shape of ``lam``.
+
+    ``lam`` (D,) are the eigenvalues of a PSD kernel in ascending order; a mode is kept when
+    ``lam > lam_max * D * eps`` (``eps`` of ``lam``'s dtype), the rank cut of ``numpy.linalg.pinv``.
+    """
+    cut = float(lam[-1]) * lam.shape[0] * torch.finfo(lam.dtype).eps
+    return torch.where(lam > cut, 1.0 / lam.clamp_min(cut), torch.zeros_like(lam))

@@ -1,7 +1,7 @@
 """Per-mode time factors of linear (squared-loss) training (private).
 
-With ``Theta = Q diag(lam) Q^T`` and ``r0 = f0(X) - y``, every linear training rule of the
-dynamics room is diagonal in the eigenbasis. For each eigenvalue ``lam`` and time ``t`` this
+With ``Theta = Q diag(lam) Q^T`` and ``r0 = f0(X) - y``, every linear training rule of
+:mod:`torchntk.dynamics` is diagonal in the eigenbasis. For each eigenvalue ``lam`` and time ``t`` this
 module returns two factors:
 
 - ``e(lam, t)``: the residual's factor, ``Q^T r_t = e * Q^T r0``;

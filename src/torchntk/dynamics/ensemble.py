@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from .._checks import check_choice
+from ..empirical import flatten_kernel
 from ..errors import InvalidArgumentError, ShapeError
 from . import _kernels as K
 from ._spectral import factors
@@ -127,16 +128,14 @@ class EnsemblePredictor:
                     raise ShapeError(f"`nngp_test_test` must have shape {want}, got "
                                      f"{tuple(k_xx.shape)}")
                 if self.full:
-                    k_xx = K.flatten_full(k_xx)
+                    k_xx = flatten_kernel(k_xx)
         lam, q = self._decomp(get)
         fin = torch.isfinite(ts)
         g = torch.empty(ts.shape[0], lam.shape[0], dtype=dt, device=dev)
         if bool(fin.any()):
             g[fin.to(dev)] = factors(lam, ts[fin], self.n, self.learning_rate, None)[1]
         if bool((~fin).any()):
-            cut = float(lam[-1]) * lam.shape[0] * torch.finfo(dt).eps
-            g[(~fin).to(dev)] = torch.where(lam > cut, 1.0 / lam.clamp_min(cut),
-                                            torch.zeros_like(lam))
+            g[(~fin).to(dev)] = K.pinv_eigenvalues(lam)
         y_state = self.y.reshape(-1, 1) if self.full else self.y
         a = th_x @ q                                  # (M', D)
         ag = a[None] * g[:, None, :]                  # (T, M', D)
@@ -238,7 +237,7 @@ def gp_posterior(
     if kernel_test_test is not None:
         kxx = K.as_tensor("kernel_test_test", kernel_test_test, dtype=dtype, device=dev)
         if kt.full:
-            kxx = K.flatten_full(kxx)
+            kxx = flatten_kernel(kxx)
         cov = kxx - kx @ sol
         cov = 0.5 * (cov + cov.T)
         if kt.full:

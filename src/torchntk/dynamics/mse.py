@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from .._checks import renamed
 from ..errors import InvalidArgumentError
 from . import _kernels as K
 from ._spectral import factors
@@ -76,7 +77,7 @@ class MSEPredictor:
         f0: torch.Tensor,
         learning_rate: float | None,
         momentum: float | None,
-        test_batch_size: int,
+        block_size: int,
     ) -> None:
         self._kt = kernel
         self.kernel = kernel.matrix
@@ -88,7 +89,7 @@ class MSEPredictor:
         self.y = y
         self.f0 = f0
         self._squeeze = squeeze
-        self._batch = int(test_batch_size)
+        self._batch = int(block_size)
         # residual in the kernel's layout: (N, O) for scalar kernels, (N*O, 1) for full ones
         self._r0 = self._to_state(f0 - y)
         self._eig: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -131,9 +132,7 @@ class MSEPredictor:
                 self._alpha = torch.cholesky_solve(self._r0, chol)
             else:
                 lam, q = self._decomposition()
-                cut = float(lam[-1]) * lam.shape[0] * torch.finfo(lam.dtype).eps
-                inv = torch.where(lam > cut, 1.0 / lam.clamp_min(cut), torch.zeros_like(lam))
-                self._alpha = q @ (inv[:, None] * self._coef)
+                self._alpha = q @ (K.pinv_eigenvalues(lam)[:, None] * self._coef)
         return self._alpha
 
     # -- prediction -----------------------------------------------------------------------
@@ -225,8 +224,9 @@ def mse(
     diag_reg: float = 0.0,
     diag_reg_mode: str = "relative",
     momentum: float | None = None,
-    test_batch_size: int = 4096,
+    block_size: int = 4096,
     dtype: torch.dtype = K.DEFAULT_DTYPE,
+    test_batch_size: int | None = None,
 ) -> MSEPredictor:
     """Predictor of squared-loss training with a fixed kernel (gradient flow or descent).
 
@@ -246,8 +246,9 @@ def mse(
             (``s = 1``).
         momentum: heavy-ball momentum ``mu`` in ``[0, 1)`` (needs ``learning_rate``), as in
             ``torch.optim.SGD(lr=eta, momentum=mu)``.
-        test_batch_size: test-kernel rows handled at once.
+        block_size: test-kernel rows handled at once.
         dtype: computation dtype (float64 by default); the device is the kernel's.
+        test_batch_size: deprecated name of ``block_size``.
 
     Eigenvalues down to ``-1e-7 * lam_max`` (``-1e-4 * lam_max`` for a float32 kernel) are
     round-off and are clamped to 0; more negative ones raise ``InvalidArgumentError``.
@@ -264,8 +265,9 @@ def mse(
         torch.Size([5, 20, 1])
     """
     learning_rate, momentum = _check_rate(learning_rate, momentum)
-    if not isinstance(test_batch_size, int) or test_batch_size < 1:
-        raise InvalidArgumentError(f"`test_batch_size` must be an int >= 1, got {test_batch_size!r}")
+    block_size = renamed("block_size", block_size, "test_batch_size", test_batch_size, 4096)
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise InvalidArgumentError(f"`block_size` must be an int >= 1, got {block_size!r}")
     kt = K.train_kernel("ntk_train_train", ntk_train_train, dtype=dtype)
     kt = K.TrainKernel(K.regularize(kt.matrix, diag_reg, diag_reg_mode), kt.n, kt.o, kt.full,
                        kt.source_dtype)
@@ -273,4 +275,4 @@ def mse(
     y, squeeze = K.targets("y_train", y_train, kt, dtype=dtype, device=dev)
     f0 = (torch.zeros_like(y) if f0_train is None else
           K.outputs_like("f0_train", f0_train, kt.n, y.shape[1], dtype=dtype, device=dev))
-    return MSEPredictor(kt, y, squeeze, f0, learning_rate, momentum, test_batch_size)
+    return MSEPredictor(kt, y, squeeze, f0, learning_rate, momentum, block_size)

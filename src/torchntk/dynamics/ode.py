@@ -30,7 +30,7 @@ import torch
 from scipy.integrate import solve_ivp
 
 from .._checks import check_choice
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, SolverError
 from . import _kernels as K
 from .mse import _check_rate
 
@@ -160,7 +160,7 @@ class ODEPredictor:
                             t_eval=t_sorted, rtol=self.rtol, atol=self.atol)
             self.last_result = res
             if not res.success:
-                raise RuntimeError(f"the ODE solver failed: {res.message}")
+                raise SolverError(f"the ODE solver failed: {res.message}")
             ys = res.y
         sol = torch.empty(ts.shape[0], ys.shape[0], dtype=dt, device=dev)
         sol[order.to(dev)] = torch.from_numpy(np.ascontiguousarray(ys.T)).to(device=dev, dtype=dt)

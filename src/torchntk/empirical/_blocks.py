@@ -15,42 +15,12 @@ symmetrized, so the result is exactly symmetric.
 from __future__ import annotations
 
 import math
-import re
 from typing import Protocol
 
 import torch
 
 from ..errors import InvalidArgumentError
 from ._modes import Accumulator, finalize, mirror, out_shape, transpose
-
-DEFAULT_MEMORY = 2 * 1024**3  # planning budget when neither block_size nor memory is given
-
-_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1024**2, "mb": 1000**2,
-          "mib": 1024**2, "g": 1024**3, "gb": 1000**3, "gib": 1024**3, "t": 1024**4,
-          "tb": 1000**4, "tib": 1024**4}
-
-
-def parse_memory(memory: int | float | str | None) -> int | None:
-    """Bytes from ``memory``: a number of bytes or a string such as ``"2GiB"``, ``"500MB"``."""
-    if memory is None:
-        return None
-    if isinstance(memory, bool):
-        raise InvalidArgumentError(f"`memory` must be bytes or a string like '2GiB', got {memory!r}")
-    if isinstance(memory, (int, float)):
-        value = float(memory)
-    elif isinstance(memory, str):
-        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", memory)
-        if not m or m.group(2).lower() not in _UNITS:
-            raise InvalidArgumentError(
-                f"`memory` must be bytes or a string like '2GiB' or '512MB', got {memory!r}"
-            )
-        value = float(m.group(1)) * _UNITS[m.group(2).lower()]
-    else:
-        raise InvalidArgumentError(f"`memory` must be bytes or a string like '2GiB', got {memory!r}")
-    if not math.isfinite(value) or value <= 0:
-        raise InvalidArgumentError(f"`memory` must be a positive size, got {memory!r}")
-    return int(value)
-
 
 class Backend(Protocol):
     """What the tiling needs from an implementation."""
@@ -67,7 +37,7 @@ class Backend(Protocol):
 def plan_block(
     n: int,
     block_size: int | None,
-    budget: int | None,
+    budget: int,
     fixed_bytes: float,
     per_example: float,
     per_pair: float,
@@ -77,13 +47,12 @@ def plan_block(
         if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
             raise InvalidArgumentError(f"`block_size` must be a positive int, got {block_size!r}")
         return min(block_size, n)
-    budget = DEFAULT_MEMORY if budget is None else budget
-    room = max(budget - fixed_bytes, 0.0)
-    # largest b with per_pair b^2 + 2 per_example b <= room
+    free = max(budget - fixed_bytes, 0.0)
+    # largest b with per_pair b^2 + 2 per_example b <= free
     if per_pair > 0:
-        b = (-per_example + math.sqrt(per_example**2 + per_pair * room)) / per_pair
+        b = (-per_example + math.sqrt(per_example**2 + per_pair * free)) / per_pair
     else:
-        b = room / max(2 * per_example, 1.0)
+        b = free / max(2 * per_example, 1.0)
     return int(max(1, min(n, math.floor(b))))
 
 

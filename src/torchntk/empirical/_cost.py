@@ -29,6 +29,7 @@ import torch
 from ._functional import Functional
 from .jacobian import JacobianBackend
 from .ntvp import NtvpBackend
+from .structured import StructuredBackend, choose_method, layer_flops, probe_layers
 
 
 @dataclass
@@ -69,6 +70,34 @@ def jacobian_flops(fwd: float, p: int, o: int, n1: int, n2: int, mode: str) -> f
     return 3 * fwd * (o + 1) * (n1 + n2) + o * fwd * (n1 + n2) + 2 * n1 * n2 * e * p
 
 
+def structured_plan(fm: Functional, x1: torch.Tensor, n1: int, n2: int, o: int, mode: str,
+                    per_layer: bool, s: int, budget: int) -> Plan:
+    """The structured backend with its flop estimate and memory figures (see the module doc)."""
+    layers, shapes, fallback = probe_layers(fm, x1)
+    limit = budget / 4 / s
+    methods = {lay.name: choose_method(shapes[lay.name], o, n1, n2, mode, limit) for lay in layers}
+    e = o * o if mode == "full" else (o if mode == "diagonal" else 1)
+    fwd = model_flops(fm, shapes)
+    flops = 3 * fwd * (o + 1) * (n1 + n2)
+    example, pair = 0.0, 3.0 * e
+    for lay in layers:
+        sh, m = shapes[lay.name], methods[lay.name]
+        flops += layer_flops(sh, m, o, n1, n2, mode)
+        example += (o + 2) * sh.P * sh.C + sh.P * sh.K
+        if m == "jw":
+            example += o * sh.C * sh.K
+        if m == "pair":
+            pair += (o * o if mode == "full" else o) * sh.P**2 + sh.P**2
+    p_fb = sum(fm.params[n].numel() for n in fallback)
+    if fallback:
+        e_fb = o * o if mode == "full" else o
+        flops += 3 * fwd * (o + 1) * (n1 + n2) + 2 * o * (n1 + n2) * p_fb + 2 * n1 * n2 * e_fb * p_fb
+        example += 2 * o * p_fb
+    parts = len(fm.params) if per_layer else 1
+    backend = StructuredBackend(fm, o, layers, methods, fallback, shapes)
+    return Plan(backend, flops, n1 * n2 * e * s * parts, example * s, pair * s)
+
+
 def plan(
     fm: Functional,
     x1: torch.Tensor,
@@ -76,13 +105,11 @@ def plan(
     o: int,
     mode: str,
     implementation: str,
-    budget: int | None,
+    budget: int,
     per_layer: bool,
     acc_dtype: torch.dtype | None,
 ) -> Plan:
     """Pick (``"auto"``) or build the backend for ``implementation`` with its cost figures."""
-    from .structured import structured_plan
-
     n1 = x1.shape[0]
     s = _itemsize(fm, acc_dtype)
     p = sum(t.numel() for t in fm.params.values())
@@ -100,13 +127,11 @@ def plan(
             JacobianBackend(fm, o), jacobian_flops(fwd, p, o, n1, n2, mode), out_bytes, 2 * o * p * s, 3 * e * s
         )
     if implementation in ("auto", "ntvp"):
-        room = (budget or 2 * 1024**3) / 4
-        chunk = int(max(1, room // max(3 * p * s, 1)))
+        chunk = int(max(1, budget / 4 // max(3 * p * s, 1)))
         candidates["ntvp"] = Plan(
             NtvpBackend(fm, o, chunk=chunk), 3 * fwd * n2 * o * (n1 + n2) * parts, out_bytes, 0.0, 3 * o * o * s
         )
     if implementation != "auto":
         return candidates[implementation]
-    limit = budget or 2 * 1024**3
-    feasible = [v for k, v in candidates.items() if k == "ntvp" or v.min_bytes() <= limit]
+    feasible = [v for k, v in candidates.items() if k == "ntvp" or v.min_bytes() <= budget]
     return min(feasible, key=lambda pl: pl.flops)

@@ -10,7 +10,7 @@ A covered layer computes ``y = ws * (W applied to patches of a) + bs * b``:
 
 ``ws``/``bs`` are the layers' ``weight_scale``/``bias_scale`` (torchntk's layers) or 1 (torch's).
 Coverage is decided once per call by :func:`find_layers` and a probe forward pass
-(:func:`probe_usage`): a parameter is covered only if it belongs to exactly one covered layer
+(:func:`torchntk.empirical.structured.probe_layers`, under :class:`Capture`): a parameter is covered only if it belongs to exactly one covered layer
 (no tying), that layer runs exactly once, and the parameter is used by no operation outside that
 layer's own forward. Everything else goes to the Jacobian path.
 """
@@ -27,7 +27,6 @@ from torch.utils._pytree import tree_leaves
 
 from .. import nn as tnn
 
-_TORCH_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d)
 _OWN_TYPES = (tnn.Linear, tnn.Conv1d, tnn.Conv2d)
 
 

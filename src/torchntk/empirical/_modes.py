@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import torch
 
+#: The output reductions of a kernel (CONVENTIONS section 3), one constant for every entry point:
+#: "full" (N1, N2, O, O), "diagonal" (N1, N2, O), "mean" (N1, N2).
 MODES = ("full", "diagonal", "mean")
 
 

@@ -7,21 +7,15 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .._checks import check_choice, check_finite, check_nonempty_batch, check_tensor
+from .._checks import check_batches, check_choice, check_tensor
 from ..errors import InvalidArgumentError, ShapeError
 from . import _cost
-from ._blocks import compute_tiled, parse_memory, plan_block
+from .._memory import memory_budget
+from ._blocks import compute_tiled, plan_block
 from ._functional import ParamSelector, make_functional
 from ._modes import MODES
 
 IMPLEMENTATIONS = ("auto", "jacobian", "ntvp", "structured")
-
-
-def _check_batch(name: str, x: object) -> torch.Tensor:
-    x = check_tensor(name, x)
-    check_nonempty_batch(name, x)
-    check_finite(name, x)
-    return x
 
 
 def empirical_ntk(
@@ -59,7 +53,7 @@ def empirical_ntk(
         per_layer: return ``{parameter name: part}`` whose values sum to the kernel.
         block_size: tile the kernel in blocks of this many examples (bounds peak memory).
         memory: a peak-memory budget for the tiling, in bytes or as ``"2GiB"``, ``"500MB"``
-            (default planning budget when neither is given: 2 GiB).
+            (units of :mod:`torchntk._memory`; default when neither is given: 2 GiB).
         accumulate_dtype: e.g. ``torch.float64``: cast the features to it before their products
             and accumulate (and return) in it. Default: the model output's dtype.
 
@@ -77,14 +71,7 @@ def empirical_ntk(
     """
     check_choice("mode", mode, MODES)
     check_choice("implementation", implementation, IMPLEMENTATIONS)
-    x1 = _check_batch("x1", x1)
-    if x2 is not None:
-        x2 = _check_batch("x2", x2)
-        if x2.shape[1:] != x1.shape[1:]:
-            raise ShapeError(
-                f"`x2` has feature shape {tuple(x2.shape[1:])} but `x1` has "
-                f"{tuple(x1.shape[1:])}; both must be batches of the same kind of input"
-            )
+    x1, x2 = check_batches(x1, x2)
     if accumulate_dtype is not None and not (
         isinstance(accumulate_dtype, torch.dtype) and accumulate_dtype.is_floating_point
     ):
@@ -93,7 +80,7 @@ def empirical_ntk(
         )
     if not isinstance(per_layer, bool):
         raise InvalidArgumentError(f"`per_layer` must be True or False, got {per_layer!r}")
-    budget = parse_memory(memory)
+    budget = memory_budget(memory)
     # Derivatives are needed even when the caller is in no_grad or inference mode.
     with torch.inference_mode(False), torch.enable_grad():
         fm = make_functional(model, params)

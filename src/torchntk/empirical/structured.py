@@ -237,33 +237,3 @@ def _pair_part(g1, a1, g2, a2, mode: str) -> torch.Tensor:
     if mode == "mean":
         return torch.einsum("aipjq,ipjq->ij", gd, app)
     return torch.einsum("aipjq,ipjq->aij", gd, app)
-
-
-def structured_plan(fm: Functional, x1: torch.Tensor, n1: int, n2: int, o: int, mode: str,
-                    per_layer: bool, s: int, budget: int | None):
-    """The structured backend with its flop estimate and memory figures (see :mod:`._cost`)."""
-    from ._cost import Plan, model_flops
-
-    layers, shapes, fallback = probe_layers(fm, x1)
-    limit = (budget or 2 * 1024**3) / 4 / s
-    methods = {lay.name: choose_method(shapes[lay.name], o, n1, n2, mode, limit) for lay in layers}
-    e = o * o if mode == "full" else (o if mode == "diagonal" else 1)
-    fwd = model_flops(fm, shapes)
-    flops = 3 * fwd * (o + 1) * (n1 + n2)
-    example, pair = 0.0, 3.0 * e
-    for lay in layers:
-        sh, m = shapes[lay.name], methods[lay.name]
-        flops += layer_flops(sh, m, o, n1, n2, mode)
-        example += (o + 2) * sh.P * sh.C + sh.P * sh.K
-        if m == "jw":
-            example += o * sh.C * sh.K
-        if m == "pair":
-            pair += (o * o if mode == "full" else o) * sh.P**2 + sh.P**2
-    p_fb = sum(fm.params[n].numel() for n in fallback)
-    if fallback:
-        e_fb = o * o if mode == "full" else o
-        flops += 3 * fwd * (o + 1) * (n1 + n2) + 2 * o * (n1 + n2) * p_fb + 2 * n1 * n2 * e_fb * p_fb
-        example += 2 * o * p_fb
-    parts = len(fm.params) if per_layer else 1
-    backend = StructuredBackend(fm, o, layers, methods, fallback, shapes)
-    return Plan(backend, flops, n1 * n2 * e * s * parts, example * s, pair * s)

@@ -1,4 +1,4 @@
-"""The lab's bridge to the rooms below it: specs, kernels and closed-form predictions (private).
+"""The lab's bridge to the subpackages below it: specs, kernels and closed-form predictions (private).
 
 The studies only call these few functions, so the lab reads as the data path of the design:
 ``spec -> module / Theta_inf``, ``module -> empirical Theta``, ``Theta -> predictions``.
@@ -11,16 +11,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-
-def relu_mlp_spec(width: int, depth: int, out: int, *, W_std: float = 1.0, b_std: float = 0.1):
-    """The theory's network as a :mod:`torchntk.layers` spec: ``depth`` Dense layers, ReLU between."""
-    from .. import layers as L
-
-    parts: list = []
-    for _ in range(depth - 1):
-        parts += [L.Dense(width, W_std=W_std, b_std=b_std), L.Relu()]
-    parts.append(L.Dense(out, W_std=W_std, b_std=b_std))
-    return L.serial(*parts)
+from ..dynamics import mse
+from ..empirical import empirical_ntk as _empirical_ntk
 
 
 def build_module(spec, in_features: int, seed: int, dtype: torch.dtype = torch.float64) -> nn.Module:
@@ -36,9 +28,7 @@ def infinite_ntk(spec, x1: torch.Tensor, x2: torch.Tensor | None = None) -> torc
 
 def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None = None) -> torch.Tensor:
     """The network's empirical NTK in ``mode="mean"``: ``(N1, N2)``, the estimate of ``Theta_inf``."""
-    from .. import empirical_ntk as _entk
-
-    return _entk(model, x1, x2, mode="mean").detach().double()
+    return _empirical_ntk(model, x1, x2, mode="mean").detach().double()
 
 
 def ntk_row_jvp(model: nn.Module, x0: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -75,6 +65,4 @@ def mse_predictor(
     diag_reg: float = 0.0,
 ) -> Callable:
     """``torchntk.dynamics.mse``: the closed-form outputs of training with the MSE cost."""
-    from ..dynamics import mse
-
     return mse(ntk_train_train, y_train, f0_train=f0_train, learning_rate=learning_rate, diag_reg=diag_reg)

@@ -6,21 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from ..errors import InvalidArgumentError
-
-STUDIES = ("convergence", "drift", "agreement", "modes", "generalization")
-
-# The fields each study's results depend on: a finished study is reused only when they match.
-_SWEEP = ("seed", "sweep_depth", "b_std", "sweep_widths", "sweep_seeds", "n_train", "n_test", "steps",
-          "record_every", "lr_scale", "track_every")
-_FIELDS = {
-    "convergence": ("seed", "depth", "b_std", "conv_widths", "conv_seeds", "conv_points",
-                    "fig1_widths", "fig1_seeds", "fig1_angles"),
-    "drift": _SWEEP,
-    "agreement": _SWEEP,
-    "modes": _SWEEP,
-    "generalization": ("seed", "b_std", "digits_train", "digits_test", "digits_widths",
-                       "digits_depth", "digits_steps", "digits_lr_scale", "digits_record_every"),
-}
+from .studies import REGISTRY, STUDIES
 
 
 @dataclass(frozen=True)
@@ -92,4 +78,4 @@ class LabConfig:
     def fingerprint(self, study: str) -> dict:
         """The settings ``study`` depends on (JSON-ready); equal fingerprints mean reusable results."""
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in
-                ((k, getattr(self, k)) for k in _FIELDS[study])}
+                ((k, getattr(self, k)) for k in REGISTRY[study].fields)}

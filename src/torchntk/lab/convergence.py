@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..layers import mlp
 from . import _backend as B
 from .figures import figure, power_law, save
 from .reference import relu_kernels
@@ -42,7 +43,7 @@ def run(cfg, progress) -> tuple[dict, dict]:
     x0 = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
     gamma = np.linspace(-np.pi, np.pi, cfg.fig1_angles)
     xg = torch.from_numpy(np.stack([np.cos(gamma), np.sin(gamma)], 1))
-    spec_inf = B.relu_mlp_spec(1, cfg.depth, 1, b_std=cfg.b_std)
+    spec_inf = mlp(1, cfg.depth, 1, b_std=cfg.b_std)
     theta_fig1 = B.infinite_ntk(spec_inf, x0, xg)[0].cpu().numpy()
     _, ref = relu_kernels(x0.numpy(), xg.numpy(), depth=cfg.depth, W_std=1.0, b_std=cfg.b_std)
     fig1_err = float(np.max(np.abs(theta_fig1 - ref[0])))
@@ -51,7 +52,7 @@ def run(cfg, progress) -> tuple[dict, dict]:
     bar = progress(total=len(cfg.fig1_widths) * cfg.fig1_seeds + len(cfg.conv_widths) * cfg.conv_seeds,
                    desc="convergence")
     for i, w in enumerate(cfg.fig1_widths):
-        spec = B.relu_mlp_spec(w, cfg.depth, 1, b_std=cfg.b_std)
+        spec = mlp(w, cfg.depth, 1, b_std=cfg.b_std)
         for s in range(cfg.fig1_seeds):
             net = B.build_module(spec, 2, _seed(cfg, 0, w, s))
             rows[i, s] = B.ntk_row_jvp(net, x0, xg).cpu().numpy()
@@ -64,7 +65,7 @@ def run(cfg, progress) -> tuple[dict, dict]:
     theta_inf = B.infinite_ntk(spec_inf, xp).cpu().numpy()
     errors = np.zeros((len(cfg.conv_widths), cfg.conv_seeds))
     for i, w in enumerate(cfg.conv_widths):
-        spec = B.relu_mlp_spec(w, cfg.depth, 1, b_std=cfg.b_std)
+        spec = mlp(w, cfg.depth, 1, b_std=cfg.b_std)
         for s in range(cfg.conv_seeds):
             net = B.build_module(spec, 2, _seed(cfg, 1, w, s))
             emp = B.empirical_ntk(net, xp).cpu().numpy()

@@ -15,18 +15,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import agreement, checks, convergence, drift, generalization, modes, sweep
+from . import checks, sweep
 from .config import LabConfig
+from .report import write_report
 from .results import ResultsDir, write_json
-
-STUDY_MODULES = {
-    "convergence": convergence,
-    "drift": drift,
-    "agreement": agreement,
-    "modes": modes,
-    "generalization": generalization,
-}
-_FROM_SWEEP = ("drift", "agreement", "modes")
+from .studies import REGISTRY
 
 
 def _progress_factory(show: bool) -> Callable:
@@ -69,7 +62,7 @@ def run_demo(
     metrics, figures, seconds, resumed = {}, {}, {}, []
     sweep_arrays = None
     for name in cfg.studies:
-        module = STUDY_MODULES[name]
+        module = REGISTRY[name].module
         fp = cfg.fingerprint(name)
         record = None if force else res.finished(name, fp)
         if record is not None:
@@ -83,7 +76,7 @@ def run_demo(
             say(f"[{name}] finished earlier: results read from {res.root / 'studies' / (name + '.json')}")
             continue
         t0 = time.perf_counter()
-        if name in _FROM_SWEEP:
+        if REGISTRY[name].from_sweep:
             if sweep_arrays is None:
                 sweep_arrays = _sweep(res, cfg, bars, force)
             m, arrays = module.compute(sweep_arrays)
@@ -108,8 +101,6 @@ def run_demo(
                         "numpy": np.__version__, "threads": torch.get_num_threads()},
     }
     write_json(res.root / "metrics.json", results)
-    from .report import write_report
-
     report = write_report(res.root, results)
     passed = sum(c["passed"] for c in results["checks"])
     say(f"{passed}/{len(results['checks'])} physics checks passed; report: {report}")

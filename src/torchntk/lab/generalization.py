@@ -13,7 +13,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..layers import mlp
 from . import _backend as B
+from .figures import figure, save
 from .training import train_full_batch
 
 TITLE = "Generalization on digits"
@@ -52,7 +54,7 @@ def run(cfg, progress) -> tuple[dict, dict]:
     d = load(cfg)
     xtr, xte = torch.from_numpy(d["x_train"]), torch.from_numpy(d["x_test"])
     ytr = torch.from_numpy(d["y_train"])
-    spec_inf = B.relu_mlp_spec(1, cfg.digits_depth, 10, b_std=cfg.b_std)
+    spec_inf = mlp(1, cfg.digits_depth, 10, b_std=cfg.b_std)
     K = B.infinite_ntk(spec_inf, xtr)
     Kt = B.infinite_ntk(spec_inf, xte, xtr)
     N = len(xtr)
@@ -72,7 +74,7 @@ def run(cfg, progress) -> tuple[dict, dict]:
     train_err = np.zeros((W, len(record)))
     bar = progress(total=W, desc="digits")
     for i, w in enumerate(cfg.digits_widths):
-        spec = B.relu_mlp_spec(w, cfg.digits_depth, 10, b_std=cfg.b_std)
+        spec = mlp(w, cfg.digits_depth, 10, b_std=cfg.b_std)
         seed = int(np.random.SeedSequence([cfg.seed, 5, w]).generate_state(1)[0])
         net = B.build_module(spec, xtr.shape[1], seed)
         traj = train_full_batch(net, xtr, ytr, learning_rate=lr, steps=cfg.digits_steps,
@@ -103,8 +105,6 @@ def run(cfg, progress) -> tuple[dict, dict]:
 
 
 def plot(arrays: dict, metrics: dict, fig_dir) -> list:
-    from .figures import figure, save
-
     fig, (ax1, ax2) = figure(2)
     t = arrays["t"]
     ts = np.maximum(t, t[1] / 2)  # log time axis: step 0 drawn at half the first recorded time

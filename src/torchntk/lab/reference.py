@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import InvalidArgumentError
+
 __all__ = ["relu_kernels", "circle_points", "fig1_reference"]
 
 
@@ -52,7 +54,7 @@ def relu_kernels(
     x1 = np.asarray(x1, dtype=np.float64)
     x2 = x1 if x2 is None else np.asarray(x2, dtype=np.float64)
     if depth < 1:
-        raise ValueError(f"depth must be >= 1, got {depth}")
+        raise InvalidArgumentError(f"`depth` must be >= 1, got {depth}")
     n0 = x1.shape[1]
     w2, b2 = W_std**2, b_std**2
     s12 = w2 * (x1 @ x2.T) / n0 + b2

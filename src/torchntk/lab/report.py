@@ -7,6 +7,8 @@ import html
 import json
 from pathlib import Path
 
+from .studies import REGISTRY
+
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1180px;margin:2em auto;
      padding:0 1em;color:#222;line-height:1.45}
@@ -41,8 +43,6 @@ def _img(path: Path, alt: str) -> str:
 
 def write_report(root: str | Path, results: dict) -> Path:
     """Write ``root/report.html`` from the demo's ``results`` (see ``run_demo``); returns its path."""
-    from .demo import STUDY_MODULES
-
     root = Path(root)
     checks = results["checks"]
     passed = sum(c["passed"] for c in checks)
@@ -65,7 +65,7 @@ def write_report(root: str | Path, results: dict) -> Path:
              f"({html.escape(c['expected'])})</span>") for c in checks]
     parts.append(_table(rows, ("claim", "result")))
     for name, metrics in results["metrics"].items():
-        module = STUDY_MODULES[name]
+        module = REGISTRY[name].module
         parts.append(f"<h2 id='{name}'>{html.escape(module.TITLE)}</h2>")
         parts.append(f"<p>{html.escape(module.EXPLANATION)}</p>")
         for fig in results["figures"].get(name, []):

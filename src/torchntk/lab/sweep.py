@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..layers import mlp
 from . import _backend as B
 from .tracker import DriftTracker
 from .training import train_full_batch
@@ -39,7 +40,7 @@ def run(cfg, progress) -> dict[str, np.ndarray]:
     d = data(cfg)
     xtr, xte = torch.from_numpy(d["x_train"]), torch.from_numpy(d["x_test"])
     ytr = torch.from_numpy(d["y_train"])
-    spec_inf = B.relu_mlp_spec(1, cfg.sweep_depth, 1, b_std=cfg.b_std)
+    spec_inf = mlp(1, cfg.sweep_depth, 1, b_std=cfg.b_std)
     inf_tt = B.infinite_ntk(spec_inf, xtr)
     inf_st = B.infinite_ntk(spec_inf, xte, xtr)
     lam_max = float(torch.linalg.eigvalsh(inf_tt)[-1])
@@ -55,7 +56,7 @@ def run(cfg, progress) -> dict[str, np.ndarray]:
     track_steps, track_drift, track_align = None, [], []
     bar = progress(total=W * S, desc="training sweep")
     for i, w in enumerate(cfg.sweep_widths):
-        spec = B.relu_mlp_spec(w, cfg.sweep_depth, 1, b_std=cfg.b_std)
+        spec = mlp(w, cfg.sweep_depth, 1, b_std=cfg.b_std)
         drifts, aligns = [], []
         for s in range(S):
             seed = int(np.random.SeedSequence([cfg.seed, 3, w, s]).generate_state(1)[0])

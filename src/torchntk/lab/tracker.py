@@ -33,7 +33,9 @@ import torch
 from torch import nn
 
 from .._checks import check_finite, check_nonempty_batch, check_tensor
+from ..empirical import empirical_ntk
 from ..errors import InvalidArgumentError, ShapeError
+from .figures import tracker_figure
 
 __all__ = ["DriftTracker"]
 
@@ -93,8 +95,6 @@ class DriftTracker:
 
     def record(self, step: int | None = None) -> dict[str, float]:
         """Compute the probe kernel now and append its statistics; returns them."""
-        from .. import empirical_ntk
-
         start = time.perf_counter()
         was_training = self.model.training
         self.model.eval()
@@ -142,8 +142,6 @@ class DriftTracker:
 
     def plot(self, path: str | None = None):
         """A two-panel matplotlib figure (drift and alignment vs step); saved to ``path`` if given."""
-        from .figures import tracker_figure
-
         return tracker_figure(self.history, path)
 
     def __repr__(self) -> str:

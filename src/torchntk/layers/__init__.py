@@ -17,6 +17,7 @@ from .conv import Conv
 from .combinators import FanInConcat, FanInProd, FanInSum, FanOut, Identity, parallel, serial
 from .dense import Dense
 from .kernel import Kernel
+from .mlp import mlp
 from .normalization import Dropout, LayerNorm
 from .pooling import AvgPool, Flatten, GlobalAvgPool, SumPool
 
@@ -32,6 +33,7 @@ __all__ = [
     "FanInConcat",
     "Identity",
     "Dense",
+    "mlp",
     "Conv",
     "AvgPool",
     "SumPool",
@@ -41,7 +43,7 @@ __all__ = [
     "Dropout",
 ]
 
-# -- nonlinearities and Monte Carlo kernels (engineer B2's modules) -----------------------------
+# -- nonlinearities and Monte Carlo kernels --------------------------------------------------------
 from . import activations as _activations
 from .activations import (
     ABRelu,
@@ -66,4 +68,3 @@ from .activations import (
 from .monte_carlo import MonteCarloKernel, monte_carlo_kernel, monte_carlo_kernels
 
 __all__ += list(_activations.__all__) + ["MonteCarloKernel", "monte_carlo_kernel", "monte_carlo_kernels"]
-# -- end of B2's section ------------------------------------------------------------------------

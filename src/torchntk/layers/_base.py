@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import math
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Union
+from typing import Any, Sequence, Union
 
 import torch
 from torch import nn
 
-from .._checks import check_finite, check_nonempty_batch, check_tensor
-from ..errors import InvalidArgumentError, ShapeError, SpecError
+from .._checks import check_finite, check_nonempty_batch, check_tensor, renamed
+from .._memory import DEFAULT_MEMORY, memory_budget
+from ..errors import InvalidArgumentError, ShapeError, SpecError, UnsupportedLayerError
 from . import _spatial
 from .kernel import Kernel
 
@@ -32,8 +33,6 @@ Shape = tuple[int, ...]
 Shapes = Union[Shape, list]
 Kernels = Union[Kernel, list]
 
-#: Default memory budget of one block of ``spec.kernel`` (bytes).
-DEFAULT_MEMORY = 1 << 30
 # Live kernel-sized tensors per block (nngp, ntk, the rule's temporaries, the padded copies...).
 _WORK_FACTOR = 12
 # Default block: about this many entries per kernel tensor, so that a block's working set stays
@@ -100,17 +99,20 @@ class Layer:
 
     def output_shape(self, input_shape: Shapes) -> Shapes:
         """Per-sample output shape for a per-sample input shape; raises SpecError if invalid."""
-        raise NotImplementedError
+        raise UnsupportedLayerError(f"{type(self).__name__} defines no output_shape")
 
     def kernel_rule(self, k: Kernels) -> Kernels:
         """The infinite-width recursion step: the kernel after this layer."""
-        raise NotImplementedError
+        raise UnsupportedLayerError(
+            f"{type(self).__name__} has no infinite-width kernel rule; "
+            "torchntk.layers.monte_carlo_kernel estimates the kernels of any module"
+        )
 
     def make_module(
         self, input_shape: Shapes, generator: torch.Generator | None, dtype: torch.dtype | None, device: Any
     ) -> nn.Module:
         """The finite-width module of this layer for a per-sample input shape."""
-        raise NotImplementedError
+        raise UnsupportedLayerError(f"{type(self).__name__} defines no finite module (make_module)")
 
     def needs_full(self, input_shape: Shapes, out_full: Any) -> Any:
         """Whether the input kernel must hold every pixel pair, given whether the output must.
@@ -127,8 +129,6 @@ class Layer:
     # -- public API -----------------------------------------------------------------------
 
     def __rshift__(self, other: "Layer") -> "Layer":
-        from .combinators import serial
-
         return serial(self, other)
 
     def __repr__(self) -> str:
@@ -168,9 +168,10 @@ class Layer:
         x2: torch.Tensor | None = None,
         *,
         dtype: torch.dtype = torch.float64,
-        batch_size: int | None = None,
-        memory: float = DEFAULT_MEMORY,
+        block_size: int | None = None,
+        memory: int | float | str | None = DEFAULT_MEMORY,
         diagonal_spatial: bool = True,
+        batch_size: int | None = None,
     ) -> Kernel:
         """Infinite-width NNGP and NTK of this spec between ``x1`` and ``x2`` (default ``x1``).
 
@@ -180,15 +181,17 @@ class Layer:
                 symmetric kernel is computed once per pair of blocks).
             dtype: of the computation and the result (float64 by default); the device is the
                 inputs'.
-            batch_size: rows/columns per block. By default a block whose kernel tensors hold
+            block_size: rows/columns per block. By default a block whose kernel tensors hold
                 about 2^15 entries (181 rows for flat inputs; at least 4), within ``memory``:
                 they stay in the processor's cache through the passes each layer makes, each
                 pass runs on one thread, and the blocks are shared among
                 ``torch.get_num_threads()`` worker threads (when no input requires grad).
-            memory: approximate budget in bytes of the tensors of one block (default 1 GiB).
+            memory: approximate budget of the tensors of one block, in bytes or as ``"1GiB"``,
+                ``"500MB"`` (units of :mod:`torchntk._memory`; default 2 GiB).
             diagonal_spatial: for a spec whose output is still spatial, return the per-pixel
                 kernel ``(N1, N2, *spatial)`` (default) or, if False, every pixel pair
                 ``(N1, N2, S0, S0', S1, S1')``.
+            batch_size: deprecated name of ``block_size``.
 
         Returns:
             :class:`Kernel` with ``nngp`` and ``ntk`` (``(N1, N2)`` for a flat output),
@@ -223,7 +226,8 @@ class Layer:
         x1 = x1.to(dtype)
         x2 = None if same else x2.to(dtype)
 
-        b = _block_size(in_shape, full_in, dtype, batch_size, memory)
+        block_size = renamed("block_size", block_size, "batch_size", batch_size)
+        b = _block_size(in_shape, full_in, dtype, block_size, memory_budget(memory))
         n1 = x1.shape[0]
         n2 = n1 if same else x2.shape[0]
 
@@ -257,13 +261,11 @@ def _check_inputs(name: str, x: Any) -> torch.Tensor:
     return check_finite(name, x)
 
 
-def _block_size(in_shape: Shape, full: bool, dtype: torch.dtype, batch_size: int | None, memory: float) -> int:
-    if batch_size is not None:
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise InvalidArgumentError(f"`batch_size` must be a positive int or None, got {batch_size!r}")
-        return batch_size
-    if not (isinstance(memory, (int, float)) and memory > 0):
-        raise InvalidArgumentError(f"`memory` must be a positive number of bytes, got {memory!r}")
+def _block_size(in_shape: Shape, full: bool, dtype: torch.dtype, block_size: int | None, memory: int) -> int:
+    if block_size is not None:
+        if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+            raise InvalidArgumentError(f"`block_size` must be a positive int or None, got {block_size!r}")
+        return block_size
     pixels = math.prod(in_shape[1:]) if len(in_shape) > 1 else 1
     entries = pixels**2 if full else pixels
     per_pair = entries * torch.finfo(dtype).bits // 8 * _WORK_FACTOR
@@ -403,3 +405,88 @@ def _assemble(results: Any, pairs: list, r1: list, r2: list, n1: int, n2: int, s
                 ntk[j0:j1, i0:i1] = _spatial.transpose_pairs(k.ntk, full, nsp)
     assert first is not None
     return first.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2)
+
+
+# -- composition in sequence (``serial``, ``a >> b``) -----------------------------------------
+
+def check_layers(layers: Sequence[Any], who: str) -> tuple[Layer, ...]:
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, Layer):
+            raise InvalidArgumentError(
+                f"{who}: argument {i} must be a torchntk.layers layer, got {type(layer).__name__}"
+            )
+    return tuple(layers)
+
+
+def _downconvert(k: Kernels) -> Kernels:
+    if isinstance(k, list):
+        return [_downconvert(x) for x in k]
+    return _spatial.to_diagonal(k)
+
+
+class Serial(Layer):
+    """Layers applied one after the other (built by :func:`serial` or ``a >> b``)."""
+
+    def __init__(self, *layers: Layer) -> None:
+        flat: list[Layer] = []
+        for layer in check_layers(layers, "serial"):
+            flat.extend(layer.layers if isinstance(layer, Serial) else [layer])
+        self.layers = tuple(flat)
+
+    def __repr__(self) -> str:
+        return f"serial({', '.join(map(repr, self.layers))})"
+
+    def _shapes(self, input_shape: Shapes) -> list[Shapes]:
+        shapes = [input_shape]
+        for layer in self.layers:
+            shapes.append(layer.output_shape(shapes[-1]))
+        return shapes
+
+    def output_shape(self, input_shape: Shapes) -> Shapes:
+        return self._shapes(input_shape)[-1]
+
+    def _flags(self, shapes: list[Shapes], out_full: Any) -> list[Any]:
+        """``flags[i]``: whether the output of layer ``i`` must be in the full layout."""
+        flags: list[Any] = [None] * len(self.layers)
+        need = out_full
+        for i in range(len(self.layers) - 1, -1, -1):
+            flags[i] = need
+            need = self.layers[i].needs_full(shapes[i], need)
+        return flags
+
+    def needs_full(self, input_shape: Shapes, out_full: Any) -> Any:
+        shapes = self._shapes(input_shape)
+        need = out_full
+        for i in range(len(self.layers) - 1, -1, -1):
+            need = self.layers[i].needs_full(shapes[i], need)
+        return need
+
+    def _kernel(self, k: Kernels, out_full: Any) -> Kernels:
+        shapes = self._shapes(shape_of(k))
+        flags = self._flags(shapes, out_full)
+        for i, layer in enumerate(self.layers):
+            if not any_full(layer.needs_full(shapes[i], flags[i])):
+                k = _downconvert(k)
+            k = layer._kernel(k, flags[i])
+        return k
+
+    def kernel_rule(self, k: Kernels) -> Kernels:
+        return self._kernel(k, False)
+
+    def make_module(self, input_shape: Shapes, generator: Any, dtype: Any, device: Any) -> nn.Module:
+        shapes = self._shapes(input_shape)
+        return nn.Sequential(
+            *[layer.make_module(s, generator, dtype, device) for layer, s in zip(self.layers, shapes)]
+        )
+
+
+def serial(*layers: Layer) -> Serial:
+    """Compose layers in sequence: the spec of ``layers[-1](...(layers[0](x)))``.
+
+    Example:
+        >>> from torchntk import layers as L
+        >>> spec = L.serial(L.Dense(512, b_std=0.1), L.Relu(), L.Dense(1, b_std=0.1))
+        >>> spec.kernel(torch.randn(3, 2)).ntk.shape
+        torch.Size([3, 3])
+    """
+    return Serial(*layers)

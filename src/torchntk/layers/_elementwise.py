@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import SpecError
+from ..errors import SpecError, UnsupportedLayerError
 from . import _spatial
 from ._base import Layer, Shapes, single
 from .kernel import Kernel
@@ -77,13 +77,13 @@ class ElementwiseLayer(Layer):
 
     def fn(self, x: torch.Tensor) -> torch.Tensor:
         """The activation of the finite network (elementwise)."""
-        raise NotImplementedError
+        raise UnsupportedLayerError(f"{type(self).__name__} defines no activation fn")
 
     def rule(
         self, q11: torch.Tensor, q12: torch.Tensor, q22: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(E[phi(u) phi(v)], E[phi'(u) phi'(v)])`` for the covariance ``[[q11, q12], [q12, q22]]``."""
-        raise NotImplementedError
+        raise UnsupportedLayerError(f"{type(self).__name__} defines no kernel rule")
 
     # -- the protocol --------------------------------------------------------------------
 

@@ -21,100 +21,17 @@ Example (a residual block):
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..errors import InvalidArgumentError, SpecError
 from . import _spatial
-from ._base import Kernels, Layer, Shapes, any_full, shape_of, single
+from ._base import Kernels, Layer, Shapes, any_full, check_layers, serial, shape_of, single
 from .kernel import Kernel
 
 __all__ = ["serial", "parallel", "FanOut", "FanInSum", "FanInProd", "FanInConcat", "Identity"]
-
-
-def _check_layers(layers: Sequence[Any], who: str) -> tuple[Layer, ...]:
-    for i, layer in enumerate(layers):
-        if not isinstance(layer, Layer):
-            raise InvalidArgumentError(
-                f"{who}: argument {i} must be a torchntk.layers layer, got {type(layer).__name__}"
-            )
-    return tuple(layers)
-
-
-def _downconvert(k: Kernels) -> Kernels:
-    if isinstance(k, list):
-        return [_downconvert(x) for x in k]
-    return _spatial.to_diagonal(k)
-
-
-class Serial(Layer):
-    """Layers applied one after the other (built by :func:`serial` or ``a >> b``)."""
-
-    def __init__(self, *layers: Layer) -> None:
-        flat: list[Layer] = []
-        for layer in _check_layers(layers, "serial"):
-            flat.extend(layer.layers if isinstance(layer, Serial) else [layer])
-        self.layers = tuple(flat)
-
-    def __repr__(self) -> str:
-        return f"serial({', '.join(map(repr, self.layers))})"
-
-    def _shapes(self, input_shape: Shapes) -> list[Shapes]:
-        shapes = [input_shape]
-        for layer in self.layers:
-            shapes.append(layer.output_shape(shapes[-1]))
-        return shapes
-
-    def output_shape(self, input_shape: Shapes) -> Shapes:
-        return self._shapes(input_shape)[-1]
-
-    def _flags(self, shapes: list[Shapes], out_full: Any) -> list[Any]:
-        """``flags[i]``: whether the output of layer ``i`` must be in the full layout."""
-        flags: list[Any] = [None] * len(self.layers)
-        need = out_full
-        for i in range(len(self.layers) - 1, -1, -1):
-            flags[i] = need
-            need = self.layers[i].needs_full(shapes[i], need)
-        return flags
-
-    def needs_full(self, input_shape: Shapes, out_full: Any) -> Any:
-        shapes = self._shapes(input_shape)
-        need = out_full
-        for i in range(len(self.layers) - 1, -1, -1):
-            need = self.layers[i].needs_full(shapes[i], need)
-        return need
-
-    def _kernel(self, k: Kernels, out_full: Any) -> Kernels:
-        shapes = self._shapes(shape_of(k))
-        flags = self._flags(shapes, out_full)
-        for i, layer in enumerate(self.layers):
-            if not any_full(layer.needs_full(shapes[i], flags[i])):
-                k = _downconvert(k)
-            k = layer._kernel(k, flags[i])
-        return k
-
-    def kernel_rule(self, k: Kernels) -> Kernels:
-        return self._kernel(k, False)
-
-    def make_module(self, input_shape: Shapes, generator: Any, dtype: Any, device: Any) -> nn.Module:
-        shapes = self._shapes(input_shape)
-        return nn.Sequential(
-            *[layer.make_module(s, generator, dtype, device) for layer, s in zip(self.layers, shapes)]
-        )
-
-
-def serial(*layers: Layer) -> Serial:
-    """Compose layers in sequence: the spec of ``layers[-1](...(layers[0](x)))``.
-
-    Example:
-        >>> from torchntk import layers as L
-        >>> spec = L.serial(L.Dense(512, b_std=0.1), L.Relu(), L.Dense(1, b_std=0.1))
-        >>> spec.kernel(torch.randn(3, 2)).ntk.shape
-        torch.Size([3, 3])
-    """
-    return Serial(*layers)
 
 
 class _ParallelModule(nn.ModuleList):
@@ -126,7 +43,7 @@ class Parallel(Layer):
     """One layer per branch (built by :func:`parallel`)."""
 
     def __init__(self, *layers: Layer) -> None:
-        self.layers = _check_layers(layers, "parallel")
+        self.layers = check_layers(layers, "parallel")
         if not self.layers:
             raise InvalidArgumentError("parallel() needs at least one layer")
 

@@ -33,13 +33,14 @@ from typing import Any, Callable, Iterator, Union
 import torch
 from torch import nn
 
-from .._checks import check_choice, check_finite, check_nonempty_batch, check_tensor
+from .._checks import check_batches, check_choice
+from ..empirical import empirical_ntk
+from ..empirical._modes import MODES
 from ..errors import InvalidArgumentError, ShapeError
 from ._base import Layer
 
 __all__ = ["MonteCarloKernel", "monte_carlo_kernel", "monte_carlo_kernels"]
 
-MODES = ("mean", "diagonal", "full")
 Factory = Union[Layer, Callable[..., nn.Module]]
 
 
@@ -145,13 +146,7 @@ def monte_carlo_kernels(
         >>> errors = [float((e.ntk - exact).norm() / exact.norm())
         ...           for e in L.monte_carlo_kernels(spec, x, n_samples=4, seed=0)]
     """
-    x1 = _check_inputs("x1", x1)
-    if x2 is not None:
-        x2 = _check_inputs("x2", x2)
-        if x2.shape[1:] != x1.shape[1:]:
-            raise ShapeError(
-                f"`x2` per-sample shape {tuple(x2.shape[1:])} differs from `x1`'s {tuple(x1.shape[1:])}"
-            )
+    x1, x2 = check_batches(x1, x2)
     check_choice("mode", mode, MODES)
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
         raise InvalidArgumentError(f"`n_samples` must be a positive int, got {n_samples!r}")
@@ -197,8 +192,6 @@ def _iterate(
             term = _output_products(f1, f2, mode)
             sum_nngp = term if sum_nngp is None else sum_nngp + term
         if ntk:
-            from ..empirical import empirical_ntk  # the lower room's entry point
-
             theta = empirical_ntk(model, x1, x2, mode=mode, **ntk_options).to(torch.float64)
             sum_ntk = theta if sum_ntk is None else sum_ntk + theta
         yield MonteCarloKernel(
@@ -259,9 +252,3 @@ def monte_carlo_kernel(
         pass
     assert last is not None
     return last
-
-
-def _check_inputs(name: str, x: Any) -> torch.Tensor:
-    x = check_tensor(name, x)
-    check_nonempty_batch(name, x)
-    return check_finite(name, x)

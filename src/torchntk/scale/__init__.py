@@ -15,7 +15,8 @@ See ``docs/scale.md``.
 
 from __future__ import annotations
 
-from ._budget import parse_memory, plan_tile
+from .._memory import parse_memory
+from ._budget import plan_tile
 from .functions import kernel_fn_from_model, kernel_fn_from_spec, with_identity
 from .operator import KernelOperator
 from .solvers import cg_solve, jacobi_preconditioner, kernel_regression, nystrom, nystrom_preconditioner, top_eigh

@@ -1,4 +1,4 @@
-"""Memory budgets: parse ``"2GiB"`` and plan a tile size that fits one (private).
+"""Plan a tile size that fits a memory budget (private; units in :mod:`torchntk._memory`).
 
 The working set of a tile of ``t x t`` entries is modelled as::
 
@@ -14,51 +14,16 @@ the kernel function per entry (about 8 for the arc-cosine recursion).
 from __future__ import annotations
 
 import math
-import re
 
-from ..errors import InvalidArgumentError
+from .._memory import DEFAULT_MEMORY, memory_budget
 
-_UNITS = {
-    "": 1, "b": 1,
-    "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
-    "t": 10**12, "tb": 10**12,
-    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
-}
-
-
-def parse_memory(memory: str | int | float) -> int:
-    """Number of bytes in a budget such as ``"2GiB"``, ``"512 MB"``, ``1e9`` or ``2**30``.
-
-    Example::
-
-        >>> parse_memory("2GiB")
-        2147483648
-    """
-    if isinstance(memory, bool):
-        raise InvalidArgumentError(f"`memory` must be a size like '2GiB', got {memory!r}")
-    if isinstance(memory, (int, float)):
-        value = float(memory)
-    elif isinstance(memory, str):
-        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", memory)
-        if match is None or match.group(2).lower() not in _UNITS:
-            raise InvalidArgumentError(
-                f"`memory` must be a size like '2GiB', '500MB' or a number of bytes, got {memory!r}"
-            )
-        value = float(match.group(1)) * _UNITS[match.group(2).lower()]
-    else:
-        raise InvalidArgumentError(
-            f"`memory` must be a size like '2GiB' or a number of bytes, got {type(memory).__name__}"
-        )
-    if not math.isfinite(value) or value <= 0:
-        raise InvalidArgumentError(f"`memory` must be a positive size, got {memory!r}")
-    return int(value)
 
 
 def plan_tile(
     n1: int,
     n2: int,
     *,
-    memory: str | int | float = "2GiB",
+    memory: str | int | float | None = DEFAULT_MEMORY,
     entry_bytes: int = 8,
     n_arrays: int = 1,
     copies: int = 3,
@@ -75,7 +40,7 @@ def plan_tile(
         >>> plan_tile(20_000, 20_000, memory="2GiB", n_arrays=2)
         4352
     """
-    budget = parse_memory(memory)
+    budget = memory_budget(memory)
     per_entry = entry_bytes * (n_arrays * copies + work_arrays)
     t = int(math.isqrt(max(budget // per_entry, 1)))
     if t >= multiple:

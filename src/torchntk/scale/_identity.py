@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
+from .._version import __version__
 from ..errors import StoreError
 
 #: Manifest fields that must agree for a store to be resumed, with what they mean.
@@ -70,8 +71,6 @@ def kernel_identity(kernel_fn: Callable) -> dict[str, Any]:
 
 def versions() -> dict[str, str]:
     """Versions of the libraries that computed a store."""
-    from .. import __version__
-
     out = {"torchntk": __version__, "torch": torch.__version__, "numpy": np.__version__,
            "python": platform.python_version()}
     try:

@@ -6,28 +6,25 @@ which raise an ImportError telling how to install the extra.
 
 from __future__ import annotations
 
+import importlib
 from types import ModuleType
 
 _HINT = "pip install 'torchntk[scale]'"
 
 
+def _require(module: str, what: str) -> ModuleType:
+    """``import module``, or an ImportError saying that ``what`` needs it and how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError(f"{what}; install it with {_HINT}") from err
+
+
 def require_zarr() -> ModuleType:
     """Return the ``zarr`` module, or raise ImportError with the install hint."""
-    try:
-        import zarr
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            f"torchntk.scale needs `zarr` to write kernel stores; install it with {_HINT}"
-        ) from err
-    return zarr
+    return _require("zarr", "torchntk.scale needs `zarr` to write kernel stores")
 
 
 def require_distributed() -> ModuleType:
     """Return ``dask.distributed``, or raise ImportError with the install hint."""
-    try:
-        import dask.distributed as distributed
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            f"executor='dask' needs `dask[distributed]`; install it with {_HINT}"
-        ) from err
-    return distributed
+    return _require("dask.distributed", "executor='dask' needs `dask[distributed]`")

@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from ..empirical import empirical_ntk
 from ..errors import InvalidArgumentError
 from ._identity import module_hash, object_hash
 
@@ -22,8 +23,8 @@ class SpecKernelFn:
 
     On the diagonal tiles of a symmetric kernel the engine passes the same tensor twice;
     the spec is then called with ``x2=None``, exactly as ``spec.kernel(x)`` does for its own
-    diagonal blocks, so that ``tiled_kernel(fn, x, tile=T)`` reproduces
-    ``spec.kernel(x, batch_size=T)`` bit for bit.
+    diagonal blocks, so that ``tiled_kernel(fn, x, block_size=T)`` reproduces
+    ``spec.kernel(x, block_size=T)`` bit for bit.
     """
 
     def __init__(self, spec: Any, which: Sequence[str] = ("nngp", "ntk"), **kernel_kwargs: Any) -> None:
@@ -48,7 +49,8 @@ class SpecKernelFn:
 
     def __call__(self, a: torch.Tensor, b: torch.Tensor) -> dict[str, torch.Tensor]:
         kw = dict(self.kernel_kwargs)
-        kw.setdefault("batch_size", max(a.shape[0], b.shape[0]))  # one block: the engine tiles
+        if "block_size" not in kw and "batch_size" not in kw:
+            kw["block_size"] = max(a.shape[0], b.shape[0])  # one block: the engine tiles
         k = self.spec.kernel(a, None if b is a else b, **kw)
         return {name: getattr(k, name) for name in self.which}
 
@@ -73,8 +75,6 @@ class ModelKernelFn:
         }
 
     def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        from ..empirical import empirical_ntk
-
         return empirical_ntk(self.model, a, None if b is a else b, mode=self.mode, **self.ntk_kwargs)
 
 
@@ -86,7 +86,7 @@ def kernel_fn_from_spec(spec: Any, which: Sequence[str] = ("nngp", "ntk"), **ker
         >>> from torchntk import layers as L
         >>> spec = L.serial(L.Dense(1), L.Relu(), L.Dense(1))
         >>> fn = kernel_fn_from_spec(spec)
-        >>> K = tiled_kernel(fn, torch.randn(500, 3, dtype=torch.float64), tile=128)  # doctest: +SKIP
+        >>> K = tiled_kernel(fn, torch.randn(500, 3, dtype=torch.float64), block_size=128)  # doctest: +SKIP
     """
     return SpecKernelFn(spec, which, **kernel_kwargs)
 

@@ -28,7 +28,10 @@ import numpy as np
 import torch
 from scipy.sparse.linalg import LinearOperator
 
+from .._checks import renamed
+from ..empirical import flatten_kernel
 from ..errors import InvalidArgumentError, ShapeError
+from ._ntvp import ModelNtvp
 from .store import KernelStore
 
 MatMat = Callable[[np.ndarray], np.ndarray]
@@ -107,16 +110,17 @@ class KernelOperator(LinearOperator):
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, x: torch.Tensor, *, mode: str = "full",
-                   chunk: int = 1024, diag_reg: float = 0.0) -> "KernelOperator":
+                   block_size: int = 1024, diag_reg: float = 0.0,
+                   chunk: int | None = None) -> "KernelOperator":
         """The empirical NTK of ``model`` on ``x`` by NTK-vector products, never stored.
 
         ``mode="full"``: size ``N*O`` (flattened ``(N, N, O, O)`` kernel); ``mode="mean"``:
-        size ``N``, ``(1/O) sum_a J_a J_a^T`` (O products per application). ``chunk`` inputs are
-        pushed through the model at a time. The model should be in ``eval()`` mode.
+        size ``N``, ``(1/O) sum_a J_a J_a^T`` (O products per application). ``block_size``
+        inputs are pushed through the model at a time (``chunk``: its deprecated name). The
+        model should be in ``eval()`` mode.
         """
-        from .ntvp import ModelNtvp
-
-        ntvp = ModelNtvp(model, x, mode=mode, chunk=chunk)
+        block_size = renamed("block_size", block_size, "chunk", chunk, 1024)
+        ntvp = ModelNtvp(model, x, mode=mode, chunk=block_size)
         return cls(ntvp.matmat, ntvp.size, diag_reg=diag_reg)
 
 
@@ -152,8 +156,7 @@ def _flatten(k: np.ndarray) -> np.ndarray:
     if k.ndim == 2:
         return k
     if k.ndim == 4:
-        r, c, o1, o2 = k.shape
-        return k.transpose(0, 2, 1, 3).reshape(r * o1, c * o2)
+        return flatten_kernel(torch.from_numpy(np.ascontiguousarray(k))).numpy()
     raise ShapeError(f"an operator needs a kernel (N, N) or (N, N, O, O), got shape {k.shape}")
 
 

@@ -10,8 +10,9 @@
 
   (Frangella, Tropp and Udell, 2023), which makes the spectrum of ``P^{-1} A`` cluster near
   ``L_r + mu``, so CG needs few iterations when the kernel's spectrum decays fast.
-- :func:`kernel_regression`: ``f(x) = f0(x) + K(x, X) (K + diag_reg I)^{-1} (y - f0(X))``,
-  the t = infinity prediction of CONVENTIONS section 4.
+- :func:`kernel_regression`: ``f(x) = f0(x) + K(x, X) (K + mu I)^{-1} (y - f0(X))``, the
+  t = infinity prediction of :func:`torchntk.dynamics.mse` (CONVENTIONS section 4) by CG, with
+  its arguments and its ridge ``mu = diag_reg * s``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,10 @@ import torch
 from scipy.linalg import cho_factor, solve_triangular
 from scipy.sparse.linalg import LinearOperator, cg, eigsh, lobpcg
 
-from .._checks import check_choice
+import warnings
+
+from .._checks import check_choice, renamed
+from ..dynamics._kernels import ridge
 from ..errors import InvalidArgumentError, ShapeError
 from .operator import KernelOperator, as_operator, store_matmat
 from .store import KernelStore
@@ -154,28 +158,55 @@ def cg_solve(kernel: Any, y: torch.Tensor | np.ndarray, *, diag_reg: float | Non
     return torch.from_numpy(alpha.reshape(yn.shape)), out
 
 
-def kernel_regression(kernel_train: Any, y_train: torch.Tensor, kernel_test_train: Any = None, *,
+def kernel_regression(ntk_train_train: Any = None, y_train: torch.Tensor = None, ntk_test_train: Any = None, *,
                       f0_train: torch.Tensor | None = None, f0_test: torch.Tensor | None = None,
-                      diag_reg: float | None = None, **cg_kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
-    """Kernel regression (t = infinity) by CG: ``f = f0 + K(x, X) alpha``,
-    ``alpha = (K(X, X) + diag_reg I)^{-1} (y - f0(X))``.
+                      diag_reg: float | None = None, diag_reg_mode: str | None = None,
+                      kernel_train: Any = None, kernel_test_train: Any = None,
+                      **cg_kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
+    """Kernel regression (t = infinity of :func:`torchntk.dynamics.mse`) by CG:
+    ``f = f0 + Theta(x, X) alpha``, ``alpha = (Theta(X, X) + mu I)^{-1} (y - f0(X))``.
 
-    ``kernel_test_train``: ``(N_test, N)`` tensor or a rectangular :class:`KernelStore`.
-    Returns ``(f_train (N, O), f_test (N_test, O) or None, info)``: ``f_train`` is
-    ``f0 + K alpha`` (equal to ``y - diag_reg alpha``).
+    Args:
+        ntk_train_train: ``(N, N)`` or ``(N, N, O, O)`` tensor, a :class:`KernelStore` or a
+            :class:`KernelOperator`.
+        y_train: targets ``(N,)`` or ``(N, O)``; f0_train, f0_test: initial outputs (zeros).
+        ntk_test_train: ``(N_test, N)`` tensor or a rectangular :class:`KernelStore`.
+        diag_reg, diag_reg_mode: the ridge ``mu = diag_reg * s`` of :func:`torchntk.dynamics.mse`,
+            ``s`` the mean diagonal (``"relative"``) or 1 (``"absolute"``). ``diag_reg=None``
+            keeps an operator's own ridge (0 for a tensor or store). Without ``diag_reg_mode``
+            the ridge is absolute, with a ``FutureWarning``: the default will become
+            ``"relative"``, as in ``mse``.
+        kernel_train, kernel_test_train: deprecated names of ``ntk_train_train``, ``ntk_test_train``.
+        cg_kwargs: of :func:`cg_solve` (``rtol``, ``maxiter``, ``preconditioner``...).
+
+    Returns ``(f_train (N, O), f_test (N_test, O) or None, info)``. ``f_test`` is ``mse``'s
+    ``t = inf`` prediction; ``f_train`` is the ridge fit ``f0 + Theta alpha`` (equal to
+    ``y - mu alpha``), where ``mse``, which trains with the kernel ``Theta + mu I``, returns ``y``.
     """
+    ntk_train_train = renamed("ntk_train_train", ntk_train_train, "kernel_train", kernel_train)
+    ntk_test_train = renamed("ntk_test_train", ntk_test_train, "kernel_test_train", kernel_test_train)
+    if ntk_train_train is None or y_train is None:
+        raise InvalidArgumentError("`ntk_train_train` and `y_train` are required")
     y = torch.as_tensor(y_train, dtype=torch.float64)
     y2 = y.reshape(y.shape[0], -1)
     f0 = torch.zeros_like(y2) if f0_train is None else torch.as_tensor(f0_train, dtype=torch.float64).reshape(y2.shape)
-    op = as_operator(kernel_train, diag_reg)
+    op = as_operator(ntk_train_train)
+    if diag_reg is not None:
+        if diag_reg_mode is None:
+            if diag_reg:
+                warnings.warn("kernel_regression: pass diag_reg_mode='absolute' to keep an absolute ridge; "
+                              "the default will become 'relative', as in torchntk.dynamics.mse",
+                              FutureWarning, stacklevel=2)
+            diag_reg_mode = "absolute"
+        op = op.shifted(ridge(diag_reg, diag_reg_mode, lambda: float(np.mean(op.diagonal())) - op.diag_reg))
     alpha, info = cg_solve(op, y2 - f0, **cg_kwargs)
     f_train = y2 - op.diag_reg * alpha
     f_test = None
-    if kernel_test_train is not None:
-        if isinstance(kernel_test_train, KernelStore):
-            kt = torch.from_numpy(store_matmat(kernel_test_train, kernel_test_train._default(None), alpha.numpy()))
+    if ntk_test_train is not None:
+        if isinstance(ntk_test_train, KernelStore):
+            kt = torch.from_numpy(store_matmat(ntk_test_train, ntk_test_train._default(None), alpha.numpy()))
         else:
-            kt = torch.as_tensor(kernel_test_train, dtype=torch.float64) @ alpha
+            kt = torch.as_tensor(ntk_test_train, dtype=torch.float64) @ alpha
         f_test = kt if f0_test is None else torch.as_tensor(f0_test, dtype=torch.float64).reshape(kt.shape) + kt
         f_test = f_test.reshape((-1,) + tuple(y.shape[1:]))
     return f_train.reshape(y.shape), f_test, info

@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._checks import renamed
+from ..dynamics._spectral import factors
 from ..errors import InvalidArgumentError, ShapeError
 
 
@@ -70,21 +72,20 @@ class SpectralDynamics:
         self._rest = r0 - self.eigenvectors @ self._c  # P r0
         self.rest_norm = np.linalg.norm(self._rest, axis=0)  # (O,)
 
-    def _decay(self, t: np.ndarray, lam: np.ndarray) -> np.ndarray:
-        """exp(-t lam / N) or (1 - eta lam / N)^t, shape (T, len(lam))."""
-        if self.learning_rate is None:
-            return np.exp(-np.outer(t, lam) / self.n)
-        return np.power(1.0 - self.learning_rate * lam[None, :] / self.n, t[:, None])
+    def _factors(self, t: np.ndarray, lam: np.ndarray, need_g: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """The residual and test factors ``e``, ``g`` of :mod:`torchntk.dynamics._spectral`, (T, len(lam))."""
+        e, g = factors(torch.from_numpy(lam), torch.from_numpy(t), self.n, self.learning_rate, None,
+                       need_g=need_g)
+        return e.numpy(), None if g is None else g.numpy()
 
     def train_factor(self, t: Any) -> np.ndarray:
-        """The bound's factor ``sup_{mu in [0, lambda_k]} |1 - decay(mu)|`` per time, (T,)."""
+        """The bound's factor ``sup_{mu in [0, lambda_k]} |1 - e(mu)|`` per time, (T,)."""
         t = np.atleast_1d(np.asarray(t, dtype=np.float64))
-        lam_k = self.eigenvalues[-1]
+        lam_k = self.eigenvalues[-1:]
+        f = np.abs(1.0 - self._factors(t, lam_k, need_g=False)[0][:, 0])
         if self.learning_rate is None:
-            return 1.0 - np.exp(-t * lam_k / self.n)
-        a = 1.0 - self.learning_rate * lam_k / self.n
-        f = np.abs(1.0 - np.power(a, t))
-        return np.where(a < 0, np.maximum(f, 1.0), f)
+            return f
+        return np.where(1.0 - self.learning_rate * lam_k[0] / self.n < 0, np.maximum(f, 1.0), f)
 
     def train(self, t: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """``(f~_t on the train set, bound)``: shapes ``(*T, N[, O])`` and ``(*T[, O])``.
@@ -93,27 +94,30 @@ class SpectralDynamics:
         """
         scalar = np.ndim(t) == 0
         tt = np.atleast_1d(np.asarray(t, dtype=np.float64))
-        d = self._decay(tt, self.eigenvalues)  # (T, k)
+        d = self._factors(tt, self.eigenvalues, need_g=False)[0]  # (T, k)
         r = np.einsum("nk,tk,ko->tno", self.eigenvectors, d, self._c) + self._rest[None]
         f = r + self.y[None]
         bound = self.train_factor(tt)[:, None] * self.rest_norm[None, :]
         return self._out(f, bound, scalar)
 
-    def test(self, t: Any, kernel_test_train: Any, f0_test: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def test(self, t: Any, ntk_test_train: Any = None, f0_test: Any = None, *,
+             kernel_test_train: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(f~_t(x_test), bound)`` from ``Theta(x_test, X)`` ``(M, N)``; shapes ``(*T, M[, O])``.
 
         Gradient flow only (for gradient descent use ``t`` steps as time ``t * eta``).
+        ``kernel_test_train`` is the deprecated name of ``ntk_test_train``.
         """
+        ntk_test_train = renamed("ntk_test_train", ntk_test_train, "kernel_test_train", kernel_test_train)
         if self.learning_rate is not None:
             raise InvalidArgumentError("test predictions are implemented for gradient flow (learning_rate=None)")
-        kxt = np.asarray(torch.as_tensor(kernel_test_train, dtype=torch.float64))
+        if ntk_test_train is None:
+            raise InvalidArgumentError("`ntk_test_train` (M, N) is required")
+        kxt = np.asarray(torch.as_tensor(ntk_test_train, dtype=torch.float64))
         if kxt.ndim != 2 or kxt.shape[1] != self.n:
-            raise ShapeError(f"`kernel_test_train` must be (M, {self.n}), got {kxt.shape}")
+            raise ShapeError(f"`ntk_test_train` must be (M, {self.n}), got {kxt.shape}")
         scalar = np.ndim(t) == 0
         tt = np.atleast_1d(np.asarray(t, dtype=np.float64))
-        lam = self.eigenvalues
-        with np.errstate(divide="ignore", invalid="ignore"):
-            g = np.where(lam > 0, (1.0 - self._decay(tt, lam)) / lam, tt[:, None] / self.n)  # (T, k)
+        g = self._factors(tt, self.eigenvalues, need_g=True)[1]  # (T, k)
         kq = kxt @ self.eigenvectors  # (M, k)
         f0 = np.zeros((kxt.shape[0], self.y.shape[1])) if f0_test is None else np.asarray(
             torch.as_tensor(f0_test, dtype=torch.float64)).reshape(kxt.shape[0], -1)

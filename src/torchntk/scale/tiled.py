@@ -20,7 +20,8 @@ from typing import Any, Callable, Mapping
 import torch
 from tqdm.auto import tqdm
 
-from .._checks import check_choice, check_nonempty_batch, check_tensor
+from .._checks import check_choice, check_nonempty_batch, check_tensor, renamed
+from .._memory import DEFAULT_MEMORY
 from ..errors import InvalidArgumentError, ShapeError, StoreError
 from ._budget import plan_tile
 from ._identity import compare_manifests, jsonable, kernel_identity, tensor_hash, versions
@@ -40,8 +41,8 @@ def tiled_kernel(
     x2: torch.Tensor | None = None,
     *,
     out: str | os.PathLike | None = None,
-    tile: int | None = None,
-    memory: str | int = "2GiB",
+    block_size: int | None = None,
+    memory: str | int | None = DEFAULT_MEMORY,
     executor: str = "inprocess",
     scheduler: Any = None,
     n_workers: int | None = None,
@@ -50,6 +51,7 @@ def tiled_kernel(
     resume: bool = True,
     progress: bool = True,
     compressor: str | None = None,
+    tile: int | None = None,
 ) -> "torch.Tensor | dict[str, torch.Tensor] | KernelStore":
     """Compute ``kernel_fn`` over all pairs of ``x1`` and ``x2`` in tiles.
 
@@ -59,8 +61,10 @@ def tiled_kernel(
             symmetric kernel ``K(x1, x1)``, of which only the upper-triangle tiles are computed.
         out: None returns the kernel in memory; a path streams the tiles into a zarr
             :class:`KernelStore` there and returns it.
-        tile: tile edge in entries; default: planned from ``memory`` (see ``_budget``).
-        memory: budget for the tile working set (``"2GiB"``, ``"500MB"`` or bytes). With
+        block_size: examples per tile edge (rows and columns at a time); default: planned
+            from ``memory`` (see ``_budget``).
+        memory: budget for the tile working set (``"2GiB"``, ``"500MB"`` or bytes, units of
+            :mod:`torchntk._memory`; default 2 GiB). With
             ``out=None`` the result itself (``N1*N2`` entries per array) comes on top.
         executor: ``"inprocess"`` (default) or ``"dask"``.
         scheduler: for Dask: None starts a ``LocalCluster``; an address ``"tcp://host:8786"``
@@ -78,6 +82,7 @@ def tiled_kernel(
             second writer of the same store gets a StoreError.
         progress: show a progress bar with ETA (tqdm, on stderr).
         compressor: chunk compression of a new store: None (raw), ``"zstd"`` or ``"blosc"``.
+        tile: deprecated name of ``block_size``.
 
     Returns:
         With ``out=None``: a tensor ``(N1, N2, *trailing)``, or a dict of them when
@@ -89,8 +94,8 @@ def tiled_kernel(
 
         >>> fn = lambda a, b: torch.exp(-torch.cdist(a, b) ** 2)
         >>> x = torch.randn(1000, 3, dtype=torch.float64)
-        >>> K = tiled_kernel(fn, x, tile=256, progress=False)           # (1000, 1000)
-        >>> store = tiled_kernel(fn, x, out="rbf.zarr", tile=256)       # doctest: +SKIP
+        >>> K = tiled_kernel(fn, x, block_size=256, progress=False)           # (1000, 1000)
+        >>> store = tiled_kernel(fn, x, out="rbf.zarr", block_size=256)       # doctest: +SKIP
     """
     if not callable(kernel_fn):
         raise InvalidArgumentError(f"`kernel_fn` must be callable, got {type(kernel_fn).__name__}")
@@ -105,8 +110,9 @@ def tiled_kernel(
             )
     x2_eff = None if symmetric else x2
     executor = check_choice("executor", executor, ("inprocess", "dask"))
+    tile = renamed("block_size", block_size, "tile", tile)
     if tile is not None and (not isinstance(tile, int) or isinstance(tile, bool) or tile < 1):
-        raise InvalidArgumentError(f"`tile` must be a positive integer or None, got {tile!r}")
+        raise InvalidArgumentError(f"`block_size` must be a positive integer or None, got {tile!r}")
     n1 = x1.shape[0]
     n2 = n1 if symmetric else x2.shape[0]
 
@@ -162,7 +168,7 @@ def resume(
 ) -> KernelStore:
     """Finish an interrupted store: compute only its missing tiles.
 
-    Checks that ``kernel_fn``, ``x1``, ``x2`` (and ``identity``/``tile`` if given) are those
+    Checks that ``kernel_fn``, ``x1``, ``x2`` (and ``identity``/``block_size`` if given) are those
     the store was started with; StoreError naming what changed otherwise. Every finished tile
     is verified against its recorded sha256 and computed again if its chunk was deleted,
     altered or truncated (``last_run["repaired"]``). Other keyword

@@ -1,4 +1,4 @@
-"""A closed-form FC-ReLU kernel function for tests and benchmarks (private).
+"""A closed-form FC-ReLU kernel function for the tests of torchntk.scale.
 
 The infinite-width NNGP and NTK of ``depth`` x (Dense(W_std, b_std) -> ReLU) -> Dense, in the
 recursion of CONVENTIONS section 2 (arc-cosine of degree 1, written with atan2)::

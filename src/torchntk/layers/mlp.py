@@ -1,0 +1,43 @@
+"""``mlp``: the spec of a fully connected network, the architecture of the NTK theory."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from ..errors import InvalidArgumentError
+from ._base import Layer
+from .activations import Relu
+from ._base import serial
+from .dense import Dense
+
+
+def mlp(
+    width: int,
+    depth: int,
+    outputs: int = 1,
+    *,
+    activation: Callable[[], Layer] = Relu,
+    W_std: float = 1.0,
+    b_std: float = 0.1,
+) -> Layer:
+    """``depth`` Dense layers, ``activation()`` between them: ``depth - 1`` hidden layers of
+    ``width`` units and a readout of ``outputs`` units, every one with weight and bias
+    standard deviations ``W_std`` and ``b_std`` (NTK parameterization).
+
+    The hidden width sets the finite network (``spec.module``); the infinite-width kernels
+    (``spec.kernel``) do not depend on it.
+
+    Example:
+        >>> from torchntk import layers
+        >>> spec = layers.mlp(512, 3)       # Dense(512), Relu, Dense(512), Relu, Dense(1)
+        >>> spec.kernel(torch.randn(4, 3)).ntk.shape
+        torch.Size([4, 4])
+    """
+    for name, value in (("width", width), ("depth", depth), ("outputs", outputs)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InvalidArgumentError(f"`{name}` must be an int >= 1, got {value!r}")
+    parts: list[Layer] = []
+    for _ in range(depth - 1):
+        parts += [Dense(width, W_std=W_std, b_std=b_std), activation()]
+    parts.append(Dense(outputs, W_std=W_std, b_std=b_std))
+    return serial(*parts)
