@@ -8,6 +8,7 @@ from torchntk import layers as L
 spec = L.serial(L.Dense(2048, W_std=1.0, b_std=0.1), L.Relu(),
                 L.Dense(2048, W_std=1.0, b_std=0.1), L.Relu(),
                 L.Dense(1, W_std=1.0, b_std=0.1))
+torch.manual_seed(0)
 x = torch.randn(8, 5, dtype=torch.float64)
 k = spec.kernel(x)                                    # Kernel with .nngp and .ntk, (8, 8) float64
 net = spec.module(5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
