@@ -13,9 +13,10 @@ matplotlib and scikit-learn are imported only when figures are drawn or digits a
 
 from __future__ import annotations
 
-from .config import STUDIES, LabConfig
+from .config import LabConfig
 from .demo import run_demo
 from .reference import circle_points, fig1_reference, relu_kernels
+from .studies import STUDIES
 from .tracker import DriftTracker
 from .training import Trajectory, train_full_batch
 
