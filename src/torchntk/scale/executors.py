@@ -17,8 +17,9 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
-from ..errors import InvalidArgumentError, ShapeError
+from ..errors import InvalidArgumentError, ShapeError, StoreError
 from ._optional import require_distributed
+from .store import KernelStore
 from .tiles import TilePlan
 
 Tile = tuple[int, int]
@@ -121,9 +122,6 @@ _OPEN_STORES: dict[str, Any] = {}
 
 def _worker_store(store_path: str, store_id: str | None) -> Any:
     """The store ``store_id`` at ``store_path``, opened once per worker process."""
-    from ..errors import StoreError
-    from .store import KernelStore
-
     store = _OPEN_STORES.get(store_id)
     if store is None:
         store = KernelStore.open(store_path, verify=False)
