@@ -60,9 +60,10 @@ def test_scale_names_of_the_test_kernel():
     x, xt = _x(12), _x(4, seed=1)
     k, kt, y = x @ x.T + 1, xt @ x.T + 1, torch.sin(x[:, :1])
     _, new, _ = kernel_regression(k, y, kt, diag_reg=0.1, diag_reg_mode="absolute", rtol=1e-12)
-    with pytest.warns(DeprecationWarning, match="kernel_test_train"):
+    with pytest.warns(DeprecationWarning) as record:
         _, old, _ = kernel_regression(kernel_train=k, y_train=y, kernel_test_train=kt, diag_reg=0.1,
                                       diag_reg_mode="absolute", rtol=1e-12)
+    assert {str(w.message).split("`")[1] for w in record} == {"kernel_train", "kernel_test_train"}
     assert torch.equal(new, old)
     lam, q = top_eigh(k, 5)
     dyn = SpectralDynamics(lam, q, y)
