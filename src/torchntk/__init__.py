@@ -14,14 +14,18 @@ from __future__ import annotations
 from . import errors, nn
 from ._version import __version__
 from .errors import (
+    AccuracyWarning,
+    ConvergenceWarning,
     InvalidArgumentError,
     ModelStateError,
     NonFiniteError,
     ShapeError,
     SolverError,
     SpecError,
+    StabilityWarning,
     StoreError,
     TorchNTKError,
+    TorchNTKWarning,
     UnsupportedLayerError,
 )
 
@@ -48,6 +52,10 @@ __all__ = [
     "SpecError",
     "StoreError",
     "SolverError",
+    "TorchNTKWarning",
+    "ConvergenceWarning",
+    "AccuracyWarning",
+    "StabilityWarning",
     "empirical",
     "empirical_ntk",
     "linearize",

@@ -3,7 +3,9 @@
 Every user mistake that torchntk detects raises a subclass of :class:`TorchNTKError`, with a
 message that names the offending argument and what was expected. The subclasses also derive
 from the matching built-in type (``ValueError``, ``RuntimeError``...) so that generic handlers
-keep working::
+keep working. Results that torchntk computes but cannot vouch for come with a warning, a
+subclass of :class:`TorchNTKWarning` (``warnings.simplefilter("error", TorchNTKWarning)`` turns
+them into errors)::
 
     try:
         torchntk.empirical_ntk(model, x)
@@ -23,6 +25,10 @@ __all__ = [
     "SpecError",
     "StoreError",
     "SolverError",
+    "TorchNTKWarning",
+    "ConvergenceWarning",
+    "AccuracyWarning",
+    "StabilityWarning",
 ]
 
 
@@ -60,3 +66,19 @@ class StoreError(TorchNTKError, RuntimeError):
 
 class SolverError(TorchNTKError, RuntimeError):
     """A numerical solver (the ODE integrator of ``dynamics.train``) stopped without a solution."""
+
+
+class TorchNTKWarning(UserWarning):
+    """Base class of every warning issued by torchntk: a result it returns but cannot vouch for."""
+
+
+class ConvergenceWarning(TorchNTKWarning):
+    """An iterative solver stopped before reaching its tolerance (``cg_solve``...)."""
+
+
+class AccuracyWarning(TorchNTKWarning):
+    """A numerical rule (quadrature of an ``Elementwise`` activation...) may miss its tolerance."""
+
+
+class StabilityWarning(TorchNTKWarning):
+    """Gradient descent with a learning rate above ``max_learning_rate``: the iteration diverges."""

@@ -22,18 +22,23 @@ Three rules are offered, and ``"auto"`` (the default) picks the first that fits:
     ``b_k(q) = E[phi(sqrt(q) z) h_k(z)]`` (a 1-D Gauss-Hermite rule). The coefficients are
     computed once per *point*, so a kernel of ``P`` pairs costs ``O(P * terms)``: tens of times
     faster than the 2-D rules. It converges fast for smooth ``phi`` and slowly for kinks;
-    ``"auto"`` uses it when the last 32 of its 256 coefficients hold less than 1e-4 of their
-    norm (an error of about 1e-8), and the polar rule otherwise.
+    ``"auto"`` uses it for a pair when, at both of its points, the last 32 of its 256
+    coefficients hold less than 1e-4 of their norm and two Gauss-Hermite rules agree on them
+    (an error of about 1e-8), and the polar rule otherwise: the choice is made per pair, from
+    its own variances, so a pair's value does not depend on the rest of the batch.
 ``"polar"``
     Polar coordinates ``z = r (cos theta, sin theta)``. Then ``u = sqrt(q11) r cos(theta)`` and
     ``v = sqrt(q22) r cos(theta - alpha)``: the lines ``u = 0`` and ``v = 0``, where ReLU-like
-    activations have their kink (or jump), are the four angles ``-pi/2, alpha - pi/2, pi/2,
-    alpha + pi/2``. The angle is integrated with Gauss-Legendre on each of the four arcs they
-    bound, so kinks at 0 cost no accuracy. The arcs come in pairs ``theta, theta + pi``, which
-    makes the angular sum an even function of ``r``; the radial integral
-    ``int_0^inf r exp(-r^2/2) G(r) dr = int_0^inf exp(-s) G(sqrt(2 s)) ds`` is then done with
-    Gauss-Laguerre in ``s = r^2 / 2`` (exact for positively homogeneous activations such as
-    ReLU, geometric convergence for smooth ones).
+    activations have their kink (or jump) and saturating ones their steep part, bound four
+    arcs of angle. Each arc is integrated with the tanh-sinh rule, whose nodes crowd into its
+    two ends; the radius with the trapezoid rule in ``x``, ``r = log(1 + e^x)`` (logarithmic
+    spacing for small ``r``, where ``phi(sigma r)`` has its features when ``sigma`` is large).
+    Both converge geometrically for piecewise-analytic ``phi``, at any scale of the variances.
+    The rule on every other node gives an error estimate per pair; ``"auto"`` picks the nodes
+    per pair from its larger variance (``_TIERS``), takes more for the pairs that miss
+    :data:`TOLERANCE`, and warns (:class:`~torchntk.errors.AccuracyWarning`) for the pairs
+    that still miss it (fast-oscillating ``phi`` at large variances, e.g. ``sin`` beyond a
+    variance of about 100).
 ``"hermite"``
     The plain tensor-product Gauss-Hermite rule in ``(z1, z2)`` (``degree^2`` nodes), as in
     neural-tangents' numerical activations: spectrally accurate for smooth ``phi``, but only
@@ -47,6 +52,7 @@ Example:
 from __future__ import annotations
 
 import math
+import warnings
 from functools import lru_cache
 from typing import Callable
 
@@ -55,14 +61,21 @@ import torch
 from scipy import special
 
 from .._checks import check_choice
-from ..errors import InvalidArgumentError
+from ..errors import AccuracyWarning, InvalidArgumentError
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
 
 METHODS = ("auto", "series", "polar", "hermite")
 #: Default numbers of nodes: ``polar`` uses ``RADIAL`` Laguerre nodes times 4 arcs of
 #: ``ANGULAR`` Legendre nodes; ``hermite`` uses ``HERMITE^2`` nodes.
-RADIAL, ANGULAR, HERMITE = 48, 24, 48
+RADIAL, ANGULAR, HERMITE = 65, 41, 48
+#: ``"auto"``: nodes of the polar rule (radial, angular per arc) for the pairs whose larger
+#: variance is at most the bound: a pre-activation of standard deviation ``sigma`` puts the steep
+#: part of a saturating ``phi`` at radius ``1/sigma`` and angle ``1/(sigma r)`` from the kinks.
+#: A pair whose error estimate misses :data:`TOLERANCE` is computed again with the next tier's.
+_TIERS = ((10.0, RADIAL, ANGULAR), (1e3, 65, 61), (1e5, 97, 121), (math.inf, 129, 161))
+#: Relative error (against ``E|phi(u) phi(v)|``) above which ``"auto"`` warns.
+TOLERANCE = 1e-6
 #: Default number of terms of the ``"series"`` method (Hermite polynomials of degree <= it).
 SERIES = 256
 #: ``"auto"`` uses the series when its last 32 coefficients hold less than this part of the norm.
@@ -87,18 +100,6 @@ def angle(q11: torch.Tensor, q12: torch.Tensor, q22: torch.Tensor) -> tuple[torc
     both_zero = (s == 0) & (q12 == 0)
     t = torch.atan2(s, torch.where(both_zero, torch.ones_like(q12), q12))
     return s, torch.where(both_zero, torch.full_like(t, math.pi / 2), t)
-
-
-@lru_cache(maxsize=None)
-def _laguerre(n: int) -> tuple[np.ndarray, np.ndarray]:
-    s, w = special.roots_laguerre(n)
-    return np.sqrt(2.0 * s), w / (2.0 * math.pi)  # radii and weights (with the 1/(2 pi))
-
-
-@lru_cache(maxsize=None)
-def _legendre01(n: int) -> tuple[np.ndarray, np.ndarray]:
-    x, w = special.roots_legendre(n)
-    return (x + 1.0) / 2.0, w / 2.0  # nodes and weights on [0, 1]
 
 
 @lru_cache(maxsize=None)
@@ -140,30 +141,85 @@ def _check_elementwise(y: object, x: torch.Tensor) -> None:
         )
 
 
+@lru_cache(maxsize=None)
+def _radial(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Radii and weights of ``(1 / 2 pi) int_0^inf g(r) r exp(-r^2/2) dr ~ sum_k w_k g(r_k)``.
+
+    Trapezoid rule in ``x`` with ``r = log(1 + e^x)``: logarithmic spacing for small ``r`` (a
+    feature of ``phi(sigma r)`` sits at ``r ~ 1/sigma``, at any scale) and linear spacing where
+    the Gaussian decays. ``x`` runs from ``r = 1e-7`` to ``r = 9.6`` (the cut-offs lose less than
+    1e-13 of the integral for ``g`` growing at most polynomially).
+    """
+    lo, hi = math.log(math.expm1(1e-7)), 9.6
+    x = np.linspace(lo, hi, n)
+    r = np.logaddexp(0.0, x)
+    w = (x[1] - x[0]) * special.expit(x) * r * np.exp(-r * r / 2) / (2.0 * math.pi)
+    return r, w
+
+
+@lru_cache(maxsize=None)
+def _tanh_sinh(n: int, reach: float = 3.2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Tanh-sinh (double exponential) rule on ``[0, 1]``: distances of the nodes from the left
+    end, from the right end (each exact to full relative precision, however close) and weights.
+
+    ``x = (1 + tanh((pi/2) sinh t)) / 2``, trapezoid in ``t`` on ``[-reach, reach]``: the nodes
+    crowd double-exponentially into both ends, where the kinks (and, for large variances, the
+    steep parts) of ``phi(u) phi(v)`` lie.
+    """
+    t = np.linspace(-reach, reach, n)
+    g = (math.pi / 2) * np.sinh(t)
+    left, right = special.expit(2 * g), special.expit(-2 * g)
+    w = (t[1] - t[0]) * (math.pi / 4) * np.cosh(t) / np.cosh(g) ** 2
+    return left, right, w
+
+
 def _polar(fn: Fn, q11, q12, q22, derivative: bool, radial: int, angular: int):
-    dt = q11.dtype
-    r, wr = (torch.as_tensor(a, dtype=dt, device=q11.device) for a in _laguerre(radial))
-    x, wx = (torch.as_tensor(a, dtype=dt, device=q11.device) for a in _legendre01(angular))
+    """The polar rule (module docstring): ``(sigma, sdot, error)`` per pair, 1-D inputs.
+
+    With ``alpha`` the angle of the pair, the four arcs between the lines ``u = 0`` and
+    ``v = 0`` are, by the distances ``phi`` and ``psi = L - phi`` from their two ends,
+
+        arc of length alpha:       u =  sqrt(q11) r sin(phi),  v = -sqrt(q22) r sin(psi)
+        arc of length pi - alpha:  u =  sqrt(q11) r sin(psi),  v =  sqrt(q22) r sin(phi)
+
+    and the same two with ``(u, v) -> (-u, -v)``. ``error`` estimates the relative error of
+    ``sigma`` and ``sdot`` against ``E|phi(u) phi(v)|`` (and the same for ``phi'``): the rule on
+    every other node (double step) differs from the full one by ``d``, and the trapezoid rules
+    converge geometrically, so the full rule is off by about ``d^2`` (relative).
+    """
+    dt, dev = q11.dtype, q11.device
+    r, wr = (torch.as_tensor(a, dtype=dt, device=dev) for a in _radial(radial))
+    left, right, wt = (torch.as_tensor(a, dtype=dt, device=dev) for a in _tanh_sinh(angular))
     _, alpha = angle(q11, q12, q22)
     a = alpha[:, None]
-    half = math.pi / 2
-    # Two arcs of lengths alpha and pi - alpha; the other two are these plus pi (sign flip).
-    theta = torch.cat([-half + a * x, a - half + (math.pi - a) * x], dim=1)  # (B, 2A)
-    w_theta = torch.cat([a * wx, (math.pi - a) * wx], dim=1)  # (B, 2A)
-    cu = torch.cos(theta)
-    cv = torch.cos(theta - a)
-    sign = torch.tensor([1.0, -1.0], dtype=dt, device=q11.device)
+    b = math.pi - a
+    su = torch.cat([torch.sin(a * left), torch.sin(b * right)], dim=1)  # (B, 2A)
+    sv = torch.cat([-torch.sin(a * right), torch.sin(b * left)], dim=1)
+    w_theta = torch.cat([a * wt, b * wt], dim=1)
+    sign = torch.tensor([1.0, -1.0], dtype=dt, device=dev)
     # (B, R, 2A, 2): radius x angle x (theta, theta + pi)
-    base_u = (cu[:, None, :, None] * r[None, :, None, None]) * sign
-    base_v = (cv[:, None, :, None] * r[None, :, None, None]) * sign
-    u = safe_sqrt(q11)[:, None, None, None] * base_u
-    v = safe_sqrt(q22)[:, None, None, None] * base_v
+    u = safe_sqrt(q11)[:, None, None, None] * ((su[:, None, :, None] * r[None, :, None, None]) * sign)
+    v = safe_sqrt(q22)[:, None, None, None] * ((sv[:, None, :, None] * r[None, :, None, None]) * sign)
     w = wr[None, :, None, None] * w_theta[:, None, :, None]
     fu, du = _eval(fn, u, derivative)
     fv, dv = _eval(fn, v, derivative)
     sigma = (w * fu * fv).sum(dim=(1, 2, 3))
     sdot = None if not derivative else (w * du * dv).sum(dim=(1, 2, 3))
-    return sigma, sdot
+    with torch.no_grad():
+        error = _halved_error(w, fu * fv, sigma)
+        if derivative:
+            error = torch.maximum(error, _halved_error(w, du * dv, sdot))
+    return sigma, sdot, error
+
+
+def _halved_error(w: torch.Tensor, f: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
+    """Relative error estimate ``(|full - coarse| / sum w |f|)^2`` of a product rule whose
+    double-step version keeps the even nodes of the radial and of each arc's angular axes."""
+    f, w, full = f.detach(), w.detach(), full.detach()
+    coarse = 4 * (w * f)[:, ::2, :, :].unflatten(2, (2, -1))[:, :, :, ::2].sum(dim=(1, 2, 3, 4))
+    scale = (w * f.abs()).sum(dim=(1, 2, 3))
+    rel = (full - coarse).abs() / torch.where(scale > 0, scale, torch.ones_like(scale))
+    return rel * rel
 
 
 def _product_hermite(fn: Fn, q11, q12, q22, derivative: bool, degree: int):
@@ -183,13 +239,13 @@ def _product_hermite(fn: Fn, q11, q12, q22, derivative: bool, degree: int):
 
 
 @lru_cache(maxsize=None)
-def _hermite_projector(terms: int) -> tuple[np.ndarray, np.ndarray]:
+def _hermite_projector(terms: int, extra: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """Nodes ``z`` and the matrix ``P[k, q] = w_q h_k(z_q)`` of ``E[g(z) h_k(z)] ~ P @ g(z)``.
 
     ``h_k = He_k / sqrt(k!)`` are the orthonormal probabilists' Hermite polynomials (by their
-    three-term recurrence); the 1-D Gauss-Hermite rule has ``2 * terms + 64`` nodes.
+    three-term recurrence); the 1-D Gauss-Hermite rule has ``2 * terms + extra`` nodes.
     """
-    z, w = special.roots_hermitenorm(2 * terms + 64)
+    z, w = special.roots_hermitenorm(2 * terms + extra)
     root_w = np.sqrt(w / math.sqrt(2 * math.pi))
     # the recurrence on h_k(z) sqrt(w) stays bounded where h_k(z) alone would overflow
     h = np.empty((terms + 1, z.size))
@@ -202,30 +258,54 @@ def _hermite_projector(terms: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _series_coefficients(fn: Fn, q11, q22, derivative: bool, terms: int):
-    """``b_k(q) = E[phi(sqrt(q) z) h_k(z)]`` (and for ``phi'``), shape ``q.shape + (terms + 1,)``."""
-    z, proj = (torch.as_tensor(a, dtype=q11.dtype, device=q11.device) for a in _hermite_projector(terms))
+    """``b_k(q) = E[phi(sqrt(q) z) h_k(z)]`` (and for ``phi'``), shape ``q.shape + (terms + 2,)``.
+
+    The last entry is ``||b - b'||`` where ``b'`` are the same coefficients by a Gauss-Hermite
+    rule with 32 more nodes: two rules agree when both resolve ``phi(sqrt(q) z)``, and disagree
+    when it oscillates faster than their nodes (the aliased coefficients of ``sin(100 z)`` look
+    converged). See :func:`_converged`.
+    """
+    rules = [
+        tuple(torch.as_tensor(a, dtype=q11.dtype, device=q11.device) for a in _hermite_projector(terms, extra))
+        for extra in (64, 96)
+    ]
 
     def coefficients(q):
-        x = safe_sqrt(q)[..., None] * z
-        f, df = _eval(fn, x, derivative)
-        return f @ proj.T, (None if df is None else df @ proj.T)
+        out = []
+        for z, proj in rules:
+            f, df = _eval(fn, safe_sqrt(q)[..., None] * z, derivative)
+            out.append((f @ proj.T, None if df is None else df @ proj.T))
+        (b, d), (b2, d2) = out
+
+        def checked(c, c2):
+            return torch.cat([c, (c.detach() - c2.detach()).norm(dim=-1, keepdim=True)], dim=-1)
+
+        return checked(b, b2), (None if d is None else checked(d, d2))
 
     b1, d1 = coefficients(q11)
     b2, d2 = (b1, d1) if q22 is q11 else coefficients(q22)
     return b1, d1, b2, d2
 
 
-def _converged(*coefs: torch.Tensor | None) -> bool:
-    """Whether the last 32 Hermite coefficients carry less than ``_SERIES_TOL`` of the norm."""
+def _converged(*coefs: torch.Tensor | None) -> torch.Tensor:
+    """Per point: whether the expansion holds ``phi(sqrt(q) z)`` to ``_SERIES_TOL``.
+
+    Two checks on the coefficients of :func:`_series_coefficients` (last entry: the gap between
+    two rules): the last 32 carry less than ``_SERIES_TOL`` of the norm, and the two rules agree
+    to ``_SERIES_TOL^2`` of it. The truncation error is then about ``_SERIES_TOL^2`` of
+    ``E|phi(u) phi(v)|``.
+    """
+    ok = None
     for c in coefs:
         if c is None:
             continue
         c = c.detach()
+        gap, c = c[..., -1], c[..., :-1]
         total = (c * c).sum(-1)
         tail = (c[..., -32:] ** 2).sum(-1)
-        if bool((tail > _SERIES_TOL**2 * total).any()):
-            return False
-    return True
+        fine = (tail <= _SERIES_TOL**2 * total) & (gap * gap <= _SERIES_TOL**4 * total) & torch.isfinite(total)
+        ok = fine if ok is None else ok & fine
+    return ok
 
 
 def _horner(c1: torch.Tensor, c2: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
@@ -242,20 +322,85 @@ def _horner(c1: torch.Tensor, c2: torch.Tensor, rho: torch.Tensor) -> torch.Tens
     return acc
 
 
-def _series(fn: Fn, q11, q12, q22, derivative: bool, terms: int, check: bool = False):
+def _series(fn: Fn, q11, q12, q22, derivative: bool, terms: int):
     """Mehler's expansion: ``E[phi(u) phi(v)] = sum_k b_k(q11) b_k(q22) rho^k``.
 
     ``b_k(q) = E[phi(sqrt(q) z) h_k(z)]`` for a standard normal ``z`` and ``rho = cos(t)`` the
     correlation; likewise for ``phi'``. The coefficients are computed once per variance (not per
-    pair), so the cost is ``O(points * terms * nodes + pairs * terms)``. With ``check``, returns
-    None when the expansion has not converged (see :func:`_converged`).
+    pair), so the cost is ``O(points * terms * nodes + pairs * terms)``. Returns
+    ``(sigma, sdot, converged)`` with ``converged`` per pair (both points pass
+    :func:`_converged`), of the broadcast shape.
     """
     b1, d1, b2, d2 = _series_coefficients(fn, q11, q22, derivative, terms)
-    if check and not _converged(b1, d1, b2, d2):
-        return None
+    ok = _converged(b1, d1) & _converged(b2, d2)
     _, t = angle(q11, q12, q22)
     rho = torch.cos(t)
-    return _horner(b1, b2, rho), (_horner(d1, d2, rho) if derivative else None)
+    sigma = _horner(b1[..., :-1], b2[..., :-1], rho)
+    sdot = _horner(d1[..., :-1], d2[..., :-1], rho) if derivative else None
+    return sigma, sdot, ok.expand(sigma.shape)
+
+
+def _warn_inaccurate(error: torch.Tensor, q11: torch.Tensor, q22: torch.Tensor, fn: Fn) -> None:
+    """Issue an :class:`~torchntk.errors.AccuracyWarning` for the pairs whose estimated relative
+    error exceeds :data:`TOLERANCE`."""
+    bad = error > TOLERANCE
+    if not bool(bad.any()):
+        return
+    var = torch.maximum(q11, q22).detach()[bad]
+    name = getattr(fn, "__name__", None) or repr(fn)
+    warnings.warn(
+        f"Gaussian expectations of {name}: {int(bad.sum())} of {error.numel()} pairs may be off by "
+        f"up to {float(error.max()):.1e} (relative), above the tolerance {TOLERANCE:g}; their "
+        f"pre-activation variances reach {float(var.max()):.3g} (an oscillating or steep activation "
+        "at that scale; a closed form, or Elementwise(..., nngp_fn=...), is exact)",
+        AccuracyWarning,
+        stacklevel=3,
+    )
+
+
+def _chunked_rule(rule, q11, q12, q22, per_item: int, derivative: bool):
+    """``rule`` on 1-D pairs in chunks of at most ``_CHUNK_POINTS`` quadrature points."""
+    chunk = max(1, _CHUNK_POINTS // per_item)
+    parts = [rule(q11[i : i + chunk], q12[i : i + chunk], q22[i : i + chunk]) for i in range(0, max(q11.numel(), 1), chunk)]
+    sigma = torch.cat([p[0] for p in parts])
+    sdot = torch.cat([p[1] for p in parts]) if derivative else None
+    error = torch.cat([p[2] for p in parts]) if len(parts[0]) > 2 else None
+    return sigma, sdot, error
+
+
+def _polar_pairs(fn: Fn, q11, q12, q22, derivative: bool, degree: int | None):
+    """The polar rule on 1-D pairs: ``degree`` nodes in each direction, or (``None``) the nodes
+    of :data:`_TIERS` chosen per pair from its larger variance. Returns ``(sigma, sdot, error)``."""
+    if degree is not None:
+        n = degree | 1  # odd: the even nodes form the double-step rule of the error estimate
+
+        def rule(a, b, c):
+            return _polar(fn, a, b, c, derivative, n, n)
+
+        return _chunked_rule(rule, q11, q12, q22, 4 * n * n, derivative)
+    qmax = torch.maximum(q11, q22).detach()
+    sigma = torch.zeros_like(q12)
+    sdot = torch.zeros_like(q12) if derivative else None
+    error = torch.full(q12.shape, math.inf, dtype=q12.dtype, device=q12.device)
+    start = torch.zeros(q12.shape, dtype=torch.long, device=q12.device)
+    for level, (bound, _, _) in enumerate(_TIERS[:-1]):
+        start += (qmax > bound) | (qmax != qmax)
+    for level, (_, radial, angular) in enumerate(_TIERS):
+        # the pairs that start at this level, and those of the lower levels that missed the tolerance
+        todo = (start == level) | ((start < level) & (error > TOLERANCE))
+        idx = torch.nonzero(todo).flatten()
+        if idx.numel() == 0:
+            continue
+
+        def rule(a, b, c, radial=radial, angular=angular):
+            return _polar(fn, a, b, c, derivative, radial, angular)
+
+        sg, sd, er = _chunked_rule(rule, q11[idx], q12[idx], q22[idx], 4 * radial * angular, derivative)
+        sigma = sigma.index_put((idx,), sg)
+        if derivative:
+            sdot = sdot.index_put((idx,), sd)
+        error[idx] = er
+    return sigma, sdot, error
 
 
 def gaussian_expectations(
@@ -279,9 +424,12 @@ def gaussian_expectations(
             converged, else ``"polar"``), ``"series"``, ``"polar"`` (exact at kinks in 0) or
             ``"hermite"`` (tensor-product Gauss-Hermite); see the module docstring.
         degree: ``"series"``: number of terms (default 256). ``"polar"`` (and the fallback of
-            ``"auto"``): Laguerre radial nodes, with ``degree // 2`` Legendre nodes on each of
-            the 4 angular arcs, so ``2 degree^2`` points (default 48). ``"hermite"``: nodes per
-            axis, ``degree^2`` points (default 48).
+            ``"auto"``): radial nodes and angular nodes per arc (made odd), ``4 degree^2``
+            points; default: chosen per pair from its variances (65 x 41 up to 129 x 161).
+            ``"hermite"``: nodes per axis, ``degree^2`` points (default 48). With the default
+            degree, ``"auto"``, ``"polar"`` and ``"series"`` warn
+            (:class:`~torchntk.errors.AccuracyWarning`) for pairs whose estimated error exceeds
+            :data:`TOLERANCE` (1e-6 of ``E|phi(u) phi(v)|``).
 
     Gradients with respect to ``q11, q12, q22`` flow through both expectations.
 
@@ -291,7 +439,8 @@ def gaussian_expectations(
         0.159155
     """
     check_choice("method", method, METHODS)
-    if degree is not None and (not isinstance(degree, int) or degree < 2):
+    method = method.lower()
+    if degree is not None and (isinstance(degree, bool) or not isinstance(degree, int) or degree < 2):
         raise InvalidArgumentError(f"`degree` must be an int >= 2, got {degree!r}")
     ref = next((q for q in (q11, q12, q22) if isinstance(q, torch.Tensor)), None)
     dtype = ref.dtype if ref is not None and ref.is_floating_point() else torch.float64
@@ -299,35 +448,33 @@ def gaussian_expectations(
     same = q11 is q22
     q11, q12, q22 = (torch.as_tensor(q, dtype=dtype, device=device) for q in (q11, q12, q22))
     if method in ("series", "auto"):  # works on the un-broadcast variances (one expansion per point)
-        out = _series(fn, q11, q12, q11 if same else q22, derivative, SERIES if method == "auto" else degree or SERIES,
-                      check=method == "auto")
-        if out is not None:
-            return out
-        method = "polar"  # "auto": the expansion did not converge (a kink, or a steep function)
+        terms = degree or SERIES if method == "series" else SERIES
+        sigma, sdot, ok = _series(fn, q11, q12, q11 if same else q22, derivative, terms)
+        if bool(ok.all()):
+            return sigma, sdot
+        if method == "series":
+            if degree is None:
+                _warn_inaccurate(torch.where(ok, 1.0, math.inf).to(dtype) * _SERIES_TOL, *torch.broadcast_tensors(q11, q22), fn)
+            return sigma, sdot
     q11, q12, q22 = torch.broadcast_tensors(q11, q12, q22)
     shape = q11.shape
     q11, q12, q22 = (q.reshape(-1) for q in (q11, q12, q22))
-    if method == "polar":
-        radial = degree or RADIAL
-        angular = max(degree // 2, 2) if degree else ANGULAR
-        per_item = radial * angular * 4
-
-        def rule(a, b, c):
-            return _polar(fn, a, b, c, derivative, radial, angular)
-    else:
+    if method == "hermite":
         hdeg = degree or HERMITE
-        per_item = hdeg * hdeg
 
         def rule(a, b, c):
             return _product_hermite(fn, a, b, c, derivative, hdeg)
 
-    chunk = max(1, _CHUNK_POINTS // per_item)
-    sigmas, sdots = [], []
-    for start in range(0, max(q11.numel(), 1), chunk):
-        sl = slice(start, start + chunk)
-        sg, sd = rule(q11[sl], q12[sl], q22[sl])
-        sigmas.append(sg)
-        sdots.append(sd)
-    sigma = torch.cat(sigmas).reshape(shape)
-    sdot = torch.cat(sdots).reshape(shape) if derivative else None
-    return sigma, sdot
+        sigma, sdot, _ = _chunked_rule(rule, q11, q12, q22, hdeg * hdeg, derivative)
+        return sigma.reshape(shape), (sdot.reshape(shape) if derivative else None)
+    if method == "polar":
+        sigma, sdot, error = _polar_pairs(fn, q11, q12, q22, derivative, degree)
+    else:  # "auto": the polar rule on the pairs whose expansion has not converged
+        idx = torch.nonzero(~ok.reshape(-1)).flatten()
+        sg, sd, error = _polar_pairs(fn, q11[idx], q12[idx], q22[idx], derivative, degree)
+        sigma = sigma.reshape(-1).index_put((idx,), sg)
+        sdot = sdot.reshape(-1).index_put((idx,), sd) if derivative else None
+        q11, q22 = q11[idx], q22[idx]
+    if degree is None:
+        _warn_inaccurate(error, q11, q22, fn)
+    return sigma.reshape(shape), (sdot.reshape(shape) if derivative else None)

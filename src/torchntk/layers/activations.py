@@ -469,11 +469,14 @@ class Elementwise(ElementwiseLayer):
         d_nngp_fn: optional ``E[fn'(u) fn'(v)]``, same signature. When ``nngp_fn`` is given but
             not ``d_nngp_fn``, it is ``d nngp_fn / d cov12`` by autograd (Price's theorem).
         method, degree: how the expectations are computed when ``nngp_fn`` is None:
-            ``"auto"`` (default) uses Mehler's Hermite series (fast, for smooth ``fn``) when
-            it has converged and the polar quadrature otherwise (exact for kinks at 0);
-            ``"series"`` (``degree`` terms, default 256), ``"polar"`` (``2 degree^2`` points,
-            default degree 48) or ``"hermite"`` (tensor-product Gauss-Hermite, ``degree^2``
-            points, default 48) force one rule; see ``docs/activations.md``.
+            ``"auto"`` (default) uses, pair by pair, Mehler's Hermite series (fast, for smooth
+            ``fn``) where it has converged and the polar quadrature otherwise (kinks at 0 and
+            steep parts at the ends of its arcs), to 1e-6 of ``E|fn(u) fn(v)|`` for
+            variances from 1e-4 to 1e4, with an ``AccuracyWarning`` where it cannot vouch for
+            that (fast-oscillating ``fn`` at large variances); ``"series"`` (``degree``
+            terms, default 256), ``"polar"`` (``4 degree^2`` points) or ``"hermite"``
+            (tensor-product Gauss-Hermite, ``degree^2`` points, default 48) force one rule;
+            see ``docs/activations.md``.
 
     Example:
         >>> from torchntk import layers
