@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import scipy.linalg as sl
 import torch
 
-from torchntk.errors import InvalidArgumentError
+import torchntk
+from torchntk.errors import ConvergenceWarning, InvalidArgumentError
 from torchntk.scale import (
     KernelOperator,
     SpectralDynamics,
@@ -162,3 +165,19 @@ def test_kernel_regression_is_mse_at_infinite_time_with_its_ridge():
         torch.testing.assert_close(f_train, ref_train, rtol=1e-9, atol=1e-10)
     with pytest.warns(FutureWarning, match="relative"):
         kernel_regression(k, y, kt, diag_reg=1e-2)
+
+
+def test_cg_warns_when_it_stops_short_of_its_tolerance():
+    # eigenvalues 1e-6 .. 1: condition 1e6, far more than 5 iterations to reach 1e-10
+    g = np.random.default_rng(0)
+    q, _ = np.linalg.qr(g.standard_normal((200, 200)))
+    k = torch.from_numpy((q * np.logspace(-6, 0, 200)) @ q.T)
+    y = torch.from_numpy(g.standard_normal(200))
+    with pytest.warns(ConvergenceWarning, match="stopped short of rtol=1e-10"):
+        _, info = cg_solve(k, y, rtol=1e-10, maxiter=5)
+    assert not info["converged"] and info["relative_residual"][0] > 1e-10
+    assert issubclass(ConvergenceWarning, torchntk.TorchNTKWarning)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)  # reaching rtol: no warning
+        _, info = cg_solve(k, y, rtol=1e-10, maxiter=5000)
+    assert info["converged"] and info["relative_residual"][0] <= 1e-9
