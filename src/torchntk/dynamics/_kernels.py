@@ -238,15 +238,22 @@ def eigh_psd(name: str, mat: torch.Tensor, input_dtype: torch.dtype) -> tuple[to
         lam, q = torch.from_numpy(w), torch.from_numpy(v)
     else:
         lam, q = torch.linalg.eigh(mat)
+    return check_psd(name, lam, input_dtype), q
+
+
+def check_psd(name: str, lam: torch.Tensor, input_dtype: torch.dtype) -> torch.Tensor:
+    """Ascending eigenvalues ``lam`` of a kernel with round-off negatives set to 0 (see
+    :func:`eigh_psd`); raises ``InvalidArgumentError`` naming ``name`` below
+    ``-PSD_RTOL * lam_max``."""
     top = float(lam[-1]) if lam.numel() else 0.0
     rtol = PSD_RTOL.get(input_dtype, 1e-4)
-    low = float(lam[0])
+    low = float(lam[0]) if lam.numel() else 0.0
     if low < -rtol * max(abs(top), 1e-300):
         raise InvalidArgumentError(
             f"`{name}` is far from positive semi-definite: smallest eigenvalue {low:.3g}, "
             f"largest {top:.3g} (tolerated: -{rtol:g} * largest)"
         )
-    return lam.clamp_min(0.0), q
+    return lam.clamp_min(0.0)
 
 
 def pinv_eigenvalues(lam: torch.Tensor) -> torch.Tensor:

@@ -11,11 +11,12 @@ In neural-tangents' units (loss divided by ``N*O``) the same step reads ``eta_nt
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
 
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, StabilityWarning
 from . import _kernels as K
 
 __all__ = ["max_learning_rate"]
@@ -31,7 +32,9 @@ def max_learning_rate(
         momentum: heavy-ball momentum ``mu`` in ``[0, 1)``.
 
     Returns:
-        The critical learning rate (a float; ``inf`` for a zero kernel).
+        The critical learning rate (a float; ``inf`` for a zero kernel). A kernel with an
+        eigenvalue below ``-1e-7 lam_max`` (``-1e-4`` for float32) is not PSD: it raises
+        ``InvalidArgumentError``, as :func:`~torchntk.dynamics.mse` does.
 
     Example:
         >>> ntk = torch.eye(4, dtype=torch.float64) * 2.0
@@ -41,7 +44,29 @@ def max_learning_rate(
     if not isinstance(momentum, (int, float)) or not 0 <= momentum < 1:
         raise InvalidArgumentError(f"`momentum` must be a float in [0, 1), got {momentum!r}")
     kt = K.train_kernel("ntk_train_train", ntk_train_train, dtype=dtype)
-    lam_max = float(torch.linalg.eigvalsh(kt.matrix)[-1])
+    lam = K.check_psd("ntk_train_train", torch.linalg.eigvalsh(kt.matrix), kt.source_dtype)
+    return critical_rate(float(lam[-1]), kt.n, momentum)
+
+
+def critical_rate(lam_max: float, n: int, momentum: float | None = None) -> float:
+    """``2 (1 + momentum) n / lam_max`` (``inf`` for ``lam_max <= 0``)."""
     if lam_max <= 0:
         return float("inf")
-    return 2.0 * (1.0 + momentum) * kt.n / lam_max
+    return 2.0 * (1.0 + (momentum or 0.0)) * n / lam_max
+
+
+def warn_if_unstable(learning_rate: float | None, momentum: float | None, lam_max: float, n: int,
+                     what: str) -> None:
+    """A :class:`~torchntk.errors.StabilityWarning` when ``learning_rate`` is at or above the
+    critical rate of :func:`max_learning_rate` (the top mode then grows or never decays)."""
+    if learning_rate is None:
+        return
+    limit = critical_rate(lam_max, n, momentum)
+    if learning_rate >= limit:
+        warnings.warn(
+            f"{what}: learning_rate={learning_rate:g} is at or above max_learning_rate={limit:.6g} "
+            "(2 (1 + momentum) N / lam_max): gradient descent on this kernel diverges (its top "
+            "mode does not decay), so its predictions at finite times are meaningless",
+            StabilityWarning,
+            stacklevel=3,
+        )

@@ -14,6 +14,9 @@ Cost (CONVENTIONS section 4): ``C(f) = (1/(2N)) sum_i ||f(x_i) - y_i||^2``. With
   ``f(x) = f_0(x) + Theta(x, X) Theta^{-1} (y - f_0(X))`` (the fixed point of every rule;
   returned as such even for a gradient-descent step above ``2N / lam_max``, which never gets
   there). A singular kernel falls back to the pseudo-inverse: zero modes keep their residual.
+- a gradient-descent step at or above :func:`~torchntk.dynamics.max_learning_rate` makes the
+  finite-time predictions grow without bound: they are returned with a
+  :class:`~torchntk.errors.StabilityWarning`.
 
 neural-tangents' ``predict.gradient_descent_mse`` divides by ``N*O`` instead of ``N``:
 its time is ``t_nt = O * t`` (and its learning rate ``eta_nt = O * eta``).
@@ -30,6 +33,7 @@ from .._checks import renamed
 from ..errors import InvalidArgumentError
 from . import _kernels as K
 from ._spectral import factors
+from .learning_rate import warn_if_unstable
 
 __all__ = ["mse", "MSEPredictor"]
 
@@ -165,6 +169,7 @@ class MSEPredictor:
         e = g = None
         if fin_idx.numel():
             lam, q = self._decomposition()
+            warn_if_unstable(self.learning_rate, self.momentum, float(lam[-1]), self.n, "mse")
             e, g = factors(lam, ts[fin_idx], self.n, self.learning_rate, self.momentum,
                            need_g=ntk_test_train is not None)
         alpha = self._solve() if inf_idx.numel() else None

@@ -8,8 +8,19 @@ gradient flow on the parameters moves a fixed-kernel network as
 
 With squared loss ``L = (1/2) sum ||f - y||^2`` this is the closed form of
 :func:`~torchntk.dynamics.mse`. Train and test outputs are integrated together by
-``scipy.integrate.solve_ivp`` (default ``DOP853``, tight tolerances; pick ``"LSODA"`` or
-``"Radau"`` for stiff problems: large ``lam_max * t / N``).
+``scipy.integrate.solve_ivp``, tight tolerances. ``method="auto"`` (the default) measures the
+stiffness ``s = lam_max * t_end * c / N`` (``c`` the learning rate, 1 for gradient flow): the
+number of time constants of the fastest mode. An explicit method needs on the order of ``s``
+steps, so ``"auto"`` takes the explicit ``DOP853`` for ``s <= 1000`` and ``LSODA`` (which
+switches to an implicit BDF method while the problem is stiff) beyond. A kernel with
+eigenvalues 1e6 and 1e-3 integrated to ``t = 1e3`` then takes a fraction of a second where
+``DOP853`` would take hours.
+
+With a ``learning_rate`` at or above :func:`~torchntk.dynamics.max_learning_rate` (for
+cross-entropy, whose softmax Hessian is at most ``max_i sum_a y_ia / 2``, twice that) the
+gradient descent that the ODE stands for diverges: a
+:class:`~torchntk.errors.StabilityWarning` says so (the ODE itself stays finite). A user loss
+is checked against the squared-loss rate.
 
 Momentum: a continuous-time version of heavy-ball momentum ``mu`` with learning rate ``eta``,
 with ``t`` counting steps (``v`` the output velocity, ``v(0) = 0``):
@@ -32,9 +43,14 @@ from scipy.integrate import solve_ivp
 from .._checks import check_choice
 from ..errors import InvalidArgumentError, SolverError
 from . import _kernels as K
+from .learning_rate import warn_if_unstable
 from .mse import _check_rate
 
 __all__ = ["ode", "ODEPredictor", "squared_loss", "cross_entropy_loss", "huber_loss"]
+
+#: ``method="auto"``: the stiffness ``lam_max * t_end * c / N`` above which LSODA is used.
+STIFFNESS = 1e3
+METHODS = ("auto", "RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -91,7 +107,7 @@ class ODEPredictor:
     :class:`~torchntk.dynamics.MSEPredictor` (``t = inf`` is not supported here).
     """
 
-    def __init__(self, kt, y, squeeze, f0, loss, learning_rate, momentum, method, rtol, atol):
+    def __init__(self, kt, y, squeeze, f0, loss, learning_rate, momentum, method, rtol, atol, lam_max):
         self._kt, self.y, self._squeeze, self.f0 = kt, y, squeeze, f0
         self.n, self.o = kt.n, y.shape[1]
         self.loss = loss
@@ -99,7 +115,9 @@ class ODEPredictor:
         self.method, self.rtol, self.atol = method, rtol, atol
         known = _GRADS.get(loss)
         self._grad = (lambda f: known(f, y)) if known is not None else _autograd(loss, y)
+        self.lam_max = lam_max  # largest eigenvalue of the train kernel
         self.last_result = None  # scipy's OdeResult of the latest call
+        self.last_method = None  # the solve_ivp method of the latest call
 
     def _apply(self, kernel: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         """``kernel @ grad`` in the kernel's layout; returns (rows, O)."""
@@ -156,9 +174,12 @@ class ODEPredictor:
         if t_end == 0.0:
             ys = np.repeat(state0.cpu().numpy()[:, None], ts.shape[0], axis=1)
         else:
-            res = solve_ivp(rhs, (0.0, t_end), state0.cpu().numpy(), method=self.method,
+            method = self.method
+            if method == "auto":
+                method = "LSODA" if self.lam_max * t_end * scale > STIFFNESS else "DOP853"
+            res = solve_ivp(rhs, (0.0, t_end), state0.cpu().numpy(), method=method,
                             t_eval=t_sorted, rtol=self.rtol, atol=self.atol)
-            self.last_result = res
+            self.last_result, self.last_method = res, method
             if not res.success:
                 raise SolverError(f"the ODE solver failed: {res.message}")
             ys = res.y
@@ -183,7 +204,7 @@ def ode(
     f0_train: Any = None,
     learning_rate: float | None = None,
     momentum: float | None = None,
-    method: str = "DOP853",
+    method: str = "auto",
     rtol: float = 1e-10,
     atol: float = 1e-12,
     dtype: torch.dtype = K.DEFAULT_DTYPE,
@@ -201,7 +222,9 @@ def ode(
         learning_rate: with ``momentum``: heavy-ball step, ``t`` counts steps; alone: ``t``
             counts steps of gradient flow time ``eta`` each.
         momentum: ``mu`` in ``[0, 1)`` (continuous heavy-ball ODE, see the module docstring).
-        method, rtol, atol: passed to ``scipy.integrate.solve_ivp``.
+        method: ``"auto"`` (default: ``DOP853``, or ``LSODA`` for stiff problems, see the
+            module docstring) or a ``scipy.integrate.solve_ivp`` method name.
+        rtol, atol: passed to ``scipy.integrate.solve_ivp``.
 
     Returns:
         An :class:`ODEPredictor`; ``f_train, f_test = pred(t, ntk_test_train, f0_test)``.
@@ -228,4 +251,12 @@ def ode(
           K.outputs_like("f0_train", f0_train, kt.n, y.shape[1], dtype=dtype, device=dev))
     if not (callable(loss_fn) and torch.isfinite(loss_fn(f0, y)).all()):
         raise InvalidArgumentError("`loss` is not finite at the initial outputs `f0_train`")
-    return ODEPredictor(kt, y, squeeze, f0, loss_fn, learning_rate, momentum, method, rtol, atol)
+    if not isinstance(method, str) or method.lower() not in {m.lower() for m in METHODS}:
+        check_choice("method", method, METHODS)
+    method = next(m for m in METHODS if m.lower() == method.lower())
+    lam_max = float(K.check_psd("ntk_train_train", torch.linalg.eigvalsh(kt.matrix), kt.source_dtype)[-1])
+    # the loss's curvature bounds the stable step: 1 for squared and Huber loss, at most
+    # max_i sum_a y_ia / 2 for softmax cross-entropy
+    curvature = 0.5 * float(y.sum(-1).abs().max()) if loss_fn is cross_entropy_loss else 1.0
+    warn_if_unstable(learning_rate, momentum, lam_max * curvature, kt.n, "ode")
+    return ODEPredictor(kt, y, squeeze, f0, loss_fn, learning_rate, momentum, method, rtol, atol, lam_max)
