@@ -66,3 +66,18 @@ def test_tracker_errors():
         DriftTracker(net, torch.randn(4, 2), torch.randn(3, 1))
     with pytest.raises(InvalidArgumentError, match="model"):
         DriftTracker("net", torch.randn(4, 2))
+
+
+def test_tracker_drift_is_zero_when_a_layer_is_frozen_and_nothing_changed():
+    # freezing a layer mid-run moves no weight: the kernel (over the parameters of the first
+    # record) is the same, drift exactly 0 (the same computation on the same weights)
+    gen = torch.Generator().manual_seed(2)
+    net = MLP(2, [32, 32], 1, generator=gen).double()
+    x = torch.randn(8, 2, dtype=torch.float64, generator=gen)
+    tr = DriftTracker(net, x, every=1, keep_kernels=True)
+    tr.record()
+    for p in list(net.parameters())[:2]:
+        p.requires_grad_(False)
+    tr.record()
+    assert tr.history["drift"] == [0.0, 0.0]
+    np.testing.assert_allclose(tr.kernels[0].numpy(), torchntk.empirical_ntk(net, x, mode="mean", params=[n for n, _ in net.named_parameters()]).numpy(), rtol=1e-12)

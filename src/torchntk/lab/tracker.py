@@ -10,7 +10,10 @@ probe batch (``mode="mean"``, an ``(P, P)`` float64 matrix ``Theta_t``) and reco
 
 In the lazy (wide) regime the drift stays small and falls as ``width^(-1/2)``; a drift of order
 one means the network left the kernel regime. The model is put in ``eval()`` mode while its
-kernel is computed and restored afterwards; parameters are not changed.
+kernel is computed and restored afterwards; parameters are not changed. The kernel sums over
+the parameters that required grad at the first record, every time: freezing a layer later
+(``requires_grad_(False)``) stops it from moving but does not take it out of the kernel, so
+an unchanged network has drift 0.
 
 Example:
     >>> net = torchntk.nn.MLP(2, [256, 256], 1).double()
@@ -83,6 +86,7 @@ class DriftTracker:
         self.seconds = 0.0
         self._count = 0
         self._theta0: torch.Tensor | None = None
+        self._params: list[str] | None = None  # the kernel's parameters, fixed at the first record
 
     # -- the loop interface --
     def step(self) -> bool:
@@ -98,8 +102,10 @@ class DriftTracker:
         start = time.perf_counter()
         was_training = self.model.training
         self.model.eval()
+        if self._params is None:
+            self._params = [n for n, p in self.model.named_parameters() if p.requires_grad]
         try:
-            theta = empirical_ntk(self.model, self.probe_x, mode="mean").detach().double()
+            theta = empirical_ntk(self.model, self.probe_x, mode="mean", params=self._params).detach().double()
         finally:
             self.model.train(was_training)
         if self._theta0 is None:
