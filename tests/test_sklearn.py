@@ -73,3 +73,25 @@ def test_errors():
     reg = NTKRegressor().fit(np.eye(3), np.ones(3))
     with pytest.raises(ValueError, match="features"):
         reg.predict(np.ones((2, 4)))
+
+
+@pytest.mark.parametrize("cls", [NTKRegressor, NTKClassifier])
+def test_set_params_after_fit_never_mixes_old_and_new_kernels(cls):
+    rng = np.random.default_rng(0)
+    X, Xt = rng.normal(size=(20, 3)), rng.normal(size=(6, 3))
+    y = np.sin(X[:, 0]) if cls is NTKRegressor else (X[:, 0] > 0).astype(int)
+    other = L.serial(L.Dense(64, W_std=1.5, b_std=0.5), L.Erf(), L.Dense(1, W_std=1.5, b_std=0.5))
+    est = cls(diag_reg=1e-6).fit(X, y)
+    est.set_params(architecture=other)
+    with pytest.raises(NotFittedError):  # the train kernel of the old architecture is gone
+        est.predict(Xt)
+    fresh = cls(architecture=other, diag_reg=1e-6).fit(X, y)
+    out = "predict" if cls is NTKRegressor else "decision_function"
+    np.testing.assert_allclose(getattr(est.fit(X, y), out)(Xt), getattr(fresh, out)(Xt), rtol=1e-12)
+    est.set_params(diag_reg=1e-2)
+    with pytest.raises(NotFittedError):
+        est.predict(Xt)
+    # t is read at prediction time: changing it keeps the fit and equals a fresh fit with that t
+    est = cls(architecture=other, diag_reg=1e-6).fit(X, y).set_params(t=3.0)
+    fresh = cls(architecture=other, diag_reg=1e-6, t=3.0).fit(X, y)
+    np.testing.assert_allclose(getattr(est, out)(Xt), getattr(fresh, out)(Xt), rtol=1e-12)

@@ -49,6 +49,21 @@ class _NTKBase(BaseEstimator):
         if not isinstance(self.diag_reg, (int, float)) or not self.diag_reg >= 0:
             raise ValueError(f"diag_reg must be a number >= 0, got {self.diag_reg!r}")
 
+    #: Parameters that the fitted state depends on (``t`` is read at prediction time).
+    _FIT_PARAMS = ("architecture", "diag_reg")
+    _FITTED = ("X_fit_", "n_features_in_", "_Y", "_predictor", "classes_", "_binarizer")
+
+    def set_params(self, **params) -> "_NTKBase":
+        """Set parameters; changing ``architecture`` or ``diag_reg`` after :meth:`fit` clears
+        the fitted state (predicting then needs a new ``fit``), so the train kernel of one
+        setting is never paired with the test kernel of another. ``t`` can change freely."""
+        super().set_params(**params)
+        if any(k in params for k in self._FIT_PARAMS):
+            for attr in self._FITTED:
+                if hasattr(self, attr):
+                    delattr(self, attr)
+        return self
+
     def _spec(self):
         return default_architecture() if self.architecture is None else self.architecture
 
