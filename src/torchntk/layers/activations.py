@@ -91,6 +91,12 @@ class ABRelu(ElementwiseLayer):
         return self.a * torch.clamp(x, max=0) + self.b * torch.clamp(x, min=0)
 
     def rule(self, q11: Tensor, q12: Tensor, q22: Tensor) -> tuple[Tensor, Tensor]:
+        if not _in_range(q11, q22):
+            # positively homogeneous: sigma(4^k1 q11, 2^(k1+k2) q12, 4^k2 q22) = 2^(k1+k2) sigma,
+            # sdot unchanged; the scaled covariance is in range (no overflow of q11 q22)
+            a, b, d, k = _scaled(q11, q12, q22)
+            sigma, sdot = self.rule(a, b, d)
+            return _ldexp(sigma, k), sdot
         if not _records_grad(q11, q12, q22):
             return self._rule_no_grad(q11, q12, q22)
         s, t = angle(q11, q12, q22)
@@ -132,6 +138,65 @@ def _records_grad(*ts: Tensor) -> bool:
 def _positive_variances(q11: Tensor, q22: Tensor) -> bool:
     """Whether every ``q11 q22`` product is > 0 (then ``s = 0`` and ``q12 = 0`` never meet)."""
     return bool(q11.numel() and q22.numel() and q11.min() * q22.min() > 0)
+
+
+#: Variances in ``[2^-480, 2^480]`` (or 0) keep ``q11 q22`` and ``q12^2`` inside float64's range.
+_SAFE_EXPONENT = 480
+
+
+def _in_range(q11: Tensor, q22: Tensor) -> bool:
+    """Whether every nonzero variance lies in ``[2^-480, 2^480]`` (the plain formulas are then
+    free of overflow and underflow); else the scaled forms are used. One pass per tensor (the
+    variances are per point: small next to the pairs)."""
+    hi, lo = 2.0**_SAFE_EXPONENT, 2.0**-_SAFE_EXPONENT
+    for q in (q11, q22):
+        if q.numel() == 0:
+            continue
+        q = q.detach()
+        bottom, top = (float(v) for v in torch.aminmax(q))
+        if not top <= hi:
+            return top != top  # NaN: no scaling helps, leave it to the plain formula
+        if bottom < lo and float(torch.where(q > 0, q, torch.full_like(q, hi)).min()) < lo:
+            return False
+    return True
+
+
+def _half_exponent(q: Tensor) -> Tensor:
+    """``k`` with ``q / 4^k`` in ``[1, 4)`` for ``q > 0`` (0 elsewhere), as a float tensor."""
+    q = q.detach()
+    _, e = torch.frexp(torch.where(q > 0, q, torch.ones_like(q)))
+    return torch.where(q > 0, torch.div(e - 1, 2, rounding_mode="floor"), torch.zeros_like(e)).to(q.dtype)
+
+
+def _ldexp(x: Tensor, e: Tensor) -> Tensor:
+    """``x * 2^e`` for integer-valued ``e`` up to +-2100, exactly (``torch.ldexp`` forms ``2^e``
+    first, which overflows or underflows beyond +-1023): three exact power-of-two factors,
+    applied in turn so that no intermediate leaves the range between ``x`` and the result."""
+    third = torch.trunc(e / 3)
+    for part in (third, third, e - 2 * third):
+        x = x * torch.pow(2.0, part)
+    return x
+
+
+def _scaled(q11: Tensor, q12: Tensor, q22: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Exact power-of-two rescaling of a covariance: ``(q11 / 4^k1, q12 / 2^(k1+k2), q22 / 4^k2,
+    k1 + k2)`` with each variance in ``[1, 4)`` (multiplying by powers of two rounds nothing)."""
+    k1, k2 = _half_exponent(q11), _half_exponent(q22)
+    k = k1 + k2
+    return _ldexp(q11, -2 * k1), _ldexp(q12, -k), _ldexp(q22, -2 * k2), k
+
+
+def _root_plus_det(x: Tensor, q11: Tensor, q12: Tensor, q22: Tensor, c: float = 1.0) -> Tensor:
+    """``sqrt(x + c D)`` (for ``x >= 1``) with ``D = max(q11 q22 - q12^2, 0)`` the determinant of the covariance,
+    finite wherever the result is representable: in the plain form when the variances are in
+    range, else as ``2^k sqrt(x / 4^k + c D_s)`` with ``D = 4^k D_s`` from :func:`_scaled`."""
+    if _in_range(q11, q22):
+        return torch.sqrt(torch.add(x, torch.addcmul(q11 * q22, q12, q12, value=-1).clamp(min=0), alpha=c))
+    a, b, d, k = _scaled(q11, q12, q22)
+    det = c * torch.clamp(a * d - b * b, min=0)
+    # k < 0 (tiny variances): D = 4^k D_s is negligible against x >= 1 and may underflow
+    up = torch.clamp(k, min=0)
+    return _ldexp(torch.sqrt(_ldexp(x, -2 * up) + _ldexp(det, 2 * (k - up))), up)
 
 
 class Relu(ABRelu):
@@ -219,10 +284,16 @@ class Erf(ElementwiseLayer):
         return self.a * torch.special.erf(self.b * x) + self.c
 
     def rule(self, q11: Tensor, q12: Tensor, q22: Tensor) -> tuple[Tensor, Tensor]:
+        # d - 4 b^4 q12^2 = 1 + 2 b^2 (q11 + q22) + 4 b^4 (q11 q22 - q12^2): written so, it has
+        # no cancellation at correlation 1 and large variances, and stays finite (scaled form)
+        # and asin(2 b^2 q12 / sqrt(d)) = atan2(2 b^2 q12, sqrt(d - 4 b^4 q12^2)): exact at
+        # correlation +-1 however large the variances (asin would amplify a rounded argument)
         b2 = self.b**2
-        d = (1 + 2 * b2 * q11) * (1 + 2 * b2 * q22)
-        sigma = self.a**2 * (2 / _PI) * torch.asin(2 * b2 * q12 / torch.sqrt(d)) + self.c**2
-        sdot = (self.a * self.b) ** 2 * (4 / _PI) / torch.sqrt(d - 4 * b2 * b2 * q12 * q12)
+        root = _root_plus_det((0.5 + 2 * b2 * q11) + (0.5 + 2 * b2 * q22), q11, q12, q22, 4 * b2 * b2)
+        sigma = torch.atan2(q12 * (2 * b2), root) * (self.a**2 * (2 / _PI))
+        if self.c:
+            sigma = sigma + self.c**2
+        sdot = torch.reciprocal(root) * ((self.a * self.b) ** 2 * (4 / _PI))
         return sigma, sdot
 
 
@@ -264,12 +335,17 @@ class Gelu(ElementwiseLayer):
         return torch.nn.functional.gelu(x)
 
     def rule(self, q11: Tensor, q12: Tensor, q22: Tensor) -> tuple[Tensor, Tensor]:
+        # The docstring's formulas rearranged to have no cancellation and no overflow:
+        # D = 1 + q11 + q22 + (q11 q22 - q12^2) and
+        # (q11 q22 + q12^2 (1 - q11 q22) / (p1 p2)) / sqrt(D)
+        #     = (q11 / p1) (q22 / p2) sqrt(D) + rho^2 / sqrt(D)
+        # and asin(rho) = atan2(q12, sqrt(D)), exact at correlation +-1
         p1, p2 = 1 + q11, 1 + q22
-        d = p1 * p2 - q12 * q12
-        root = torch.sqrt(d)
-        orthant = 0.25 + torch.asin(q12 / torch.sqrt(p1 * p2)) / (2 * _PI)
-        sigma = q12 * orthant + (q11 * q22 + q12 * q12 * (1 - q11 * q22) / (p1 * p2)) / (2 * _PI * root)
-        sdot = orthant + q12 * (1 / p1 + 1 / p2) / (2 * _PI * root) + q12 / (2 * _PI * d * root)
+        rho = q12 * torch.rsqrt(p1) * torch.rsqrt(p2)
+        root = _root_plus_det(p1 + q22, q11, q12, q22)
+        orthant = 0.25 + torch.atan2(q12, root) / (2 * _PI)
+        sigma = q12 * orthant + ((q11 / p1) * (q22 / p2) * root + rho * rho / root) / (2 * _PI)
+        sdot = orthant + (q12 / root) * (1 / p1 + 1 / p2) / (2 * _PI) + ((q12 / root) / root) / root / (2 * _PI)
         return sigma, sdot
 
 
