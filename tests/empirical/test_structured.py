@@ -95,13 +95,33 @@ def test_torch_conv_padding_modes(padding_mode):
         assert_close(empirical_ntk(model, x1, x2, mode=mode, implementation="structured"), brute_ntk(model, x1, x2, mode))
 
 
-def test_unsupported_conv_variants_fall_back():
+def _grouped_dilated(dims):
+    conv = nn.Conv1d if dims == 1 else nn.Conv2d
+    flat = 9 if dims == 1 else 18
+    return nn.Sequential(
+        conv(4, 6, 3, groups=2, dilation=2, padding=2, stride=2), nn.Tanh(),
+        conv(6, 3, 2, groups=3, dilation=2 if dims == 1 else (1, 2), padding_mode="circular"),
+        nn.Flatten(), nn.Linear(flat, 2),
+    ).double()
+
+
+@pytest.mark.parametrize("method", ["jw", "pair"])
+@pytest.mark.parametrize("dims", [1, 2])
+def test_grouped_dilated_strided_convs_are_covered_and_exact(method, dims, monkeypatch):
+    """Groups, dilation, stride and padding in the structured path: every parameter covered,
+    the kernel equal to brute force by either per-layer method (float64, 1e-10)."""
     torch.manual_seed(6)
-    model = nn.Sequential(nn.Conv2d(2, 4, 3, groups=2), nn.Tanh(), nn.Conv2d(4, 2, 2, dilation=2),
-                          nn.Flatten(), nn.Linear(2, 1)).double()
-    x1 = torch.randn(3, 2, 5, 5, dtype=torch.float64)
-    assert _fallback(model, x1) == ["0.weight", "0.bias", "2.weight", "2.bias"]
-    assert_close(empirical_ntk(model, x1, implementation="structured"), brute_ntk(model, x1))
+    model = _grouped_dilated(dims)
+    shape = (4, 9) if dims == 1 else (4, 7, 7)
+    x1, x2 = torch.randn(3, *shape, dtype=torch.float64), torch.randn(2, *shape, dtype=torch.float64)
+    assert _fallback(model, x1) == []
+    monkeypatch.setattr(structured, "choose_method", lambda *args, **kw: method)
+    for mode in ("full", "diagonal", "mean"):
+        ref = brute_ntk(model, x1, x2, mode)
+        assert_close(empirical_ntk(model, x1, x2, mode=mode, implementation="structured"), ref)
+    parts = empirical_ntk(model, x1, mode="mean", implementation="structured", per_layer=True)
+    assert set(parts) == {n for n, _ in model.named_parameters()}
+    assert_close(sum(parts.values()), brute_ntk(model, x1, mode="mean"))
 
 
 def test_auto_prefers_structured_for_wide_layers_and_jacobian_without_them():

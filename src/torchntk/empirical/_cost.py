@@ -15,21 +15,37 @@ forward pass, plus ``2`` per other parameter), ``s`` bytes per number, ``e = O^2
   (``2 N1 N2 (e C + K)`` for a Linear layer); the uncovered parameters as in ``jacobian``.
   Memory: ``O`` cotangents and one input per covered layer per example.
 
-``auto`` takes the implementation with the fewest estimated flops among those whose memory for
-the smallest tiling (one example per block) fits in the budget (``ntvp`` always fits). All
-implementations are exact, so the choice affects time and memory only.
+* ``autograd``: ``N1 + N2`` forward passes and batched backward passes in a Python loop, then
+  the products of ``jacobian``; it needs nothing but autograd, so it comes last.
+
+``auto`` orders the implementations by estimated flops among those whose memory for the
+smallest tiling (one example per block) fits in the budget (``ntvp`` always fits), leaves out
+those that a cheap check (:func:`known_limits`, from the model's modules and the torch
+functions seen by the structured probe) shows cannot handle the model, and appends the
+fallbacks that need less of the model (``structured`` with the autograd loop for its uncovered
+parameters, then ``autograd``). The caller tries them in that order. All implementations are
+exact, so the choice affects time and memory only.
+
+Plans are cached per model (weakly) and per parameter set, input shape, dtype, device and
+output selector: the structured probe and the implementations found unable to handle the model
+are remembered, so a second call with the same structure pays neither again.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
 from ._functional import Functional
+from .autograd import AutogradBackend
 from .jacobian import JacobianBackend
 from .ntvp import NtvpBackend
 from .structured import StructuredBackend, choose_method, layer_flops, probe_layers
+
+_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -70,10 +86,15 @@ def jacobian_flops(fwd: float, p: int, o: int, n1: int, n2: int, mode: str) -> f
     return 3 * fwd * (o + 1) * (n1 + n2) + o * fwd * (n1 + n2) + 2 * n1 * n2 * e * p
 
 
-def structured_plan(fm: Functional, x1: torch.Tensor, n1: int, n2: int, o: int, mode: str,
-                    per_layer: bool, s: int, budget: int) -> Plan:
-    """The structured backend with its flop estimate and memory figures (see the module doc)."""
-    layers, shapes, fallback = probe_layers(fm, x1)
+def structured_plan(fm: Functional, probe: tuple, n1: int, n2: int, o: int, mode: str,
+                    per_layer: bool, s: int, budget: int, loop: bool = False) -> Plan:
+    """The structured backend with its flop estimate and memory figures (see the module doc).
+
+    ``probe`` is the result of :func:`~torchntk.empirical.structured.probe_layers` (computed
+    once per model structure and input shape, see the plan cache above); ``loop=True``
+    differentiates the uncovered parameters by the autograd loop instead of ``vmap``.
+    """
+    layers, shapes, fallback = probe[:3]
     limit = budget / 4 / s
     methods = {lay.name: choose_method(shapes[lay.name], o, n1, n2, mode, limit) for lay in layers}
     e = o * o if mode == "full" else (o if mode == "diagonal" else 1)
@@ -85,7 +106,7 @@ def structured_plan(fm: Functional, x1: torch.Tensor, n1: int, n2: int, o: int, 
         flops += layer_flops(sh, m, o, n1, n2, mode)
         example += (o + 2) * sh.P * sh.C + sh.P * sh.K
         if m == "jw":
-            example += o * sh.C * sh.K
+            example += o * sh.C * sh.K / sh.G
         if m == "pair":
             pair += (o * o if mode == "full" else o) * sh.P**2 + sh.P**2
     p_fb = sum(fm.params[n].numel() for n in fallback)
@@ -94,8 +115,93 @@ def structured_plan(fm: Functional, x1: torch.Tensor, n1: int, n2: int, o: int, 
         flops += 3 * fwd * (o + 1) * (n1 + n2) + 2 * o * (n1 + n2) * p_fb + 2 * n1 * n2 * e_fb * p_fb
         example += 2 * o * p_fb
     parts = len(fm.params) if per_layer else 1
-    backend = StructuredBackend(fm, o, layers, methods, fallback, shapes)
+    backend = StructuredBackend(fm, o, layers, methods, fallback, shapes, loop=loop)
     return Plan(backend, flops, n1 * n2 * e * s * parts, example * s, pair * s)
+
+
+@dataclass
+class Entry:
+    """What is remembered for one model structure and input shape."""
+
+    probe: tuple
+    failed: set = field(default_factory=set)
+
+
+def _key(fm: Functional, x1: torch.Tensor) -> tuple:
+    sel = fm.output if isinstance(fm.output, (str, int, type(None))) else "callable"
+    params = tuple((n, tuple(t.shape), t.dtype) for n, t in fm.params.items())
+    return params, tuple(x1.shape[1:]), x1.dtype, str(x1.device), sel
+
+
+def entry(fm: Functional, x1: torch.Tensor) -> Entry:
+    """The cached :class:`Entry` of ``fm`` at inputs shaped like ``x1`` (probing on a miss)."""
+    if fm.module is None:
+        return Entry(probe_layers(fm, x1))
+    per_model = _CACHE.setdefault(fm.module, {})
+    key = _key(fm, x1)
+    hit = per_model.get(key)
+    if hit is None:
+        hit = per_model[key] = Entry(probe_layers(fm, x1))
+    return hit
+
+
+def known_limits(fm: Functional, functions: set[str]) -> set[str]:
+    """Implementations that cannot handle the model, from cheap evidence: recurrent modules have
+    no ``vmap`` rule; ``scaled_dot_product_attention`` has no forward-mode rule on the CPU."""
+    out: set[str] = set()
+    if fm.module is not None and any(isinstance(m, nn.RNNBase) for m in fm.module.modules()):
+        out |= {"jacobian", "structured"}
+    if "scaled_dot_product_attention" in functions:
+        out.add("ntvp")
+    return out
+
+
+def candidates(
+    fm: Functional,
+    x1: torch.Tensor,
+    n2: int,
+    o: int,
+    mode: str,
+    implementation: str,
+    budget: int,
+    per_layer: bool,
+    acc_dtype: torch.dtype | None,
+) -> tuple[list[Plan], Entry]:
+    """The plans to try in order (one for an explicit ``implementation``) and the cache entry."""
+    ent = entry(fm, x1)
+    n1 = x1.shape[0]
+    s = _itemsize(fm, acc_dtype)
+    p = sum(t.numel() for t in fm.params.values())
+    e = _entries(mode, o)
+    parts = len(fm.params) if per_layer else 1
+    out_bytes = n1 * n2 * e * s * parts
+    fwd = model_flops(fm, ent.probe[1])
+    jac_flops = jacobian_flops(fwd, p, o, n1, n2, mode)
+    auto = implementation == "auto"
+    plans: dict[str, Plan] = {}
+    if auto or implementation == "structured":
+        plans["structured"] = structured_plan(fm, ent.probe, n1, n2, o, mode, per_layer, s, budget)
+    if auto or implementation == "jacobian":
+        plans["jacobian"] = Plan(JacobianBackend(fm, o), jac_flops, out_bytes, 2 * o * p * s, 3 * e * s)
+    if auto or implementation == "ntvp":
+        chunk = int(max(1, budget / 4 // max(3 * p * s, 1)))
+        plans["ntvp"] = Plan(
+            NtvpBackend(fm, o, chunk=chunk), 3 * fwd * n2 * o * (n1 + n2) * parts, out_bytes, 0.0, 3 * o * o * s
+        )
+    if auto or implementation == "autograd":
+        plans["autograd"] = Plan(AutogradBackend(fm, o), jac_flops, out_bytes, 2 * o * p * s, 3 * e * s)
+    if not auto:
+        return [plans[implementation]], ent
+    skip = ent.failed | known_limits(fm, ent.probe[3])
+    fast = [
+        v for k, v in plans.items()
+        if k in ("structured", "jacobian", "ntvp") and k not in skip and (k == "ntvp" or v.min_bytes() <= budget)
+    ]
+    order = sorted(fast, key=lambda pl: pl.flops)
+    if ent.probe[0] and ent.probe[2] and "structured+autograd" not in ent.failed:
+        order.append(structured_plan(fm, ent.probe, n1, n2, o, mode, per_layer, s, budget, loop=True))
+    order.append(plans["autograd"])
+    return order, ent
 
 
 def plan(
@@ -109,29 +215,5 @@ def plan(
     per_layer: bool,
     acc_dtype: torch.dtype | None,
 ) -> Plan:
-    """Pick (``"auto"``) or build the backend for ``implementation`` with its cost figures."""
-    n1 = x1.shape[0]
-    s = _itemsize(fm, acc_dtype)
-    p = sum(t.numel() for t in fm.params.values())
-    e = _entries(mode, o)
-    parts = len(fm.params) if per_layer else 1
-    out_bytes = n1 * n2 * e * s * parts
-    candidates: dict[str, Plan] = {}
-    if implementation in ("auto", "structured"):
-        candidates["structured"] = structured_plan(fm, x1, n1, n2, o, mode, per_layer, s, budget)
-    fwd = 2.0 * p
-    if implementation == "auto":
-        fwd = model_flops(fm, candidates["structured"].backend.shapes)
-    if implementation in ("auto", "jacobian"):
-        candidates["jacobian"] = Plan(
-            JacobianBackend(fm, o), jacobian_flops(fwd, p, o, n1, n2, mode), out_bytes, 2 * o * p * s, 3 * e * s
-        )
-    if implementation in ("auto", "ntvp"):
-        chunk = int(max(1, budget / 4 // max(3 * p * s, 1)))
-        candidates["ntvp"] = Plan(
-            NtvpBackend(fm, o, chunk=chunk), 3 * fwd * n2 * o * (n1 + n2) * parts, out_bytes, 0.0, 3 * o * o * s
-        )
-    if implementation != "auto":
-        return candidates[implementation]
-    feasible = [v for k, v in candidates.items() if k == "ntvp" or v.min_bytes() <= budget]
-    return min(feasible, key=lambda pl: pl.flops)
+    """The first plan :func:`candidates` would try."""
+    return candidates(fm, x1, n2, o, mode, implementation, budget, per_layer, acc_dtype)[0][0]

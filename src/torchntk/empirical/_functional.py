@@ -1,19 +1,28 @@
-"""A model seen as a function of (some of) its parameters (private).
+"""A model seen as a function of (some of) its parameters: the one implementation (private).
 
 :func:`make_functional` turns an ``nn.Module`` (or a plain function ``f(params, x)`` with a
 ``params`` dict) into a :class:`Functional`: the differentiated parameters as a name -> tensor
 dict and a function ``fn(params, x) -> (N, O)``. Parameters that are not differentiated, and
-all buffers, pass through untouched (``torch.func.functional_call``).
+all buffers, pass through untouched (``torch.func.functional_call``). Every part of torchntk
+that differentiates a model with respect to its parameters builds on it: ``empirical_ntk``,
+``linearize``, the NTK-vector-product operator of :mod:`torchntk.scale` and the lab.
 
-It also refuses models whose output for one example depends on the other examples of the batch
-or on chance (train-mode BatchNorm or Dropout): the NTK is defined for a deterministic
-per-example function ``x -> f(theta, x)``.
+Three rules are decided here, once:
+
+* **which parameters**: ``params=None`` means every parameter with ``requires_grad``; a name
+  (of a parameter or of a module), a list of names or a predicate selects a subset;
+* **which output**: ``output=None`` takes the model's output when it is a tensor; a key or
+  attribute name (``"logits"``), an index (``0``) or a function of the output
+  (``lambda out: out.logits[:, -1]``) selects the tensor from a dict, tuple or output object;
+* **determinism**: models whose output for one example depends on the other examples of the
+  batch or on chance (train-mode BatchNorm or Dropout) are refused: the NTK is defined for a
+  deterministic per-example function ``x -> f(theta, x)``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence, Union
+from typing import Any, Callable, Mapping, Sequence, Union
 
 import torch
 from torch import nn
@@ -22,6 +31,63 @@ from torch.func import functional_call
 from ..errors import InvalidArgumentError, ModelStateError, ShapeError
 
 ParamSelector = Union[None, str, Sequence[str], Callable[[str, torch.Tensor], bool], Mapping[str, torch.Tensor]]
+OutputSelector = Union[None, str, int, Callable[[Any], torch.Tensor]]
+
+
+def check_output_selector(output: object) -> OutputSelector:
+    """Raise InvalidArgumentError unless ``output`` is None, a str, an int or a callable."""
+    if output is None or callable(output) or isinstance(output, str):
+        return output
+    if isinstance(output, int) and not isinstance(output, bool):
+        return output
+    raise InvalidArgumentError(
+        "`output` must be None, a key or attribute name (e.g. 'logits'), an int index, or a "
+        f"function of the model's output (e.g. lambda out: out.logits[:, -1]), got {output!r}"
+    )
+
+
+def _describe(out: object) -> str:
+    """A short description of a non-tensor model output, naming what it holds."""
+    kind = type(out).__name__
+    if isinstance(out, Mapping):
+        keys = [k for k in out.keys()]
+        return f"a {kind} with keys {', '.join(map(repr, keys)) or '(none)'}"
+    if isinstance(out, (tuple, list)):
+        inner = ", ".join(type(t).__name__ for t in out[:6])
+        return f"a {kind} of {len(out)} items ({inner})"
+    fields = [k for k, v in vars(out).items() if isinstance(v, torch.Tensor)] if hasattr(out, "__dict__") else []
+    return f"a {kind}" + (f" with tensor attributes {', '.join(map(repr, fields))}" if fields else "")
+
+
+def select_output(out: object, output: OutputSelector) -> torch.Tensor:
+    """The tensor that ``output`` names in the model output ``out`` (see the module doc)."""
+    if output is None:
+        if isinstance(out, torch.Tensor):
+            return out
+        raise ShapeError(
+            f"`model` returned {_describe(out)}, not a tensor; pass `output=` to choose the "
+            "tensor to differentiate: a key or attribute name (output='logits'), an index "
+            "(output=0), or a function (output=lambda out: out.logits[:, -1])"
+        )
+    if callable(output):
+        res = output(out)
+    elif isinstance(output, str):
+        if isinstance(out, Mapping) and output in out:
+            res = out[output]
+        elif hasattr(out, output):
+            res = getattr(out, output)
+        else:
+            raise ShapeError(f"`output`={output!r} names nothing in the model output, {_describe(out)}")
+    else:
+        try:
+            res = out[output]
+        except (TypeError, IndexError, KeyError):
+            raise ShapeError(
+                f"`output`={output!r} is not a valid index of the model output, {_describe(out)}"
+            ) from None
+    if not isinstance(res, torch.Tensor):
+        raise ShapeError(f"`output`={output!r} selects {_describe(res)}, not a tensor")
+    return res
 
 
 @dataclass
@@ -31,20 +97,25 @@ class Functional:
     Attributes:
         params: the differentiated parameters, detached, in a stable order (name -> tensor).
         module: the ``nn.Module`` behind ``fn`` (``None`` for a plain function).
-        frozen: tensors passed to ``functional_call`` unchanged (unselected parameters).
-        raw: the user's function ``(params, x) -> (N, O) or (N,)`` before reshaping.
+        frozen: tensors passed to ``functional_call`` unchanged (unselected parameters);
+            parameters in neither dict are taken from the module as they are.
+        raw: the user's function ``(params, x) -> (N, O) or (N,)`` (plain-function models).
+        output: the output selector (see :func:`select_output`).
     """
 
     params: dict[str, torch.Tensor]
     module: nn.Module | None
     frozen: dict[str, torch.Tensor] = field(default_factory=dict)
     raw: Callable | None = None
+    output: OutputSelector = None
 
     def raw_call(self, params: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        """The model output as the model returns it (no reshaping)."""
+        """The selected output tensor as the model returns it (no reshaping)."""
         if self.module is not None:
-            return functional_call(self.module, {**self.frozen, **params}, (x,))
-        return self.raw(dict(params), x)
+            out = functional_call(self.module, {**self.frozen, **params}, (x,))
+        else:
+            out = self.raw(dict(params), x)
+        return select_output(out, self.output)
 
     def __call__(self, params: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """``f(params, x)`` as a ``(N, O)`` tensor (a ``(N,)`` output becomes ``(N, 1)``)."""
@@ -55,24 +126,62 @@ class Functional:
         """``f(params, x_i)`` of one example ``xi`` (no batch axis) as a ``(O,)`` vector."""
         return self(params, xi.unsqueeze(0))[0]
 
-    def probe(self, x: torch.Tensor) -> int:
-        """Run the model on (at most two) examples of ``x``; check the output; return ``O``."""
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating dtype of the differentiated parameters."""
+        return next(iter(self.params.values())).dtype
+
+    def probe(self, x: torch.Tensor, name: str = "x1") -> int:
+        """Run the model on (at most two) examples of ``x``; check the output; return ``O``.
+
+        A model that fails on the input raises a torchntk error naming ``name`` (the argument
+        ``x`` came from) with the reason: wrong feature size, dtype or device, or a rank-1 batch.
+        """
         n = min(2, x.shape[0])
-        with torch.no_grad():
-            out = self.raw_call(self.params, x[:n])
-        if not isinstance(out, torch.Tensor):
-            raise ShapeError(
-                f"`model` must return a tensor of shape (N, O) or (N,), got {type(out).__name__}"
-            )
+        try:
+            with torch.no_grad():
+                out = self.raw_call(self.params, x[:n])
+        except (ShapeError, InvalidArgumentError):
+            raise
+        except Exception as err:  # noqa: BLE001 - the model's own error, explained for this input
+            raise _input_error(name, x, self, err) from err
         if out.ndim not in (1, 2) or out.shape[0] != n:
             raise ShapeError(
                 f"`model` must map a batch (N, ...) to an output (N, O) or (N,); for an input "
                 f"batch of {n} it returned shape {tuple(out.shape)} (flatten extra output axes, "
-                "e.g. with nn.Flatten, and keep the batch axis first)"
+                "e.g. with nn.Flatten or output=lambda out: out.flatten(1), and keep the batch "
+                "axis first)"
             )
         if not out.is_floating_point():
             raise ShapeError(f"`model` output must be floating point, got dtype {out.dtype}")
         return 1 if out.ndim == 1 else int(out.shape[1])
+
+
+def _input_error(name: str, x: torch.Tensor, fm: Functional, err: Exception) -> Exception:
+    """The torchntk error for a model that fails on the input ``x`` (argument ``name``)."""
+    reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+    dt = fm.dtype
+    if x.is_floating_point() and x.dtype != dt:
+        return InvalidArgumentError(
+            f"`{name}` has dtype {x.dtype} but the model's parameters are {dt}; the model failed "
+            f"on it ({reason}). Cast one to the other, e.g. {name}.to({dt})"
+        )
+    dev = next(iter(fm.params.values())).device
+    if x.device != dev:
+        return InvalidArgumentError(
+            f"`{name}` is on {x.device} but the model's parameters are on {dev} ({reason})"
+        )
+    if x.ndim == 1:
+        return ShapeError(
+            f"`{name}` has shape {tuple(x.shape)}: a batch of {x.shape[0]} scalars, and the model "
+            f"failed on it ({reason}). Inputs are batches (N, ...): for N examples of one feature "
+            f"pass {name}.unsqueeze(1)"
+        )
+    return ShapeError(
+        f"the model failed on `{name}` of shape {tuple(x.shape)} (examples of shape "
+        f"{tuple(x.shape[1:])}): {reason}. Check that the per-example shape is the one the model "
+        "expects"
+    )
 
 
 def check_deterministic(module: nn.Module) -> None:
@@ -95,7 +204,8 @@ def check_deterministic(module: nn.Module) -> None:
             )
 
 
-def _select(named: dict[str, torch.Tensor], params: ParamSelector) -> list[str]:
+def select_names(named: Mapping[str, torch.Tensor], params: ParamSelector) -> list[str]:
+    """The names of ``named`` (in model order) that the selector ``params`` picks."""
     if params is None:
         return [n for n, p in named.items() if p.requires_grad]
     if callable(params):
@@ -123,7 +233,9 @@ def _select(named: dict[str, torch.Tensor], params: ParamSelector) -> list[str]:
     )
 
 
-def make_functional(model: nn.Module | Callable, params: ParamSelector = None) -> Functional:
+def make_functional(
+    model: nn.Module | Callable, params: ParamSelector = None, output: OutputSelector = None
+) -> Functional:
     """Build the :class:`Functional` of ``model`` differentiated w.r.t. the ``params`` subset.
 
     Args:
@@ -132,7 +244,13 @@ def make_functional(model: nn.Module | Callable, params: ParamSelector = None) -
         params: for a module, ``None`` (every parameter with ``requires_grad``), a name or list
             of names (parameters, or modules meaning all their parameters), or a predicate
             ``(name, param) -> bool``. For a plain function: the dict of its parameters.
+        output: which tensor of the model's output to differentiate (:func:`select_output`).
+
+    Raises:
+        ModelStateError: train-mode BatchNorm/Dropout, or no trainable parameter.
+        InvalidArgumentError: a bad ``model``, ``params`` or ``output``.
     """
+    output = check_output_selector(output)
     if isinstance(model, nn.Module):
         check_deterministic(model)
         if isinstance(params, Mapping):
@@ -141,7 +259,7 @@ def make_functional(model: nn.Module | Callable, params: ParamSelector = None) -
                 "an nn.Module pass parameter names or a predicate (name, param) -> bool"
             )
         named = dict(model.named_parameters())
-        names = _select(named, params)
+        names = select_names(named, params)
         if not names:
             if params is None:
                 raise ModelStateError(
@@ -152,9 +270,17 @@ def make_functional(model: nn.Module | Callable, params: ParamSelector = None) -
                 f"`params`={params!r} selects none of the model's parameters "
                 f"({', '.join(named) or 'none'})"
             )
+        for n in names:
+            if named[n].device.type == "meta":
+                raise ModelStateError(
+                    f"`model` parameter {n!r} is a meta tensor (no data); materialize the model "
+                    "(e.g. model.to_empty(device='cpu') and initialize it) before computing its NTK"
+                )
+            if not named[n].is_floating_point():
+                raise InvalidArgumentError(f"`model` parameter {n!r} must be floating point, got {named[n].dtype}")
         chosen = {n: _plain(named[n]) for n in names}
         frozen = {n: _plain(p) for n, p in named.items() if n not in chosen}
-        return Functional(params=chosen, module=model, frozen=frozen)
+        return Functional(params=chosen, module=model, frozen=frozen, output=output)
     if not callable(model):
         raise InvalidArgumentError(
             f"`model` must be an nn.Module or a function f(params, x), got {type(model).__name__}"
@@ -167,10 +293,17 @@ def make_functional(model: nn.Module | Callable, params: ParamSelector = None) -
     for n, p in params.items():
         if not isinstance(p, torch.Tensor) or not p.is_floating_point():
             raise InvalidArgumentError(f"`params`[{n!r}] must be a floating-point tensor")
-    return Functional(params={n: _plain(p) for n, p in params.items()}, module=None, raw=model)
+        if p.device.type == "meta":
+            raise InvalidArgumentError(f"`params`[{n!r}] is a meta tensor (no data)")
+    return Functional(params={n: _plain(p) for n, p in params.items()}, module=None, raw=model, output=output)
 
 
 def _plain(t: torch.Tensor) -> torch.Tensor:
     """``t`` detached (and copied if it is an inference-mode tensor, which autograd refuses)."""
     t = t.detach()
     return t.clone() if t.is_inference() else t
+
+
+def plain_input(x: torch.Tensor) -> torch.Tensor:
+    """An input batch detached (and copied out of inference mode if it was created there)."""
+    return _plain(x)

@@ -4,13 +4,15 @@ A covered layer computes ``y = ws * (W applied to patches of a) + bs * b``:
 
 * ``nn.Linear`` and :class:`torchntk.nn.Linear` on inputs ``(N, *S, K)``: the patches are the
   ``P = prod(S)`` rows ``a[i, s, :]`` (``P = 1`` for the usual ``(N, K)`` input);
-* ``nn.Conv1d/2d`` (``groups=1``, ``dilation=1``) and :class:`torchntk.nn.Conv1d/2d`: the
-  patches of the padded input, ``K = C_in * prod(kernel_size)`` numbers each, one per output
-  position (``P`` of them).
+* ``nn.Conv1d/2d`` (any stride, padding, padding mode, dilation and groups) and
+  :class:`torchntk.nn.Conv1d/2d`: the patches of the padded input, ``K = C_in *
+  prod(kernel_size)`` numbers each (channel-major, so group ``g`` owns the ``g``-th contiguous
+  ``K / groups`` slice), one per output position (``P`` of them).
 
 ``ws``/``bs`` are the layers' ``weight_scale``/``bias_scale`` (torchntk's layers) or 1 (torch's).
-Coverage is decided once per call by :func:`find_layers` and a probe forward pass
-(:func:`torchntk.empirical.structured.probe_layers`, under :class:`Capture`): a parameter is covered only if it belongs to exactly one covered layer
+Coverage is decided by :func:`find_layers` and a probe forward pass
+(:func:`torchntk.empirical.structured.probe_layers`, under :class:`Capture`, whose usage tracker
+also records which torch functions the model calls): a parameter is covered only if it belongs to exactly one covered layer
 (no tying), that layer runs exactly once, and the parameter is used by no operation outside that
 layer's own forward. Everything else goes to the Jacobian path.
 """
@@ -41,6 +43,7 @@ class LayerInfo:
     ws: float
     bs: float
     conv_dims: int  # 0 for Linear, 1 or 2 for convolutions
+    groups: int = 1  # convolution groups: the weight is block diagonal over channel groups
 
 
 def _supported(m: nn.Module) -> int | None:
@@ -51,8 +54,6 @@ def _supported(m: nn.Module) -> int | None:
     if t in (tnn.Conv1d, tnn.Conv2d):
         return m.dims
     if t in (nn.Conv1d, nn.Conv2d):
-        if m.groups != 1 or any(d != 1 for d in m.dilation):
-            return None
         return 1 if t is nn.Conv1d else 2
     return None
 
@@ -82,7 +83,8 @@ def find_layers(module: nn.Module, selected: dict[str, torch.Tensor]) -> list[La
         own = type(m) in _OWN_TYPES
         ws = float(m.weight_scale) if own else 1.0
         bs = float(m.bias_scale) if own else 1.0
-        layers.append(LayerInfo(mname, m, found["weight"], found["bias"], ws, bs, dims))
+        groups = int(getattr(m, "groups", 1)) if dims else 1
+        layers.append(LayerInfo(mname, m, found["weight"], found["bias"], ws, bs, dims, groups))
     return layers
 
 
@@ -92,10 +94,13 @@ class _UsageTracker(TorchFunctionMode):
     def __init__(self, owner: dict[int, str], stack: list[str]) -> None:
         super().__init__()
         self.owner, self.stack, self.outside = owner, stack, set()
+        self.functions: set[str] = set()  # names of the torch functions the model called
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if getattr(func, "__name__", "") != "__get__":
+        fname = getattr(func, "__name__", "")
+        self.functions.add(fname)
+        if fname != "__get__":
             here = self.stack[-1] if self.stack else None
             for t in tree_leaves((args, kwargs)):
                 if isinstance(t, torch.Tensor):
@@ -164,10 +169,11 @@ def patches(lay: LayerInfo, a: torch.Tensor) -> torch.Tensor:
         if any(pad):
             mode = "constant" if m.padding_mode == "zeros" else m.padding_mode
             a = F.pad(a, pad, mode=mode)
+    dil = tuple(getattr(m, "dilation", (1,) * lay.conv_dims))
     if lay.conv_dims == 2:
-        return F.unfold(a, m.kernel_size, stride=m.stride).transpose(1, 2)
-    k, s = m.kernel_size[0], m.stride[0]
-    u = a.unfold(2, k, s)  # (N, C_in, L_out, k)
+        return F.unfold(a, m.kernel_size, dilation=dil, stride=m.stride).transpose(1, 2)
+    k, s, d = m.kernel_size[0], m.stride[0], dil[0]
+    u = a.unfold(2, (k - 1) * d + 1, s)[..., ::d]  # (N, C_in, L_out, k)
     return u.permute(0, 2, 1, 3).reshape(n, u.shape[2], -1)
 
 

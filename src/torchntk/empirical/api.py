@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import torch
@@ -12,10 +13,30 @@ from ..errors import InvalidArgumentError, ShapeError
 from . import _cost
 from .._memory import memory_budget
 from ._blocks import compute_tiled, plan_block
-from ._functional import ParamSelector, make_functional
+from ._failures import failing_operation, is_capability_error, unsupported
+from ._functional import OutputSelector, ParamSelector, make_functional, plain_input
 from ._modes import MODES
 
-IMPLEMENTATIONS = ("auto", "jacobian", "ntvp", "structured")
+IMPLEMENTATIONS = ("auto", "jacobian", "ntvp", "structured", "autograd")
+
+
+def _check_kind(name: str, x: object) -> None:
+    """What :func:`check_batches` does not check: data (no meta tensor), real numbers or ids."""
+    if not isinstance(x, torch.Tensor):
+        return
+    if x.device.type == "meta":
+        raise InvalidArgumentError(
+            f"`{name}` is a meta tensor (shape {tuple(x.shape)}, no data); pass a tensor with values"
+        )
+    if x.is_complex() or x.dtype == torch.bool:
+        raise InvalidArgumentError(
+            f"`{name}` must hold real numbers or integer ids (token ids), got dtype {x.dtype}"
+        )
+
+
+def _choice(name: str, value: object, choices: tuple[str, ...]) -> str:
+    """``value`` lower-cased (choices are accepted in any case), checked against ``choices``."""
+    return check_choice(name, value.lower() if isinstance(value, str) else value, choices)
 
 
 def empirical_ntk(
@@ -26,6 +47,7 @@ def empirical_ntk(
     mode: str = "full",
     implementation: str = "auto",
     params: ParamSelector = None,
+    output: OutputSelector = None,
     per_layer: bool = False,
     block_size: int | None = None,
     memory: int | float | str | None = None,
@@ -37,19 +59,30 @@ def empirical_ntk(
         model: an ``nn.Module`` mapping a batch ``(N, ...)`` to ``(N, O)`` or ``(N,)`` (``O = 1``),
             or a plain function ``f(params, x)`` of a dict of tensors, with that dict as ``params``.
             The model must be deterministic per example: call ``model.eval()`` when it has
-            BatchNorm or Dropout.
-        x1: inputs ``(N1, ...)``.
+            BatchNorm or Dropout. A model returning a dict, tuple or output object needs
+            ``output``.
+        x1: inputs ``(N1, ...)``: floating point (the dtype of the model's parameters), or
+            integer ids (token ids of an embedding).
         x2: inputs ``(N2, ...)`` with the same feature shape; ``None`` computes the symmetric
             ``Theta(x1, x1)`` once (upper tiles, mirrored) and makes it exactly symmetric.
         mode: ``"full"`` -> ``(N1, N2, O, O)``; ``"diagonal"`` -> ``(N1, N2, O)`` (entries
             ``a == b``); ``"mean"`` -> ``(N1, N2)``, ``(1/O) sum_a Theta[i, j, a, a]``.
         implementation: ``"jacobian"`` (per-example Jacobians, contracted tensor by tensor),
             ``"ntvp"`` (NTK-vector products, no Jacobian), ``"structured"`` (per-layer
-            factorization of Linear/Conv layers, the rest by Jacobians), or ``"auto"`` (the
-            cheapest by the cost model of :mod:`torchntk.empirical._cost`). All are exact.
+            factorization of Linear/Conv layers, the rest by Jacobians), ``"autograd"`` (a loop
+            of per-example reverse-mode passes: needs nothing but autograd, for recurrent
+            layers, custom autograd functions, in-place code), or ``"auto"`` (the cheapest by
+            the cost model of :mod:`torchntk.empirical._cost` among those that handle the
+            model; when one fails at run time it warns once and uses the next). All are exact.
+            An explicit implementation that cannot handle the model raises
+            :class:`~torchntk.errors.UnsupportedLayerError` naming the failing operation.
         params: for a module: ``None`` (all parameters with ``requires_grad``), a name or list of
             names of parameters or modules (``"4"`` = every parameter of submodule ``4``), or a
             predicate ``(name, param) -> bool``; for a plain function: the dict of parameters.
+        output: which tensor of the model's output ``f`` is: ``None`` (the output itself, which
+            must be a tensor), a key or attribute name (``"logits"``), an index (``0``), or a
+            function of the output (``lambda out: out.logits[:, -1]``). It must give
+            ``(N, O)`` or ``(N,)``.
         per_layer: return ``{parameter name: part}`` whose values sum to the kernel.
         block_size: tile the kernel in blocks of this many examples (bounds peak memory).
         memory: a peak-memory budget for the tiling, in bytes or as ``"2GiB"``, ``"500MB"``
@@ -69,9 +102,15 @@ def empirical_ntk(
         >>> empirical_ntk(net, x, torch.randn(4, 3), mode="mean").shape
         torch.Size([5, 4])
     """
-    check_choice("mode", mode, MODES)
-    check_choice("implementation", implementation, IMPLEMENTATIONS)
+    mode = _choice("mode", mode, MODES)
+    implementation = _choice("implementation", implementation, IMPLEMENTATIONS)
+    _check_kind("x1", x1)
+    _check_kind("x2", x2)
     x1, x2 = check_batches(x1, x2)
+    if x2 is not None and x2.dtype != x1.dtype:
+        raise InvalidArgumentError(
+            f"`x2` has dtype {x2.dtype} but `x1` has {x1.dtype}; pass both in the same dtype"
+        )
     if accumulate_dtype is not None and not (
         isinstance(accumulate_dtype, torch.dtype) and accumulate_dtype.is_floating_point
     ):
@@ -83,22 +122,35 @@ def empirical_ntk(
     budget = memory_budget(memory)
     # Derivatives are needed even when the caller is in no_grad or inference mode.
     with torch.inference_mode(False), torch.enable_grad():
-        fm = make_functional(model, params)
-        x1 = _plain(x1)
-        x2 = None if x2 is None else _plain(x2)
-        out_dim = fm.probe(x1)
+        fm = make_functional(model, params, output)
+        x1 = plain_input(x1)
+        x2 = None if x2 is None else plain_input(x2)
+        out_dim = fm.probe(x1, "x1")
         n2 = x1.shape[0] if x2 is None else x2.shape[0]
-        plan = _cost.plan(fm, x1, n2, out_dim, mode, implementation, budget, per_layer, accumulate_dtype)
-        block = plan_block(
-            max(x1.shape[0], n2), block_size, budget, plan.fixed_bytes, plan.example_bytes, plan.pair_bytes
+        plans, entry = _cost.candidates(
+            fm, x1, n2, out_dim, mode, implementation, budget, per_layer, accumulate_dtype
         )
-        return compute_tiled(plan.backend, x1, x2, mode, per_layer, block, accumulate_dtype)
-
-
-def _plain(x: torch.Tensor) -> torch.Tensor:
-    """``x`` detached, and copied out of inference mode if it was created there."""
-    x = x.detach()
-    return x.clone() if x.is_inference() else x
+        for k, plan in enumerate(plans):
+            block = plan_block(
+                max(x1.shape[0], n2), block_size, budget, plan.fixed_bytes, plan.example_bytes, plan.pair_bytes
+            )
+            try:
+                return compute_tiled(plan.backend, x1, x2, mode, per_layer, block, accumulate_dtype)
+            except Exception as err:
+                if not is_capability_error(err):
+                    raise
+                name = plan.backend.name
+                if implementation != "auto" or k + 1 == len(plans):
+                    raise unsupported(name, err) from err
+                entry.failed.add(name)
+                warnings.warn(
+                    f"empirical_ntk: implementation {name!r} cannot handle this model (it failed at "
+                    f"{failing_operation(err)}); using {plans[k + 1].backend.name!r} instead. "
+                    "implementation='auto' remembers this for this model.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+        raise AssertionError("unreachable: the last plan returns or raises")  # pragma: no cover
 
 
 def flatten_kernel(theta: torch.Tensor) -> torch.Tensor:

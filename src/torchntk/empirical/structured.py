@@ -18,11 +18,19 @@ takes the cheaper, by a flop count, of
   Gram: ``2 N O P C K`` + ``2 N1 N2 O^2 C K`` flops;
 * ``"pair"``: the patch-pair contraction above: ``2 N1 N2 (O^2 P^2 C + P^2 K + O^2 P^2)`` flops.
 
+A grouped convolution (``groups = g``) has a block-diagonal weight: group ``h`` maps the
+``h``-th ``K / g`` slice of each patch to the ``h``-th ``C / g`` slice of the output channels, so
+its part is the sum over groups of the formula above restricted to those slices (``"jw"``
+forms the per-group ``g^T A`` blocks; ``"pair"`` sums the per-group patch-pair contractions).
+Dilation and padding only change which input numbers form a patch (:func:`._layers.patches`).
+
 The cotangents of all ``O`` outputs come from one batched backward pass
 (``torch.autograd.grad(..., is_grads_batched=True)``) after one forward pass with hooks. In the
 ``"diagonal"`` and ``"mean"`` modes only the output pairs ``a == b`` are formed (``O`` times
 fewer flops). Parameters outside covered layers (LayerNorm, embeddings, custom modules, tied
-weights) are handled by the Jacobian path, so every model works and the kernel is exact.
+weights) are handled by the Jacobian path (``vmap``), or, for models that ``vmap`` cannot
+trace (recurrent layers, custom autograd functions), by the per-example autograd loop of
+:mod:`.autograd` (``StructuredBackend(..., loop=True)``); the kernel is exact either way.
 """
 
 from __future__ import annotations
@@ -34,25 +42,31 @@ import torch
 from ._functional import Functional
 from ._layers import Capture, LayerInfo, cotangent_layout, find_layers, patches
 from ._modes import Accumulator, pair_view
+from .autograd import batched_grads, per_example_jacobians
 from .jacobian import contract_jacobians, jacobians
 
 
 @dataclass
 class LayerShape:
-    """Per-example sizes of a covered layer: ``P`` positions, ``K`` inputs, ``C`` outputs."""
+    """Per-example sizes of a covered layer: ``P`` positions, ``K`` inputs, ``C`` outputs
+    (``K`` and ``C`` over all ``G`` groups of a grouped convolution)."""
 
     P: int
     K: int
     C: int
+    G: int = 1
 
 
-def probe_layers(fm: Functional, x: torch.Tensor) -> tuple[list[LayerInfo], dict[str, LayerShape], list[str]]:
-    """Covered layers, their shapes, and the parameter names left to the Jacobian path.
+def probe_layers(
+    fm: Functional, x: torch.Tensor
+) -> tuple[list[LayerInfo], dict[str, LayerShape], list[str], set[str]]:
+    """Covered layers, their shapes, the parameter names left to the Jacobian path, and the
+    names of the torch functions the model called.
 
     Runs one forward pass on ``x[:1]`` with hooks and a usage tracker (see :mod:`._layers`).
     """
     if fm.module is None:
-        return [], {}, list(fm.params)
+        return [], {}, list(fm.params), set()
     layers = find_layers(fm.module, fm.params)
     params = dict(fm.params)
     owner = {}
@@ -73,23 +87,23 @@ def probe_layers(fm: Functional, x: torch.Tensor) -> tuple[list[LayerInfo], dict
         b = None if lay.bias in outside else lay.bias
         if w is None and b is None:
             continue
-        lay = LayerInfo(lay.name, lay.module, w, b, lay.ws, lay.bs, lay.conv_dims)
+        lay = LayerInfo(lay.name, lay.module, w, b, lay.ws, lay.bs, lay.conv_dims, lay.groups)
         a, y = calls[0].a, calls[0].y
         pt = patches(lay, a)
         c = y.shape[1] if lay.conv_dims else y.shape[-1]
-        shapes[lay.name] = LayerShape(P=pt.shape[1], K=pt.shape[2], C=c)
+        shapes[lay.name] = LayerShape(P=pt.shape[1], K=pt.shape[2], C=c, G=lay.groups)
         kept.append(lay)
     covered = {n for lay in kept for n in (lay.weight, lay.bias) if n is not None}
-    return kept, shapes, [n for n in fm.params if n not in covered]
+    return kept, shapes, [n for n in fm.params if n not in covered], cap.tracker.functions
 
 
 def choose_method(sh: LayerShape, o: int, n1: int, n2: int, mode: str, pair_limit: float) -> str:
     """``"p1"`` for one position; else ``"jw"`` or ``"pair"``, whichever costs fewer flops."""
-    if sh.P == 1:
+    if sh.P == 1 and sh.G == 1:
         return "p1"
     e = o * o if mode == "full" else o
-    jw = 2 * (n1 + n2) * o * sh.C * sh.P * sh.K + 2 * n1 * n2 * e * sh.C * sh.K
-    pair = 2 * n1 * n2 * sh.P**2 * (e * sh.C + sh.K + e)
+    jw = 2 * (n1 + n2) * o * sh.C * sh.P * sh.K / sh.G + 2 * n1 * n2 * e * sh.C * sh.K / sh.G
+    pair = 2 * n1 * n2 * sh.P**2 * (e * sh.C + sh.K + e * sh.G)
     if pair < jw and n1 * n2 * e * sh.P**2 <= pair_limit:
         return "pair"
     return "jw"
@@ -101,8 +115,8 @@ def layer_flops(sh: LayerShape, method: str, o: int, n1: int, n2: int, mode: str
     if method == "p1":
         return 2 * n1 * n2 * (e * sh.C + sh.K)
     if method == "jw":
-        return 2 * (n1 + n2) * o * sh.C * sh.P * sh.K + 2 * n1 * n2 * e * sh.C * (sh.K + 1)
-    return 2 * n1 * n2 * sh.P**2 * (e * sh.C + sh.K + e) + 2 * n1 * n2 * e * sh.C
+        return 2 * (n1 + n2) * o * sh.C * sh.P * sh.K / sh.G + 2 * n1 * n2 * e * sh.C * (sh.K / sh.G + 1)
+    return 2 * n1 * n2 * sh.P**2 * (e * sh.C + sh.K + e * sh.G) + 2 * n1 * n2 * e * sh.C
 
 
 @dataclass
@@ -121,21 +135,11 @@ class _LayerFeat:
         return _LayerFeat(self.lay, self.method, cut(self.u, 1), cut(self.v, v_axis), cut(self.gs, 1))
 
 
-def _cotangents(out: torch.Tensor, ys: list[torch.Tensor]) -> list[torch.Tensor | None]:
+def _cotangents(out: torch.Tensor, ys: list[torch.Tensor], state: dict) -> list[torch.Tensor | None]:
     """``d out[:, a] / d y`` for every output ``a``: tensors ``(O, *y.shape)``."""
     n, o = out.shape
     eye = torch.eye(o, dtype=out.dtype, device=out.device)
-    try:
-        return list(torch.autograd.grad(
-            out, ys, eye[:, None, :].expand(o, n, o), retain_graph=True,
-            allow_unused=True, is_grads_batched=True,
-        ))
-    except RuntimeError:  # an operation without a batching rule: one backward per output
-        per = [
-            torch.autograd.grad(out, ys, eye[a].expand(n, o), retain_graph=True, allow_unused=True)
-            for a in range(o)
-        ]
-        return [None if per[0][k] is None else torch.stack([g[k] for g in per]) for k in range(len(ys))]
+    return batched_grads(out, ys, eye[:, None, :].expand(o, n, o), state)
 
 
 class StructuredBackend:
@@ -144,10 +148,14 @@ class StructuredBackend:
     name = "structured"
 
     def __init__(self, fm: Functional, out_dim: int, layers: list[LayerInfo], methods: dict[str, str],
-                 fallback: list[str], shapes: dict[str, LayerShape] | None = None) -> None:
+                 fallback: list[str], shapes: dict[str, LayerShape] | None = None, loop: bool = False) -> None:
         self.fm, self.out_dim = fm, out_dim
         self.layers, self.methods, self.fallback = layers, methods, fallback
         self.shapes = shapes or {}
+        self.loop = loop  # uncovered parameters by the autograd loop instead of vmap
+        self.state: dict = {}
+        if loop:
+            self.name = "structured+autograd"
 
     def features(self, x: torch.Tensor) -> tuple[list[_LayerFeat], dict[str, torch.Tensor]]:
         fm, o = self.fm, self.out_dim
@@ -161,19 +169,24 @@ class StructuredBackend:
             with torch.enable_grad(), Capture(self.layers) as cap:
                 out = fm(params, x)
                 recs = [cap.calls[lay.name][-1] for lay in self.layers]
-                gs = _cotangents(out, [r.y for r in recs])
+                gs = _cotangents(out, [r.y for r in recs], self.state)
             del out, params
             for lay, rec, g in zip(self.layers, recs, gs):
                 if g is None:
                     g = rec.y.new_zeros((o, *rec.y.shape))
                 feats.append(self._layer_features(lay, rec.a, g.detach()))
             del recs, gs
-        jac = jacobians(fm, x, self.fallback) if self.fallback else {}
-        return feats, jac
+        if not self.fallback:
+            return feats, {}
+        if self.loop:
+            return feats, per_example_jacobians(fm, x, self.fallback, self.state)
+        return feats, jacobians(fm, x, self.fallback)
 
     def _layer_features(self, lay: LayerInfo, a: torch.Tensor, g: torch.Tensor) -> _LayerFeat:
         method = self.methods[lay.name]
         G = cotangent_layout(lay, g)  # (O, N, P, C)
+        if lay.groups > 1:
+            return self._grouped_features(lay, method, a, G)
         if method == "p1":
             A = patches(lay, a)[:, 0] if lay.weight is not None else None
             return _LayerFeat(lay, method, G[:, :, 0], A)
@@ -186,6 +199,21 @@ class StructuredBackend:
                 JW = JW.reshape(JW.shape[0], JW.shape[1], -1)
             return _LayerFeat(lay, method, JW, Gs)
         return _LayerFeat(lay, method, G.contiguous(), A, Gs)
+
+    def _grouped_features(self, lay: LayerInfo, method: str, a: torch.Tensor, G: torch.Tensor) -> _LayerFeat:
+        """Features of a grouped convolution: ``"jw"`` blocks ``(O, N, G * C/G * K/G)`` or, for
+        ``"pair"``, the cotangents and patches split by group ``(O, N, P, G, C/G)``, ``(N, P, G, K/G)``."""
+        o, n, p, c = G.shape
+        h = lay.groups
+        Gs = G.sum(2) if lay.bias is not None else None
+        A = patches(lay, a).reshape(n, p, h, -1) if lay.weight is not None else None
+        Gh = G.reshape(o, n, p, h, c // h)
+        if method == "pair":
+            return _LayerFeat(lay, method, Gh.contiguous(), A, Gs)
+        JW = None
+        if A is not None:
+            JW = torch.einsum("onphc,nphk->onhck", Gh, A).reshape(o, n, -1)
+        return _LayerFeat(lay, "jw", JW, Gs)
 
     def take(self, f, rows: slice):
         """The features of the examples ``rows`` (features are per example)."""
@@ -220,6 +248,13 @@ class StructuredBackend:
                 continue
             if a.method == "jw":
                 acc.add(lay.weight, acc.gram(acc.cast(a.u), acc.cast(b.u), mode), ws2)
+            elif lay.groups > 1:
+                part = sum(
+                    _pair_part(acc.cast(a.u[:, :, :, h]), acc.cast(a.v[:, :, h]),
+                               acc.cast(b.u[:, :, :, h]), acc.cast(b.v[:, :, h]), mode)
+                    for h in range(lay.groups)
+                )
+                acc.add(lay.weight, part, ws2)
             else:
                 acc.add(lay.weight, _pair_part(acc.cast(a.u), acc.cast(a.v), acc.cast(b.u), acc.cast(b.v), mode), ws2)
         contract_jacobians(jac1, jac2, mode, acc)
