@@ -97,3 +97,30 @@ def test_other_bad_arguments():
     with pytest.raises(InvalidArgumentError, match="`accumulate_dtype`"):
         empirical_ntk(_net(), X, accumulate_dtype=torch.int64)
     assert issubclass(ShapeError, TorchNTKError) and issubclass(ShapeError, ValueError)
+
+
+def test_input_the_model_cannot_take_names_the_argument():
+    """The model's own error on a bad input becomes a torchntk error naming the argument."""
+    net = _net()
+    with pytest.raises(ShapeError, match=r"`x1` of shape \(4, 5\).*mat1 and mat2"):
+        empirical_ntk(net, torch.randn(4, 5))
+    with pytest.raises(ShapeError, match=r"`x1` has shape \(4,\).*unsqueeze\(1\)"):
+        empirical_ntk(net, torch.randn(4))
+    with pytest.raises(InvalidArgumentError, match=r"`x1` has dtype torch.float32.*torch.float64"):
+        empirical_ntk(_net().double(), X)
+    with pytest.raises(InvalidArgumentError, match=r"`x2` has dtype torch.float64 but `x1` has torch.float32"):
+        empirical_ntk(net, X, X.double())
+
+
+def test_meta_tensors():
+    with pytest.raises(InvalidArgumentError, match="`x1` is a meta tensor"):
+        empirical_ntk(_net(), torch.empty(4, 3, device="meta"))
+    with pytest.raises(InvalidArgumentError, match="`x2` is a meta tensor"):
+        empirical_ntk(_net(), X, torch.empty(4, 3, device="meta"))
+    with pytest.raises(ModelStateError, match="meta tensor"):
+        empirical_ntk(_net().to("meta"), X)
+
+
+def test_choices_in_any_case():
+    k = empirical_ntk(_net(), X, mode="MEAN", implementation="Jacobian")
+    assert k.shape == (4, 4)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .. import layers as L
+from ..empirical._functional import SelectOutput
 from ..errors import TorchNTKError
 from ..scale import KernelStore
 
@@ -126,7 +127,9 @@ def load_model_file(ref: str) -> Any:
     """The object named in ``file.py[:name]``: an ``nn.Module``, a layers spec, or a factory of one.
 
     Without ``:name`` the file must define one of ``model``, ``spec``, ``make_model``,
-    ``build_model``. A factory is called without arguments.
+    ``build_model``. A factory is called without arguments. A module-level ``output`` (a key or
+    attribute name, an index, or a function of the model's output) selects the tensor of an
+    ``nn.Module`` whose output is a dict, tuple or output object (as ``empirical_ntk(output=)``).
     """
     path, _, name = ref.partition(":") if not os.path.exists(ref) else (ref, "", "")
     if not os.path.exists(path):
@@ -157,6 +160,11 @@ def load_model_file(ref: str) -> Any:
             raise CLIError(f"model file {path!r}: {names[0]}() failed: {type(err).__name__}: {err}") from None
     if not isinstance(obj, torch.nn.Module) and not _is_spec(obj):
         raise CLIError(f"model file {path!r}: {names[0]} is neither an nn.Module nor a torchntk.layers spec")
+    if isinstance(obj, torch.nn.Module) and hasattr(module, "output"):
+        try:
+            obj = SelectOutput(obj, module.output)
+        except TorchNTKError as err:
+            raise CLIError(f"model file {path!r}: {err}") from None
     return obj
 
 

@@ -45,6 +45,7 @@ from .jacobian import JacobianBackend
 from .ntvp import NtvpBackend
 from .structured import StructuredBackend, choose_method, layer_flops, probe_layers
 
+_NO_FORWARD_AD = {"scaled_dot_product_attention", "_transformer_encoder_layer_fwd", "_native_multi_head_attention"}
 _CACHE: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
@@ -147,11 +148,13 @@ def entry(fm: Functional, x1: torch.Tensor) -> Entry:
 
 def known_limits(fm: Functional, functions: set[str]) -> set[str]:
     """Implementations that cannot handle the model, from cheap evidence: recurrent modules have
-    no ``vmap`` rule; ``scaled_dot_product_attention`` has no forward-mode rule on the CPU."""
+    no ``vmap`` rule; the fused attention kernels (``scaled_dot_product_attention``, the fast
+    path of ``nn.TransformerEncoderLayer`` and ``nn.MultiheadAttention``) have no forward-mode
+    rule on the CPU."""
     out: set[str] = set()
     if fm.module is not None and any(isinstance(m, nn.RNNBase) for m in fm.module.modules()):
         out |= {"jacobian", "structured"}
-    if "scaled_dot_product_attention" in functions:
+    if functions & _NO_FORWARD_AD:
         out.add("ntvp")
     return out
 

@@ -307,3 +307,15 @@ def _plain(t: torch.Tensor) -> torch.Tensor:
 def plain_input(x: torch.Tensor) -> torch.Tensor:
     """An input batch detached (and copied out of inference mode if it was created there)."""
     return _plain(x)
+
+
+class SelectOutput(nn.Module):
+    """``model`` followed by :func:`select_output`: a module whose output is the chosen tensor
+    (for code that takes a plain module, such as the CLI's model files)."""
+
+    def __init__(self, model: nn.Module, output: OutputSelector) -> None:
+        super().__init__()
+        self.model, self.output = model, check_output_selector(output)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return select_output(self.model(x), self.output)

@@ -15,10 +15,10 @@ import copy
 
 import torch
 from torch import nn
-from torch.func import functional_call, jvp
+from torch.func import jvp
 
 from ..errors import InvalidArgumentError
-from ._functional import check_deterministic
+from ._functional import Functional, OutputSelector, ParamSelector, make_functional
 
 
 class Linearized(nn.Module):
@@ -26,7 +26,8 @@ class Linearized(nn.Module):
 
     Attributes:
         model: a private copy of the model; its parameters are the trainable ``theta``
-            (only those with ``requires_grad``; the others stay fixed at their values).
+            (those selected by ``params``: by default the ones with ``requires_grad``; the
+            others stay fixed at their values).
 
     Example:
         >>> net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
@@ -36,15 +37,15 @@ class Linearized(nn.Module):
         True
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, params: ParamSelector = None, output: OutputSelector = None) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
             raise InvalidArgumentError(f"`model` must be an nn.Module, got {type(model).__name__}")
-        check_deterministic(model)
+        self._output = make_functional(model, params, output).output  # checks state, params, output
         self.model = copy.deepcopy(model)
-        self._names = [n for n, p in self.model.named_parameters() if p.requires_grad]
-        if not self._names:
-            raise InvalidArgumentError("`model` has no trainable parameters (requires_grad=True) to linearize")
+        self._names = list(make_functional(self.model, params).params)
+        for n, p in self.model.named_parameters():
+            p.requires_grad_(n in self._names)
         self._theta0 = nn.Module()  # buffers p0, p1, ...: theta0, moved by .to() and saved in state_dict
         params = dict(self.model.named_parameters())
         for k, n in enumerate(self._names):
@@ -58,21 +59,25 @@ class Linearized(nn.Module):
         params = dict(self.model.named_parameters())
         theta0 = self.theta0()
         delta = {n: params[n] - theta0[n] for n in self._names}
-
-        def f(p: dict[str, torch.Tensor]) -> torch.Tensor:
-            return functional_call(self.model, p, (x,))
-
-        out0, dout = jvp(f, (theta0,), (delta,))
+        fm = Functional(params=theta0, module=self.model, output=self._output)
+        out0, dout = jvp(lambda p: fm.raw_call(p, x), (theta0,), (delta,))
         return out0 + dout
 
 
-def linearize(model: nn.Module) -> Linearized:
+def linearize(model: nn.Module, params: ParamSelector = None, output: OutputSelector = None) -> Linearized:
     """The linearized model ``f(theta0, x) + J(x)(theta - theta0)`` around the current parameters.
 
     The result is an ``nn.Module``: train its ``parameters()`` with any optimizer. At
     ``theta = theta0`` it equals ``model``; its NTK is the empirical NTK of ``model`` at
     ``theta0`` for every ``theta``. The model must be deterministic (``model.eval()`` with
     BatchNorm or Dropout).
+
+    Args:
+        model: the network.
+        params: which parameters are ``theta`` (as in :func:`empirical_ntk`: ``None`` for every
+            parameter with ``requires_grad``, names, or a predicate); the others stay fixed.
+        output: which tensor of the model's output to linearize (as in :func:`empirical_ntk`):
+            the linearized module returns that tensor.
 
     Example:
         >>> net = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
@@ -81,4 +86,4 @@ def linearize(model: nn.Module) -> Linearized:
         >>> loss = lin(torch.randn(8, 2)).pow(2).mean()
         >>> loss.backward(); opt.step()
     """
-    return Linearized(model)
+    return Linearized(model, params, output)

@@ -10,9 +10,11 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torch.func import jvp
 
 from ..dynamics import mse
 from ..empirical import empirical_ntk as _empirical_ntk
+from ..empirical._functional import make_functional
 
 
 def build_module(spec, in_features: int, seed: int, dtype: torch.dtype = torch.float64) -> nn.Module:
@@ -36,23 +38,21 @@ def ntk_row_jvp(model: nn.Module, x0: torch.Tensor, x: torch.Tensor) -> torch.Te
 
     Two passes instead of ``M`` Jacobian rows: the parameter gradient ``g0`` of ``f(x0)``, then the
     forward-mode derivative of ``f(x)`` along ``g0``: ``Theta(x0, x_j) = J(x_j) . g0``. Memory is
-    two copies of the parameters, whatever ``M`` is (the width-10000 network of Fig. 1).
+    two copies of the parameters, whatever ``M`` is (the width-10000 network of Fig. 1). The
+    parameters are those of ``empirical_ntk`` (every one with ``requires_grad``).
     """
-    from torch.func import functional_call, jvp
-
-    params = {k: v.detach() for k, v in model.named_parameters()}
-    buffers = dict(model.named_buffers())
+    fm = make_functional(model)
 
     def f(p, inp):
-        return functional_call(model, (p, buffers), (inp,)).sum(-1)
+        return fm(p, inp).sum(-1)
 
     with torch.enable_grad():
-        p = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+        p = {k: v.clone().requires_grad_(True) for k, v in fm.params.items()}
         g0 = torch.autograd.grad(f(p, x0).sum(), list(p.values()))
-    tangents = dict(zip(params.keys(), g0))
+    tangents = dict(zip(fm.params.keys(), g0))
     del p
     with torch.no_grad():
-        _, row = jvp(lambda q: f(q, x), (params,), (tangents,))
+        _, row = jvp(lambda q: f(q, x), (fm.params,), (tangents,))
     return row.detach().double()
 
 

@@ -37,6 +37,7 @@ from torch import nn
 
 from .._checks import check_finite, check_nonempty_batch, check_tensor
 from ..empirical import empirical_ntk
+from ..empirical._functional import OutputSelector, check_output_selector
 from ..errors import InvalidArgumentError, ShapeError
 from .figures import tracker_figure
 
@@ -52,6 +53,8 @@ class DriftTracker:
         probe_y: optional ``(P,)`` or ``(P, O)`` targets for the kernel-target alignment.
         every: record every ``every`` calls of :meth:`step` (``>= 1``).
         keep_kernels: keep every recorded ``(P, P)`` kernel in :attr:`kernels` (memory ``P^2`` each).
+        output: which tensor of the model's output the kernel is of (as in
+            ``torchntk.empirical_ntk``: a key or attribute name, an index or a function).
 
     Use it as a context manager (records at entry and, if the last step was not recorded, at
     exit) or call :meth:`record` yourself. :attr:`history` holds lists ``step``, ``drift``,
@@ -66,6 +69,7 @@ class DriftTracker:
         *,
         every: int = 10,
         keep_kernels: bool = False,
+        output: OutputSelector = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise InvalidArgumentError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
@@ -81,6 +85,7 @@ class DriftTracker:
             raise InvalidArgumentError(f"`every` must be an int >= 1, got {every!r}")
         self.model, self.probe_x, self.probe_y = model, probe_x.detach(), probe_y
         self.every, self.keep_kernels = every, keep_kernels
+        self.output = check_output_selector(output)
         self.kernels: list[torch.Tensor] = []
         self.history: dict[str, list[float]] = {k: [] for k in ("step", "drift", "alignment", "norm", "trace")}
         self.seconds = 0.0
@@ -105,7 +110,9 @@ class DriftTracker:
         if self._params is None:
             self._params = [n for n, p in self.model.named_parameters() if p.requires_grad]
         try:
-            theta = empirical_ntk(self.model, self.probe_x, mode="mean", params=self._params).detach().double()
+            theta = empirical_ntk(
+                self.model, self.probe_x, mode="mean", params=self._params, output=self.output
+            ).detach().double()
         finally:
             self.model.train(was_training)
         if self._theta0 is None:

@@ -8,41 +8,38 @@ For a network ``f(theta, x) (N, O)`` with Jacobian ``J (N*O, P)``::
 ``J^T V`` is a vector-Jacobian product (``torch.func.vjp``) accumulated over chunks of the
 inputs; ``J u`` a Jacobian-vector product (``torch.func.jvp``) per chunk. Memory: the
 parameters, one parameter-space vector per column, and one chunk of activations.
+
+Private: the public entry point is :meth:`torchntk.scale.KernelOperator.from_model`. The model
+is seen through :func:`torchntk.empirical._functional.make_functional`, so parameter selection,
+output selection and the train-mode guard are those of ``empirical_ntk``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.func import functional_call, jvp, vjp, vmap
+from torch.func import jvp, vjp, vmap
 
 from .._checks import check_choice
-from ..errors import ModelStateError
+from ..empirical._functional import OutputSelector, ParamSelector, make_functional
 
 
 class ModelNtvp:
     """``matmat(V) = Theta V`` for ``model`` on inputs ``x`` (see module doc)."""
 
-    def __init__(self, model: torch.nn.Module, x: torch.Tensor, *, mode: str = "full", chunk: int = 1024) -> None:
+    def __init__(self, model: torch.nn.Module, x: torch.Tensor, *, mode: str = "full", chunk: int = 1024,
+                 params: ParamSelector = None, output: OutputSelector = None) -> None:
         check_choice("mode", mode, ("full", "mean"))
-        self.model, self.x, self.mode, self.chunk = model, x.detach(), mode, max(1, int(chunk))
-        self.params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
-        if not self.params:
-            raise ModelStateError("the model has no parameter with requires_grad=True")
-        self.buffers = {n: b.detach() for n, b in model.named_buffers()}
-        with torch.no_grad():
-            out = self._f(self.params, self.x[:1])
-        self.out_dim = 1 if out.ndim == 1 else out.shape[1]
-        self.dtype = out.dtype
+        self.x, self.mode, self.chunk = x.detach(), mode, max(1, int(chunk))
+        self.fm = make_functional(model, params, output)
+        self.params = self.fm.params
+        self.out_dim = self.fm.probe(self.x, "x")
+        self.dtype = self.fm.dtype
         n = x.shape[0]
         self.size = n * self.out_dim if mode == "full" else n
 
-    def _f(self, params: dict, xb: torch.Tensor) -> torch.Tensor:
-        return functional_call(self.model, (params, self.buffers), (xb,))
-
     def _f2(self, params: dict, xb: torch.Tensor) -> torch.Tensor:
-        out = self._f(params, xb)
-        return out.reshape(out.shape[0], -1)
+        return self.fm(params, xb)
 
     def _jt(self, cot: torch.Tensor) -> dict:
         """``J^T cot`` for a batch of cotangents ``cot (m, N, O)``: parameter-shaped ``(m, ...)``."""

@@ -1,0 +1,110 @@
+"""Models beyond Linear/Conv stacks: every implementation is exact or raises a torchntk error,
+and "auto" works on all of them (recurrent layers, attention, custom autograd functions,
+in-place code, token ids).
+
+References are brute-force autograd kernels (a loop of ``autograd.grad`` per example and
+output) in float64; the implementations sum the same products in another order, so they agree
+to a few ulps of the largest entry (checked at 1e-10 relative to it).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from torchntk.empirical import empirical_ntk
+from torchntk.errors import UnsupportedLayerError
+
+from ._models import assert_close, brute_ntk
+from ._zoo import ZOO, _Cube, build, inputs
+
+IMPLS = ["auto", "jacobian", "ntvp", "structured", "autograd"]
+
+# Which explicit implementations cannot handle which model (the others must be exact).
+UNSUPPORTED = {
+    ("lstm", "jacobian"), ("lstm", "structured"), ("gru", "jacobian"), ("gru", "structured"),
+    ("encoder", "ntvp"), ("custom_function", "jacobian"), ("custom_function", "ntvp"),
+    ("in_place", "jacobian"),
+}
+
+
+def _modes(full: torch.Tensor) -> dict[str, torch.Tensor]:
+    diag = torch.diagonal(full, dim1=2, dim2=3)
+    return {"full": full, "diagonal": diag, "mean": diag.mean(-1)}
+
+
+@pytest.fixture(scope="module")
+def references():
+    out = {}
+    for name in ZOO:
+        model = build(name)
+        x1, x2 = inputs(name, 3), inputs(name, 2, seed=1)
+        out[name] = (model, x1, x2, _modes(brute_ntk(model, x1, x2)), _modes(brute_ntk(model, x1)))
+    return out
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("name", ZOO)
+def test_every_implementation_is_exact_or_says_what_to_use(references, name, impl):
+    model, x1, x2, ref, ref_sym = references[name]
+    if (name, impl) in UNSUPPORTED:
+        with pytest.raises(UnsupportedLayerError, match=f"implementation='{impl}'.*use implementation="):
+            empirical_ntk(model, x1, x2, implementation=impl)
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "auto" may announce a fallback
+        for mode in ("full", "diagonal", "mean"):
+            assert_close(empirical_ntk(model, x1, x2, mode=mode, implementation=impl), ref[mode])
+        assert_close(empirical_ntk(model, x1, mode="mean", implementation=impl), ref_sym["mean"])
+
+
+def test_unsupported_error_names_the_failing_operation():
+    model, x = build("lstm"), inputs("lstm", 2)
+    with pytest.raises(UnsupportedLayerError, match=r"_VF\.lstm.*'autograd'"):
+        empirical_ntk(model, x, implementation="jacobian")
+    enc = build("encoder")
+    with pytest.raises(UnsupportedLayerError, match=r"no forward-mode derivative"):
+        empirical_ntk(enc, inputs("encoder", 2), implementation="ntvp")
+
+
+class CubeLayer(torch.nn.Module):
+    def forward(self, x):
+        return _Cube.apply(x)
+
+
+def test_auto_falls_back_once_with_a_warning_and_remembers():
+    """A custom autograd function defeats vmap only at run time: "auto" warns, uses the next
+    implementation, and does not try (or warn about) the failing one again for this model."""
+    from torchntk.empirical import _cost
+    from torchntk.empirical._functional import make_functional
+
+    torch.manual_seed(0)
+    norm = torch.nn.Sequential(torch.nn.LayerNorm(3), CubeLayer(), torch.nn.LayerNorm(3)).double()
+    x = torch.randn(4, 3, dtype=torch.float64)
+    fm = make_functional(norm)
+    plans, _ = _cost.candidates(fm, x, 4, 3, "mean", "auto", None, False, None)
+    assert plans[0].backend.name == "jacobian"  # no covered layer: the Jacobian path is cheapest
+    ref = brute_ntk(norm, x, mode="mean")
+    with pytest.warns(RuntimeWarning, match="'jacobian' cannot handle this model.*_Cube.*instead"):
+        assert_close(empirical_ntk(norm, x, mode="mean"), ref)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        assert_close(empirical_ntk(norm, x, mode="mean"), ref)
+
+
+def test_plans_are_cached_per_model_and_input_shape(monkeypatch):
+    from torchntk.empirical import structured
+
+    calls = []
+    real = structured.probe_layers
+    monkeypatch.setattr(structured, "probe_layers", lambda *a: calls.append(1) or real(*a))
+    model, x = build("tokens"), inputs("tokens", 3)
+    k1 = empirical_ntk(model, x, mode="mean")
+    k2 = empirical_ntk(model, inputs("tokens", 5, seed=2)[:4], mode="mean")  # same example shape
+    assert len(calls) == 1
+    empirical_ntk(model, inputs("tokens", 2)[:, :3], mode="mean")  # shorter sequences: new plan
+    assert len(calls) == 2
+    assert_close(k1, brute_ntk(model, x, mode="mean"))
+    assert k2.shape == (4, 4)
