@@ -1,0 +1,87 @@
+"""Real architectures from Hugging Face ``transformers``, small and randomly initialized offline
+(no weights are downloaded): a ResNet with BatchNorm in eval mode, a ViT, a BERT encoder on token
+ids and a GPT-2 decoder. Each is checked against a brute-force autograd kernel in float64 for
+every implementation and mode: exact to 1e-8 relative to the largest entry, or (for an explicit
+implementation that cannot handle it) a torchntk error saying which one to use.
+``nn.LSTM``, ``nn.GRU`` and ``nn.TransformerEncoder`` are in ``test_any_model.py`` (default
+suite). Opt-in: marked slow (``--runslow``) and skipped when ``transformers`` is absent.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from torchntk.empirical import empirical_ntk
+from torchntk.empirical._functional import SelectOutput
+from torchntk.errors import UnsupportedLayerError
+
+from ._models import assert_close, brute_ntk
+
+transformers = pytest.importorskip("transformers")
+pytestmark = pytest.mark.slow
+
+DT = torch.float64
+IMPLS = ["auto", "jacobian", "ntvp", "structured", "autograd"]
+# scaled_dot_product_attention has no forward-mode derivative on the CPU
+UNSUPPORTED = {("vit", "ntvp"), ("bert", "ntvp"), ("gpt2", "ntvp")}
+
+
+def _build(name: str):
+    """(model, output selector, x1, x2) of a tiny random configuration."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    if name == "resnet":
+        cfg = transformers.ResNetConfig(num_channels=2, embedding_size=4, hidden_sizes=[4, 6],
+                                        depths=[1, 1], layer_type="basic")
+        model = transformers.ResNetModel(cfg)
+        # running statistics that are not the defaults, so eval-mode BatchNorm is a real affine map
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 1.5)
+        x = torch.randn(5, 2, 8, 8, generator=g, dtype=DT)
+        sel = lambda out: out.pooler_output.flatten(1)  # noqa: E731
+    elif name == "vit":
+        cfg = transformers.ViTConfig(image_size=8, patch_size=4, num_channels=2, hidden_size=8,
+                                     num_hidden_layers=1, num_attention_heads=2, intermediate_size=8)
+        model = transformers.ViTModel(cfg)
+        x = torch.randn(5, 2, 8, 8, generator=g, dtype=DT)
+        sel = lambda out: out.last_hidden_state[:, 0]  # noqa: E731
+    elif name == "bert":
+        cfg = transformers.BertConfig(vocab_size=20, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                      intermediate_size=8, max_position_embeddings=16)
+        model = transformers.BertModel(cfg)
+        x = torch.randint(0, 20, (5, 6), generator=g)
+        sel = "pooler_output"
+    else:
+        cfg = transformers.GPT2Config(vocab_size=20, n_embd=8, n_layer=1, n_head=2, n_positions=16,
+                                      bos_token_id=0, eos_token_id=0)
+        model = transformers.GPT2Model(cfg)
+        x = torch.randint(0, 20, (5, 6), generator=g)
+        sel = lambda out: out.last_hidden_state[:, -1]  # noqa: E731
+    return model.double().eval(), sel, x[:3], x[3:]
+
+
+@pytest.fixture(scope="module", params=["resnet", "vit", "bert", "gpt2"])
+def case(request):
+    model, sel, x1, x2 = _build(request.param)
+    full = brute_ntk(SelectOutput(model, sel), x1, x2)
+    diag = torch.diagonal(full, dim1=2, dim2=3)
+    return request.param, model, sel, x1, x2, {"full": full, "diagonal": diag, "mean": diag.mean(-1)}
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_architecture_every_implementation_and_mode(case, impl):
+    name, model, sel, x1, x2, ref = case
+    if (name, impl) in UNSUPPORTED:
+        with pytest.raises(UnsupportedLayerError, match=f"implementation='{impl}'.*use implementation="):
+            empirical_ntk(model, x1, x2, output=sel, implementation=impl)
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for mode in ("full", "diagonal", "mean"):
+            k = empirical_ntk(model, x1, x2, mode=mode, output=sel, implementation=impl)
+            assert_close(k, ref[mode], rtol=1e-8)
