@@ -132,12 +132,12 @@ def test_auto_prefers_structured_for_wide_layers_and_jacobian_without_them():
     net = MLP(8, [256, 256], 4).double()
     x = torch.randn(16, 8, dtype=torch.float64)
     fm = make_functional(net)
-    chosen = _cost.plan(fm, x, 16, 4, "full", "auto", DEFAULT_MEMORY, False, None).backend
+    chosen = _cost.candidates(fm, x, 16, 4, "full", "auto", DEFAULT_MEMORY, False, None)[0][0].backend
     assert chosen.name == "structured"
     norm = nn.Sequential(nn.LayerNorm(8), nn.Tanh()).double()  # no covered layer at all
     fm = make_functional(norm)
-    chosen = _cost.plan(fm, x, 16, 8, "mean", "auto", DEFAULT_MEMORY, False, None).backend
+    chosen = _cost.candidates(fm, x, 16, 8, "mean", "auto", DEFAULT_MEMORY, False, None)[0][0].backend
     assert chosen.name == "jacobian"
     # in "full" mode with many outputs, NTK-vector products need fewer flops than Jacobians
-    chosen = _cost.plan(fm, x, 16, 8, "full", "auto", DEFAULT_MEMORY, False, None).backend
+    chosen = _cost.candidates(fm, x, 16, 8, "full", "auto", DEFAULT_MEMORY, False, None)[0][0].backend
     assert chosen.name in ("jacobian", "ntvp")

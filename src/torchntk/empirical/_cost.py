@@ -205,18 +205,3 @@ def candidates(
         order.append(structured_plan(fm, ent.probe, n1, n2, o, mode, per_layer, s, budget, loop=True))
     order.append(plans["autograd"])
     return order, ent
-
-
-def plan(
-    fm: Functional,
-    x1: torch.Tensor,
-    n2: int,
-    o: int,
-    mode: str,
-    implementation: str,
-    budget: int,
-    per_layer: bool,
-    acc_dtype: torch.dtype | None,
-) -> Plan:
-    """The first plan :func:`candidates` would try."""
-    return candidates(fm, x1, n2, o, mode, implementation, budget, per_layer, acc_dtype)[0][0]
