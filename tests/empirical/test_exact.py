@@ -12,11 +12,7 @@ from torchntk.empirical import empirical_ntk
 
 from ._models import assert_close, brute_ntk, models
 
-IMPLS = ["jacobian", "ntvp", "structured", "auto"]
-try:
-    import torchntk.empirical.structured  # noqa: F401
-except ImportError:  # first increment
-    IMPLS.remove("structured")
+IMPLS = ["jacobian", "ntvp", "structured", "autograd", "auto"]
 MODES = ["full", "diagonal", "mean"]
 MODELS = list(models())
 

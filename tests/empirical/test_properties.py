@@ -9,11 +9,7 @@ from torchntk.empirical import empirical_ntk, flatten_kernel
 
 from ._models import assert_close, models
 
-IMPLS = ["jacobian", "ntvp", "structured"]
-try:
-    import torchntk.empirical.structured  # noqa: F401
-except ImportError:  # first increment
-    IMPLS.remove("structured")
+IMPLS = ["jacobian", "ntvp", "structured", "autograd"]
 
 
 @pytest.fixture(scope="module")
