@@ -85,3 +85,13 @@ def test_architecture_every_implementation_and_mode(case, impl):
         for mode in ("full", "diagonal", "mean"):
             k = empirical_ntk(model, x1, x2, mode=mode, output=sel, implementation=impl)
             assert_close(k, ref[mode], rtol=1e-8)
+
+
+def test_gpt2_conv1d_is_covered_by_the_structured_path():
+    """GPT-2's ``Conv1D`` (a Linear with a transposed weight) is factorized, not left to vmap."""
+    from torchntk.empirical import structured
+    from torchntk.empirical._functional import make_functional
+
+    model, sel, x1, _ = _build("gpt2")
+    fallback = structured.probe_layers(make_functional(model, output=sel), x1)[2]
+    assert not any(".attn." in n or ".mlp." in n for n in fallback), fallback

@@ -3,7 +3,9 @@
 A covered layer computes ``y = ws * (W applied to patches of a) + bs * b``:
 
 * ``nn.Linear`` and :class:`torchntk.nn.Linear` on inputs ``(N, *S, K)``: the patches are the
-  ``P = prod(S)`` rows ``a[i, s, :]`` (``P = 1`` for the usual ``(N, K)`` input);
+  ``P = prod(S)`` rows ``a[i, s, :]`` (``P = 1`` for the usual ``(N, K)`` input); also the
+  ``Conv1D`` of Hugging Face ``transformers`` (GPT-2), a Linear layer whose weight is stored
+  transposed (``y = a W + b``, ``W (K, C)``): the Gram products do not depend on that layout;
 * ``nn.Conv1d/2d`` (any stride, padding, padding mode, dilation and groups) and
   :class:`torchntk.nn.Conv1d/2d`: the patches of the padded input, ``K = C_in *
   prod(kernel_size)`` numbers each (channel-major, so group ``g`` owns the ``g``-th contiguous
@@ -49,13 +51,23 @@ class LayerInfo:
 def _supported(m: nn.Module) -> int | None:
     """Spatial dims (0 for Linear) when ``m`` is covered, else None (exact types only)."""
     t = type(m)
-    if t in (nn.Linear, tnn.Linear):
+    if t in (nn.Linear, tnn.Linear) or _is_transposed_linear(m):
         return 0
     if t in (tnn.Conv1d, tnn.Conv2d):
         return m.dims
     if t in (nn.Conv1d, nn.Conv2d):
         return 1 if t is nn.Conv1d else 2
     return None
+
+
+def _is_transposed_linear(m: nn.Module) -> bool:
+    """The ``Conv1D`` of ``transformers`` (recognized without importing it): ``y = a W + b``."""
+    t = type(m)
+    w = getattr(m, "weight", None)
+    return (
+        t.__name__ == "Conv1D" and t.__module__.startswith("transformers.")
+        and isinstance(w, torch.Tensor) and w.ndim == 2 and getattr(m, "nf", None) == w.shape[1]
+    )
 
 
 def find_layers(module: nn.Module, selected: dict[str, torch.Tensor]) -> list[LayerInfo]:
