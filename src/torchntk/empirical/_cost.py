@@ -45,7 +45,12 @@ from .jacobian import JacobianBackend
 from .ntvp import NtvpBackend
 from .structured import StructuredBackend, choose_method, layer_flops, probe_layers
 
-_NO_FORWARD_AD = {"scaled_dot_product_attention", "_transformer_encoder_layer_fwd", "_native_multi_head_attention"}
+# Torch functions (as the probe sees them: the outermost call of a nest) whose CPU kernels have
+# no forward-mode derivative: fused attention, and the attention of nn.MultiheadAttention.
+_NO_FORWARD_AD = {
+    "scaled_dot_product_attention", "_transformer_encoder_layer_fwd", "_native_multi_head_attention",
+    "multi_head_attention_forward",
+}
 _CACHE: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
