@@ -77,6 +77,7 @@ class CubeLayer(torch.nn.Module):
 def test_auto_falls_back_once_with_a_warning_and_remembers():
     """A custom autograd function defeats vmap only at run time: "auto" warns, uses the next
     implementation, and does not try (or warn about) the failing one again for this model."""
+    from torchntk._memory import DEFAULT_MEMORY
     from torchntk.empirical import _cost
     from torchntk.empirical._functional import make_functional
 
@@ -84,7 +85,7 @@ def test_auto_falls_back_once_with_a_warning_and_remembers():
     norm = torch.nn.Sequential(torch.nn.LayerNorm(3), CubeLayer(), torch.nn.LayerNorm(3)).double()
     x = torch.randn(4, 3, dtype=torch.float64)
     fm = make_functional(norm)
-    plans, _ = _cost.candidates(fm, x, 4, 3, "mean", "auto", None, False, None)
+    plans, _ = _cost.candidates(fm, x, 4, 3, "mean", "auto", DEFAULT_MEMORY, False, None)
     assert plans[0].backend.name == "jacobian"  # no covered layer: the Jacobian path is cheapest
     ref = brute_ntk(norm, x, mode="mean")
     with pytest.warns(RuntimeWarning, match="'jacobian' cannot handle this model.*_Cube.*instead"):
@@ -95,11 +96,11 @@ def test_auto_falls_back_once_with_a_warning_and_remembers():
 
 
 def test_plans_are_cached_per_model_and_input_shape(monkeypatch):
-    from torchntk.empirical import structured
+    from torchntk.empirical import _cost
 
     calls = []
-    real = structured.probe_layers
-    monkeypatch.setattr(structured, "probe_layers", lambda *a: calls.append(1) or real(*a))
+    real = _cost.probe_layers
+    monkeypatch.setattr(_cost, "probe_layers", lambda *a: calls.append(1) or real(*a))
     model, x = build("tokens"), inputs("tokens", 3)
     k1 = empirical_ntk(model, x, mode="mean")
     k2 = empirical_ntk(model, inputs("tokens", 5, seed=2)[:4], mode="mean")  # same example shape

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from torchntk.empirical import empirical_ntk
-from torchntk.empirical import structured
+from torchntk.empirical import _cost, structured
 from torchntk.empirical._functional import make_functional
 
 from ._models import assert_close, brute_ntk, models
@@ -74,7 +74,7 @@ def test_coverage():
 @pytest.mark.parametrize("mode", ["full", "diagonal", "mean"])
 @pytest.mark.parametrize("name", ["cnn", "cnn1d", "tokens"])
 def test_both_patch_methods(monkeypatch, method, mode, name):
-    monkeypatch.setattr(structured, "choose_method", lambda sh, *a: "p1" if sh.P == 1 else method)
+    monkeypatch.setattr(_cost, "choose_method", lambda sh, *a: "p1" if sh.P == 1 else method)
     model, x1, x2 = models()[name]
     ref = brute_ntk(model, x1, x2, mode)
     assert_close(empirical_ntk(model, x1, x2, mode=mode, implementation="structured"), ref)
@@ -115,7 +115,7 @@ def test_grouped_dilated_strided_convs_are_covered_and_exact(method, dims, monke
     shape = (4, 9) if dims == 1 else (4, 7, 7)
     x1, x2 = torch.randn(3, *shape, dtype=torch.float64), torch.randn(2, *shape, dtype=torch.float64)
     assert _fallback(model, x1) == []
-    monkeypatch.setattr(structured, "choose_method", lambda *args, **kw: method)
+    monkeypatch.setattr(_cost, "choose_method", lambda *args, **kw: method)
     for mode in ("full", "diagonal", "mean"):
         ref = brute_ntk(model, x1, x2, mode)
         assert_close(empirical_ntk(model, x1, x2, mode=mode, implementation="structured"), ref)
@@ -126,7 +126,6 @@ def test_grouped_dilated_strided_convs_are_covered_and_exact(method, dims, monke
 
 def test_auto_prefers_structured_for_wide_layers_and_jacobian_without_them():
     from torchntk._memory import DEFAULT_MEMORY
-    from torchntk.empirical import _cost
     from torchntk.nn import MLP
 
     net = MLP(8, [256, 256], 4).double()
