@@ -1,0 +1,250 @@
+"""``FeatureMap``: random features of a spec's infinite-width NNGP and NTK.
+
+``fm = FeatureMap(spec, n_features, seed=0)`` draws, once per per-sample input shape, the
+random projections of every layer (see :mod:`torchntk.features._steps` for the rules), so that
+
+    fm(x1).nngp @ fm(x2).nngp.T  ~  spec.kernel(x1, x2).nngp        (N1, N2)
+    fm(x1).ntk  @ fm(x2).ntk.T   ~  spec.kernel(x1, x2).ntk
+
+are unbiased (``method="gaussian"``) Monte Carlo estimates whose relative error falls like
+``n_features^(-1/2)`` (``docs/features.md``). The draws belong to the map: two calls, on any
+inputs, use the same ones, so cross kernels come from separate calls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from .._checks import check_choice
+from ..errors import InvalidArgumentError, ShapeError, SpecError
+from ..layers import Layer
+from ..layers._base import _check_inputs
+from . import _steps as S
+from ._compile import Context, compile_spec
+
+__all__ = ["FeatureMap", "Features", "FeatureRows", "METHODS"]
+
+#: Projection kinds of the nonlinearities: exact Gaussian rows (unbiased, ``O(d m)`` per row and
+#: layer) or structured orthogonal rows (``O(d log d)``, Gaussian up to ``O(1/d)``).
+METHODS = ("auto", "gaussian", "structured")
+#: ``"auto"`` takes the structured rows from this width on.
+STRUCTURED_FROM = 1024
+#: Default memory budget of one batch of rows (bytes).
+DEFAULT_MEMORY = 1 << 30
+# Live feature-sized tensors per entry of the widest step (inputs, projections, outputs...).
+_WORK_FACTOR = 6
+
+
+@dataclass
+class Features:
+    """Feature vectors of a batch of inputs: ``nngp`` ``(N, D_s)`` and ``ntk`` ``(N, D_t)``.
+
+    ``nngp @ nngp.T`` estimates the NNGP kernel and ``ntk @ ntk.T`` the NTK; ``ntk`` is None
+    when the spec has no NTK (a nonlinearity without a derivative, such as ``Sign`` with NTK
+    dropped, has zero NTK features instead).
+    """
+
+    nngp: torch.Tensor
+    ntk: torch.Tensor | None
+
+    def __getitem__(self, kind: str) -> torch.Tensor:
+        return self.nngp if kind == "nngp" else self.ntk
+
+
+class FeatureMap:
+    """A random feature map of the NNGP and NTK of a :mod:`torchntk.layers` spec.
+
+    Args:
+        spec: the architecture (a flat output: end with Dense, Flatten or GlobalAvgPool).
+        n_features: ``m``, the width of every random layer of the map: the NNGP features of a
+            spec ending in ``Dense`` have ``m + 1`` columns (``+1``: the bias), its NTK features
+            ``2 m + 1`` (the sketched ``Theta`` part and the NNGP part side by side).
+        seed: seeds the draws (the same seed and input shape give the same map).
+        method: ``"gaussian"`` (Gaussian rows, unbiased), ``"structured"`` (Hadamard rows,
+            fast) or ``"auto"`` (structured from ``m >= 1024`` on), any case.
+        dtype: of the features (float64 by default); the device is the inputs'.
+        memory: approximate budget in bytes of one batch of rows.
+
+    Example:
+        >>> from torchntk import layers as L
+        >>> spec = L.serial(L.Dense(512, b_std=0.1), L.Relu(), L.Dense(1, b_std=0.1))
+        >>> fm = FeatureMap(spec, 256, seed=0)
+        >>> f = fm(torch.randn(5, 3, dtype=torch.float64))
+        >>> f.nngp.shape, f.ntk.shape
+        (torch.Size([5, 257]), torch.Size([5, 513]))
+    """
+
+    def __init__(
+        self,
+        spec: Layer,
+        n_features: int,
+        *,
+        seed: int = 0,
+        method: str = "auto",
+        dtype: torch.dtype = torch.float64,
+        memory: float = DEFAULT_MEMORY,
+    ) -> None:
+        if not isinstance(spec, Layer):
+            raise InvalidArgumentError(f"`spec` must be a torchntk.layers spec, got {type(spec).__name__}")
+        if isinstance(n_features, bool) or not isinstance(n_features, (int, np.integer)) or n_features < 2:
+            raise InvalidArgumentError(f"`n_features` must be an int >= 2, got {n_features!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise InvalidArgumentError(f"`seed` must be an int, got {seed!r}")
+        if not isinstance(method, str):
+            raise InvalidArgumentError(f"`method` must be one of {METHODS}, got {method!r}")
+        method = check_choice("method", method.lower(), METHODS)
+        if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise InvalidArgumentError(f"`dtype` must be a floating torch.dtype, got {dtype!r}")
+        if isinstance(memory, bool) or not isinstance(memory, (int, float)) or not memory > 0:
+            raise InvalidArgumentError(f"`memory` must be a positive number of bytes, got {memory!r}")
+        self.spec, self.n_features, self.seed = spec, int(n_features), int(seed)
+        self.width = self.n_features
+        if method == "auto":
+            method = "structured" if self.width >= STRUCTURED_FROM else "gaussian"
+        self.method, self.dtype, self.memory = method, dtype, float(memory)
+        self._plans: dict[tuple, tuple[S.Step, S.Dims, int]] = {}
+        self._cast: dict[tuple, S.Step] = {}
+
+    def __repr__(self) -> str:
+        return f"FeatureMap({self.spec!r}, n_features={self.n_features}, seed={self.seed}, method={self.method!r})"
+
+    # -- the draws --------------------------------------------------------------------------
+    def _plan(self, shape: tuple[int, ...]) -> tuple[S.Step, S.Dims, int]:
+        if shape not in self._plans:
+            out = self.spec.output_shape(shape)
+            if isinstance(out, list):
+                raise SpecError(f"the spec ends with {len(out)} branches; add a FanInSum/FanInConcat")
+            if len(out) != 1:
+                raise SpecError(
+                    f"the spec's output has per-sample shape {out}; feature maps need a flat output "
+                    "(end the spec with Flatten, GlobalAvgPool or Dense on flat features)"
+                )
+            gen = torch.Generator().manual_seed(self.seed)
+            ctx = Context(gen, self.width, self.method)
+            step, dims = compile_spec(self.spec, shape, ctx)
+            self._plans[shape] = (step, dims, ctx.peak)
+        return self._plans[shape]
+
+    def _step(self, shape: tuple[int, ...], device: torch.device) -> S.Step:
+        key = (shape, str(device))
+        if key not in self._cast:
+            self._cast[key] = self._plan(shape)[0].to(self.dtype, device)
+        return self._cast[key]
+
+    def dims(self, input_shape: Any) -> tuple[int, int | None]:
+        """``(D_s, D_t)``: the numbers of NNGP and NTK features for a per-sample input shape."""
+        shape = (input_shape,) if isinstance(input_shape, int) else tuple(int(s) for s in input_shape)
+        d = self._plan(shape)[1]
+        return d.dphi, d.dpsi
+
+    def batch_rows(self, input_shape: Any) -> int:
+        """Rows per batch under the memory budget (from the widest step of the map)."""
+        shape = (input_shape,) if isinstance(input_shape, int) else tuple(int(s) for s in input_shape)
+        peak = max(1, self._plan(shape)[2])
+        per_row = peak * torch.finfo(self.dtype).bits // 8 * _WORK_FACTOR
+        return max(1, int(self.memory // per_row))
+
+    # -- features -----------------------------------------------------------------------------
+    def _check(self, x: Any, name: str = "x") -> torch.Tensor:
+        if isinstance(x, np.ndarray):
+            x = torch.from_numpy(x)
+        x = _check_inputs(name, x)
+        return x
+
+    def _batch(self, x: torch.Tensor) -> S.State:
+        step = self._step(tuple(x.shape[1:]), x.device)
+        with torch.no_grad():
+            return step(S.input_state(x.to(self.dtype)))
+
+    def __call__(self, x: Any, *, batch_size: int | None = None) -> Features:
+        """The features of ``x`` ``(N, n0)``, ``(N, C, L)`` or ``(N, C, H, W)``: a :class:`Features`."""
+        x = self._check(x)
+        b = _batch_size(batch_size, self.batch_rows(tuple(x.shape[1:])))
+        parts = [self._batch(x[i:i + b]) for i in range(0, x.shape[0], b)]
+        nngp = torch.cat([p.phi for p in parts]) if len(parts) > 1 else parts[0].phi
+        ntk = None
+        if all(p.psi is not None for p in parts):
+            ntk = torch.cat([p.psi for p in parts]) if len(parts) > 1 else parts[0].psi
+        return Features(nngp, ntk)
+
+    def rows(self, x: Any, kind: str = "ntk", *, batch_size: int | None = None) -> "FeatureRows":
+        """The ``kind`` (``"ntk"`` or ``"nngp"``) features of ``x``, computed lazily in batches."""
+        if not isinstance(kind, str):
+            raise InvalidArgumentError(f"`kind` must be 'ntk' or 'nngp', got {kind!r}")
+        kind = check_choice("kind", kind.lower(), ("ntk", "nngp"))
+        x = self._check(x)
+        b = _batch_size(batch_size, self.batch_rows(tuple(x.shape[1:])))
+        dphi, dpsi = self.dims(tuple(x.shape[1:]))
+        if kind == "ntk" and dpsi is None:
+            raise SpecError(f"{self.spec!r} has no NTK (a nonlinearity without a derivative)")
+        return FeatureRows(self, x, kind, b, dpsi if kind == "ntk" else dphi)
+
+
+def _batch_size(batch_size: Any, default: int) -> int:
+    if batch_size is None:
+        return default
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidArgumentError(f"`batch_size` must be a positive int or None, got {batch_size!r}")
+    return batch_size
+
+
+class FeatureRows:
+    """The features of a set of inputs, produced batch by batch (never all at once).
+
+    Iterating yields ``(start, stop, phi)`` with ``phi`` the ``(stop - start, dim)`` feature rows.
+    Made by :meth:`FeatureMap.rows`, or :meth:`from_tensor` for features already in memory.
+
+    Attributes: ``n`` (rows), ``dim`` (columns), ``dtype``, ``device``.
+    """
+
+    def __init__(self, fm: FeatureMap | None, x: torch.Tensor, kind: str, batch_size: int, dim: int) -> None:
+        self.fm, self.x, self.kind, self.batch_size, self.dim = fm, x, kind, batch_size, int(dim)
+        self.n = int(x.shape[0])
+        self.device = x.device
+        self.dtype = fm.dtype if fm is not None else x.dtype
+
+    @classmethod
+    def from_tensor(cls, phi: Any, name: str = "phi", batch_size: int = 65536) -> "FeatureRows":
+        """Rows of an in-memory feature matrix ``(N, D)`` (float64 unless already floating)."""
+        if isinstance(phi, FeatureRows):
+            return phi
+        if isinstance(phi, np.ndarray):
+            phi = torch.from_numpy(phi)
+        if not isinstance(phi, torch.Tensor):
+            raise InvalidArgumentError(
+                f"`{name}` must be a feature matrix (N, D) or FeatureMap.rows(x), got {type(phi).__name__}"
+            )
+        if phi.ndim != 2 or phi.shape[0] == 0:
+            raise ShapeError(f"`{name}` must be a feature matrix (N, D) with N >= 1, got shape {tuple(phi.shape)}")
+        if not phi.is_floating_point():
+            phi = phi.to(torch.float64)
+        if not bool(torch.isfinite(phi).all()):
+            raise InvalidArgumentError(f"`{name}` contains non-finite values")
+        return cls(None, phi, "given", batch_size, phi.shape[1])
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[tuple[int, int, torch.Tensor]]:
+        for lo in range(0, self.n, self.batch_size):
+            hi = min(lo + self.batch_size, self.n)
+            if self.fm is None:
+                yield lo, hi, self.x[lo:hi]
+            else:
+                f = self.fm._batch(self.x[lo:hi])
+                yield lo, hi, f.psi if self.kind == "ntk" else f.phi
+
+    def materialize(self) -> torch.Tensor:
+        """All rows as one ``(N, D)`` tensor."""
+        if self.fm is None:
+            return self.x
+        return torch.cat([phi for _, _, phi in self])
+
+
+def rows_of(value: Any, name: str) -> FeatureRows:
+    """A :class:`FeatureRows` from rows or a feature matrix."""
+    return value if isinstance(value, FeatureRows) else FeatureRows.from_tensor(value, name)

@@ -1,0 +1,199 @@
+"""FeatureMap: exact rules on the linear layers, Monte Carlo accuracy on the nonlinear ones."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from torchntk import layers as L
+from torchntk.errors import InvalidArgumentError, SpecError, UnsupportedLayerError
+from torchntk.features import FeatureMap, relative_error
+
+D64 = torch.float64
+
+
+def _fc(depth: int, act) -> L.Layer:
+    layers = []
+    for _ in range(depth):
+        layers += [L.Dense(256, b_std=0.1), act()]
+    return L.serial(*layers, L.Dense(1, b_std=0.1))
+
+
+def _cnn() -> L.Layer:
+    return L.serial(
+        L.Conv(32, (3, 3), padding="SAME", b_std=0.1), L.Relu(),
+        L.Conv(32, (2, 2), padding="SAME", b_std=0.1), L.Relu(),
+        L.GlobalAvgPool(), L.Dense(1, b_std=0.1),
+    )
+
+
+def _errors(spec, x, m, seed=0, x2=None):
+    fm = FeatureMap(spec, m, seed=seed)
+    f1 = fm(x)
+    f2 = f1 if x2 is None else fm(x2)
+    k = spec.kernel(x, x2)
+    return (relative_error(f1.nngp @ f2.nngp.T, k.nngp), relative_error(f1.ntk @ f2.ntk.T, k.ntk))
+
+
+# -- exact rules: without a nonlinearity every step is an exact feature map -----------------
+
+LINEAR_SPECS = {
+    "dense": L.serial(L.Dense(8, W_std=1.3, b_std=0.2), L.Dense(4, b_std=0.5), L.Dense(1)),
+    "standard": L.serial(L.Dense(7, W_std=1.1, b_std=0.3, parameterization="standard"),
+                         L.Dense(1, b_std=0.2, parameterization="standard")),
+    "residual": L.serial(L.Dense(6, b_std=0.1), L.FanOut(2), L.parallel(L.Identity(), L.Dense(6, W_std=0.7)),
+                         L.FanInSum(), L.Dense(1)),
+    "concat": L.serial(L.FanOut(2), L.parallel(L.Dense(3), L.Dense(5, b_std=0.4)), L.FanInConcat(), L.Dense(1)),
+    "layernorm": L.serial(L.Dense(6, b_std=0.3), L.LayerNorm(), L.Dense(1, b_std=0.1)),
+}
+
+SPATIAL_SPECS = {
+    "conv_same_avgpool_flatten": L.serial(L.Conv(4, (2, 2), padding="SAME", b_std=0.1), L.AvgPool((2, 2)),
+                                          L.Flatten(), L.Dense(1)),
+    "conv_valid_strided_gap": L.serial(L.Conv(4, (3, 2), strides=(2, 1), b_std=0.2), L.GlobalAvgPool(), L.Dense(1)),
+    "conv_circular_sumpool": L.serial(L.Conv(3, 3, padding="CIRCULAR", W_std=0.8), L.SumPool((2, 2), padding="SAME"),
+                                      L.Flatten(), L.Dense(1, b_std=0.1)),
+    "conv1d_layernorm": L.serial(L.Conv(4, 3, padding="SAME"), L.LayerNorm(axis=(1, 2)), L.Flatten(), L.Dense(1)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LINEAR_SPECS))
+def test_linear_specs_are_exact(name):
+    spec = LINEAR_SPECS[name]
+    x1 = torch.randn(9, 5, dtype=D64)
+    x2 = torch.randn(4, 5, dtype=D64)
+    fm = FeatureMap(spec, 64)
+    f1, f2 = fm(x1), fm(x2)
+    k = spec.kernel(x1, x2)
+    torch.testing.assert_close(f1.nngp @ f2.nngp.T, k.nngp, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(f1.ntk @ f2.ntk.T, k.ntk, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(SPATIAL_SPECS))
+def test_conv_and_pooling_rules_are_exact(name):
+    spec = SPATIAL_SPECS[name]
+    shape = (2, 7) if name.startswith("conv1d") else (2, 5, 4)
+    x = torch.randn(6, *shape, dtype=D64)
+    f = FeatureMap(spec, 4096)(x)  # wide enough for no compression: every step exact
+    k = spec.kernel(x)
+    torch.testing.assert_close(f.nngp @ f.nngp.T, k.nngp, rtol=1e-11, atol=1e-12)
+    torch.testing.assert_close(f.ntk @ f.ntk.T, k.ntk, rtol=1e-11, atol=1e-12)
+
+
+def test_compressed_flatten_is_unbiased_sketch():
+    # Flatten of a wide conv output is compressed by an SRHT: unbiased, error ~ 1/sqrt(m)
+    spec = L.serial(L.Conv(4, (2, 2), padding="SAME"), L.Flatten(), L.Dense(1))
+    x = torch.randn(8, 3, 6, 6, dtype=D64)
+    k = spec.kernel(x).nngp
+    ests = []
+    for s in range(16):
+        f = FeatureMap(spec, 32, seed=s)(x).nngp  # 4 channels * 36 pixels = 144 columns -> 32
+        ests.append(f @ f.T)
+    single = relative_error(ests[0], k)
+    averaged = relative_error(sum(ests) / len(ests), k)
+    assert single > 0.05  # really compressed
+    assert averaged < single / 2  # 16 draws: about 4 times smaller if unbiased
+
+
+# -- Monte Carlo accuracy on nonlinear networks ---------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["relu4", "erf3"])
+def test_fast_accuracy_and_rate(kind):
+    # the small variant of the slow acceptance test: m = 128 -> 1024 (Gaussian rows), two seeds
+    torch.manual_seed(0)
+    x = torch.randn(16, 8, dtype=D64)
+    spec = _fc(4, L.Relu) if kind == "relu4" else _fc(3, L.Erf)
+    e128 = np.mean([_errors(spec, x, 128, seed=s) for s in range(2)], axis=0)
+    e1024 = np.mean([_errors(spec, x, 1024, seed=s) for s in range(2)], axis=0)
+    assert (e1024 < 0.2).all(), e1024
+    slope = np.log(e1024 / e128) / math.log(8)
+    assert (slope < -0.3).all(), slope
+
+
+def test_cnn_fast_accuracy():
+    torch.manual_seed(0)
+    nngp, ntk = _errors(_cnn(), torch.randn(6, 2, 4, 4, dtype=D64), 512)
+    assert nngp < 0.2 and ntk < 0.2
+
+
+def test_cross_kernels_from_one_map():
+    spec = _fc(2, L.Relu)
+    x1, x2 = torch.randn(10, 6, dtype=D64), torch.randn(7, 6, dtype=D64)
+    nngp, ntk = _errors(spec, x1, 2048, x2=x2)
+    assert nngp < 0.1 and ntk < 0.1
+
+
+@pytest.mark.parametrize("act", [L.Gelu, L.Sin, L.Abs, lambda: L.LeakyRelu(0.2),
+                                 lambda: L.Elementwise(torch.tanh)])
+def test_other_activations(act):
+    spec = _fc(2, act)
+    x = torch.randn(12, 5, dtype=D64)
+    nngp, ntk = _errors(spec, x, 2048)
+    assert nngp < 0.12 and ntk < 0.12
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["relu4", "erf3", "cnn"])
+def test_acceptance_error_at_4096_and_rate(kind):
+    torch.manual_seed(1)
+    if kind == "cnn":
+        spec, x, x2, bound = _cnn(), torch.randn(16, 3, 6, 6, dtype=D64), torch.randn(5, 3, 6, 6, dtype=D64), 0.15
+    else:
+        spec = _fc(4, L.Relu) if kind == "relu4" else _fc(3, L.Erf)
+        x, x2, bound = torch.randn(64, 16, dtype=D64), torch.randn(20, 16, dtype=D64), 0.1
+    ms = [1024, 4096, 16384]
+    errs = np.array([_errors(spec, x, m) for m in ms])
+    assert (errs[1] <= bound).all(), errs
+    slopes = np.polyfit(np.log(ms), np.log(errs), 1)[0]
+    assert (slopes <= -0.35).all(), slopes
+    cross = _errors(spec, x, 4096, x2=x2)
+    assert max(cross) <= bound, cross
+
+
+# -- the map's contract ----------------------------------------------------------------------
+
+
+def test_draws_belong_to_the_map_and_batches_do_not_matter():
+    spec = _fc(2, L.Relu)
+    x = torch.randn(11, 4, dtype=D64)
+    fm = FeatureMap(spec, 64, seed=3)
+    a, b = fm(x), fm(x, batch_size=4)
+    torch.testing.assert_close(a.ntk, b.ntk, rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(fm(x[:5]).nngp, a.nngp[:5], rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(FeatureMap(spec, 64, seed=3)(x).ntk, a.ntk)
+    assert not torch.allclose(FeatureMap(spec, 64, seed=4)(x).ntk, a.ntk)
+    assert a.nngp.shape == (11, 65) and a.ntk.shape == (11, 129) and fm.dims(4) == (65, 129)
+    rows = fm.rows(x, "NNGP", batch_size=3)
+    torch.testing.assert_close(rows.materialize(), a.nngp)
+
+
+@pytest.mark.parametrize("method", ["gaussian", "STRUCTURED"])
+def test_methods_and_dtype(method):
+    spec = _fc(1, L.Relu)
+    x = torch.randn(5, 3)
+    f = FeatureMap(spec, 128, method=method, dtype=torch.float32)(x)
+    assert f.ntk.dtype == torch.float32 and torch.isfinite(f.ntk).all()
+
+
+def test_errors_name_the_problem():
+    with pytest.raises(UnsupportedLayerError, match="FanInProd"):
+        FeatureMap(L.serial(L.Dense(3), L.FanOut(2), L.parallel(L.Relu(), L.Erf()), L.FanInProd(), L.Dense(1)), 8)(
+            torch.randn(2, 3))
+    with pytest.raises(UnsupportedLayerError, match="Dropout"):
+        FeatureMap(L.serial(L.Dense(3), L.Dropout(0.5), L.Dense(1)), 8)(torch.randn(2, 3))
+    with pytest.raises(SpecError, match="Gaussian"):
+        FeatureMap(L.serial(L.Relu(), L.Dense(1)), 8)(torch.randn(2, 3))
+    with pytest.raises(SpecError, match="flat output"):
+        FeatureMap(L.serial(L.Conv(2, 2)), 8)(torch.randn(2, 1, 3, 3))
+    with pytest.raises(InvalidArgumentError, match="n_features"):
+        FeatureMap(_fc(1, L.Relu), 1)
+    with pytest.raises(InvalidArgumentError, match="method"):
+        FeatureMap(_fc(1, L.Relu), 8, method="exact")
+    with pytest.raises(InvalidArgumentError, match="spec"):
+        FeatureMap("relu", 8)
+    with pytest.raises(InvalidArgumentError, match="kind"):
+        FeatureMap(_fc(1, L.Relu), 8).rows(torch.randn(2, 3), "cov")

@@ -1,0 +1,135 @@
+"""Feature-space dynamics and ridge regression against the exact kernel formulas."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from torchntk import dynamics
+from torchntk import layers as L
+from torchntk.errors import InvalidArgumentError, ShapeError
+from torchntk.features import FeatureMap, FeatureRows, gram, mse, ridge_regression
+
+D64 = torch.float64
+
+
+def _close(a, b, tol=1e-10):
+    scale = max(1.0, float(b.abs().max()))
+    assert float((a - b).abs().max()) <= tol * scale
+
+
+@pytest.mark.parametrize("n,d", [(40, 12), (10, 30)])
+@pytest.mark.parametrize("learning_rate", [None, 0.3])
+@pytest.mark.parametrize("diag_reg", [0.0, 0.05])
+def test_feature_dynamics_equal_exact_dynamics_of_phi_phi_t(n, d, learning_rate, diag_reg):
+    gen = torch.Generator().manual_seed(n + d)
+    phi = torch.randn(n, d, generator=gen, dtype=D64) / d**0.5
+    px = torch.randn(7, d, generator=gen, dtype=D64) / d**0.5
+    y, f0 = torch.randn(n, 2, generator=gen, dtype=D64), 0.1 * torch.randn(n, 2, generator=gen, dtype=D64)
+    f0x = 0.1 * torch.randn(7, 2, generator=gen, dtype=D64)
+    ts = torch.tensor([0.0, 1.0, 10.0, 300.0]) if learning_rate is None else torch.tensor([0.0, 1.0, 10.0, 50.0])
+    exact = dynamics.mse(phi @ phi.T, y, f0_train=f0, learning_rate=learning_rate, diag_reg=diag_reg)
+    feat = mse(FeatureRows.from_tensor(phi, batch_size=6), y, f0_train=f0, learning_rate=learning_rate,
+               diag_reg=diag_reg)
+    a, b = exact(ts, px @ phi.T, f0x), feat(ts, px, f0x)
+    _close(b[0], a[0])
+    _close(b[1], a[1])
+    if n < d or diag_reg > 0:  # t = inf is well posed (full-rank or ridged train kernel)
+        a, b = exact(float("inf"), px @ phi.T), feat(float("inf"), px)
+        _close(b[0], a[0])
+        _close(b[1], a[1])
+
+
+def test_dynamics_streamed_from_a_feature_map():
+    spec = L.serial(L.Dense(64, b_std=0.1), L.Relu(), L.Dense(1, b_std=0.1))
+    x, xt = torch.randn(30, 4, dtype=D64), torch.randn(5, 4, dtype=D64)
+    fm = FeatureMap(spec, 16)
+    y = torch.sin(x[:, 0])
+    phi = fm(x).ntk
+    exact = dynamics.mse(phi @ phi.T, y)
+    f_train, f_test = mse(fm.rows(x, batch_size=7), y)(torch.tensor([0.5, 5.0]), fm.rows(xt))
+    a_train, a_test = exact(torch.tensor([0.5, 5.0]), fm(xt).ntk @ phi.T)
+    assert f_train.shape == (2, 30) and f_test.shape == (2, 5)
+    _close(f_train, a_train)
+    _close(f_test, a_test)
+
+
+@pytest.mark.parametrize("n,d", [(50, 10), (10, 50)])
+def test_ridge_regression_primal_and_dual(n, d):
+    gen = torch.Generator().manual_seed(1)
+    phi = torch.randn(n, d, generator=gen, dtype=D64)
+    px = torch.randn(5, d, generator=gen, dtype=D64)
+    y = torch.randn(n, 3, generator=gen, dtype=D64)
+    model = ridge_regression(FeatureRows.from_tensor(phi, batch_size=7), y, [1e-2, 0.1])
+    k = phi @ phi.T
+    s = float(k.diagonal().mean())
+    pred = model.predict(px)
+    assert pred.shape == (2, 5, 3)
+    for i, r in enumerate([1e-2, 0.1]):
+        expected = px @ phi.T @ torch.linalg.solve(k + r * s * torch.eye(n, dtype=D64), y)
+        _close(pred[i], expected)
+    one = ridge_regression(phi, y[:, 0], 0.5, mode="ABSOLUTE").predict(px)
+    _close(one[0], px @ phi.T @ torch.linalg.solve(k + 0.5 * torch.eye(n, dtype=D64), y[:, 0]))
+
+
+def test_gram_streams_in_float64():
+    phi = torch.randn(23, 6)
+    g = gram(FeatureRows.from_tensor(phi, batch_size=5), torch.ones(23))
+    p = phi.double()
+    _close(g.matrix, p.T @ p)
+    _close(g.rhs[:, 0], p.sum(0))
+    assert g.matrix.dtype == D64 and g.n == 23
+
+
+def test_solver_errors():
+    phi = torch.randn(5, 3, dtype=D64)
+    with pytest.raises(ShapeError, match="y_train"):
+        mse(phi, torch.zeros(4))
+    with pytest.raises(InvalidArgumentError, match="diag_reg"):
+        mse(phi, torch.zeros(5), diag_reg=-1.0)
+    with pytest.raises(InvalidArgumentError, match="learning_rate"):
+        mse(phi, torch.zeros(5), learning_rate=0)
+    with pytest.raises(ShapeError, match="phi_test"):
+        mse(phi, torch.zeros(5))(1.0, torch.zeros(2, 4))
+    with pytest.raises(InvalidArgumentError, match="ridges"):
+        ridge_regression(phi, torch.zeros(5), [-1.0])
+    with pytest.raises(InvalidArgumentError, match="phi_train"):
+        ridge_regression([[1.0]], torch.zeros(1))
+
+
+def _digits(n_train, n_test):
+    datasets = pytest.importorskip("sklearn.datasets")
+    x, y = datasets.load_digits(return_X_y=True)
+    idx = np.random.default_rng(0).permutation(len(x))
+    x = torch.tensor(x / 16.0)
+    return x[idx[:n_train]], y[idx[:n_train]], x[idx[n_train:n_train + n_test]], y[idx[n_train:n_train + n_test]]
+
+
+GRID = [1e-4, 1e-3, 1e-2, 1e-1]
+
+
+def _best_accuracies(n_train, n_test, m):
+    xtr, ytr, xte, yte = _digits(n_train, n_test)
+    spec = L.serial(L.Dense(512, b_std=0.1), L.Relu(), L.Dense(512, b_std=0.1), L.Relu(),
+                    L.Dense(1, b_std=0.1))
+    targets = torch.nn.functional.one_hot(torch.tensor(ytr), 10).double()
+    k, kt = spec.kernel(xtr).ntk, spec.kernel(xte, xtr).ntk
+    s = float(k.diagonal().mean())
+    exact = [float((np.argmax((kt @ torch.linalg.solve(k + r * s * torch.eye(len(k), dtype=D64), targets)).numpy(), 1)
+                    == yte).mean()) for r in GRID]
+    fm = FeatureMap(spec, m, seed=0)
+    pred = ridge_regression(fm.rows(xtr), targets, GRID).predict(fm.rows(xte))
+    feat = [float((np.argmax(p.numpy(), 1) == yte).mean()) for p in pred]
+    return max(exact), max(feat)
+
+
+def test_digits_feature_ridge_small():
+    exact, feat = _best_accuracies(300, 200, 512)
+    assert feat >= exact - 0.03, (exact, feat)
+
+
+@pytest.mark.slow
+def test_digits_feature_ridge_acceptance():
+    exact, feat = _best_accuracies(1297, 500, 8192)
+    assert feat >= exact - 0.015, (exact, feat)
