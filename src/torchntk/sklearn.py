@@ -71,6 +71,14 @@ class _NTKBase(BaseEstimator):
         self._check_params()
         self.X_fit_ = np.array(X, dtype=np.float64, order="C", copy=True)
         spec = self._spec()
+        if getattr(self, "n_features", None) is not None:  # random features: m x m instead of N x N
+            from . import features
+
+            self._fm = features.FeatureMap(spec, int(self.n_features), seed=0)
+            self._predictor = features.mse(self._fm.rows(torch.from_numpy(self.X_fit_)),
+                                           torch.from_numpy(np.asarray(Y, dtype=np.float64)),
+                                           diag_reg=float(self.diag_reg))
+            return
         K = spec.kernel(torch.from_numpy(self.X_fit_)).ntk
         from .dynamics import mse
 
@@ -80,6 +88,9 @@ class _NTKBase(BaseEstimator):
     def _outputs(self, X) -> np.ndarray:
         check_is_fitted(self, "X_fit_")
         X = validate_data(self, X, reset=False, dtype=np.float64)
+        if getattr(self, "n_features", None) is not None:
+            _, f = self._predictor(float(self.t), self._fm.rows(torch.from_numpy(np.array(X, order="C", copy=True))))
+            return f.numpy()
         Kt = self._spec().kernel(torch.from_numpy(np.array(X, order="C", copy=True)), torch.from_numpy(self.X_fit_)).ntk
         _, f = self._predictor(float(self.t), Kt)
         return f.numpy()
@@ -93,14 +104,19 @@ class NTKRegressor(RegressorMixin, _NTKBase):
             matter); ``None`` means :func:`default_architecture`.
         t: training time of the gradient flow on ``C = (1/(2N)) sum ||f - y||^2`` (``inf`` default).
         diag_reg: ridge ``Theta + diag_reg * mean(diag Theta) * I`` (0 default).
+        n_features: None (exact kernel) or ``m``: train on the random features of
+            :class:`torchntk.features.FeatureMap` (cost ``N m^2``; a ridge such as
+            ``diag_reg=1e-3`` is recommended, see ``docs/features.md``).
 
     Attributes: ``X_fit_`` (training inputs), ``n_features_in_``.
     """
 
-    def __init__(self, architecture=None, t: float = float("inf"), diag_reg: float = 0.0) -> None:
+    def __init__(self, architecture=None, t: float = float("inf"), diag_reg: float = 0.0,
+                 n_features: int | None = None) -> None:
         self.architecture = architecture
         self.t = t
         self.diag_reg = diag_reg
+        self.n_features = n_features
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -129,10 +145,12 @@ class NTKClassifier(ClassifierMixin, _NTKBase):
     classes: output of the second class minus the first).
     """
 
-    def __init__(self, architecture=None, t: float = float("inf"), diag_reg: float = 0.0) -> None:
+    def __init__(self, architecture=None, t: float = float("inf"), diag_reg: float = 0.0,
+                 n_features: int | None = None) -> None:
         self.architecture = architecture
         self.t = t
         self.diag_reg = diag_reg
+        self.n_features = n_features
 
     def fit(self, X, y) -> "NTKClassifier":
         X, y = validate_data(self, X, y, dtype=np.float64)

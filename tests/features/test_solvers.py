@@ -133,3 +133,22 @@ def test_digits_feature_ridge_small():
 def test_digits_feature_ridge_acceptance():
     exact, feat = _best_accuracies(1297, 500, 8192)
     assert feat >= exact - 0.015, (exact, feat)
+
+
+def test_sklearn_estimators_take_n_features():
+    pytest.importorskip("sklearn")
+    from torchntk.sklearn import NTKClassifier, NTKRegressor
+
+    xtr, ytr, xte, yte = _digits(200, 100)
+    clf = NTKClassifier(n_features=256, diag_reg=1e-3).fit(xtr.numpy(), ytr)
+    assert (clf.predict(xte.numpy()) == yte).mean() > 0.85
+    x = np.random.default_rng(0).normal(size=(40, 3))
+    reg = NTKRegressor(n_features=64, diag_reg=1e-3).fit(x, np.sin(x[:, 0]))
+    fm_pred = reg.predict(x[:5])
+    # the same predictor as the feature-space ridge regression on the same map
+    from torchntk.features import FeatureMap
+
+    fm = FeatureMap(reg._spec(), 64, seed=0)
+    ridge = ridge_regression(fm.rows(torch.from_numpy(x)), torch.from_numpy(np.sin(x[:, 0])), 1e-3)
+    np.testing.assert_allclose(fm_pred, ridge.predict(fm.rows(torch.from_numpy(x[:5])))[0].numpy(), rtol=1e-8,
+                               atol=1e-10)

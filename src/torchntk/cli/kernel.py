@@ -54,7 +54,42 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="finish an interrupted .zarr store (settings are read from it; a store "
                         "computed from a model file also needs --model with that file)")
     p.add_argument("--no-progress", dest="no_progress", action="store_true", help="no progress bar")
+    p.add_argument("--features", type=int, default=None, metavar="M",
+                   help="with --analytic: save random features (phi_ntk, phi_nngp: (N, ~2M), (N, M)) of the "
+                        "spec's kernels instead of the N x N kernels (torchntk.features; --seed draws them)")
     return p
+
+
+def _features(args: argparse.Namespace, req: dict[str, Any], out: Path) -> int:
+    """``--features M``: feature matrices whose inner products approximate the kernels."""
+    from ..errors import TorchNTKError
+    from ..features import FeatureMap
+
+    if not req["analytic"]:
+        raise CLIError("--features approximates the infinite-width kernels: add --analytic")
+    if args.features < 2:
+        raise CLIError(f"--features must be an int >= 2, got {args.features}")
+    if out.suffix not in (".npz", ".pt"):
+        raise CLIError(f"with --features, --out must end in .npz or .pt, got {str(out)!r}")
+    x, xt = _inputs(req)
+    spec, _ = _build(req, x)
+    try:
+        fm = FeatureMap(spec, args.features, seed=int(req["seed"]))
+        arrays = {}
+        for suffix, data in (("", x), ("_test", xt)):
+            if data is not None:
+                f = fm(data)
+                arrays["phi_nngp" + suffix] = f.nngp.numpy()
+                if f.ntk is not None:
+                    arrays["phi_ntk" + suffix] = f.ntk.numpy()
+    except TorchNTKError as err:
+        raise CLIError(str(err)) from None
+    if out.suffix == ".npz":
+        np.savez(out, **arrays)
+    else:
+        torch.save({k: torch.from_numpy(v) for k, v in arrays.items()}, out)
+    print(f"wrote {out}: " + ", ".join(f"{k} {v.shape}" for k, v in arrays.items()))
+    return 0
 
 
 _REQUEST_KEYS = ("data", "test", "model", "width", "depth", "activation", "w_std", "b_std", "outputs",
@@ -259,11 +294,13 @@ def run(args: argparse.Namespace) -> int:
     if args.seed is None:
         args.seed = 0
     req = _request(args)
-    x, xt = _inputs(req)
     out = Path(args.out)
     if out.suffix not in (".npz", ".pt", ".zarr"):
         raise CLIError(f"--out must end in .npz, .pt or .zarr, got {str(out)!r}")
     check_writable(out)
+    if args.features is not None:
+        return _features(args, req, out)
+    x, xt = _inputs(req)
     if out.suffix == ".zarr":
         fn = _kernel_fn(req, x, seed_given)
         x1, x2 = (x, None) if xt is None else (xt, x)   # with --test the store holds Theta(test, train)

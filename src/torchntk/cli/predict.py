@@ -3,6 +3,8 @@
 ``f_t - y = exp(-t Theta / N) (f_0 - y)`` on the training points (gradient flow; with
 ``--learning-rate eta``, ``(I - eta Theta / N)^t`` with ``t`` in steps) and the matching formula
 on held-out points when the kernel file has ``ntk_test_train``; ``t = inf`` is kernel regression.
+A features file of ``torchntk kernel --features M`` (``phi_ntk`` [, ``phi_ntk_test``]) is trained
+in feature space instead (:func:`torchntk.features.mse`, cost ``N M^2``).
 ``f_0 = 0`` (the mean over initializations). Uses :func:`torchntk.dynamics.mse`.
 
 Output by the extension of ``--out``: ``.npz`` or ``.pt`` (arrays ``t`` (T,), ``f_train`` (T, N, O),
@@ -42,6 +44,23 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
+class _FeatureKernel:
+    """Feature rows ``Phi`` standing for the kernel ``Phi Phi^T`` (shape of the kernel it stands for)."""
+
+    def __init__(self, phi: torch.Tensor, n_cols: int) -> None:
+        self.phi, self.shape = phi, (phi.shape[0], n_cols)
+
+
+def _from_features(arrays: dict, y: torch.Tensor, args: argparse.Namespace) -> dict:
+    """Kernel stand-ins from a features file: training in feature space (torchntk.features)."""
+    phi = torch.as_tensor(arrays["phi_ntk"], dtype=torch.float64)
+    out = {"ntk": _FeatureKernel(phi, phi.shape[0])}
+    if "phi_ntk_test" in arrays:
+        out["ntk_test_train"] = _FeatureKernel(torch.as_tensor(arrays["phi_ntk_test"], dtype=torch.float64),
+                                               phi.shape[0])
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     from ..dynamics import mse
 
@@ -49,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("--kernel and --data are required")
     kernels = load_kernels(args.kernel)
     _, y = load_data(args.data, need_y=True)
+    if "phi_ntk" in kernels and "ntk" not in kernels:  # a features file of `torchntk kernel --features`
+        kernels = _from_features(kernels, y, args)
     if "ntk" not in kernels:
         if "ntk_test_train" in kernels:
             raise CLIError(f"kernel file {args.kernel!r} holds only a test/train kernel; "
@@ -76,8 +97,14 @@ def run(args: argparse.Namespace) -> int:
         if not torch.equal(finite, finite.round()):
             raise CLIError("with --learning-rate, --t counts steps: use whole numbers (or inf)")
     check_writable(out)
-    pred = mse(K, y, learning_rate=args.learning_rate, diag_reg=args.diag_reg)
-    f_train, f_test = pred(t, Kt)
+    if isinstance(K, _FeatureKernel):
+        from ..features import mse as feature_mse
+
+        pred = feature_mse(K.phi, y, learning_rate=args.learning_rate, diag_reg=args.diag_reg)
+        f_train, f_test = pred(t, None if Kt is None else Kt.phi)
+    else:
+        pred = mse(K, y, learning_rate=args.learning_rate, diag_reg=args.diag_reg)
+        f_train, f_test = pred(t, Kt)
     cost = 0.5 * ((f_train - y) ** 2).sum((-2, -1)) / y.shape[0]
     summary = {"t": t.tolist(), "train_cost": cost.tolist()}
     print(f"{'t':>10}  {'train cost':>12}" + ("  test MSE" if y_test is not None else ""))
