@@ -25,7 +25,7 @@ def test_kernel_features_then_predict(tmp_path, capsys):
     assert main(["predict", "--kernel", str(tmp_path / "f.npz"), "--data", str(tmp_path / "tr.npz"), "--test-data",
                  str(tmp_path / "te.npz"), "--t", "2", "--out", str(tmp_path / "p.npz")]) == 0
     with np.load(tmp_path / "p.npz") as p:
-        f_test = p["f_test"]
+        f_test = p["f_test"][0]  # (T = 1, M, O)
     expected = mse(torch.from_numpy(phi), torch.from_numpy(np.sin(x[:, :1])))(2.0, torch.from_numpy(phi_t))[1]
     np.testing.assert_allclose(f_test, expected.numpy(), rtol=1e-10, atol=1e-12)
     assert main(["kernel", "--features", "64", "--data", str(tmp_path / "tr.npz"), "--out",

@@ -151,6 +151,8 @@ def test_acceptance_error_at_4096_and_rate(kind):
     slopes = np.polyfit(np.log(ms), np.log(errs), 1)[0]
     assert (slopes <= -0.35).all(), slopes
     cross = _errors(spec, x, 4096, x2=x2)
+    print(f"{kind}: errors (nngp, ntk) at m = {ms}: {errs.round(4).tolist()}, slopes {slopes.round(3).tolist()}, "
+          f"cross at 4096: {np.round(cross, 4).tolist()}")
     assert max(cross) <= bound, cross
 
 

@@ -121,6 +121,7 @@ def _best_accuracies(n_train, n_test, m):
     fm = FeatureMap(spec, m, seed=0)
     pred = ridge_regression(fm.rows(xtr), targets, GRID).predict(fm.rows(xte))
     feat = [float((np.argmax(p.numpy(), 1) == yte).mean()) for p in pred]
+    print(f"accuracy per ridge {GRID}: exact {exact}, features {feat}")
     return max(exact), max(feat)
 
 
@@ -132,6 +133,7 @@ def test_digits_feature_ridge_small():
 @pytest.mark.slow
 def test_digits_feature_ridge_acceptance():
     exact, feat = _best_accuracies(1297, 500, 8192)
+    print(f"digits best accuracy: exact {exact:.4f}, features m = 8192 {feat:.4f}")
     assert feat >= exact - 0.015, (exact, feat)
 
 

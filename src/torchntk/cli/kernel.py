@@ -60,6 +60,16 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
+def _save(out: Path, arrays: dict[str, np.ndarray]) -> int:
+    """Write ``arrays`` to ``.npz`` or ``.pt`` and say so."""
+    if out.suffix == ".npz":
+        np.savez(out, **arrays)
+    else:
+        torch.save({k: torch.from_numpy(v) for k, v in arrays.items()}, out)
+    print(f"wrote {out}: " + ", ".join(f"{k} {v.shape}" for k, v in arrays.items()))
+    return 0
+
+
 def _features(args: argparse.Namespace, req: dict[str, Any], out: Path) -> int:
     """``--features M``: feature matrices whose inner products approximate the kernels."""
     from ..errors import TorchNTKError
@@ -84,12 +94,7 @@ def _features(args: argparse.Namespace, req: dict[str, Any], out: Path) -> int:
                     arrays["phi_ntk" + suffix] = f.ntk.numpy()
     except TorchNTKError as err:
         raise CLIError(str(err)) from None
-    if out.suffix == ".npz":
-        np.savez(out, **arrays)
-    else:
-        torch.save({k: torch.from_numpy(v) for k, v in arrays.items()}, out)
-    print(f"wrote {out}: " + ", ".join(f"{k} {v.shape}" for k, v in arrays.items()))
-    return 0
+    return _save(out, arrays)
 
 
 _REQUEST_KEYS = ("data", "test", "model", "width", "depth", "activation", "w_std", "b_std", "outputs",
@@ -313,9 +318,4 @@ def run(args: argparse.Namespace) -> int:
     if args.block_size is not None or args.executor != "inprocess" or args.scheduler:
         raise CLIError("--block-size/--executor/--scheduler apply to a .zarr output only")
     arrays = _compute(req, x, xt, seed_given)
-    if out.suffix == ".npz":
-        np.savez(out, **arrays)
-    else:
-        torch.save({k: torch.from_numpy(v) for k, v in arrays.items()}, out)
-    print(f"wrote {out}: " + ", ".join(f"{k} {v.shape}" for k, v in arrays.items()))
-    return 0
+    return _save(out, arrays)
