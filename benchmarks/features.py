@@ -7,8 +7,11 @@
 Data: the 1,797 scikit-learn digits (64 pixels in [0, 1]); the last 297 are held out as the
 test set, the first 1,500 are repeated with Gaussian pixel noise (std ``--noise``) up to
 ``--n`` training rows. Model: ``depth`` Dense(b_std=0.1)+ReLU blocks and a Dense readout;
-kernel ridge regression of one-hot targets with the relative ridge ``--ridge`` (``c / mean
-diag Theta``), streaming the feature rows (``FeatureMap.rows``) through ``Phi^T Phi``.
+random layers of width ``m`` and the ``2m + 1`` NTK features compressed to
+``--output-features`` columns (4096) by a last SRHT; kernel ridge regression of one-hot targets
+with the relative ridge ``--ridge`` (``c / mean diag Theta``), streaming the feature rows
+(``FeatureMap.rows``) through ``Phi^T Phi`` (each batch's product in the feature dtype, summed
+in float64).
 
 Prints wall times (features + Gram, solve, prediction), peak RSS of the process (``ru_maxrss``)
 and throughput in rows per second; ``--compare`` also times the exact NTK with
@@ -58,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=1_000_000, help="training rows (default 1,000,000)")
     p.add_argument("--features", type=int, default=4096, help="n_features m (default 4096)")
     p.add_argument("--depth", type=int, default=5, help="ReLU layers (default 5)")
+    p.add_argument("--output-features", dest="output_features", type=int, default=4096,
+                   help="compress the 2m+1 NTK features to this many columns (default 4096; 0: keep 2m+1)")
     p.add_argument("--ridge", type=float, default=1e-3, help="relative ridge (default 1e-3)")
     p.add_argument("--noise", type=float, default=0.1, help="pixel noise of the replicated digits")
     p.add_argument("--dtype", default="float64", choices=("float64", "float32"), help="feature dtype")
@@ -75,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     targets = torch.nn.functional.one_hot(torch.from_numpy(y), 10).to(torch.float64)
     spec = _spec(args.depth)
     dtype = getattr(torch, args.dtype)
-    fm = FeatureMap(spec, args.features, seed=args.seed, dtype=dtype, memory=args.memory * 2**30)
+    fm = FeatureMap(spec, args.features, seed=args.seed, dtype=dtype, memory=args.memory * 2**30,
+                    output_features=args.output_features or None)
     print(f"N = {args.n:,} rows, depth-{args.depth} ReLU NTK, m = {args.features} ({fm.method} rows), "
           f"D = {fm.dims(64)[1]} NTK features, {args.dtype}, {torch.get_num_threads()} threads, "
           f"batch {fm.batch_rows(64)} rows")

@@ -209,3 +209,18 @@ def test_features_on_the_inputs_device():
     cpu, gpu = fm(x), fm(x.cuda())
     assert gpu.ntk.device.type == "cuda"
     torch.testing.assert_close(gpu.ntk.cpu(), cpu.ntk, rtol=1e-10, atol=1e-12)
+
+
+def test_output_features_compress_without_bias():
+    spec = _fc(1, L.Relu)
+    x = torch.randn(10, 4, dtype=D64)
+    k = spec.kernel(x).ntk
+    ests = []
+    for s in range(12):
+        f = FeatureMap(spec, 256, seed=s, output_features=64)(x)
+        assert f.ntk.shape == (10, 64) and f.nngp.shape == (10, 64)
+        ests.append(f.ntk @ f.ntk.T)
+    single = relative_error(ests[0], k)
+    assert relative_error(sum(ests) / len(ests), k) < single / 2  # unbiased: averages converge
+    with pytest.raises(InvalidArgumentError, match="output_features"):
+        FeatureMap(spec, 8, output_features=0)

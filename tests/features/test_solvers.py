@@ -74,12 +74,16 @@ def test_ridge_regression_primal_and_dual(n, d):
 
 
 def test_gram_streams_in_float64():
-    phi = torch.randn(23, 6)
+    phi = torch.randn(23, 6, dtype=D64)
     g = gram(FeatureRows.from_tensor(phi, batch_size=5), torch.ones(23))
-    p = phi.double()
-    _close(g.matrix, p.T @ p)
-    _close(g.rhs[:, 0], p.sum(0))
+    _close(g.matrix, phi.T @ phi)
+    _close(g.rhs[:, 0], phi.sum(0))
     assert g.matrix.dtype == D64 and g.n == 23
+    # float32 features: each batch's product in float32 (float32 speed), summed in float64
+    g32 = gram(FeatureRows.from_tensor(phi.float(), batch_size=5))
+    assert g32.matrix.dtype == D64
+    p = phi.float().double()
+    _close(g32.matrix, p.T @ p, tol=1e-5)
 
 
 def test_solver_errors():

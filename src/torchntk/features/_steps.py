@@ -342,6 +342,27 @@ class FanIn(Step):
                      all(x.gaussian for x in s), all(x.is_input for x in s))
 
 
+class OutputSketch(Step):
+    """The map's steps, then an SRHT of the features wider than ``columns``."""
+
+    def __init__(self, inner: Step, cphi: Srht | None, cpsi: Srht | None) -> None:
+        self.inner, self.cphi, self.cpsi = inner, cphi, cpsi
+
+    def __call__(self, s: State) -> State:
+        s = self.inner(s)
+        phi = s.phi if self.cphi is None else self.cphi(s.phi)
+        psi = s.psi if (self.cpsi is None or s.psi is None) else self.cpsi(s.psi)
+        return State(phi, psi, s.gaussian, s.is_input)
+
+
+def output_sketch(step: Step, d: Dims, columns: int, gen: torch.Generator) -> tuple[Step, Dims]:
+    """Compress the final features to at most ``columns`` (unbiased SRHT)."""
+    cphi = Srht(d.dphi, columns, gen) if d.dphi > columns else None
+    cpsi = Srht(d.dpsi, columns, gen) if d.dpsi is not None and d.dpsi > columns else None
+    dims = Dims(d.shape, columns if cphi else d.dphi, columns if cpsi else d.dpsi, d.gaussian, d.is_input)
+    return OutputSketch(step, cphi, cpsi), dims
+
+
 def input_state(x: Tensor, with_ntk: bool = True) -> State:
     """``phi = x / sqrt(C)`` channels last; ``psi`` with no column (``Theta0 = 0``)."""
     c = x.shape[1]

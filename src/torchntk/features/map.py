@@ -68,6 +68,10 @@ class FeatureMap:
             fast) or ``"auto"`` (structured from ``m >= 1024`` on), any case.
         dtype: of the features (float64 by default); the device is the inputs'.
         memory: approximate budget in bytes of one batch of rows.
+        output_features: None (default) or a number of columns ``c``: the NTK (and NNGP)
+            features wider than ``c`` are compressed by a last SRHT to ``c`` columns (unbiased;
+            it adds about one random layer's error and divides the solvers' ``D^2`` cost by
+            ``(2m / c)^2``).
 
     Example:
         >>> from torchntk import layers as L
@@ -87,6 +91,7 @@ class FeatureMap:
         method: str = "auto",
         dtype: torch.dtype = torch.float64,
         memory: float = DEFAULT_MEMORY,
+        output_features: int | None = None,
     ) -> None:
         if not isinstance(spec, Layer):
             raise InvalidArgumentError(f"`spec` must be a torchntk.layers spec, got {type(spec).__name__}")
@@ -105,6 +110,10 @@ class FeatureMap:
         self.width = self.n_features
         if method == "auto":
             method = "structured" if self.width >= STRUCTURED_FROM else "gaussian"
+        if output_features is not None and (isinstance(output_features, bool) or
+                                            not isinstance(output_features, (int, np.integer)) or output_features < 1):
+            raise InvalidArgumentError(f"`output_features` must be a positive int or None, got {output_features!r}")
+        self.output_features = None if output_features is None else int(output_features)
         self.method, self.dtype, self.memory = method, dtype, float(memory)
         self._plans: dict[tuple, tuple[S.Step, S.Dims, int]] = {}
         self._cast: dict[tuple, S.Step] = {}
@@ -126,6 +135,8 @@ class FeatureMap:
             gen = torch.Generator().manual_seed(self.seed)
             ctx = Context(gen, self.width, self.method)
             step, dims = compile_spec(self.spec, shape, ctx)
+            if self.output_features is not None:
+                step, dims = S.output_sketch(step, dims, self.output_features, gen)
             self._plans[shape] = (step, dims, ctx.peak)
         return self._plans[shape]
 

@@ -78,10 +78,10 @@ def gram(phi: Any, targets: Any = None) -> FeatureGram:
         t, _ = _targets("targets", targets, rows.n, acc, rows.device)
     b = None if t is None else torch.zeros(rows.dim, t.shape[1], dtype=acc, device=rows.device)
     for lo, hi, p in rows:
-        p64 = p.to(acc)
-        g.addmm_(p64.T, p64)
+        # the batch's product in the features' dtype (float32 runs at float32 speed), summed in float64
+        g.add_((p.T @ p).to(acc))
         if b is not None:
-            b.addmm_(p64.T, t[lo:hi])
+            b.addmm_(p.to(acc).T, t[lo:hi])
     g = 0.5 * (g + g.T)
     return FeatureGram(g, b, rows.n, float(torch.diagonal(g).sum()))
 
@@ -231,14 +231,16 @@ class FeatureRidge:
             g = gram(rows, y)
             self.trace = g.trace
             self.ridges = ridges = [r * (g.mean_diagonal if rel else 1.0) for r, rel in ridges]
-            eye = torch.eye(rows.dim, dtype=g.matrix.dtype, device=g.matrix.device)
             ws = []
             for c in ridges:
-                chol, info = torch.linalg.cholesky_ex(g.matrix + c * eye)
+                a = g.matrix.clone()
+                a.diagonal().add_(c)
+                chol, info = torch.linalg.cholesky_ex(a)
                 if int(info) == 0:
                     ws.append(torch.cholesky_solve(g.rhs, chol))
                 else:  # singular without a ridge: the minimum-norm solution
-                    ws.append(torch.linalg.lstsq(g.matrix + c * eye, g.rhs).solution)
+                    ws.append(torch.linalg.lstsq(a, g.rhs).solution)
+                del a, chol
             self.weights = torch.stack(ws)
             return
         phi = rows.materialize().to(torch.float64)
