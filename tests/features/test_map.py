@@ -171,6 +171,11 @@ def test_draws_belong_to_the_map_and_batches_do_not_matter():
     assert a.nngp.shape == (11, 65) and a.ntk.shape == (11, 129) and fm.dims(4) == (65, 129)
     rows = fm.rows(x, "NNGP", batch_size=3)
     torch.testing.assert_close(rows.materialize(), a.nngp)
+    tiny = FeatureMap(spec, 64, seed=3, memory="1 KB")  # one row per batch
+    assert tiny.batch_rows(4) == 1
+    torch.testing.assert_close(tiny(x).ntk, a.ntk, rtol=1e-12, atol=1e-13)
+    with pytest.raises(InvalidArgumentError, match="memory"):
+        FeatureMap(spec, 64, memory="lots")
 
 
 @pytest.mark.parametrize("method", ["gaussian", "STRUCTURED"])

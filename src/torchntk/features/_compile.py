@@ -15,7 +15,7 @@ from .. import layers as L
 from ..errors import SpecError, UnsupportedLayerError
 from ..layers import activations as A
 from ..layers.combinators import Parallel as _SpecParallel
-from ..layers.combinators import Serial as _SpecSerial
+from ..layers._base import Serial as _SpecSerial
 from ..layers.conv import window_geometry
 from ..layers.pooling import _Pool
 from . import _steps as S

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .._checks import check_choice
+from .._memory import memory_budget
 from ..errors import InvalidArgumentError, ShapeError, SpecError
 from ..layers import Layer
 from ..layers._base import _check_inputs
@@ -33,8 +34,6 @@ __all__ = ["FeatureMap", "Features", "FeatureRows", "METHODS"]
 METHODS = ("auto", "gaussian", "structured")
 #: ``"auto"`` takes the structured rows from this width on.
 STRUCTURED_FROM = 1024
-#: Default memory budget of one batch of rows (bytes).
-DEFAULT_MEMORY = 1 << 30
 # Live feature-sized tensors per entry of the widest step (inputs, projections, outputs...).
 _WORK_FACTOR = 6
 
@@ -67,7 +66,8 @@ class FeatureMap:
         method: ``"gaussian"`` (Gaussian rows, unbiased), ``"structured"`` (Hadamard rows,
             fast) or ``"auto"`` (structured from ``m >= 1024`` on), any case.
         dtype: of the features (float64 by default); the device is the inputs'.
-        memory: approximate budget in bytes of one batch of rows.
+        memory: approximate budget of one batch of rows: bytes or a size such as ``"1GiB"``
+            (``None``: the package default, ``torchntk._memory.DEFAULT_MEMORY``).
         output_features: None (default) or a number of columns ``c``: the NTK (and NNGP)
             features wider than ``c`` are compressed by a last SRHT to ``c`` columns (unbiased;
             it adds about one random layer's error and divides the solvers' ``D^2`` cost by
@@ -90,7 +90,7 @@ class FeatureMap:
         seed: int = 0,
         method: str = "auto",
         dtype: torch.dtype = torch.float64,
-        memory: float = DEFAULT_MEMORY,
+        memory: int | float | str | None = None,
         output_features: int | None = None,
     ) -> None:
         if not isinstance(spec, Layer):
@@ -104,8 +104,7 @@ class FeatureMap:
         method = check_choice("method", method.lower(), METHODS)
         if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise InvalidArgumentError(f"`dtype` must be a floating torch.dtype, got {dtype!r}")
-        if isinstance(memory, bool) or not isinstance(memory, (int, float)) or not memory > 0:
-            raise InvalidArgumentError(f"`memory` must be a positive number of bytes, got {memory!r}")
+        memory = memory_budget(memory)
         self.spec, self.n_features, self.seed = spec, int(n_features), int(seed)
         self.width = self.n_features
         if method == "auto":
