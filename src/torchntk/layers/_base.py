@@ -26,7 +26,7 @@ from torch import nn
 from .._checks import check_finite, check_nonempty_batch, check_tensor, renamed
 from .._memory import DEFAULT_MEMORY, memory_budget
 from ..errors import InvalidArgumentError, ShapeError, SpecError, UnsupportedLayerError
-from . import _spatial
+from . import _side, _spatial
 from .kernel import Kernel
 
 Shape = tuple[int, ...]
@@ -122,9 +122,38 @@ class Layer:
         """
         return out_full
 
+    def mask_out(self, mask: Any, input_shape: Shapes) -> Any:
+        """The padding mask after this layer, from the mask ``(N, *spatial)`` before it.
+
+        ``None`` (no padding) stays ``None``. The default keeps the mask when the spatial shape
+        is unchanged; a layer that changes it overrides this (or masks are refused).
+        """
+        if mask is None:
+            return None
+        out = self.output_shape(input_shape)
+        if not isinstance(out, list) and not isinstance(input_shape, list) and out[1:] == tuple(input_shape[1:]):
+            return mask
+        raise SpecError(
+            f"{self!r} changes the spatial shape {input_shape} -> {out} and does not support padding masks"
+        )
+
     def _kernel(self, k: Kernels, out_full: Any) -> Kernels:
-        """Apply the rule knowing the layout the rest of the spec needs (combinators use it)."""
-        return self.kernel_rule(k)
+        """Apply the rule knowing the layout the rest of the spec needs (combinators use it).
+
+        Leaf layers also carry the padding masks on to the output (:meth:`mask_out`).
+        """
+        out = self.kernel_rule(k)
+        if not isinstance(out, Kernel):
+            return out
+        ins = k if isinstance(k, list) else [k]
+        if all(x.mask1 is None and x.mask2 is None for x in ins):
+            return out
+
+        def masks(field: str) -> Any:
+            return [getattr(x, field) for x in k] if isinstance(k, list) else getattr(k, field)
+
+        shape = shape_of(k)
+        return out.replace(mask1=self.mask_out(masks("mask1"), shape), mask2=self.mask_out(masks("mask2"), shape))
 
     # -- public API -----------------------------------------------------------------------
 
@@ -171,6 +200,8 @@ class Layer:
         block_size: int | None = None,
         memory: int | float | str | None = DEFAULT_MEMORY,
         diagonal_spatial: bool = True,
+        mask: Any = None,
+        pattern: Any = None,
         batch_size: int | None = None,
     ) -> Kernel:
         """Infinite-width NNGP and NTK of this spec between ``x1`` and ``x2`` (default ``x1``).
@@ -191,6 +222,15 @@ class Layer:
             diagonal_spatial: for a spec whose output is still spatial, return the per-pixel
                 kernel ``(N1, N2, *spatial)`` (default) or, if False, every pixel pair
                 ``(N1, N2, S0, S0', S1, S1')``.
+            mask: padding masks ``(m1, m2)``, boolean ``(N1, *spatial)`` / ``(N2, *spatial)``,
+                True where a position is padding (``m2`` must be ``None`` when ``x2`` is; one
+                tensor is accepted then; ``None`` for a batch without padding). The inputs'
+                masked positions are set to 0, and the layers that mix positions (attention,
+                pooling, Flatten, LayerNorm over spatial axes...) leave them out, so a padded
+                and masked batch has the kernel of the unpadded one.
+            pattern: graph patterns ``(p1, p2)`` of node-feature inputs ``(N, C, V)``: dense
+                floating ``(N, V, V)`` (``p[n, i, j]``: an arc from node i to node j) or sparse
+                integer ``(N, E, 2)`` edge lists of (tail, head); same pairing rules as ``mask``.
             batch_size: deprecated name of ``block_size``.
 
         Returns:
@@ -223,23 +263,45 @@ class Layer:
             raise SpecError(f"the spec ends with {len(out_shape)} branches; add a FanInSum/FanInProd/FanInConcat")
         out_full = (not diagonal_spatial) and len(out_shape) > 1
         full_in = any_full(self.needs_full(in_shape, out_full)) and len(in_shape) > 1
-        x1 = x1.to(dtype)
-        x2 = None if same else x2.to(dtype)
+        m1, m2 = _side.side_pair("mask", mask, x1, x2, _side.check_mask)
+        p1, p2 = _side.side_pair("pattern", pattern, x1, x2, _side.check_pattern)
+        x1 = _side.zero_masked(x1.to(dtype), m1)
+        x2 = None if same else _side.zero_masked(x2.to(dtype), m2)
+        if p1 is not None and p1.is_floating_point():
+            p1 = p1.to(dtype)
+        if p2 is not None and p2.is_floating_point():
+            p2 = p2.to(dtype)
 
         block_size = renamed("block_size", block_size, "batch_size", batch_size)
         b = _block_size(in_shape, full_in, dtype, block_size, memory_budget(memory))
         n1 = x1.shape[0]
         n2 = n1 if same else x2.shape[0]
+        xb, mb, pb = (x1, m1, p1) if same else (x2, m2, p2)
 
-        def run(a: torch.Tensor, c: torch.Tensor | None) -> Kernel:
-            k = self._kernel(input_kernel(a, c, full=full_in), out_full)
+        def part(t: torch.Tensor | None, rows: slice) -> torch.Tensor | None:
+            return None if t is None else t[rows]
+
+        def run(r1: slice, r2: slice | None) -> Kernel:
+            """The kernel of rows ``r1`` of x1 with rows ``r2`` of x2 (``None``: r1 with itself)."""
+            k = input_kernel(x1[r1], None if r2 is None else xb[r2], full=full_in)
+            k = k.replace(
+                mask1=part(m1, r1), mask2=None if r2 is None else part(mb, r2),
+                pattern1=part(p1, r1), pattern2=None if r2 is None else part(pb, r2),
+            )
+            k = self._kernel(k, out_full)
             if isinstance(k, list):  # pragma: no cover - excluded by output_shape above
                 raise SpecError("the spec ends with several branches")
             return k if out_full else _spatial.to_diagonal(k)
 
+        everything = slice(None)
         if n1 <= b and n2 <= b:
-            return run(x1, x2)
-        return _blocked(run, x1, x2, b)
+            return run(everything, None if same else everything)
+        grad = torch.is_grad_enabled() and (x1.requires_grad or xb.requires_grad)
+        out = _blocked(run, n1, n2, same, b, grad)
+        return out.replace(
+            mask1=self.mask_out(m1, in_shape), mask2=None if same else self.mask_out(m2, in_shape),
+            pattern1=p1, pattern2=p2,
+        )
 
     # convenience -------------------------------------------------------------------------
 
@@ -347,11 +409,13 @@ def _self_full(a: torch.Tensor) -> torch.Tensor:
     return g.permute(perm).contiguous()
 
 
-def _blocked(run: Any, x1: torch.Tensor, x2: torch.Tensor | None, b: int) -> Kernel:
-    """Assemble the kernel from ``(b x b)`` blocks of pairs; mirror the symmetric case."""
-    same = x2 is None
-    xb = x1 if same else x2
-    n1, n2 = x1.shape[0], xb.shape[0]
+def _blocked(run: Any, n1: int, n2: int, same: bool, b: int, grad: bool) -> Kernel:
+    """Assemble the kernel from ``(b x b)`` blocks of pairs; mirror the symmetric case.
+
+    ``run(rows1, rows2)`` computes one block from two slices (``rows2=None``: a diagonal block
+    of the symmetric kernel, ``rows1`` with itself); ``grad``: whether autograd records (then
+    the blocks run on this thread).
+    """
     r1 = [(i, min(i + b, n1)) for i in range(0, n1, b)]
     r2 = [(j, min(j + b, n2)) for j in range(0, n2, b)]
     pairs = [(bi, bj) for bi in range(len(r1)) for bj in range(len(r2)) if not (same and bj < bi)]
@@ -361,10 +425,9 @@ def _blocked(run: Any, x1: torch.Tensor, x2: torch.Tensor | None, b: int) -> Ker
     def one(pair: tuple[int, int]) -> Kernel:
         (i0, i1), (j0, j1) = r1[pair[0]], r2[pair[1]]
         with torch.set_grad_enabled(grad_mode):
-            return run(x1[i0:i1], None if same and pair[0] == pair[1] else xb[j0:j1])
+            return run(slice(i0, i1), None if same and pair[0] == pair[1] else slice(j0, j1))
 
     workers = torch.get_num_threads()
-    grad = grad_mode and (x1.requires_grad or xb.requires_grad)
     if workers > 1 and len(pairs) > 1 and not grad:
         pool = ThreadPoolExecutor(max_workers=workers)
         results = pool.map(one, pairs)  # in order; assembled while the next blocks compute
@@ -473,11 +536,40 @@ class Serial(Layer):
     def kernel_rule(self, k: Kernels) -> Kernels:
         return self._kernel(k, False)
 
+    def mask_out(self, mask: Any, input_shape: Shapes) -> Any:
+        shapes = self._shapes(input_shape)
+        for layer, shape in zip(self.layers, shapes):
+            mask = layer.mask_out(mask, shape)
+        return mask
+
     def make_module(self, input_shape: Shapes, generator: Any, dtype: Any, device: Any) -> nn.Module:
         shapes = self._shapes(input_shape)
-        return nn.Sequential(
-            *[layer.make_module(s, generator, dtype, device) for layer, s in zip(self.layers, shapes)]
+        return _SerialModule(
+            [layer.make_module(s, generator, dtype, device) for layer, s in zip(self.layers, shapes)],
+            list(zip(self.layers, shapes)),
         )
+
+
+class _SerialModule(nn.Sequential, _side.SideModule):
+    """``nn.Sequential`` that passes the side inputs on: ``forward(x, mask=None, pattern=None)``.
+
+    The mask follows the spatial shape through the layers (``layer.mask_out``); the pattern is
+    passed unchanged. Modules that are not :class:`~._side.SideModule` get ``x`` only.
+    """
+
+    def __init__(self, modules: list[nn.Module], steps: list[tuple[Layer, Shapes]]) -> None:
+        super().__init__(*modules)
+        self._steps = steps
+
+    def forward(self, x: Any, mask: Any = None, pattern: Any = None) -> Any:
+        if mask is None and pattern is None:
+            for module in self:
+                x = module(x)
+            return x
+        for module, (layer, shape) in zip(self, self._steps):
+            x = _side.call(module, x, mask, pattern)
+            mask = layer.mask_out(mask, shape)
+        return x
 
 
 def serial(*layers: Layer) -> Serial:

@@ -27,16 +27,17 @@ import torch
 from torch import nn
 
 from ..errors import InvalidArgumentError, SpecError
-from . import _spatial
+from . import _side, _spatial
 from ._base import Kernels, Layer, Shapes, any_full, check_layers, serial, shape_of, single
 from .kernel import Kernel
 
 __all__ = ["serial", "parallel", "FanOut", "FanInSum", "FanInProd", "FanInConcat", "Identity"]
 
 
-class _ParallelModule(nn.ModuleList):
-    def forward(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [m(x) for m, x in zip(self, xs)]
+class _ParallelModule(nn.ModuleList, _side.SideModule):
+    def forward(self, xs: list[torch.Tensor], mask: Any = None, pattern: Any = None) -> list[torch.Tensor]:
+        masks = mask if isinstance(mask, list) else [mask] * len(self)
+        return [_side.call(m, x, mk, pattern) for m, x, mk in zip(self, xs, masks)]
 
 
 class Parallel(Layer):
@@ -70,6 +71,13 @@ class Parallel(Layer):
 
     def kernel_rule(self, k: Kernels) -> Kernels:
         return self._kernel(k, False)
+
+    def mask_out(self, mask: Any, input_shape: Shapes) -> Any:
+        shapes = self._inputs(input_shape)
+        if mask is None:
+            return None
+        masks = mask if isinstance(mask, list) else [mask] * len(self.layers)
+        return [layer.mask_out(m, s) for layer, m, s in zip(self.layers, masks, shapes)]
 
     def make_module(self, input_shape: Shapes, generator: Any, dtype: Any, device: Any) -> nn.Module:
         return _ParallelModule(
@@ -112,6 +120,9 @@ class FanOut(Layer):
         single(self, shape_of(k))
         return [k] * self.num
 
+    def mask_out(self, mask: Any, input_shape: Shapes) -> Any:
+        return None if mask is None else [mask] * self.num
+
     def make_module(self, input_shape: Shapes, generator: Any, dtype: Any, device: Any) -> nn.Module:
         return _FanOutModule(self.num)
 
@@ -129,6 +140,17 @@ class _FanIn(Layer):
 
     def needs_full(self, input_shape: Shapes, out_full: Any) -> Any:
         return [out_full] * len(self._branches(input_shape))
+
+    def mask_out(self, mask: Any, input_shape: Shapes) -> Any:
+        """A position of the merged output is padding when it is padding in any branch."""
+        self.output_shape(input_shape)
+        masks = [m for m in (mask if isinstance(mask, list) else [mask]) if m is not None]
+        if not masks:
+            return None
+        out = masks[0]
+        for m in masks[1:]:
+            out = out | m
+        return out
 
     @staticmethod
     def _same_layout(ks: list[Kernel]) -> list[Kernel]:

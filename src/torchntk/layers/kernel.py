@@ -43,6 +43,15 @@ class Kernel:
         is_gaussian: whether the pre-activations are Gaussian (true after Dense/Conv; an
             elementwise nonlinearity requires it).
         is_input: whether no layer has been applied yet.
+        mask1, mask2: padding masks of the two batches at this point, boolean
+            ``(N1, *spatial)`` / ``(N2, *spatial)``, True where a position is padding; ``None``
+            for no padding (``mask2`` is also ``None`` when ``x2`` is ``x1``: ``mask1`` then
+            plays both roles). Layers that change the spatial shape change them
+            (:meth:`~torchntk.layers.Layer.mask_out`).
+        pattern1, pattern2: graph patterns of the two batches, dense ``(N, V, V)`` floating
+            weights or sparse ``(N, E, 2)`` integer edge lists (CONVENTIONS section 6); ``None``
+            when not given (``pattern2`` also when ``x2`` is ``x1``). Passed unchanged through
+            every layer.
 
     Example:
         >>> from torchntk import layers
@@ -59,6 +68,10 @@ class Kernel:
     diagonal_spatial: bool = True
     is_gaussian: bool = False
     is_input: bool = False
+    mask1: torch.Tensor | None = None
+    mask2: torch.Tensor | None = None
+    pattern1: torch.Tensor | None = None
+    pattern2: torch.Tensor | None = None
 
     @property
     def spatial_ndim(self) -> int:
@@ -80,16 +93,35 @@ class Kernel:
         """The variances of the second batch: ``cov2``, or ``cov1`` when ``x2`` is ``x1``."""
         return self.cov1 if self.cov2 is None else self.cov2
 
+    @property
+    def masks(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``(mask of x1, mask of x2)``: ``mask2``, or ``mask1`` when ``x2`` is ``x1``."""
+        return self.mask1, (self.mask1 if self.same_inputs else self.mask2)
+
+    @property
+    def patterns(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``(pattern of x1, pattern of x2)``: ``pattern2``, or ``pattern1`` when ``x2`` is ``x1``."""
+        return self.pattern1, (self.pattern1 if self.same_inputs else self.pattern2)
+
     def replace(self, **changes: object) -> "Kernel":
         """A copy with some fields changed (``dataclasses.replace``)."""
         return dataclasses.replace(self, **changes)
 
     def to(self, *args: object, **kwargs: object) -> "Kernel":
-        """Move/cast every tensor, as ``torch.Tensor.to``."""
+        """Move/cast every kernel tensor, as ``torch.Tensor.to``; masks and patterns only move
+        to the new device (their dtypes are kept)."""
         def mv(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.to(*args, **kwargs)
 
-        return self.replace(nngp=mv(self.nngp), ntk=mv(self.ntk), cov1=mv(self.cov1), cov2=mv(self.cov2))
+        nngp = mv(self.nngp)
+
+        def dev(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(nngp.device)
+
+        return self.replace(
+            nngp=nngp, ntk=mv(self.ntk), cov1=mv(self.cov1), cov2=mv(self.cov2),
+            mask1=dev(self.mask1), mask2=dev(self.mask2), pattern1=dev(self.pattern1), pattern2=dev(self.pattern2),
+        )
 
     def __repr__(self) -> str:
         layout = "flat" if self.spatial_ndim == 0 else ("diagonal" if self.diagonal_spatial else "full")
