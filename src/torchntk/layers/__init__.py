@@ -13,6 +13,7 @@ layout). See ``docs/infinite-width.md``.
 
 from ._base import Layer
 from ._elementwise import ElementwiseLayer
+from .attention import GlobalSelfAttention
 from .conv import Conv
 from .combinators import FanInConcat, FanInProd, FanInSum, FanOut, Identity, parallel, serial
 from .dense import Dense
@@ -41,6 +42,7 @@ __all__ = [
     "Flatten",
     "LayerNorm",
     "Dropout",
+    "GlobalSelfAttention",
 ]
 
 # -- nonlinearities and Monte Carlo kernels --------------------------------------------------------
