@@ -152,6 +152,15 @@ def _weights(logits: torch.Tensor, keep: torch.Tensor | None, mechanism: str) ->
     return g if keep is None else g * keep[..., None, :].to(g.dtype)
 
 
+def _symmetrize(t: torch.Tensor, diag: torch.Tensor | None = None) -> torch.Tensor:
+    """``(t[i, j, p, q] + t[j, i, q, p]) / 2``, then ``t[i, i] = diag[i]`` if given."""
+    t = 0.5 * (t + t.permute(1, 0, 3, 2))
+    if diag is None:
+        return t
+    idx = torch.arange(t.shape[0], device=t.device)
+    return t.index_put((idx, idx), diag)
+
+
 class GlobalSelfAttention(Layer):
     """Multi-head self-attention over all positions (see the module docstring for the formulas).
 
@@ -344,6 +353,12 @@ class GlobalSelfAttention(Layer):
             if new_cov2 is not None:
                 new_cov2 = new_cov2 * (k2[:, :, None] & k2[:, None, :]).to(nngp.dtype)
 
+        if cov2 is None:
+            # x2 is x1: make the kernel exactly symmetric with its diagonal blocks equal to cov1
+            # bit for bit (the products above round differently), so that a later arc-cosine
+            # rule sees correlation exactly 1 there, whatever the batch or the padding.
+            new_nngp = _symmetrize(new_nngp, new_cov1)
+            new_ntk = None if new_ntk is None else _symmetrize(new_ntk)
         return k.replace(
             nngp=_from_positions(new_nngp, 2, spatial),
             ntk=None if new_ntk is None else _from_positions(new_ntk, 2, spatial),

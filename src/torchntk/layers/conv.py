@@ -167,6 +167,17 @@ class Conv(Layer):
         shape = single(self, input_shape)
         return (self.out_chan, *self._geometry(shape)[2])
 
+    def mask_out(self, mask: Any, input_shape: Shapes) -> Any:
+        if mask is None:
+            return None
+        filt, strides, _ = self._geometry(single(self, input_shape))
+        if all(f == 1 for f in filt) and all(s == 1 for s in strides):
+            return mask
+        raise SpecError(
+            f"{self!r} mixes neighbouring positions and does not support padding masks (only 1x1 filters with "
+            "stride 1 do); masks are honoured by GlobalSelfAttention, GlobalAvgPool, Flatten and LayerNorm"
+        )
+
     def kernel_rule(self, k: Kernel) -> Kernel:
         filt, strides, sizes = self._geometry(k.shape)
         fresh = _prod(filt) > 1

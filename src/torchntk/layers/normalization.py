@@ -6,7 +6,8 @@ the kernel's diagonal, so the layer divides the kernel by the (deterministic) no
 
     Sigma'(x, x')[p, p'] = Sigma[p, p'] / sqrt((eps + v(x)[p]) (eps + v(x')[p'])),  Theta' likewise,
 
-with ``v(x)[p] = Sigma(x, x)[p, p]``, averaged over the normalized spatial axes if any.
+with ``v(x)[p] = Sigma(x, x)[p, p]``, averaged over the normalized spatial axes if any (over
+the kept positions only, with a padding mask; masks then need every spatial axis normalized).
 
 Dropout with drop probability ``rate`` (PyTorch's convention: keep ``1 - rate``; note that
 neural-tangents' ``rate`` is the *keep* probability). In ``mode="train"`` the kernel is the
@@ -26,21 +27,25 @@ from torch import nn
 
 from .._checks import check_choice
 from ..errors import InvalidArgumentError, SpecError
-from . import _spatial
+from . import _masking, _spatial
 from ._base import Layer, Shapes, single
+from ._side import SideModule
 from .kernel import Kernel
 
 __all__ = ["LayerNorm", "Dropout"]
 
 
-class _LayerNormModule(nn.Module):
+class _LayerNormModule(SideModule):
     def __init__(self, dims: tuple[int, ...], eps: float) -> None:
         super().__init__()
         self.dims, self.eps = dims, eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = x.mean(dim=self.dims, keepdim=True)
-        var = x.var(dim=self.dims, keepdim=True, unbiased=False)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, pattern: Any = None) -> torch.Tensor:
+        if mask is not None and len(self.dims) > 1:  # statistics over the kept positions
+            mean, var = _masking.module_norm_stats(x, mask, self.dims)
+        else:
+            mean = x.mean(dim=self.dims, keepdim=True)
+            var = x.var(dim=self.dims, keepdim=True, unbiased=False)
         return (x - mean) / torch.sqrt(var + self.eps)
 
     def extra_repr(self) -> str:
@@ -97,26 +102,34 @@ class LayerNorm(Layer):
         spatial = [d - 2 for d in dims if d >= 2]  # spatial axis indices 0..nsp-1
         full, nsp = k.full_spatial, k.spatial_ndim
         eps = self.eps
+        m1, m2 = k.masks
+        masked = spatial and (m1 is not None or m2 is not None)
+        if masked and len(spatial) != nsp:
+            raise SpecError(f"{self!r}: with a padding mask, normalize over every spatial axis or none")
+        keep1 = None if m1 is None else _masking.keep_of(m1, k.nngp.dtype)
+        keep2 = None if m2 is None else _masking.keep_of(m2, k.nngp.dtype)
 
-        def norm(q: torch.Tensor, first: int, step: int) -> torch.Tensor:
+        def norm(q: torch.Tensor, first: int, step: int, keep: Any = None, lead: int = 0, batch: int = 0) -> torch.Tensor:
             q = q + eps
+            if spatial and keep is not None:
+                return _masking.spatial_mean(q, keep, lead, batch, full and (first - lead) % 2 == 1, full)
             if spatial:
                 q = q.mean(dim=tuple(first + step * a for a in spatial), keepdim=True)
             return q
 
         q11, q22 = _spatial.pair_variances(k)
         step = 2 if full else 1
-        d12 = torch.sqrt(norm(q11, 2, step) * norm(q22, 3 if full else 2, step))
+        d12 = torch.sqrt(norm(q11, 2, step, keep1, 2, 0) * norm(q22, 3 if full else 2, step, keep2, 2, 1))
 
-        def self_norm(c: torch.Tensor) -> torch.Tensor:
+        def self_norm(c: torch.Tensor, keep: Any) -> torch.Tensor:
             a, b = _spatial.self_variances(c, full, nsp)
-            return torch.sqrt(norm(a, 1, step) * norm(b, 2 if full else 1, step))
+            return torch.sqrt(norm(a, 1, step, keep, 1, 0) * norm(b, 2 if full else 1, step, keep, 1, 0))
 
         return k.replace(
             nngp=k.nngp / d12,
             ntk=None if k.ntk is None else k.ntk / d12,
-            cov1=k.cov1 / self_norm(k.cov1),
-            cov2=None if k.cov2 is None else k.cov2 / self_norm(k.cov2),
+            cov1=k.cov1 / self_norm(k.cov1, keep1),
+            cov2=None if k.cov2 is None else k.cov2 / self_norm(k.cov2, keep2),
             is_input=False,
         )
 

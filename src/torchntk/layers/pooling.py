@@ -28,8 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import SpecError
-from . import _spatial
+from . import _masking, _spatial
 from ._base import Layer, Shapes, single
+from ._side import SideModule
 from .conv import as_tuple, check_padding, window_geometry, window_mean_kernel
 from .kernel import Kernel
 
@@ -81,6 +82,14 @@ class _Pool(Layer):
     def needs_full(self, input_shape: Shapes, out_full: Any) -> Any:
         return True
 
+    def mask_out(self, mask: Any, input_shape: Shapes) -> Any:
+        if mask is None:
+            return None
+        raise SpecError(
+            f"{self!r} mixes neighbouring positions and does not support padding masks; masks are honoured by "
+            "GlobalSelfAttention, GlobalAvgPool, Flatten, LayerNorm and the per-position layers"
+        )
+
     def kernel_rule(self, k: Kernel) -> Kernel:
         window, strides, sizes = self._geometry(k.shape)
         if not k.full_spatial:
@@ -113,8 +122,10 @@ class SumPool(_Pool):
     _sum = True
 
 
-class _GlobalAvgPoolModule(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+class _GlobalAvgPoolModule(SideModule):
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, pattern: Any = None) -> torch.Tensor:
+        if mask is not None:
+            return _masking.module_global_mean(x, mask)
         return x.mean(dim=tuple(range(2, x.ndim)))
 
 
@@ -126,7 +137,10 @@ def _spatial_input(layer: Layer, input_shape: Shapes) -> tuple[int, ...]:
 
 
 class GlobalAvgPool(Layer):
-    """Mean over all spatial positions: ``(C, *spatial) -> (C,)``; kernel: mean over all pixel pairs."""
+    """Mean over all spatial positions: ``(C, *spatial) -> (C,)``; kernel: mean over all pixel pairs.
+
+    With a padding mask, the means run over the kept positions (see :mod:`._masking`).
+    """
 
     def output_shape(self, input_shape: Shapes) -> Shapes:
         return (_spatial_input(self, input_shape)[0],)
@@ -139,6 +153,8 @@ class GlobalAvgPool(Layer):
         if not k.full_spatial:
             raise SpecError(f"{self!r} needs the full spatial covariance; call it through spec.kernel")
         nsp = k.spatial_ndim
+        if k.mask1 is not None or k.mask2 is not None:
+            return _masking.global_avg_pool(k).replace(shape=out, diagonal_spatial=True, is_input=False)
 
         def m(t: Any, lead: int) -> Any:
             return None if t is None else _spatial.spatial_mean(t, lead, True, nsp, diagonal_only=False)
@@ -148,6 +164,9 @@ class GlobalAvgPool(Layer):
             shape=out, diagonal_spatial=True, is_input=False,
         )
 
+    def mask_out(self, mask: Any, input_shape: Shapes) -> Any:
+        return None  # consumed: the output is flat
+
     def make_module(self, input_shape: Shapes, generator: Any, dtype: Any, device: Any) -> nn.Module:
         self.output_shape(input_shape)
         return _GlobalAvgPoolModule()
@@ -156,7 +175,8 @@ class GlobalAvgPool(Layer):
 class Flatten(Layer):
     """``(C, *spatial) -> (C * D,)`` (row-major, as ``x.flatten(1)``); kernel: mean of ``Sigma(p, p)``.
 
-    A no-op on flat inputs.
+    A no-op on flat inputs. With a padding mask, padded positions are left out and the sum
+    over kept positions is divided by ``sqrt(n_i n_j)`` (see :mod:`._masking`).
     """
 
     def output_shape(self, input_shape: Shapes) -> Shapes:
@@ -171,6 +191,9 @@ class Flatten(Layer):
         nsp = k.spatial_ndim
         if nsp == 0:
             return k
+        if k.mask1 is not None or k.mask2 is not None:
+            masked = _masking.flatten(_spatial.to_diagonal(k))
+            return masked.replace(shape=out, diagonal_spatial=True)
         full = k.full_spatial
 
         def m(t: Any, lead: int) -> Any:
@@ -181,6 +204,18 @@ class Flatten(Layer):
             shape=out, diagonal_spatial=True, is_input=k.is_input,
         )
 
+    def mask_out(self, mask: Any, input_shape: Shapes) -> Any:
+        return None  # consumed: the output is flat
+
     def make_module(self, input_shape: Shapes, generator: Any, dtype: Any, device: Any) -> nn.Module:
         self.output_shape(input_shape)
-        return nn.Flatten(1)
+        return _FlattenModule(1)
+
+
+class _FlattenModule(nn.Flatten, SideModule):
+    """``nn.Flatten(1)``; with a mask, padded positions are 0 and samples scaled by ``sqrt(D / n_i)``."""
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, pattern: Any = None) -> torch.Tensor:
+        if mask is not None and x.ndim > 2:
+            return _masking.module_flatten(x, mask)
+        return super().forward(x)
