@@ -6,7 +6,11 @@ Workloads (float64, CPU, sklearn's 8x8 digits scaled to [0, 1]):
                digits as 64-vectors, the N x N NNGP and NTK;
 - ``cnn_gap``: three 3x3 SAME convs with ReLU, GlobalAvgPool, Dense(1), on 256 images
                (channels first ``(N, 1, 8, 8)`` for torchntk, ``(N, 8, 8, 1)`` for the peer);
-- ``cnn_flat``: the same convs + Flatten + Dense(1) on 1,000 images.
+- ``cnn_flat``: the same convs + Flatten + Dense(1) on 1,000 images;
+- ``transformer``: two pre-LayerNorm blocks ``x + Att(LN x)``, ``x + MLP(LN x)`` (softmax
+               GlobalSelfAttention with 4 heads, MLP Dense-ReLU-Dense, width 64) after a Dense(64),
+               then GlobalAvgPool and Dense(1), on 256 sequences of length 16 (each digit's 64
+               pixels as 16 positions of 4 channels: ``(N, 4, 16)`` here, ``(N, 16, 4)`` for the peer).
 
 Each (contender, workload) runs in its own subprocess, so that its peak resident memory
 (``resource.getrusage(RUSAGE_SELF).ru_maxrss`` at exit) is its own; the script reports it and
@@ -18,6 +22,7 @@ Run (from the repository root)::
 
     /work/main/.peer-venv/bin/python benchmarks/analytic.py            # all workloads
     /work/main/.peer-venv/bin/python benchmarks/analytic.py fc --repeats 5
+    /work/main/.peer-venv/bin/python benchmarks/analytic.py transformer --n 32   # a quick check
 """
 
 from __future__ import annotations
@@ -31,8 +36,24 @@ import subprocess
 import sys
 import time
 
-WORKLOADS = {"fc": 1797, "cnn_gap": 256, "cnn_flat": 1000}
-PEER_BATCH = {"fc": 0, "cnn_gap": 128, "cnn_flat": 0}
+WORKLOADS = {"fc": 1797, "cnn_gap": 256, "cnn_flat": 1000, "transformer": 256}
+PEER_BATCH = {"fc": 0, "cnn_gap": 128, "cnn_flat": 0, "transformer": 128}
+
+
+def _transformer(lib, channels_axis: int, mechanism: str):
+    """The ``transformer`` workload's spec in torchntk.layers or stax (same arguments)."""
+    width = 64
+
+    def res(f):
+        ln = lib.LayerNorm(axis=channels_axis)
+        return lib.serial(lib.FanOut(2), lib.parallel(lib.Identity(), lib.serial(ln, f)), lib.FanInSum())
+
+    blocks = []
+    for _ in range(2):
+        att = lib.GlobalSelfAttention(width, width, width, 4, b_std=0.1, attention_mechanism=mechanism)
+        mlp = lib.serial(lib.Dense(width, b_std=0.1), lib.Relu(), lib.Dense(width, b_std=0.1))
+        blocks += [res(att), res(mlp)]
+    return lib.serial(lib.Dense(width), *blocks, lib.GlobalAvgPool(), lib.Dense(1, b_std=0.1))
 
 
 def _rss_mib() -> float:
@@ -53,7 +74,10 @@ def _ours(workload: str, n: int, repeats: int, threads: int) -> dict:
     from torchntk import layers as L
 
     x = torch.tensor(_digits(n))
-    if workload == "fc":
+    if workload == "transformer":
+        x = x.reshape(-1, 16, 4).transpose(1, 2).contiguous()
+        spec = _transformer(L, 1, "softmax")
+    elif workload == "fc":
         spec = L.serial(*[m for _ in range(4) for m in (L.Dense(512, b_std=0.1), L.Relu())], L.Dense(1, b_std=0.1))
     else:
         x = x.reshape(-1, 1, 8, 8)
@@ -81,7 +105,13 @@ def _peer(workload: str, n: int, repeats: int, threads: int) -> dict:
     from neural_tangents import stax
 
     x = jnp.asarray(_digits(n))
-    if workload == "fc":
+    if workload == "transformer":
+        import warnings
+
+        warnings.filterwarnings("ignore", message="Linear scaling attention")
+        x = x.reshape(-1, 16, 4)
+        _, _, kernel_fn = _transformer(stax, -1, "SOFTMAX")
+    elif workload == "fc":
         layers = [m for _ in range(4) for m in (stax.Dense(512, b_std=0.1), stax.Relu())]
         _, _, kernel_fn = stax.serial(*layers, stax.Dense(1, b_std=0.1))
     else:
@@ -107,12 +137,14 @@ def _peer(workload: str, n: int, repeats: int, threads: int) -> dict:
 
 def _worker(args: argparse.Namespace) -> None:
     fn = _ours if args.worker == "torchntk" else _peer
-    out = fn(args.workloads[0], WORKLOADS[args.workloads[0]], args.repeats, args.threads)
+    out = fn(args.workloads[0], args.n or WORKLOADS[args.workloads[0]], args.repeats, args.threads)
     print("RESULT " + json.dumps(out), flush=True)
 
 
-def _run(contender: str, workload: str, repeats: int, threads: int) -> dict | None:
+def _run(contender: str, workload: str, repeats: int, threads: int, n: int | None = None) -> dict | None:
     cmd = [sys.executable, __file__, workload, "--worker", contender, "--repeats", str(repeats), "--threads", str(threads)]
+    if n:
+        cmd += ["--n", str(n)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -127,6 +159,7 @@ def main() -> None:
     p.add_argument("workloads", nargs="*", help=f"any of {', '.join(WORKLOADS)} (default: all)")
     p.add_argument("--repeats", type=int, default=2, help="timed runs after the warm-up (0: time the first run)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--n", type=int, default=None, help="override every workload's number of inputs (quick checks)")
     p.add_argument("--worker", choices=["torchntk", "peer"], help=argparse.SUPPRESS)
     args = p.parse_args()
     bad = [w for w in args.workloads if w not in WORKLOADS]
@@ -150,11 +183,11 @@ def main() -> None:
     print(head)
     print("-" * len(head))
     for w in args.workloads:
-        ours = _run("torchntk", w, args.repeats, args.threads)
-        peer = _run("peer", w, args.repeats, args.threads) if have_peer else None
+        ours = _run("torchntk", w, args.repeats, args.threads, args.n)
+        peer = _run("peer", w, args.repeats, args.threads, args.n) if have_peer else None
         if ours is None:
             continue
-        line = (f"{w:10s} {WORKLOADS[w]:5d} | {ours['time']:10.3f} {ours['peak_mib']:9.0f} "
+        line = (f"{w:10s} {args.n or WORKLOADS[w]:5d} | {ours['time']:10.3f} {ours['peak_mib']:9.0f} "
                 f"(+{ours['peak_mib'] - ours['base_mib']:.0f}) | ")
         if peer:
             agree = max(abs(a - b) / abs(b) for a, b in zip(ours["checksum"], peer["checksum"]))
