@@ -100,6 +100,26 @@ def test_positional_embeddings(kw, mech):
     _compare(ours, peer, x1, x2)
 
 
+@pytest.mark.parametrize(
+    "kw",
+    [{}, {"pos_emb_type": "sum", "W_pos_emb_std": 0.7},
+     {"pos_emb_type": "concat", "n_chan_pos_emb": 8, "val_pos_emb": True, "pos_emb_decay_fn": lambda d: 1.0 / (1.0 + d)}],
+    ids=["none", "sum", "concat_decay_val"],
+)
+def test_sqrt_scaled_identity_attention(kw):
+    # linear_scaling=False has a closed form for the identity mechanism only.
+    def build(lib):
+        args = dict(kw, pos_emb_type=kw["pos_emb_type"].upper()) if lib is stax and kw else kw
+        return lib.serial(lib.Dense(16), lib.GlobalSelfAttention(16, 16, 16, 2, linear_scaling=False,
+                                                                 attention_mechanism="identity" if lib is L else "IDENTITY",
+                                                                 **ATT, **args),
+                          lib.Relu(), lib.GlobalAvgPool(), lib.Dense(1))
+
+    x1, x2 = _seq(4, seed=8), _seq(3, seed=9)
+    _compare(build(L), build(stax), x1)
+    _compare(build(L), build(stax), x1, x2)
+
+
 def test_2d_attention_per_pixel_kernel():
     # Images: attention over the H x W positions; the output kept per pixel (Flatten readout).
     def build(lib):

@@ -33,8 +33,9 @@ else ``Sigma`` (and ``Theta_V = w_in Theta + w_pe R`` if ``val_pos_emb`` else ``
     Theta'(x, x') = OV_std^2 G(x) Theta_V(x, x') G(x')^T + b_std^2 + 2 OV_std^2 G(x) V(x, x') G(x')^T
 
 (the last term: the gradients of ``W_out`` and ``W_V``; those of the keys and queries vanish at
-infinite ``n_key``). With ``linear_scaling=False`` the weights stay random at infinite width and
-the kernel has no closed form: :func:`~torchntk.layers.monte_carlo_kernel` estimates it.
+infinite ``n_key``). With ``linear_scaling=False`` the weights stay random at infinite width; the
+kernel has a closed form for the identity mechanism only (:func:`sqrt_identity`), otherwise
+:func:`~torchntk.layers.monte_carlo_kernel` estimates it.
 
 Masks (True = padding): masked key positions get weight 0 (``-inf`` before the softmax), masked
 embeddings are zeroed, and the output kernel is 0 at every pair with a masked position.
@@ -49,6 +50,9 @@ import torch
 from torch import nn
 
 from ..errors import InvalidArgumentError, SpecError, UnsupportedLayerError
+from ._attention_math import (
+    attention_weights, from_positions, pos_emb_covariance, sqrt_identity, symmetrize, to_positions,
+)
 from ._base import Layer, Shapes, single
 from ._side import SideModule
 from .kernel import Kernel
@@ -92,74 +96,6 @@ def _sq(v: Any) -> Any:
     return 0.0 if v is None else v * v
 
 
-def pos_emb_covariance(
-    spatial: tuple[int, ...], p_norm: float, decay_fn: Callable[[torch.Tensor], torch.Tensor] | None, dtype: Any, device: Any
-) -> torch.Tensor:
-    """``R[p, a]`` ``(D, D)`` over the flattened positions (row-major): ``[p == a]`` without a
-    decay function, else ``decay_fn(sum_axes |p - a|^p_norm)`` (a tensor function)."""
-    d = math.prod(spatial)
-    if decay_fn is None:
-        return torch.eye(d, dtype=dtype, device=device)
-    grids = torch.meshgrid(*[torch.arange(s, dtype=dtype, device=device) for s in spatial], indexing="ij")
-    coords = torch.stack([g.reshape(-1) for g in grids], dim=1)  # (D, nsp)
-    dist = (coords[:, None, :] - coords[None, :, :]).abs().pow(p_norm).sum(-1)
-    r = decay_fn(dist)
-    if not isinstance(r, torch.Tensor) or r.shape != dist.shape:
-        raise InvalidArgumentError(
-            f"GlobalSelfAttention: `pos_emb_decay_fn` must map a tensor of distances {tuple(dist.shape)} to a tensor "
-            f"of the same shape, got {type(r).__name__} {getattr(r, 'shape', '')}"
-        )
-    if not bool(torch.isfinite(r).all()):
-        raise InvalidArgumentError("GlobalSelfAttention: `pos_emb_decay_fn` gave non-finite covariances")
-    return r.to(dtype)
-
-
-def _to_positions(t: torch.Tensor, lead: int, nsp: int) -> torch.Tensor:
-    """Full layout ``(lead..., S0, S0', S1, S1') -> (lead..., D, D')``."""
-    if nsp == 1:
-        return t
-    perm = list(range(lead)) + [lead + 2 * a for a in range(nsp)] + [lead + 2 * a + 1 for a in range(nsp)]
-    t = t.permute(perm)
-    d = math.prod(t.shape[lead:lead + nsp])
-    return t.reshape(*t.shape[:lead], d, d)
-
-
-def _from_positions(t: torch.Tensor, lead: int, spatial: tuple[int, ...]) -> torch.Tensor:
-    """``(lead..., D, D') -> (lead..., S0, S0', S1, S1')``."""
-    nsp = len(spatial)
-    if nsp == 1:
-        return t
-    t = t.reshape(*t.shape[:lead], *spatial, *spatial)
-    perm = list(range(lead))
-    for a in range(nsp):
-        perm += [lead + a, lead + nsp + a]
-    return t.permute(perm)
-
-
-def _weights(logits: torch.Tensor, keep: torch.Tensor | None, mechanism: str) -> torch.Tensor:
-    """Attention weights ``phi(logits)`` ``(..., D, D)`` over the last axis (the keys), with the
-    masked keys (``keep`` False, ``(..., D)``) at weight 0."""
-    if mechanism == "softmax":
-        if keep is not None:
-            logits = logits.masked_fill(~keep[..., None, :], torch.finfo(logits.dtype).min)
-        return torch.softmax(logits, dim=-1)
-    if mechanism == "abs":
-        g = logits.abs()
-    elif mechanism == "relu":
-        g = torch.relu(logits)
-    else:
-        g = logits
-    return g if keep is None else g * keep[..., None, :].to(g.dtype)
-
-
-def _symmetrize(t: torch.Tensor, diag: torch.Tensor | None = None) -> torch.Tensor:
-    """``(t[i, j, p, q] + t[j, i, q, p]) / 2``, then ``t[i, i] = diag[i]`` if given."""
-    t = 0.5 * (t + t.permute(1, 0, 3, 2))
-    if diag is None:
-        return t
-    idx = torch.arange(t.shape[0], device=t.device)
-    return t.index_put((idx, idx), diag)
-
 
 class GlobalSelfAttention(Layer):
     """Multi-head self-attention over all positions (see the module docstring for the formulas).
@@ -169,7 +105,8 @@ class GlobalSelfAttention(Layer):
         n_chan_val: channels of values per head. n_heads: heads.
         linear_scaling: True (default): logits scaled by ``1 / n_chan_key`` with the query
             weights tied to the keys' (the kernel has a closed form); False: ``1 /
-            sqrt(n_chan_key)``, independent queries (finite networks and Monte Carlo only).
+            sqrt(n_chan_key)``, independent queries (a closed form for ``"identity"`` only; the
+            others: finite networks and Monte Carlo).
         W_key_std, W_query_std: enter as ``QK_std = W_query_std * W_key_std``.
         W_value_std, W_out_std: enter as ``OV_std = W_out_std * W_value_std``.
         b_std: bias of the output (None: no bias). Every std may be a 0-dim tensor.
@@ -282,11 +219,11 @@ class GlobalSelfAttention(Layer):
 
     def kernel_rule(self, k: Kernel) -> Kernel:
         out_shape = self.output_shape(k.shape)
-        if not self.linear_scaling:
+        if not self.linear_scaling and self.attention_mechanism != "identity":
             raise UnsupportedLayerError(
                 f"{self!r}: with linear_scaling=False the attention weights stay random at infinite width and the "
-                "kernel has no closed form; estimate it with torchntk.layers.monte_carlo_kernel(spec, x, ...) "
-                "or use linear_scaling=True"
+                f"kernel of {self.attention_mechanism!r} attention has no closed form; estimate it with "
+                "torchntk.layers.monte_carlo_kernel(spec, x, ...) or use linear_scaling=True"
             )
         if not k.full_spatial:
             raise SpecError(f"{self!r} needs the full spatial covariance; call it through spec.kernel")
@@ -297,10 +234,10 @@ class GlobalSelfAttention(Layer):
         keep1 = None if m1 is None else ~m1.reshape(m1.shape[0], -1)
         keep2 = None if m2 is None else ~m2.reshape(m2.shape[0], -1)
 
-        nngp = _to_positions(k.nngp, 2, nsp)
-        ntk = None if k.ntk is None else _to_positions(k.ntk, 2, nsp)
-        cov1 = _to_positions(k.cov1, 1, nsp)
-        cov2 = None if k.cov2 is None else _to_positions(k.cov2, 1, nsp)
+        nngp = to_positions(k.nngp, 2, nsp)
+        ntk = None if k.ntk is None else to_positions(k.ntk, 2, nsp)
+        cov1 = to_positions(k.cov1, 1, nsp)
+        cov2 = None if k.cov2 is None else to_positions(k.cov2, 1, nsp)
         r = None
         if self.pos_emb_type != "none":
             r = pos_emb_covariance(spatial, self.pos_emb_p_norm, self.pos_emb_decay_fn, nngp.dtype, nngp.device)
@@ -311,8 +248,13 @@ class GlobalSelfAttention(Layer):
         qk = self.W_query_std * self.W_key_std
         ov2 = _sq(self.W_out_std * self.W_value_std)
         b2 = _sq(self.b_std)
-        g1 = _weights(qk * mixed(cov1), keep1, self.attention_mechanism)
-        g2 = g1 if cov2 is None else _weights(qk * mixed(cov2), keep2, self.attention_mechanism)
+        if not self.linear_scaling:
+            new_nngp, new_ntk, new_cov1, new_cov2 = sqrt_identity(
+                nngp, ntk, cov1, cov2, mixed, r, w_in, w_pe, keep1, keep2, self.val_pos_emb, _sq(qk) * ov2, b2
+            )
+            return self._finish(k, out_shape, new_nngp, new_ntk, new_cov1, new_cov2, keep1, keep2)
+        g1 = attention_weights(qk * mixed(cov1), keep1, self.attention_mechanism)
+        g2 = g1 if cov2 is None else attention_weights(qk * mixed(cov2), keep2, self.attention_mechanism)
         # The weights of masked keys are 0, so G R12 G'^T needs no masked copy of R.
         val = self.val_pos_emb and r is not None
 
@@ -340,7 +282,13 @@ class GlobalSelfAttention(Layer):
             new_ntk = ov2 * (t + 2 * heads) + b2
         new_cov1 = self_term(g1, cov1)
         new_cov2 = None if cov2 is None else self_term(g2, cov2)
+        return self._finish(k, out_shape, new_nngp, new_ntk, new_cov1, new_cov2, keep1, keep2)
 
+    def _finish(self, k: Kernel, out_shape: tuple[int, ...], new_nngp: torch.Tensor, new_ntk: torch.Tensor | None,
+                new_cov1: torch.Tensor, new_cov2: torch.Tensor | None, keep1: Any, keep2: Any) -> Kernel:
+        """Zero the pairs with a padded position, symmetrize a self-kernel, back to the full layout."""
+        spatial = tuple(k.shape[1:])
+        nngp = new_nngp
         if keep1 is not None or keep2 is not None:  # 0 at every pair with a padded position
             d = nngp.shape[-1]
             ones = torch.ones(d, dtype=torch.bool, device=nngp.device)
@@ -353,17 +301,17 @@ class GlobalSelfAttention(Layer):
             if new_cov2 is not None:
                 new_cov2 = new_cov2 * (k2[:, :, None] & k2[:, None, :]).to(nngp.dtype)
 
-        if cov2 is None:
+        if new_cov2 is None:
             # x2 is x1: make the kernel exactly symmetric with its diagonal blocks equal to cov1
             # bit for bit (the products above round differently), so that a later arc-cosine
             # rule sees correlation exactly 1 there, whatever the batch or the padding.
-            new_nngp = _symmetrize(new_nngp, new_cov1)
-            new_ntk = None if new_ntk is None else _symmetrize(new_ntk)
+            new_nngp = symmetrize(new_nngp, new_cov1)
+            new_ntk = None if new_ntk is None else symmetrize(new_ntk)
         return k.replace(
-            nngp=_from_positions(new_nngp, 2, spatial),
-            ntk=None if new_ntk is None else _from_positions(new_ntk, 2, spatial),
-            cov1=_from_positions(new_cov1, 1, spatial),
-            cov2=None if new_cov2 is None else _from_positions(new_cov2, 1, spatial),
+            nngp=from_positions(new_nngp, 2, spatial),
+            ntk=None if new_ntk is None else from_positions(new_ntk, 2, spatial),
+            cov1=from_positions(new_cov1, 1, spatial),
+            cov2=None if new_cov2 is None else from_positions(new_cov2, 1, spatial),
             shape=out_shape, diagonal_spatial=False, is_gaussian=True, is_input=False,
         )
 
@@ -440,7 +388,7 @@ class _AttentionModule(SideModule):
         queries = keys if self.W_query is None else torch.einsum("ndc,hck->nhdk", xk, self.W_query)
         scale = self.n_keys_in * (layer.n_chan_key if layer.linear_scaling else math.sqrt(layer.n_chan_key))
         logits = torch.matmul(queries, keys.transpose(-1, -2)) * (layer.W_query_std * layer.W_key_std / scale)
-        g = _weights(logits, None if keep is None else keep[:, None], layer.attention_mechanism)
+        g = attention_weights(logits, None if keep is None else keep[:, None], layer.attention_mechanism)
         values = torch.einsum("ndc,hcv->nhdv", xv, self.W_value)
         heads = torch.matmul(g, values).permute(0, 2, 1, 3).reshape(n, xs.shape[1], -1)  # (N, D, h * v)
         ov = layer.W_out_std * layer.W_value_std / math.sqrt(layer.n_chan_val * layer.n_heads * self.n_vals_in)
