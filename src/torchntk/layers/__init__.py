@@ -15,18 +15,23 @@ from ._base import Layer
 from ._elementwise import ElementwiseLayer
 from .attention import GlobalSelfAttention
 from .conv import Conv
-from .combinators import FanInConcat, FanInProd, FanInSum, FanOut, Identity, parallel, serial
+from .combinators import FanInConcat, FanInProd, FanInSum, FanOut, Identity, parallel, repeat, serial
+from .conv_local import ConvLocal
+from .conv_transpose import ConvTranspose
 from .dense import Dense
 from .kernel import Kernel
+from .linear_maps import DotGeneral, ImageResize, Index, Slice
 from .mlp import mlp
 from .normalization import Dropout, LayerNorm
-from .pooling import AvgPool, Flatten, GlobalAvgPool, SumPool
+from .pooling import AvgPool, Flatten, GlobalAvgPool, GlobalSumPool, SumPool
+from .special_activations import ExpNormalized, Gabor, Hermite, RectifiedMonomial
 
 __all__ = [
     "Kernel",
     "Layer",
     "ElementwiseLayer",
     "serial",
+    "repeat",
     "parallel",
     "FanOut",
     "FanInSum",
@@ -36,9 +41,20 @@ __all__ = [
     "Dense",
     "mlp",
     "Conv",
+    "ConvTranspose",
+    "ConvLocal",
     "AvgPool",
     "SumPool",
     "GlobalAvgPool",
+    "GlobalSumPool",
+    "Index",
+    "Slice",
+    "ImageResize",
+    "DotGeneral",
+    "Hermite",
+    "RectifiedMonomial",
+    "ExpNormalized",
+    "Gabor",
     "Flatten",
     "LayerNorm",
     "Dropout",

@@ -35,6 +35,18 @@ def out_size(size: int, window: int, stride: int, padding: str) -> int:
     return -(-size // stride)
 
 
+def pad_input(x: "torch.Tensor", window: Sequence[int], strides: Sequence[int], padding: str) -> "torch.Tensor":
+    """Pad a batch ``(N, C, *spatial)`` for a window as the spec does: nothing for VALID, TF-SAME
+    zeros for SAME, wrap-around for CIRCULAR (the finite modules then apply a VALID window)."""
+    if padding == "VALID":
+        return x
+    pads = [same_pads(n, k, s) for n, k, s in zip(x.shape[2:], window, strides)]
+    flat = [p for pair in reversed(pads) for p in pair]
+    if not any(flat):
+        return x
+    return torch.nn.functional.pad(x, flat, mode="constant" if padding == "SAME" else "circular")
+
+
 def _pad_axis(t: torch.Tensor, axis: int, pads: tuple[int, int], circular: bool) -> torch.Tensor:
     before, after = pads
     if before == 0 and after == 0:

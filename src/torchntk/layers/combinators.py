@@ -31,7 +31,23 @@ from . import _side, _spatial
 from ._base import Kernels, Layer, Shapes, any_full, check_layers, serial, shape_of, single
 from .kernel import Kernel
 
-__all__ = ["serial", "parallel", "FanOut", "FanInSum", "FanInProd", "FanInConcat", "Identity"]
+__all__ = ["serial", "repeat", "parallel", "FanOut", "FanInSum", "FanInProd", "FanInConcat", "Identity"]
+
+
+def repeat(layer: Layer, n: int) -> Layer:
+    """``layer`` applied ``n`` times in sequence: ``serial(layer, ..., layer)`` (``n = 0``: the
+    identity). The copies are distinct layers of the finite network (their own weights), as
+    neural-tangents' ``repeat``.
+
+    Example:
+        >>> from torchntk import layers as L
+        >>> block = L.serial(L.Dense(256), L.Relu())
+        >>> spec = L.serial(L.repeat(block, 3), L.Dense(1))
+    """
+    (layer,) = check_layers((layer,), "repeat")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise InvalidArgumentError(f"repeat: `n` must be an int >= 0, got {n!r}")
+    return serial(*([layer] * n)) if n else Identity()
 
 
 class _ParallelModule(nn.ModuleList, _side.SideModule):

@@ -34,7 +34,7 @@ from ._side import SideModule
 from .conv import as_tuple, check_padding, window_geometry, window_mean_kernel
 from .kernel import Kernel
 
-__all__ = ["AvgPool", "SumPool", "GlobalAvgPool", "Flatten"]
+__all__ = ["AvgPool", "SumPool", "GlobalAvgPool", "GlobalSumPool", "Flatten"]
 
 
 class _PoolModule(nn.Module):
@@ -45,11 +45,7 @@ class _PoolModule(nn.Module):
         self.window, self.strides, self.padding, self.scale = window, strides, padding, scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.padding != "VALID":
-            pads = [_spatial.same_pads(n, k, s) for n, k, s in zip(x.shape[2:], self.window, self.strides)]
-            flat = [p for pair in reversed(pads) for p in pair]
-            if any(flat):
-                x = F.pad(x, flat, mode="constant" if self.padding == "SAME" else "circular")
+        x = _spatial.pad_input(x, self.window, self.strides, self.padding)
         pool = F.avg_pool1d if len(self.window) == 1 else F.avg_pool2d
         out = pool(x, self.window, self.strides)
         return out * self.scale if self.scale != 1 else out
@@ -129,6 +125,11 @@ class _GlobalAvgPoolModule(SideModule):
         return x.mean(dim=tuple(range(2, x.ndim)))
 
 
+class _GlobalSumPoolModule(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.sum(dim=tuple(range(2, x.ndim)))
+
+
 def _spatial_input(layer: Layer, input_shape: Shapes) -> tuple[int, ...]:
     shape = single(layer, input_shape)
     if len(shape) < 2:
@@ -141,6 +142,8 @@ class GlobalAvgPool(Layer):
 
     With a padding mask, the means run over the kept positions (see :mod:`._masking`).
     """
+
+    _sum = False
 
     def output_shape(self, input_shape: Shapes) -> Shapes:
         return (_spatial_input(self, input_shape)[0],)
@@ -156,8 +159,13 @@ class GlobalAvgPool(Layer):
         if k.mask1 is not None or k.mask2 is not None:
             return _masking.global_avg_pool(k).replace(shape=out, diagonal_spatial=True, is_input=False)
 
+        f = float(math.prod(k.shape[1:])) ** 2 if self._sum else 1.0
+
         def m(t: Any, lead: int) -> Any:
-            return None if t is None else _spatial.spatial_mean(t, lead, True, nsp, diagonal_only=False)
+            if t is None:
+                return None
+            t = _spatial.spatial_mean(t, lead, True, nsp, diagonal_only=False)
+            return t * f if self._sum else t
 
         return k.replace(
             nngp=m(k.nngp, 2), ntk=m(k.ntk, 2), cov1=m(k.cov1, 1), cov2=m(k.cov2, 1),
@@ -169,7 +177,14 @@ class GlobalAvgPool(Layer):
 
     def make_module(self, input_shape: Shapes, generator: Any, dtype: Any, device: Any) -> nn.Module:
         self.output_shape(input_shape)
-        return _GlobalAvgPoolModule()
+        return _GlobalSumPoolModule() if self._sum else _GlobalAvgPoolModule()
+
+
+class GlobalSumPool(GlobalAvgPool):
+    """Sum over all spatial positions: ``(C, *spatial) -> (C,)``; kernel: ``D^2`` times
+    :class:`GlobalAvgPool`'s (``D`` positions), i.e. the sum over all pixel pairs."""
+
+    _sum = True
 
 
 class Flatten(Layer):
