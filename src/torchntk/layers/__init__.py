@@ -20,6 +20,7 @@ from .conv_local import ConvLocal
 from .conv_transpose import ConvTranspose
 from .dense import Dense
 from .kernel import Kernel
+from .graph import Aggregate
 from .linear_maps import DotGeneral, ImageResize, Index, Slice
 from .mlp import mlp
 from .normalization import Dropout, LayerNorm
@@ -47,6 +48,7 @@ __all__ = [
     "SumPool",
     "GlobalAvgPool",
     "GlobalSumPool",
+    "Aggregate",
     "Index",
     "Slice",
     "ImageResize",
