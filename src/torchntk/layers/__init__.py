@@ -20,6 +20,7 @@ from .conv_local import ConvLocal
 from .conv_transpose import ConvTranspose
 from .dense import Dense
 from .kernel import Kernel
+from .from_module import from_module
 from .graph import Aggregate
 from .linear_maps import DotGeneral, ImageResize, Index, Slice
 from .mlp import mlp
@@ -61,6 +62,7 @@ __all__ = [
     "LayerNorm",
     "Dropout",
     "GlobalSelfAttention",
+    "from_module",
 ]
 
 # -- nonlinearities and Monte Carlo kernels --------------------------------------------------------
