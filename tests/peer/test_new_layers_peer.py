@@ -108,13 +108,14 @@ def test_image_resize_index_dot_general_repeat():
     spec = L.serial(
         L.repeat(block, 2), L.ImageResize((-1, -1, 8, 3), "LINEAR"), L.Conv(16, (2, 2)), L.Relu(),
         L.ImageResize((-1, -1, 4, 5), "nearest"), L.Index(L.Slice[:, :, 1:, ::-2]),
-        L.DotGeneral(rhs=rhs[:3], dimension_numbers=(((3,), (0,)), ((), ()))), L.Relu(), L.GlobalSumPool(), L.Dense(1),
+        L.DotGeneral(rhs=rhs[:3], dimension_numbers=(((3,), (0,)), ((), ()))), L.Conv(16, (2, 2)), L.Relu(), L.GlobalSumPool(),
+        L.Dense(1),
     )
     peer = stax.serial(
         stax.repeat(peer_block, 2), stax.ImageResize((-1, 8, 3, -1), "LINEAR"), stax.Conv(16, (2, 2)), stax.Relu(),
         stax.ImageResize((-1, 4, 5, -1), "nearest"), stax.Index(stax.Slice[:, 1:, ::-2, :]),
-        stax.DotGeneral(rhs=rhs[:3].numpy(), dimension_numbers=(((2,), (0,)), ((), ())), channel_axis=-1), stax.Relu(),
-        stax.GlobalSumPool(), stax.Dense(1),
+        stax.DotGeneral(rhs=rhs[:3].numpy(), dimension_numbers=(((2,), (0,)), ((), ())), channel_axis=-1),
+        stax.Conv(16, (2, 2)), stax.Relu(), stax.GlobalSumPool(), stax.Dense(1),
     )
     _compare(spec, peer, x1, x2)
 
@@ -123,11 +124,11 @@ def test_dot_general_lhs_and_scalar():
     x1, x2 = _randn(3, 2, 4, seed=13), _randn(2, 2, 4, seed=14)
     lhs = _randn(5, 4, seed=15)
     spec = L.serial(L.Conv(16, 2, padding="SAME"), L.Relu(), L.DotGeneral(lhs=lhs, dimension_numbers=(((1,), (2,)), ((), ()))),
-                    L.DotGeneral(rhs=2.0), L.Relu(), L.Flatten(), L.Dense(1))
+                    L.DotGeneral(rhs=2.0), L.Flatten(), L.Dense(1))
     # the peer's output is (5, N, L... ) channels-last: lhs free axes first, so give it the batch axis 1
     peer = stax.serial(stax.Conv(16, (2,), padding="SAME"), stax.Relu(),
                        stax.DotGeneral(lhs=lhs.numpy(), dimension_numbers=(((1,), (1,)), ((), ()))),
-                       stax.DotGeneral(rhs=2.0, batch_axis=1), stax.Relu(), stax.Flatten(batch_axis=1), stax.Dense(1))
+                       stax.DotGeneral(rhs=2.0, batch_axis=1), stax.Flatten(batch_axis=1), stax.Dense(1))
     _compare(spec, peer, x1, x2)
 
 
@@ -143,11 +144,17 @@ def test_dot_general_lhs_and_scalar():
     ],
 )
 def test_activations_cross_kernel(ours, theirs):
-    """Cross-kernels (x1 vs x2, never correlation 1) where the peer is finite."""
+    """Cross-kernels (x1 vs x2, never correlation 1), compared where the peer is finite (its
+    RectifiedMonomial is NaN wherever its chain meets correlation 1, e.g. in the variances)."""
     x1, x2 = _randn(4, 3, seed=16), _randn(3, 3, seed=17)
-    spec = L.serial(L.Dense(64, W_std=1.2, b_std=0.1), ours, L.Dense(64), ours, L.Dense(1))
-    peer = stax.serial(stax.Dense(64, W_std=1.2, b_std=0.1), theirs, stax.Dense(64), theirs, stax.Dense(1))
-    _check(spec.kernel(x1, x2), peer[2](x1.numpy(), x2.numpy(), ("nngp", "ntk")))
+    spec = L.serial(L.Dense(64, W_std=1.2, b_std=0.1), ours, L.Dense(1))
+    peer = stax.serial(stax.Dense(64, W_std=1.2, b_std=0.1), theirs, stax.Dense(1))
+    a, b = spec.kernel(x1, x2), peer[2](x1.numpy(), x2.numpy(), ("nngp", "ntk"))
+    for name in ("nngp", "ntk"):
+        mine, their = getattr(a, name).numpy(), np.asarray(getattr(b, name))
+        ok = np.isfinite(their)
+        assert ok.mean() >= 0.5 and np.isfinite(mine).all(), name
+        np.testing.assert_allclose(mine[ok], their[ok], rtol=RTOL, atol=RTOL * np.abs(their[ok]).max(), err_msg=name)
 
 
 @pytest.mark.parametrize("degree", [0, 1, 2, 3])

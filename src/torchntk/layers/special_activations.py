@@ -200,7 +200,7 @@ class ExpNormalized(ElementwiseLayer):
 
     def __init__(self, gamma: float | Tensor = 1.0, shift: float | Tensor = -1.0, do_clip: bool = False) -> None:
         self.gamma = _scalar(gamma, "gamma", "ExpNormalized")
-        if float(self.gamma) <= 0:
+        if float(torch.as_tensor(self.gamma).detach()) <= 0:
             raise InvalidArgumentError(f"ExpNormalized: `gamma` must be > 0, got {gamma!r}")
         self.shift = _scalar(shift, "shift", "ExpNormalized")
         if not isinstance(do_clip, bool):
