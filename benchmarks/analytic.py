@@ -10,7 +10,11 @@ Workloads (float64, CPU, sklearn's 8x8 digits scaled to [0, 1]):
 - ``transformer``: two pre-LayerNorm blocks ``x + Att(LN x)``, ``x + MLP(LN x)`` (softmax
                GlobalSelfAttention with 4 heads, MLP Dense-ReLU-Dense, width 64) after a Dense(64),
                then GlobalAvgPool and Dense(1), on 256 sequences of length 16 (each digit's 64
-               pixels as 16 positions of 4 channels: ``(N, 4, 16)`` here, ``(N, 16, 4)`` for the peer).
+               pixels as 16 positions of 4 channels: ``(N, 4, 16)`` here, ``(N, 16, 4)`` for the peer);
+- ``graph``:   a two-layer graph network (Dense(512) + Aggregate + ReLU twice, GlobalSumPool,
+               Dense(1)) on 256 random graphs of 16 nodes with 8 features and weighted arcs
+               (density 0.3, seeded): ``(N, 8, 16)`` with ``pattern=(N, 16, 16)`` here,
+               ``(N, 16, 8)`` for the peer.
 
 Each (contender, workload) runs in its own subprocess, so that its peak resident memory
 (``resource.getrusage(RUSAGE_SELF).ru_maxrss`` at exit) is its own; the script reports it and
@@ -23,6 +27,7 @@ Run (from the repository root)::
     /work/main/.peer-venv/bin/python benchmarks/analytic.py            # all workloads
     /work/main/.peer-venv/bin/python benchmarks/analytic.py fc --repeats 5
     /work/main/.peer-venv/bin/python benchmarks/analytic.py transformer --n 32   # a quick check
+    /work/main/.peer-venv/bin/python benchmarks/analytic.py graph --n 16
 """
 
 from __future__ import annotations
@@ -36,8 +41,18 @@ import subprocess
 import sys
 import time
 
-WORKLOADS = {"fc": 1797, "cnn_gap": 256, "cnn_flat": 1000, "transformer": 256}
-PEER_BATCH = {"fc": 0, "cnn_gap": 128, "cnn_flat": 0, "transformer": 128}
+WORKLOADS = {"fc": 1797, "cnn_gap": 256, "cnn_flat": 1000, "transformer": 256, "graph": 256}
+PEER_BATCH = {"fc": 0, "cnn_gap": 128, "cnn_flat": 0, "transformer": 128, "graph": 0}
+
+
+def _graphs(n: int):
+    """``n`` random graphs: features ``(n, 8, 16)`` and arc weights ``(n, 16, 16)`` (30% of the arcs)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, 8, 16))
+    p = rng.random((n, 16, 16)) * (rng.random((n, 16, 16)) < 0.3)
+    return x, p
 
 
 def _transformer(lib, channels_axis: int, mechanism: str):
@@ -74,7 +89,13 @@ def _ours(workload: str, n: int, repeats: int, threads: int) -> dict:
     from torchntk import layers as L
 
     x = torch.tensor(_digits(n))
-    if workload == "transformer":
+    kw = {}
+    if workload == "graph":
+        x, p = (torch.tensor(a) for a in _graphs(n))
+        kw = {"pattern": p}
+        spec = L.serial(*[m for _ in range(2) for m in (L.Dense(512, b_std=0.1), L.Aggregate(), L.Relu())],
+                        L.GlobalSumPool(), L.Dense(1, b_std=0.1))
+    elif workload == "transformer":
         x = x.reshape(-1, 16, 4).transpose(1, 2).contiguous()
         spec = _transformer(L, 1, "softmax")
     elif workload == "fc":
@@ -88,7 +109,7 @@ def _ours(workload: str, n: int, repeats: int, threads: int) -> dict:
     times = []
     for _ in range(repeats + 1):
         t0 = time.perf_counter()
-        k = spec.kernel(x)
+        k = spec.kernel(x, **kw)
         times.append(time.perf_counter() - t0)
     return {"first": times[0], "time": statistics.median(times[1:] or times), "base_mib": base,
             "peak_mib": _rss_mib(), "checksum": [float(k.nngp.sum()), float(k.ntk.sum())]}
@@ -105,7 +126,13 @@ def _peer(workload: str, n: int, repeats: int, threads: int) -> dict:
     from neural_tangents import stax
 
     x = jnp.asarray(_digits(n))
-    if workload == "transformer":
+    kw = {}
+    if workload == "graph":
+        xg, pg = _graphs(n)
+        x, kw = jnp.asarray(xg.transpose(0, 2, 1)), {"pattern": (jnp.asarray(pg), jnp.asarray(pg))}
+        layers = [m for _ in range(2) for m in (stax.Dense(512, b_std=0.1), stax.Aggregate(aggregate_axis=1), stax.Relu())]
+        _, _, kernel_fn = stax.serial(*layers, stax.GlobalSumPool(), stax.Dense(1, b_std=0.1))
+    elif workload == "transformer":
         import warnings
 
         warnings.filterwarnings("ignore", message="Linear scaling attention")
@@ -128,7 +155,7 @@ def _peer(workload: str, n: int, repeats: int, threads: int) -> dict:
     times = []
     for _ in range(repeats + 1):
         t0 = time.perf_counter()
-        k = fn(x, None, ("nngp", "ntk"))
+        k = fn(x, None, ("nngp", "ntk"), **kw)
         k.nngp.block_until_ready(), k.ntk.block_until_ready()
         times.append(time.perf_counter() - t0)
     return {"first": times[0], "time": statistics.median(times[1:] or times), "base_mib": base,

@@ -42,17 +42,28 @@ class _WithPattern(nn.Module):
         return self.m(xa[:, : self.c], pattern=xa[:, self.c :].transpose(1, 2))
 
 
-def _mc(spec: L.Layer, x: torch.Tensor, n: int, pattern: torch.Tensor | None = None) -> tuple[float, float]:
+def _mc(spec: L.Layer, x: torch.Tensor, n: int, pattern: torch.Tensor | None = None, *, nngp: bool = True,
+        ntk: bool = True) -> tuple[float, float]:
+    """Relative errors of the Monte Carlo NNGP and NTK (``nan`` for one not estimated)."""
+    kw = {} if pattern is None else {"pattern": pattern}
+    k = spec.kernel(x, **kw)
     if pattern is None:
-        k = spec.kernel(x)
-        est = L.monte_carlo_kernel(spec, x, n_samples=n, seed=0)
+        est = L.monte_carlo_kernel(spec, x, n_samples=n, seed=0, nngp=nngp, ntk=ntk)
     else:
-        k = spec.kernel(x, pattern=pattern)
         c = x.shape[1]
         xa = torch.cat([x, pattern.transpose(1, 2)], 1)
         est = L.monte_carlo_kernel(lambda g: _WithPattern(spec.module(x.shape[1:], generator=g, dtype=D), c), xa,
-                                   n_samples=n, seed=0)
-    return _rel(est.nngp, k.nngp), _rel(est.ntk, k.ntk)
+                                   n_samples=n, seed=0, nngp=nngp, ntk=ntk)
+    nan = float("nan")
+    return (_rel(est.nngp, k.nngp) if nngp else nan), (_rel(est.ntk, k.ntk) if ntk else nan)
+
+
+def _mc_wide(body: list, x: torch.Tensor, pattern: torch.Tensor | None = None) -> tuple[float, float]:
+    """At width 1024: the NNGP from 16 draws of 256 outputs (its error ~ 1/sqrt(16 * 256)), the
+    NTK from 16 draws of 2 outputs (its error ~ 1/sqrt(16 * 1024))."""
+    e_nngp, _ = _mc(L.serial(*body, L.Dense(256)), x, 16, pattern, ntk=False)
+    _, e_ntk = _mc(L.serial(*body, L.Dense(2)), x, 16, pattern, nngp=False)
+    return e_nngp, e_ntk
 
 
 def _psd_symmetric(t: torch.Tensor) -> None:
@@ -89,8 +100,11 @@ SPATIAL = {
 @pytest.mark.parametrize("name", sorted(SPATIAL))
 def test_spatial_layers_match_monte_carlo(name):
     x = _randn(3, 2, 5, seed=1)
-    spec = L.serial(L.Conv(1024, 2, padding="SAME"), L.Relu(), SPATIAL[name], L.Relu(), L.GlobalSumPool(), L.Dense(64))
-    e_nngp, e_ntk = _mc(spec, x, 64)
+    wide = {"conv_transpose_same": L.ConvTranspose(1024, 3, strides=2, padding="SAME", b_std=0.2),
+            "conv_transpose_circular": L.ConvTranspose(1024, 2, strides=3, padding="circular"),
+            "conv_transpose_explicit": L.ConvTranspose(1024, 3, padding=((0, 1),)),
+            "conv_local": L.ConvLocal(1024, 3, padding="SAME", b_std=0.3)}.get(name, SPATIAL[name])
+    e_nngp, e_ntk = _mc_wide([L.Conv(1024, 2, padding="SAME"), L.Relu(), wide, L.Relu(), L.GlobalSumPool()], x)
     assert e_nngp < 0.05 and e_ntk < 0.05, (e_nngp, e_ntk)
 
 
@@ -111,7 +125,7 @@ def test_graph_network_matches_monte_carlo_fast():
 @pytest.mark.slow
 def test_graph_network_matches_monte_carlo():
     x = _randn(3, 2, 5, seed=2)
-    e_nngp, e_ntk = _mc(_graph_spec(1024).__class__(*_graph_spec(1024).layers[:-1], L.Dense(64)), x, 64, _weighted_graph(3, 5, 3))
+    e_nngp, e_ntk = _mc_wide(list(_graph_spec(1024).layers[:-1]), x, _weighted_graph(3, 5, 3))
     assert e_nngp < 0.05 and e_ntk < 0.05, (e_nngp, e_ntk)
 
 
@@ -162,8 +176,7 @@ ACTIVATIONS = [L.Hermite(3), L.RectifiedMonomial(0), L.RectifiedMonomial(2), L.R
 @pytest.mark.parametrize("act", ACTIVATIONS, ids=repr)
 def test_activations_match_monte_carlo(act):
     x = _randn(4, 3, seed=11)
-    spec = L.serial(L.Dense(1024, b_std=0.1), act, L.Dense(1024), act, L.Dense(64))
-    e_nngp, e_ntk = _mc(spec, x, 64)
+    e_nngp, e_ntk = _mc_wide([L.Dense(1024, b_std=0.1), act, L.Dense(1024), act], x)
     assert e_nngp < 0.05 and e_ntk < 0.05, (e_nngp, e_ntk)
 
 
