@@ -145,23 +145,24 @@ class Conv(Layer):
         b_std: float | None = None,
         parameterization: str = "ntk",
     ) -> None:
-        if not isinstance(out_chan, int) or out_chan < 1:
-            raise InvalidArgumentError(f"Conv: `out_chan` must be a positive int, got {out_chan!r}")
-        check_affine_args("Conv", W_std, b_std, parameterization)
+        who = type(self).__name__  # also ConvLocal, ConvTranspose
+        if isinstance(out_chan, bool) or not isinstance(out_chan, int) or out_chan < 1:
+            raise InvalidArgumentError(f"{who}: `out_chan` must be a positive int, got {out_chan!r}")
+        check_affine_args(who, W_std, b_std, parameterization)
         self.out_chan = out_chan
-        self.filter_shape = as_tuple(filter_shape, "filter_shape", "Conv")
-        self.strides = as_tuple(strides, "strides", "Conv", allow_none=True)
-        self.padding = check_padding(padding, "Conv")
+        self.filter_shape = as_tuple(filter_shape, "filter_shape", who)
+        self.strides = as_tuple(strides, "strides", who, allow_none=True)
+        self.padding = check_padding(padding, who)
         self.W_std, self.b_std, self.parameterization = float(W_std), b_std, parameterization
 
     def __repr__(self) -> str:
         return (
-            f"Conv({self.out_chan}, {self.filter_shape}, strides={self.strides}, padding={self.padding!r}, "
+            f"{type(self).__name__}({self.out_chan}, {self.filter_shape}, strides={self.strides}, padding={self.padding!r}, "
             f"W_std={self.W_std}, b_std={self.b_std}, parameterization={self.parameterization!r})"
         )
 
     def _geometry(self, shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
-        return window_geometry("Conv", shape, self.filter_shape, self.strides, self.padding)
+        return window_geometry(type(self).__name__, shape, self.filter_shape, self.strides, self.padding)
 
     def output_shape(self, input_shape: Shapes) -> Shapes:
         shape = single(self, input_shape)

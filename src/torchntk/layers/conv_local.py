@@ -11,18 +11,17 @@ full layout is asked for, the diagonal is embedded in zeros.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import InvalidArgumentError
 from ..nn import _init
 from . import _spatial
-from ._base import Layer, Shapes, single
-from .conv import as_tuple, check_padding, window_geometry, window_mean_kernel
-from .dense import affine, check_affine_args
+from ._base import Shapes, single
+from .conv import Conv, window_mean_kernel
+from .dense import affine
 from .kernel import Kernel
 
 __all__ = ["ConvLocal"]
@@ -69,7 +68,7 @@ class _ConvLocalModule(nn.Module):
         return y if self.bias is None else y + self.bias * self.bias_scale
 
 
-class ConvLocal(Layer):
+class ConvLocal(Conv):
     """Locally connected layer: a convolution whose filters and biases differ at every output
     position (neural-tangents' ``ConvLocal``; same arguments as :class:`~torchntk.layers.Conv`).
 
@@ -79,38 +78,6 @@ class ConvLocal(Layer):
         >>> spec.kernel(torch.randn(2, 1, 6)).ntk.shape
         torch.Size([2, 2])
     """
-
-    def __init__(
-        self,
-        out_chan: int,
-        filter_shape: int | Sequence[int],
-        strides: int | Sequence[int] | None = None,
-        padding: str = "VALID",
-        W_std: Any = 1.0,
-        b_std: Any = None,
-        parameterization: str = "ntk",
-    ) -> None:
-        if isinstance(out_chan, bool) or not isinstance(out_chan, int) or out_chan < 1:
-            raise InvalidArgumentError(f"ConvLocal: `out_chan` must be a positive int, got {out_chan!r}")
-        check_affine_args("ConvLocal", W_std, b_std, parameterization)
-        self.out_chan = out_chan
-        self.filter_shape = as_tuple(filter_shape, "filter_shape", "ConvLocal")
-        self.strides = as_tuple(strides, "strides", "ConvLocal", allow_none=True)
-        self.padding = check_padding(padding, "ConvLocal")
-        self.W_std, self.b_std, self.parameterization = W_std, b_std, parameterization.lower()
-
-    def __repr__(self) -> str:
-        return (
-            f"ConvLocal({self.out_chan}, {self.filter_shape}, strides={self.strides}, padding={self.padding!r}, "
-            f"W_std={self.W_std}, b_std={self.b_std}, parameterization={self.parameterization!r})"
-        )
-
-    def _geometry(self, shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
-        return window_geometry("ConvLocal", shape, self.filter_shape, self.strides, self.padding)
-
-    def output_shape(self, input_shape: Shapes) -> Shapes:
-        shape = single(self, input_shape)
-        return (self.out_chan, *self._geometry(shape)[2])
 
     def kernel_rule(self, k: Kernel) -> Kernel:
         filt, strides, sizes = self._geometry(k.shape)

@@ -30,9 +30,9 @@ from torch import nn
 from ..errors import InvalidArgumentError, SpecError
 from ..nn import _init
 from . import _spatial
-from ._base import Layer, Shapes, single
-from .conv import as_tuple, check_padding
-from .dense import affine, check_affine_args
+from ._base import Shapes, single
+from .conv import Conv, check_padding
+from .dense import affine
 from .kernel import Kernel
 
 __all__ = ["ConvTranspose"]
@@ -113,7 +113,7 @@ class _ConvTransposeModule(nn.Module):
         return y if bias is None else y + bias.reshape(-1, *([1] * len(self.filt)))
 
 
-class ConvTranspose(Layer):
+class ConvTranspose(Conv):
     """Transposed convolution with ``out_chan`` channels over ``(C, L)`` or ``(C, H, W)`` inputs.
 
     Args:
@@ -144,12 +144,7 @@ class ConvTranspose(Layer):
         b_std: Any = None,
         parameterization: str = "ntk",
     ) -> None:
-        if isinstance(out_chan, bool) or not isinstance(out_chan, int) or out_chan < 1:
-            raise InvalidArgumentError(f"ConvTranspose: `out_chan` must be a positive int, got {out_chan!r}")
-        check_affine_args("ConvTranspose", W_std, b_std, parameterization)
-        self.out_chan = out_chan
-        self.filter_shape = as_tuple(filter_shape, "filter_shape", "ConvTranspose")
-        self.strides = as_tuple(strides, "strides", "ConvTranspose", allow_none=True)
+        super().__init__(out_chan, filter_shape, strides, "VALID", W_std, b_std, parameterization)
         if isinstance(padding, str):
             self.padding: Any = check_padding(padding, "ConvTranspose")
         else:
@@ -159,13 +154,6 @@ class ConvTranspose(Layer):
                 raise InvalidArgumentError(
                     f"ConvTranspose: `padding` must be 'VALID', 'SAME', 'CIRCULAR' or ((a, b), ...) pairs, got {padding!r}"
                 ) from None
-        self.W_std, self.b_std, self.parameterization = W_std, b_std, parameterization.lower()
-
-    def __repr__(self) -> str:
-        return (
-            f"ConvTranspose({self.out_chan}, {self.filter_shape}, strides={self.strides}, padding={self.padding!r}, "
-            f"W_std={self.W_std}, b_std={self.b_std}, parameterization={self.parameterization!r})"
-        )
 
     def _geometry(self, shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...], list[tuple[int, int]], tuple[int, ...]]:
         """``(filter, strides, pads, output sizes)`` for a per-sample input shape."""
