@@ -256,6 +256,18 @@ def test_repeat_and_global_sum_pool():
     torch.testing.assert_close(ps.nngp, 9 * pa.nngp, rtol=1e-12, atol=0)
 
 
+def test_index_carries_the_mask():
+    """Cropping away the padded positions gives the kernel of the unpadded sequences."""
+    x = _randn(3, 2, 5, seed=20)
+    xp = torch.cat([x, _randn(3, 2, 2, seed=21)], 2)
+    mask = torch.zeros(3, 7, dtype=torch.bool)
+    mask[:, 5:] = True
+    spec = L.serial(L.Conv(8, 1), L.Relu(), L.Index(L.Slice[:, :, :5]), L.Dense(8))
+    ours = spec.kernel(xp, mask=mask)
+    torch.testing.assert_close(ours.ntk, spec.kernel(x).ntk, rtol=1e-12, atol=1e-14)
+    assert ours.mask1 is None or not ours.mask1.any()
+
+
 def test_index_and_resize_shapes():
     x = _randn(2, 3, 6, 5, seed=18)
     spec = L.serial(L.Conv(4, 1), L.Index(L.Slice[:, :, 2, 1:4]), L.Relu())

@@ -169,6 +169,15 @@ class Index(Layer):
             shape=out, diagonal_spatial=k.diagonal_spatial or len(out) == 1,
         )
 
+    def mask_out(self, mask: Any, input_shape: Shapes) -> Any:
+        """The padding mask ``(N, *spatial)`` indexed like the positions."""
+        if mask is None:
+            return None
+        shape = single(self, input_shape)
+        self.output_shape(shape)
+        entries = _normalize_index(self.idx, len(shape) + 1, "Index")
+        return mask[(slice(None), *entries[2:])]
+
     def make_module(self, input_shape: Shapes, generator: Any, dtype: Any, device: Any) -> nn.Module:
         shape = single(self, input_shape)
         self.output_shape(shape)
