@@ -100,23 +100,33 @@ def test_conv_local(padding):
         _compare(spec, peer, x1, x2)
 
 
-def test_image_resize_index_dot_general_repeat():
+def test_image_resize_index_repeat():
     x1, x2 = _randn(3, 2, 5, 4, seed=10), _randn(2, 2, 5, 4, seed=11)
-    block = L.serial(L.Conv(16, (2, 2), padding="SAME"), L.Relu())
-    peer_block = stax.serial(stax.Conv(16, (2, 2), padding="SAME"), stax.Relu())
-    rhs = _randn(4, 3, seed=12)
+    # the peer's repeat scans its layer, which must keep the kernel's layout flags: a 1x1 Dense block
+    block = L.serial(L.Dense(16, b_std=0.1), L.Relu())
+    peer_block = stax.serial(stax.Dense(16, b_std=0.1), stax.Relu())
     spec = L.serial(
-        L.repeat(block, 2), L.ImageResize((-1, -1, 8, 3), "LINEAR"), L.Conv(16, (2, 2)), L.Relu(),
-        L.ImageResize((-1, -1, 4, 5), "nearest"), L.Index(L.Slice[:, :, 1:, ::-2]),
-        L.DotGeneral(rhs=rhs[:3], dimension_numbers=(((3,), (0,)), ((), ()))), L.Conv(16, (2, 2)), L.Relu(), L.GlobalSumPool(),
-        L.Dense(1),
+        block, L.repeat(block, 2), L.ImageResize((-1, -1, 8, 3), "LINEAR"), L.Conv(16, (2, 2)), L.Relu(),
+        L.ImageResize((-1, -1, 4, 5), "nearest"), L.Index(L.Slice[:, :, 1:, ::-2]), L.Dense(16), L.Relu(),
+        L.GlobalSumPool(), L.Dense(1),
     )
     peer = stax.serial(
-        stax.repeat(peer_block, 2), stax.ImageResize((-1, 8, 3, -1), "LINEAR"), stax.Conv(16, (2, 2)), stax.Relu(),
-        stax.ImageResize((-1, 4, 5, -1), "nearest"), stax.Index(stax.Slice[:, 1:, ::-2, :]),
-        stax.DotGeneral(rhs=rhs[:3].numpy(), dimension_numbers=(((2,), (0,)), ((), ())), channel_axis=-1),
-        stax.Conv(16, (2, 2)), stax.Relu(), stax.GlobalSumPool(), stax.Dense(1),
+        peer_block, stax.repeat(peer_block, 2), stax.ImageResize((-1, 8, 3, -1), "linear"), stax.Conv(16, (2, 2)), stax.Relu(),
+        stax.ImageResize((-1, 4, 5, -1), "nearest"), stax.Index(stax.Slice[:, 1:, ::-2, :]), stax.Dense(16), stax.Relu(),
+        stax.GlobalSumPool(), stax.Dense(1),
     )
+    _compare(spec, peer, x1, x2)
+
+
+def test_dot_general_rhs_2d():
+    x1, x2 = _randn(3, 2, 5, 4, seed=10), _randn(2, 2, 5, 4, seed=11)
+    rhs = _randn(4, 3, seed=12)
+    spec = L.serial(L.Dense(16, b_std=0.1), L.Relu(), L.DotGeneral(rhs=rhs, dimension_numbers=(((3,), (0,)), ((), ()))),
+                    L.Dense(16), L.Relu(), L.GlobalSumPool(), L.Dense(1))
+    peer = stax.serial(stax.Dense(16, b_std=0.1), stax.Relu(),
+                       stax.DotGeneral(rhs=rhs.numpy(), dimension_numbers=(((2,), (0,)), ((), ()))),
+                       # lax.dot_general puts rhs's free axis last: (N, H, C, 3); the channel axis is then 2
+                       stax.Dense(16, channel_axis=2), stax.Relu(), stax.GlobalSumPool(channel_axis=2), stax.Dense(1))
     _compare(spec, peer, x1, x2)
 
 

@@ -181,16 +181,24 @@ class Index(Layer):
     def make_module(self, input_shape: Shapes, generator: Any, dtype: Any, device: Any) -> nn.Module:
         shape = single(self, input_shape)
         self.output_shape(shape)
-        return _IndexModule(_normalize_index(self.idx, len(shape) + 1, "Index"))
+        return _IndexModule(self._axes(shape))
 
 
 class _IndexModule(nn.Module):
-    def __init__(self, idx: tuple[Any, ...]) -> None:
+    """``x[idx]`` by ``index_select`` per spatial axis (torch slicing has no negative steps)."""
+
+    def __init__(self, axes: list[Any]) -> None:
         super().__init__()
-        self.idx = idx
+        self.axes = axes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x[self.idx]
+        for a in range(len(self.axes) - 1, -1, -1):
+            sel = self.axes[a]
+            pos = torch.tensor(sel if isinstance(sel, list) else [sel], device=x.device)
+            x = x.index_select(2 + a, pos)
+            if not isinstance(sel, list):
+                x = x.squeeze(2 + a)
+        return x
 
 
 # -- ImageResize --------------------------------------------------------------------------
