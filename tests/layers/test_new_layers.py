@@ -166,7 +166,12 @@ def test_masked_nodes_send_and_receive_nothing():
     ref = head.kernel(x, pattern=p, diagonal_spatial=False)
     torch.testing.assert_close(full.nngp[:, :, :5, :5], ref.nngp, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(full.ntk[:, :, :5, :5], ref.ntk, rtol=1e-12, atol=1e-12)
-    assert spec.kernel(x, pattern=p).ntk.shape == (3, 3)
+    # GlobalSumPool sums the kept nodes only: the whole network's kernel is the unpadded one
+    torch.testing.assert_close(spec.kernel(xp, pattern=pp, mask=mask).ntk, spec.kernel(x, pattern=p).ntk,
+                               rtol=1e-12, atol=1e-12)
+    net = spec.module((2, 7), generator=torch.Generator().manual_seed(0), dtype=D)
+    small = spec.module((2, 5), generator=torch.Generator().manual_seed(0), dtype=D)
+    torch.testing.assert_close(net(xp, pattern=pp, mask=mask), small(x, pattern=p))
 
 
 ACTIVATIONS = [L.Hermite(3), L.RectifiedMonomial(0), L.RectifiedMonomial(2), L.RectifiedMonomial(3), L.Gabor(),

@@ -125,8 +125,10 @@ class _GlobalAvgPoolModule(SideModule):
         return x.mean(dim=tuple(range(2, x.ndim)))
 
 
-class _GlobalSumPoolModule(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+class _GlobalSumPoolModule(SideModule):
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, pattern: Any = None) -> torch.Tensor:
+        if mask is not None:
+            x = x.masked_fill(mask.unsqueeze(1), 0.0)
         return x.sum(dim=tuple(range(2, x.ndim)))
 
 
@@ -182,9 +184,30 @@ class GlobalAvgPool(Layer):
 
 class GlobalSumPool(GlobalAvgPool):
     """Sum over all spatial positions: ``(C, *spatial) -> (C,)``; kernel: ``D^2`` times
-    :class:`GlobalAvgPool`'s (``D`` positions), i.e. the sum over all pixel pairs."""
+    :class:`GlobalAvgPool`'s (``D`` positions), i.e. the sum over all pixel pairs. With a padding
+    mask, the sum over the kept positions: ``c c'`` times the masked mean (``c``, ``c'`` kept
+    positions of the two inputs)."""
 
     _sum = True
+
+    def kernel_rule(self, k: Kernel) -> Kernel:
+        if k.mask1 is None and k.mask2 is None:
+            return super().kernel_rule(k)
+        m1, m2 = k.masks
+        size = math.prod(k.shape[1:])
+
+        def kept(m: Any, n: int) -> torch.Tensor:
+            if m is None:
+                return torch.full((n,), float(size), dtype=k.nngp.dtype, device=k.nngp.device)
+            return (~m).flatten(1).sum(1).to(k.nngp.dtype)
+
+        c1, c2 = kept(m1, k.nngp.shape[0]), kept(m2, k.nngp.shape[1])
+        out = super().kernel_rule(k)  # the masked mean (GlobalAvgPool's rule)
+        pair = c1[:, None] * c2[None, :]
+        return out.replace(
+            nngp=out.nngp * pair, ntk=None if out.ntk is None else out.ntk * pair, cov1=out.cov1 * c1 * c1,
+            cov2=None if out.cov2 is None else out.cov2 * c2 * c2,
+        )
 
 
 class Flatten(Layer):
