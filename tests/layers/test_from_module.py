@@ -28,6 +28,18 @@ class _Residual(nn.Module):
         return self.out(torch.relu(h))
 
 
+class _ResidualCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(2, 8, 3, padding=1)
+        self.f = nn.Sequential(nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1))
+        self.head = nn.Sequential(nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        return self.head(h + self.f(h))
+
+
 CASES = [
     (lambda: nn.Sequential(nn.Linear(3, 64), nn.ReLU(), nn.Sequential(nn.Linear(64, 64), nn.Tanh()), nn.Dropout(0.1), nn.Linear(64, 1)),
      L.serial(L.Dense(64, 1.3, 0.1), L.Relu(), L.Dense(64, 1.3, 0.1), L.Elementwise(torch.tanh), L.Dense(1, 1.3, 0.1)), (4, 3)),
@@ -41,6 +53,10 @@ CASES = [
     (lambda: _Residual(64),
      L.serial(L.Dense(64, 1.3, 0.1), L.FanOut(2), L.parallel(L.Identity(), L.serial(L.Relu(), L.Dense(64, 1.3, 0.1))), L.FanInSum(),
               L.Relu(), L.Dense(1, 1.3, 0.1)), (4, 3)),
+    (_ResidualCNN,
+     L.serial(L.Conv(8, 3, padding="SAME", W_std=1.3, b_std=0.1), L.FanOut(2),
+              L.parallel(L.Identity(), L.serial(L.Relu(), L.Conv(8, 3, padding="SAME", W_std=1.3, b_std=0.1))), L.FanInSum(),
+              L.Relu(), L.GlobalAvgPool(), L.Dense(1, 1.3, 0.1)), (3, 2, 4, 4)),
 ]
 
 

@@ -320,7 +320,8 @@ class _GraphSpec(Layer):
     def make_module(self, input_shape: Shapes, generator: Any, dtype: Any, device: Any) -> nn.Module:
         shapes = self._shapes(input_shape)
         return _GraphModule(
-            [(node, layer if layer == "input" else layer.make_module(_inputs(shapes, layer, args), generator, dtype, device), args)
+            [(node, layer if layer == "input" else layer.make_module(_inputs(shapes, layer, args), generator, dtype, device),
+              args, isinstance(layer, (FanInSum, FanInConcat)))
              for node, layer, args in self.steps],
             self.output,
         )
@@ -337,22 +338,23 @@ def _inputs(shapes: dict[str, Shapes], layer: Layer, args: list[str]) -> Shapes:
 
 
 class _GraphModule(nn.Module):
-    def __init__(self, steps: list[tuple[str, Any, list[str]]], output: str) -> None:
+    """Runs the traced steps on the finite modules (``merge``: the step takes a list of inputs)."""
+
+    def __init__(self, steps: list[tuple[str, Any, list[str], bool]], output: str) -> None:
         super().__init__()
-        self.steps_ = [(node, args) for node, _, args in steps]
-        self.kinds = {node: mod for node, mod, _ in steps if mod == "input"}
-        self.mods = nn.ModuleDict({node: mod for node, mod, _ in steps if mod != "input"})
+        self.steps_ = [(node, args, merge) for node, _, args, merge in steps]
+        self.inputs = {node for node, mod, _, _ in steps if mod == "input"}
+        self.mods = nn.ModuleDict({node: mod for node, mod, _, _ in steps if mod != "input"})
         self.output = output
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         env: dict[str, Any] = {}
-        for node, args in self.steps_:
-            if node in self.kinds:
+        for node, args, merge in self.steps_:
+            if node in self.inputs:
                 env[node] = x
                 continue
-            mod = self.mods[node]
             ins = [env[a] for a in args]
-            env[node] = mod(ins if len(args) > 1 or type(mod).__name__ in ("_SumModule", "_ConcatModule") else ins[0])
+            env[node] = self.mods[node](ins if merge else ins[0])
         return env[self.output]
 
 
