@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any, Iterable
 
@@ -81,3 +82,39 @@ def renamed(new: str, value: Any, old: str, old_value: Any, default: Any = None)
     warnings.warn(f"`{old}` is deprecated and will be removed in the next release; use `{new}`",
                   DeprecationWarning, stacklevel=3)
     return old_value
+def check_hyper(name: str, value: object, *, minimum: float | None = None, strict: bool = False) -> "float | torch.Tensor":
+    """A layer hyperparameter: a finite Python number (returned as ``float``) or a real 0-dim
+    floating tensor (returned as is, so that kernels stay differentiable in it).
+
+    ``minimum``: lower bound (``value >= minimum``, or ``>`` when ``strict``), checked on the
+    tensor's current value.
+    """
+    if isinstance(value, torch.Tensor):
+        if value.ndim != 0 or not value.is_floating_point():
+            raise InvalidArgumentError(
+                f"`{name}` must be a number or a 0-dim floating tensor, got a {value.dtype} tensor "
+                f"of shape {tuple(value.shape)}"
+            )
+        number = float(value.detach())
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    else:
+        raise InvalidArgumentError(f"`{name}` must be a finite number or a 0-dim tensor, got {value!r}")
+    if not math.isfinite(number):
+        raise InvalidArgumentError(f"`{name}` must be finite, got {number!r}")
+    if minimum is not None and (number < minimum or (strict and number == minimum)):
+        raise InvalidArgumentError(f"`{name}` must be {'>' if strict else '>='} {minimum}, got {number!r}")
+    return value if isinstance(value, torch.Tensor) else number
+
+
+def is_one(value: "float | torch.Tensor", number: float) -> bool:
+    """Whether ``value`` is the Python number ``number`` (a tensor never is: its value may change,
+    and skipping an operation on it would drop its gradient)."""
+    return not isinstance(value, torch.Tensor) and value == number
+
+
+def value_of(value: "float | torch.Tensor | None") -> "float | None":
+    """The current value of a hyperparameter as a Python float (``None`` kept)."""
+    if value is None:
+        return None
+    return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)

@@ -32,7 +32,7 @@ import torch
 
 from ..errors import InvalidArgumentError
 from ._elementwise import ElementwiseLayer
-from .._checks import check_choice
+from .._checks import check_choice, check_hyper, is_one
 from ._quadrature import METHODS, angle, gaussian_expectations
 
 __all__ = [
@@ -59,10 +59,15 @@ Tensor = torch.Tensor
 _PI = math.pi
 
 
-def _number(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InvalidArgumentError(f"`{name}` must be a finite number, got {value!r}")
-    return float(value)
+def _number(name: str, value: object, **bounds: object) -> float | Tensor:
+    """A hyperparameter: a finite number (as float) or a 0-dim tensor (kept: kernels are
+    differentiable in it)."""
+    return check_hyper(name, value, **bounds)
+
+
+def _math(fn: Callable[[Tensor], Tensor], value: float | Tensor) -> float | Tensor:
+    """``fn`` (a torch function) of a hyperparameter, a float for a float."""
+    return fn(value) if isinstance(value, Tensor) else float(fn(torch.tensor(value, dtype=torch.float64)))
 
 
 # -- piecewise-linear activations (arc-cosine kernels of degrees 0 and 1) ----------------
@@ -97,11 +102,11 @@ class ABRelu(ElementwiseLayer):
             a, b, d, k = _scaled(q11, q12, q22)
             sigma, sdot = self.rule(a, b, d)
             return _ldexp(sigma, k), sdot
-        if not _records_grad(q11, q12, q22):
+        if not _records_grad(q11, q12, q22, self.a, self.b):
             return self._rule_no_grad(q11, q12, q22)
         s, t = angle(q11, q12, q22)
         a, b = self.a, self.b
-        if (a, b) == (0.0, 1.0):  # the ReLU, written exactly as in CONVENTIONS section 2
+        if is_one(a, 0.0) and is_one(b, 1.0):  # the ReLU, written exactly as in CONVENTIONS section 2
             return (s + (_PI - t) * q12) / (2 * _PI), (_PI - t) / (2 * _PI)
         d2, sq = (a - b) ** 2, a * a + b * b
         sdot = (sq * _PI - d2 * t) / (2 * _PI)
@@ -121,7 +126,7 @@ class ABRelu(ElementwiseLayer):
         if not _positive_variances(q11, q22):  # atan2(0, 0) = 0, but the angle there is pi/2
             t.masked_fill_((s == 0) & (q12 == 0), _PI / 2)
         a, b = self.a, self.b
-        if (a, b) == (0.0, 1.0):  # the ReLU: sigma = (s + (pi - t) q12) / (2 pi), sdot = (pi - t) / (2 pi)
+        if is_one(a, 0.0) and is_one(b, 1.0):  # the ReLU: sigma = (s + (pi - t) q12) / (2 pi), sdot = (pi - t) / (2 pi)
             u = torch.sub(torch.tensor(_PI, dtype=t.dtype, device=t.device), t, out=t)
             sigma = s.add_(u * q12).div_(2 * _PI) if s.shape == q12.shape else (s + u * q12).div_(2 * _PI)
             return sigma, u.div_(2 * _PI)
@@ -130,9 +135,9 @@ class ABRelu(ElementwiseLayer):
         return s.mul_(d2).div_(2 * _PI).add_(sdot * q12), sdot
 
 
-def _records_grad(*ts: Tensor) -> bool:
+def _records_grad(*ts: Tensor | float) -> bool:
     """Whether autograd records operations on any of ``ts`` (the safe rules are needed then)."""
-    return torch.is_grad_enabled() and any(t.requires_grad for t in ts)
+    return torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in ts)
 
 
 def _positive_variances(q11: Tensor, q22: Tensor) -> bool:
@@ -373,7 +378,7 @@ class Sin(ElementwiseLayer):
     def rule(self, q11: Tensor, q12: Tensor, q22: Tensor) -> tuple[Tensor, Tensor]:
         half_b2 = self.b**2 / 2
         e_minus = torch.exp(-half_b2 * (q11 + q22 - 2 * q12))
-        e_plus = math.cos(2 * self._shift()) * torch.exp(-half_b2 * (q11 + q22 + 2 * q12))
+        e_plus = _math(torch.cos, 2 * self._shift()) * torch.exp(-half_b2 * (q11 + q22 + 2 * q12))
         a2 = self.a**2
         return a2 * (e_minus - e_plus) / 2, a2 * self.b**2 * (e_minus + e_plus) / 2
 
@@ -390,10 +395,8 @@ class Rbf(Sin):
     pre-activations: ``sigma = exp(-gamma (q11 + q22 - 2 q12))``, ``sdot = 2 gamma sigma``."""
 
     def __init__(self, gamma: float = 1.0) -> None:
-        gamma = _number("gamma", gamma)
-        if gamma <= 0:
-            raise InvalidArgumentError(f"`gamma` must be > 0, got {gamma!r}")
-        super().__init__(a=math.sqrt(2), b=math.sqrt(2 * gamma), c=_PI / 4)
+        gamma = _number("gamma", gamma, minimum=0.0, strict=True)
+        super().__init__(a=math.sqrt(2), b=_math(torch.sqrt, 2 * gamma), c=_PI / 4)
         self.gamma = gamma
 
     def __repr__(self) -> str:
@@ -458,7 +461,7 @@ def _hermite_table(degree: int) -> np.ndarray:
     return table
 
 
-def _polynomial_expectation(coef: np.ndarray, q11: Tensor, q12: Tensor, q22: Tensor) -> Tensor:
+def _polynomial_expectation(coef: Sequence[float | Tensor], q11: Tensor, q12: Tensor, q22: Tensor) -> Tensor:
     """``E[p(u) p(v)]`` for ``p(x) = sum_i coef[i] x^i``, exactly.
 
     Uses ``E[u^i v^j] = sum_k A[i,k] A[j,k] k! q12^k q11^((i-k)/2) q22^((j-k)/2)``
@@ -471,12 +474,17 @@ def _polynomial_expectation(coef: np.ndarray, q11: Tensor, q12: Tensor, q22: Ten
     total = torch.zeros_like(q12 + q11 + q22)
     for k in range(n):
         # b[k] coefficients: sum_i coef[i] A[i, k] q11^((i-k)/2), and the same in q22.
-        left = sum(coef[i] * table[i, k] * q11 ** ((i - k) // 2) for i in range(k, n, 2) if coef[i])
-        right = sum(coef[j] * table[j, k] * q22 ** ((j - k) // 2) for j in range(k, n, 2) if coef[j])
+        left = sum(coef[i] * float(table[i, k]) * q11 ** ((i - k) // 2) for i in range(k, n, 2) if _nonzero(coef[i]))
+        right = sum(coef[j] * float(table[j, k]) * q22 ** ((j - k) // 2) for j in range(k, n, 2) if _nonzero(coef[j]))
         if isinstance(left, int) or isinstance(right, int):  # no term of this parity
             continue
         total = total + math.factorial(k) * q12**k * left * right
     return total
+
+
+def _nonzero(c: float | Tensor) -> bool:
+    """Whether a coefficient takes part (a tensor always does: its gradient is needed)."""
+    return isinstance(c, Tensor) or c != 0
 
 
 class Polynomial(ElementwiseLayer):
@@ -487,14 +495,20 @@ class Polynomial(ElementwiseLayer):
     ``x^i = sum_k A_ik He_k(x)``; ``sdot`` is the same for the derivative polynomial.
     """
 
-    def __init__(self, coef: Sequence[float]) -> None:
-        try:
-            values = [_number("coef[i]", float(c)) for c in coef]
-        except (TypeError, ValueError):
-            raise InvalidArgumentError(f"`coef` must be a sequence of numbers, got {coef!r}") from None
+    def __init__(self, coef: Sequence[float] | Tensor) -> None:
+        if isinstance(coef, Tensor):
+            if coef.ndim != 1:
+                raise InvalidArgumentError(f"`coef` must be a 1-D tensor, got shape {tuple(coef.shape)}")
+            entries: list = list(coef.unbind())  # 0-dim views: the kernel stays differentiable in coef
+        else:
+            try:
+                entries = [c if isinstance(c, Tensor) else float(c) for c in coef]
+            except (TypeError, ValueError):
+                raise InvalidArgumentError(f"`coef` must be a sequence of numbers, got {coef!r}") from None
+        values = [_number(f"coef[{i}]", c) for i, c in enumerate(entries)]
         self.coef = tuple(values)
-        self._c = np.asarray(values, dtype=np.float64)
-        self._dc = np.polynomial.polynomial.polyder(self._c) if len(values) > 1 else np.zeros(0)
+        self._c = self.coef
+        self._dc = tuple(i * c for i, c in enumerate(values))[1:]  # coefficients of phi'
 
     def __repr__(self) -> str:
         return f"Polynomial(coef={list(self.coef)})"

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 from torch import nn
 
 from .. import nn as tnn
-from .._checks import check_choice
+from .._checks import check_choice, value_of
 from ..errors import InvalidArgumentError, SpecError
 from . import _spatial
 from ._base import Layer, Shapes, single
@@ -148,12 +148,12 @@ class Conv(Layer):
         who = type(self).__name__  # also ConvLocal, ConvTranspose
         if isinstance(out_chan, bool) or not isinstance(out_chan, int) or out_chan < 1:
             raise InvalidArgumentError(f"{who}: `out_chan` must be a positive int, got {out_chan!r}")
-        check_affine_args(who, W_std, b_std, parameterization)
+        W_std, b_std = check_affine_args(who, W_std, b_std, parameterization)
         self.out_chan = out_chan
         self.filter_shape = as_tuple(filter_shape, "filter_shape", who)
         self.strides = as_tuple(strides, "strides", who, allow_none=True)
         self.padding = check_padding(padding, who)
-        self.W_std, self.b_std, self.parameterization = float(W_std), b_std, parameterization
+        self.W_std, self.b_std, self.parameterization = W_std, b_std, parameterization
 
     def __repr__(self) -> str:
         return (
@@ -194,7 +194,7 @@ class Conv(Layer):
         cls = tnn.Conv1d if len(shape) == 2 else tnn.Conv2d
         return cls(
             shape[0], self.out_chan, filt, strides, self.padding.lower(),
-            self.W_std, self.b_std, self.parameterization,
+            value_of(self.W_std), value_of(self.b_std), self.parameterization,
             generator=generator, dtype=dtype, device=device,
         )
 

@@ -22,6 +22,7 @@ from torch import nn
 
 from .. import nn as tnn
 from ..nn import _init
+from .._checks import check_hyper, is_one, value_of
 from ..errors import InvalidArgumentError
 from ._base import Layer, Shapes, single
 from .kernel import Kernel
@@ -45,25 +46,33 @@ def affine(
     memory passes; ignored while autograd records).
     """
     w2 = W_std**2
-    b2 = float(b_std or 0.0) ** 2
-    inplace = fresh and not (torch.is_grad_enabled() and k.nngp.requires_grad)
+    b2 = 0.0 if b_std is None else b_std**2
+    has_bias = value_of(b_std) not in (None, 0.0)
+    tracked = isinstance(W_std, torch.Tensor) or isinstance(b_std, torch.Tensor)
+    inplace = fresh and not tracked and not (torch.is_grad_enabled() and k.nngp.requires_grad)
 
     def aff(c: torch.Tensor | None) -> torch.Tensor | None:
         if c is None:
             return None
         if inplace:
-            if w2 != 1.0:
+            if not is_one(w2, 1.0):
                 c.mul_(w2)
-            return c.add_(b2) if b2 else c
-        out = c * w2 if w2 != 1.0 else c
-        return out + b2 if b2 else out
+            return c if is_one(b2, 0.0) else c.add_(b2)
+        out = c if is_one(w2, 1.0) else c * w2
+        return out if is_one(b2, 0.0) else out + b2
+
+    def scaled_ntk(nngp_part: torch.Tensor) -> torch.Tensor:
+        # nngp_part + W_std^2 Theta (a tensor W_std cannot be torch.add's alpha)
+        if isinstance(w2, torch.Tensor):
+            return nngp_part + w2 * k.ntk
+        return torch.add(nngp_part, k.ntk, alpha=w2)
 
     ntk = None
     if k.ntk is not None:
         if parameterization == "standard":
             # Theta' = W_std^2 Theta + fan_in Sigma + [bias]   (Sigma before the affine step)
-            ntk = torch.add(k.nngp * float(fan_in), k.ntk, alpha=w2)
-            if b_std:
+            ntk = scaled_ntk(k.nngp * float(fan_in))
+            if has_bias:
                 ntk = ntk.add_(1.0)
     nngp = aff(k.nngp)
     if k.ntk is not None and parameterization == "ntk":
@@ -71,18 +80,27 @@ def affine(
         if inplace:
             ntk = k.ntk.mul_(w2).add_(nngp) if w2 != 1.0 else k.ntk.add_(nngp)
         else:
-            ntk = torch.add(nngp, k.ntk, alpha=w2)
+            ntk = scaled_ntk(nngp)
     return k.replace(
         nngp=nngp, ntk=ntk, cov1=aff(k.cov1), cov2=aff(k.cov2), shape=out_shape, is_gaussian=True, is_input=False
     )
 
 
-def check_affine_args(who: str, W_std: float, b_std: float | None, parameterization: str) -> None:
-    """Validate ``W_std``/``b_std``/``parameterization`` at spec construction (as torchntk.nn)."""
+def check_affine_args(
+    who: str, W_std: Any, b_std: Any, parameterization: str
+) -> tuple[float | torch.Tensor, float | torch.Tensor | None]:
+    """Validate ``W_std``/``b_std``/``parameterization`` at spec construction (as torchntk.nn).
+
+    Returns ``(W_std, b_std)``: floats, or the 0-dim tensors given (kernels are then
+    differentiable in them); ``b_std`` may be ``None``.
+    """
     try:
-        _init.check_stds(W_std, b_std, parameterization)
+        W_std = check_hyper("W_std", W_std, minimum=0.0)
+        b_std = None if b_std is None else check_hyper("b_std", b_std, minimum=0.0)
+        _init.check_stds(value_of(W_std), value_of(b_std), parameterization)
     except InvalidArgumentError as err:
         raise InvalidArgumentError(f"{who}: {err}") from None
+    return W_std, b_std
 
 
 class _ChannelLinear(nn.Module):
@@ -105,7 +123,8 @@ class Dense(Layer):
     Args:
         out_dim: width of the finite network's layer (the kernel does not depend on it in NTK
             parameterization).
-        W_std: weight factor; b_std: bias factor (``None``/0: no bias).
+        W_std: weight factor; b_std: bias factor (``None``/0: no bias). Numbers or 0-dim
+            tensors: the kernel is differentiable in tensors (the module takes their values).
         parameterization: ``"ntk"`` or ``"standard"`` (see the module docstring for its NTK).
 
     Example:
@@ -120,8 +139,8 @@ class Dense(Layer):
     ) -> None:
         if not isinstance(out_dim, int) or out_dim < 1:
             raise InvalidArgumentError(f"Dense: `out_dim` must be a positive int, got {out_dim!r}")
-        check_affine_args("Dense", W_std, b_std, parameterization)
-        self.out_dim, self.W_std, self.b_std, self.parameterization = out_dim, float(W_std), b_std, parameterization
+        W_std, b_std = check_affine_args("Dense", W_std, b_std, parameterization)
+        self.out_dim, self.W_std, self.b_std, self.parameterization = out_dim, W_std, b_std, parameterization
 
     def __repr__(self) -> str:
         return f"Dense({self.out_dim}, W_std={self.W_std}, b_std={self.b_std}, parameterization={self.parameterization!r})"
@@ -137,7 +156,7 @@ class Dense(Layer):
     def make_module(self, input_shape: Shapes, generator: Any, dtype: Any, device: Any) -> nn.Module:
         shape = single(self, input_shape)
         lin = tnn.Linear(
-            shape[0], self.out_dim, self.W_std, self.b_std, self.parameterization,
+            shape[0], self.out_dim, value_of(self.W_std), value_of(self.b_std), self.parameterization,
             generator=generator, dtype=dtype, device=device,
         )
         return lin if len(shape) == 1 else _ChannelLinear(lin)

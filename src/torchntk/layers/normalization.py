@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .._checks import check_choice
+from .._checks import check_choice, check_hyper
 from ..errors import InvalidArgumentError, SpecError
 from . import _masking, _spatial
 from ._base import Layer, Shapes, single
@@ -58,16 +58,18 @@ class LayerNorm(Layer):
     Args:
         axis: axes of the batched tensor ``(N, C, *spatial)`` to normalize over; must contain
             the channel axis 1 (the default), may add spatial axes (2, 3 or negative indices).
-        eps: added to the variance.
+        eps: added to the variance (a number or a 0-dim tensor).
     """
 
     def __init__(self, axis: int | Sequence[int] = 1, eps: float = 1e-12) -> None:
         axes = (axis,) if isinstance(axis, int) else tuple(axis)
         if not axes or not all(isinstance(a, int) for a in axes):
             raise InvalidArgumentError(f"LayerNorm: `axis` must be an int or a tuple of ints, got {axis!r}")
-        if not (isinstance(eps, (int, float)) and eps >= 0):
-            raise InvalidArgumentError(f"LayerNorm: `eps` must be a number >= 0, got {eps!r}")
-        self.axis, self.eps = axes, float(eps)
+        try:
+            eps = check_hyper("eps", eps, minimum=0.0)
+        except InvalidArgumentError as err:
+            raise InvalidArgumentError(f"LayerNorm: {err}") from None
+        self.axis, self.eps = axes, eps
 
     def __repr__(self) -> str:
         return f"LayerNorm(axis={self.axis}, eps={self.eps})"
