@@ -1,20 +1,27 @@
-"""scikit-learn estimators: an infinitely wide network trained by gradient flow on the MSE cost.
+"""scikit-learn estimators: an infinitely wide network trained by gradient flow on the MSE cost,
+with its hyperparameters fitted by marginal likelihood.
 
 :class:`NTKRegressor` and :class:`NTKClassifier` predict what an infinitely wide network of
 the given architecture (a :mod:`torchntk.layers` spec) outputs after training for time ``t`` on
 ``C = (1/(2N)) sum ||f - y||^2``, averaged over initializations (``f_0 = 0``)::
 
-    f_t(x) = Theta(x, X) Theta^{-1} (I - exp(-t Theta / N)) y,     t = inf: Theta(x, X) Theta^{-1} y
+    f_t(x) = Theta(x, X) Theta_r^{-1} (I - exp(-t Theta_r / N)) y,     t = inf: Theta(x, X) Theta_r^{-1} y
 
 with ``Theta`` the infinite-width NTK (``spec.kernel(...).ntk``, float64) and
-``Theta + diag_reg * mean(diag Theta) * I`` when ``diag_reg > 0``. The classifier regresses
-one-hot targets and predicts the arg-max. scikit-learn is needed only to use these classes.
+``Theta_r = Theta + diag_reg * mean(diag Theta) * I``. By default the architecture is a ReLU
+network (:func:`default_architecture`) whose ``W_std``, ``b_std``, depth (1 to 3 hidden layers)
+and ``diag_reg`` are chosen by maximizing the log marginal likelihood of the NTK-GP (prior
+``Theta``, noise ``sigma^2 = diag_reg * mean(diag Theta)``, :func:`torchntk.gp.fit`); any of them
+given by the user stays fixed. The regressor centres and scales the targets first
+(``normalize_y``); the classifier regresses centred one-hot targets and predicts the arg-max.
+scikit-learn is needed only to use these classes.
 
 Example:
     >>> from torchntk.sklearn import NTKRegressor
     >>> X = np.random.default_rng(0).normal(size=(50, 3)); y = np.sin(X[:, 0])
-    >>> NTKRegressor(t=float("inf"), diag_reg=1e-4).fit(X, y).predict(X[:2]).shape
-    (2,)
+    >>> reg = NTKRegressor().fit(X, y)
+    >>> reg.predict(X[:2]).shape, reg.depth_ in (1, 2, 3)
+    ((2,), True)
 """
 
 from __future__ import annotations
@@ -28,17 +35,40 @@ from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .layers import mlp
-
 __all__ = ["NTKRegressor", "NTKClassifier", "default_architecture"]
 
+#: Depths (hidden ReLU layers) tried when ``depth`` is None; initial values of the fitted ones.
+DEPTHS = (1, 2, 3)
+_INIT = {"W_std": 1.0, "b_std": 0.1}
+#: Relative tolerance of the hyperparameter fit (differences below it do not change predictions).
+_TOL = 1e-7
+#: Training points on which the hyperparameters are searched (a fixed random subset beyond it).
+_FIT_SAMPLES = 256
+#: Rows of test points whose kernels are computed at once (bounds the memory of predict_proba).
+_BLOCK = 256
+#: Gauss-Hermite nodes of the class probabilities (exact to ~1e-12 for these smooth integrands).
+_NODES = 64
 
-def default_architecture():
-    """The default spec: the theory's ReLU network with three Dense layers, ``b_std = 0.1``.
+
+def default_architecture(depth: int = 2, W_std=1.0, b_std=0.1):
+    """The ReLU network of the theory (:func:`torchntk.gp.relu_mlp`): ``depth`` hidden
+    ``Dense -> Relu`` layers and a ``Dense`` readout, all with the same ``W_std`` and ``b_std``.
 
     The width in the spec does not change the infinite-width kernel.
     """
-    return mlp(512, 3, 1, W_std=1.0, b_std=0.1)
+    from .gp import relu_mlp
+
+    return relu_mlp(depth, W_std=W_std, b_std=b_std)
+
+
+def _positive_or_none(name: str, value, *, integer: bool = False, zero: bool = False) -> None:
+    if value is None:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value >= 0 if zero else value > 0) and (not integer or isinstance(value, int))
+    if not ok:
+        kind = "an int >= 1" if integer else ("a number >= 0" if zero else "a number > 0")
+        raise ValueError(f"{name} must be None (fitted) or {kind}, got {value!r}")
 
 
 class _NTKBase(BaseEstimator):
@@ -46,76 +76,137 @@ class _NTKBase(BaseEstimator):
         t = self.t
         if not isinstance(t, (int, float)) or isinstance(t, bool) or math.isnan(t) or t < 0:
             raise ValueError(f"t must be a number >= 0 (or inf), got {t!r}")
-        if not isinstance(self.diag_reg, (int, float)) or not self.diag_reg >= 0:
-            raise ValueError(f"diag_reg must be a number >= 0, got {self.diag_reg!r}")
-
-    #: Parameters that the fitted state depends on (``t`` is read at prediction time).
-    _FIT_PARAMS = ("architecture", "diag_reg")
-    _FITTED = ("X_fit_", "n_features_in_", "_Y", "_predictor", "classes_", "_binarizer")
-
-    def set_params(self, **params) -> "_NTKBase":
-        """Set parameters; changing ``architecture`` or ``diag_reg`` after :meth:`fit` clears
-        the fitted state (predicting then needs a new ``fit``), so the train kernel of one
-        setting is never paired with the test kernel of another. ``t`` can change freely."""
-        super().set_params(**params)
-        if any(k in params for k in self._FIT_PARAMS):
-            for attr in self._FITTED:
-                if hasattr(self, attr):
-                    delattr(self, attr)
-        return self
-
-    def _spec(self):
-        return default_architecture() if self.architecture is None else self.architecture
+        _positive_or_none("diag_reg", self.diag_reg, zero=True)
+        _positive_or_none("W_std", self.W_std, zero=True)
+        _positive_or_none("b_std", self.b_std, zero=True)
+        _positive_or_none("depth", self.depth, integer=True)
+        if self.architecture is not None and any(v is not None for v in (self.W_std, self.b_std, self.depth)):
+            raise ValueError("give either `architecture` (a fixed spec) or W_std/b_std/depth, not both")
 
     def _fit_targets(self, X, Y) -> None:
+        """Fit the hyperparameters to ``(X, Y)`` (``Y`` ``(N, O)``, already centred) and factor."""
+        from . import gp
+        from .dynamics import ensemble, mse
+
         self._check_params()
         self.X_fit_ = np.array(X, dtype=np.float64, order="C", copy=True)
-        spec = self._spec()
+        x = torch.from_numpy(self.X_fit_)
+        Yt = torch.from_numpy(np.ascontiguousarray(Y, dtype=np.float64))
+        user = self.architecture is not None
+        fixed = {} if user else {n: getattr(self, n) for n in _INIT if getattr(self, n) is not None}
+        free = {} if user else {n: v for n, v in _INIT.items() if n not in fixed}
+
+        def build(depth=None, **params):
+            if user:
+                return self.architecture
+            return default_architecture(self.depth if depth is None else depth, **fixed, **params)
+
+        depths = None if user or self.depth is not None else DEPTHS
+        if free or self.diag_reg is None or depths is not None:
+            sub = np.arange(len(x))
+            if len(x) > _FIT_SAMPLES:  # the search runs on a fixed random subset (cost ~ N^2 per step)
+                sub = np.sort(np.random.default_rng(0).choice(len(x), _FIT_SAMPLES, replace=False))
+            res = gp.fit(build, x[sub], Yt[sub], free, kind="ntk", noise=self.diag_reg, fit_noise=self.diag_reg is None, relative_noise=True, depths=depths, restarts=0, max_iter=50,
+                         tol=_TOL)
+            spec, depth, params = res.spec, res.depth, res.params
+            ratio = res.noise / float(gp.spec_kernel(spec, x[sub], kind="ntk").diagonal().mean())
+        else:
+            spec, depth, params, ratio = build(), self.depth, {}, float(self.diag_reg)
+        self.diag_reg_ = float(self.diag_reg) if self.diag_reg is not None else ratio
+        self._fm = None
         if getattr(self, "n_features", None) is not None:  # random features: m x m instead of N x N
             from . import features
 
             self._fm = features.FeatureMap(spec, int(self.n_features), seed=0)
-            self._predictor = features.mse(self._fm.rows(torch.from_numpy(self.X_fit_)),
-                                           torch.from_numpy(np.asarray(Y, dtype=np.float64)),
-                                           diag_reg=float(self.diag_reg))
+            self._predictor = features.mse(self._fm.rows(x), Yt, diag_reg=self.diag_reg_)
+            xs = x[:_FIT_SAMPLES]  # the likelihood on (at most) the points of the search
+            k = gp.spec_kernel(spec, xs, kind="ntk")
+            lml = float(gp.log_marginal_likelihood(k, Yt[:_FIT_SAMPLES], self.diag_reg_ * float(k.diagonal().mean())))
+            self._finish(spec, params, fixed, user, depth, lml)
             return
-        K = spec.kernel(torch.from_numpy(self.X_fit_)).ntk
-        from .dynamics import mse
+        K = gp.spec_kernel(spec, x, kind="ntk")
+        scale = float(K.diagonal().mean())
+        lml = float(gp.log_marginal_likelihood(K, Yt, self.diag_reg_ * scale))
+        self._finish(spec, params, fixed, user, depth, lml)
+        self._noise = self.diag_reg_ * scale
+        self._Y = Yt
+        self._predictor = mse(K, Yt, diag_reg=self.diag_reg_)
+        self._ensemble = ensemble(K, K, Yt, diag_reg=self.diag_reg_)
 
-        self._Y = torch.from_numpy(np.asarray(Y, dtype=np.float64))
-        self._predictor = mse(K, self._Y, diag_reg=float(self.diag_reg))
+    def _finish(self, spec, params, fixed, user, depth, lml) -> None:
+        self.spec_ = spec
+        self.W_std_ = None if user else float(params.get("W_std", fixed.get("W_std", 0.0)))
+        self.b_std_ = None if user else float(params.get("b_std", fixed.get("b_std", 0.0)))
+        self.depth_ = None if user else int(depth)
+        self.log_marginal_likelihood_ = lml
+        self.t_ = float(self.t)
 
-    def _outputs(self, X) -> np.ndarray:
+    def _kernels(self, X):
+        """Validated test inputs, in blocks: ``(Theta(x, X_fit), x)`` pairs."""
         check_is_fitted(self, "X_fit_")
         X = validate_data(self, X, reset=False, dtype=np.float64)
-        if getattr(self, "n_features", None) is not None:
-            _, f = self._predictor(float(self.t), self._fm.rows(torch.from_numpy(np.array(X, order="C", copy=True))))
-            return f.numpy()
-        Kt = self._spec().kernel(torch.from_numpy(np.array(X, order="C", copy=True)), torch.from_numpy(self.X_fit_)).ntk
-        _, f = self._predictor(float(self.t), Kt)
-        return f.numpy()
+        xs = torch.from_numpy(np.array(X, order="C", copy=True))
+        train = torch.from_numpy(self.X_fit_)
+        for i in range(0, xs.shape[0], _BLOCK):
+            xb = xs[i:i + _BLOCK]
+            yield (self._fm.rows(xb) if self._fm is not None else self.spec_.kernel(xb, train).ntk), xb
+
+    def _outputs(self, X) -> np.ndarray:
+        parts = [self._predictor(self.t_, kt)[1] for kt, _ in self._kernels(X)]
+        return torch.cat(parts).numpy()
+
+    def _outputs_and_variance(self, X) -> tuple[np.ndarray, np.ndarray]:
+        """Mean outputs ``(M, O)`` and the variance ``(M,)`` of one noisy output (ensemble + noise)."""
+        if self._fm is not None:
+            raise ValueError("predict_proba needs the exact kernel: refit with n_features=None")
+        means, variances = [], []
+        for kt, xb in self._kernels(X):
+            means.append(self._predictor(self.t_, kt)[1])
+            kbb = self.spec_.kernel(xb).ntk
+            g = self._ensemble(self.t_, get="ntk", nngp_test_train=kt, ntk_test_train=kt, nngp_test_test=kbb)
+            variances.append(torch.diagonal(g.covariance).clamp_min(0.0) + self._noise)
+        return torch.cat(means).numpy(), torch.cat(variances).numpy()
+
+
+_PARAMS_DOC = """
+    Args:
+        architecture: a fixed :mod:`torchntk.layers` spec ending in one output (its widths do
+            not matter), or ``None`` for :func:`default_architecture` with fitted or given
+            ``W_std``, ``b_std``, ``depth``.
+        W_std, b_std: of every Dense layer of the default architecture; ``None``: fitted.
+        depth: hidden layers of the default architecture; ``None``: the best of 1, 2, 3.
+        t: training time of the gradient flow on ``C = (1/(2N)) sum ||f - y||^2`` (``inf`` default).
+        diag_reg: ridge ``Theta + diag_reg * mean(diag Theta) * I`` (the GP noise); ``None``: fitted.
+        n_features: None (exact kernel) or ``m``: after the hyperparameter search, train on the
+            random features of :class:`torchntk.features.FeatureMap` (cost ``N m^2``; see
+            ``docs/features.md``); ``log_marginal_likelihood_`` is then that of the first 256
+            points, and ``predict_proba`` needs the exact kernel.
+
+    Fitted attributes: ``W_std_``, ``b_std_``, ``depth_`` (``None`` with a user architecture),
+    ``diag_reg_``, ``log_marginal_likelihood_`` (of the NTK-GP on all the transformed training
+    targets, summed over outputs; the search itself uses a fixed random subset of at most 256
+    training points), ``spec_`` (the fitted spec), ``X_fit_``, ``n_features_in_``.
+    Changing a parameter after ``fit`` (``set_params``) takes effect at the next ``fit``.
+"""
 
 
 class NTKRegressor(RegressorMixin, _NTKBase):
-    """Regression with an infinitely wide network trained for time ``t`` (``inf``: kernel regression).
+    __doc__ = ("Regression with an infinitely wide network trained for time ``t`` (``inf``: kernel "
+               "regression), hyperparameters fitted by marginal likelihood.\n" + _PARAMS_DOC + """
+        normalize_y: subtract the mean and divide by the standard deviation of each target
+            before fitting (the GP prior has zero mean); predictions are mapped back.
+    """)
 
-    Args:
-        architecture: a :mod:`torchntk.layers` spec ending in one output (its widths do not
-            matter); ``None`` means :func:`default_architecture`.
-        t: training time of the gradient flow on ``C = (1/(2N)) sum ||f - y||^2`` (``inf`` default).
-        diag_reg: ridge ``Theta + diag_reg * mean(diag Theta) * I`` (0 default).
-        n_features: None (exact kernel) or ``m``: train on the random features of
-            :class:`torchntk.features.FeatureMap` (cost ``N m^2``; a ridge such as
-            ``diag_reg=1e-3`` is recommended, see ``docs/features.md``).
-
-    Attributes: ``X_fit_`` (training inputs), ``n_features_in_``.
-    """
-
-    def __init__(self, architecture=None, t: float = float("inf"), diag_reg: float = 0.0,
-                 n_features: int | None = None) -> None:
+    def __init__(self, architecture=None, t: float = float("inf"), diag_reg: float | None = None,
+                 W_std: float | None = None, b_std: float | None = None, depth: int | None = None,
+                 normalize_y: bool = True, n_features: int | None = None) -> None:
         self.architecture = architecture
         self.t = t
         self.diag_reg = diag_reg
+        self.W_std = W_std
+        self.b_std = b_std
+        self.depth = depth
+        self.normalize_y = normalize_y
         self.n_features = n_features
 
     def __sklearn_tags__(self):
@@ -125,51 +216,93 @@ class NTKRegressor(RegressorMixin, _NTKBase):
         return tags
 
     def fit(self, X, y) -> "NTKRegressor":
-        """Store ``X`` ``(N, d)`` and ``y`` ``(N,)`` or ``(N, O)``; factor the training kernel."""
+        """Fit the hyperparameters and factor the training kernel: ``X`` ``(N, d)``, ``y`` ``(N,)`` or ``(N, O)``."""
         X, y = validate_data(self, X, y, dtype=np.float64, multi_output=True, y_numeric=True)
         self._ndim_y = np.ndim(y)
-        self._fit_targets(X, y.reshape(len(y), -1))
+        Y = y.reshape(len(y), -1)
+        if self.normalize_y:
+            self._y_mean = Y.mean(axis=0)
+            std = Y.std(axis=0)
+            self._y_std = np.where(std > 0, std, 1.0)
+        else:
+            self._y_mean, self._y_std = np.zeros(Y.shape[1]), np.ones(Y.shape[1])
+        self._fit_targets(X, (Y - self._y_mean) / self._y_std)
         return self
 
     def predict(self, X) -> np.ndarray:
         """``f_t(X)``: ``(M,)`` for 1-D targets, else ``(M, O)``."""
-        f = self._outputs(X)
+        f = self._outputs(X) * self._y_std + self._y_mean
         return f[:, 0] if self._ndim_y == 1 else f
 
 
 class NTKClassifier(ClassifierMixin, _NTKBase):
-    """Classification by regressing one-hot targets with an infinitely wide network (arg-max).
+    __doc__ = ("Classification by regressing centred one-hot targets with an infinitely wide network "
+               "(arg-max), hyperparameters fitted by marginal likelihood.\n" + _PARAMS_DOC + """
+    :meth:`decision_function` returns the predicted one-hot values ``(M, n_classes)`` (``(M,)``
+    for two classes: second minus first). :meth:`predict_proba` is the probability that each
+    class has the largest output when the outputs are independent Gaussians with these means
+    and the variance of the ensemble of trained networks (:func:`torchntk.dynamics.ensemble`
+    with prior ``Theta``) plus the fitted noise: calibrated as far as the Gaussian model of
+    one-hot targets holds (no temperature or link function is fitted); its arg-max is
+    :meth:`predict`.
+    """)
 
-    Args: as :class:`NTKRegressor`. Attributes: ``classes_``, ``X_fit_``, ``n_features_in_``.
-    :meth:`decision_function` returns the network outputs ``(M, n_classes)`` (``(M,)`` for two
-    classes: output of the second class minus the first).
-    """
-
-    def __init__(self, architecture=None, t: float = float("inf"), diag_reg: float = 0.0,
+    def __init__(self, architecture=None, t: float = float("inf"), diag_reg: float | None = None,
+                 W_std: float | None = None, b_std: float | None = None, depth: int | None = None,
                  n_features: int | None = None) -> None:
         self.architecture = architecture
         self.t = t
         self.diag_reg = diag_reg
+        self.W_std = W_std
+        self.b_std = b_std
+        self.depth = depth
         self.n_features = n_features
 
     def fit(self, X, y) -> "NTKClassifier":
+        """Fit the hyperparameters on the centred one-hot targets of ``y`` and factor the kernel."""
         X, y = validate_data(self, X, y, dtype=np.float64)
         check_classification_targets(y)
         self._binarizer = LabelBinarizer().fit(y)
         self.classes_ = self._binarizer.classes_
+        if len(self.classes_) < 2:
+            raise ValueError("NTKClassifier needs samples of at least 2 classes, got 1 class")
         Y = self._binarizer.transform(y).astype(np.float64)
         if Y.shape[1] == 1:                      # two classes: one-hot with both columns
             Y = np.hstack([1.0 - Y, Y])
-        if len(self.classes_) < 2:
-            raise ValueError("NTKClassifier needs samples of at least 2 classes, got 1 class")
-        self._fit_targets(X, Y)
+        self._y_mean = Y.mean(axis=0)
+        self._fit_targets(X, Y - self._y_mean)
         return self
 
+    def _scores(self, X) -> np.ndarray:
+        return self._outputs(X) + self._y_mean
+
     def decision_function(self, X) -> np.ndarray:
-        check_is_fitted(self, "X_fit_")
-        f = self._outputs(X)
+        """Predicted one-hot values ``(M, C)``; ``(M,)`` (second minus first) for two classes."""
+        f = self._scores(X)
         return f[:, 1] - f[:, 0] if len(self.classes_) == 2 else f
 
     def predict(self, X) -> np.ndarray:
+        """The class of the largest predicted one-hot value."""
+        return self.classes_[np.argmax(self._scores(X), axis=1)]
+
+    def predict_proba(self, X) -> np.ndarray:
+        """``P(f_c = max_c' f_c')`` for independent ``f_c ~ N(m_c, v)`` (see the class docstring):
+
+            P_c = E_z[ prod_{c' != c} Phi((m_c - m_c') / sqrt(v) + z) ],   z ~ N(0, 1)
+
+        by Gauss-Hermite quadrature in ``z``; rows sum to 1. Shape ``(M, n_classes)``.
+        """
+        from scipy.special import log_ndtr, roots_hermitenorm
+
         check_is_fitted(self, "X_fit_")
-        return self.classes_[np.argmax(self._outputs(X), axis=1)]
+        mean, var = self._outputs_and_variance(X)
+        mean = mean + self._y_mean
+        sd = np.sqrt(np.maximum(var, 1e-300))[:, None, None]
+        z, w = roots_hermitenorm(_NODES)
+        w = w / w.sum()
+        gap = (mean[:, :, None] - mean[:, None, :]) / sd          # (M, C, C'): (m_c - m_c') / sd
+        logs = log_ndtr(gap[..., None] + z)                       # (M, C, C', nodes)
+        c = mean.shape[1]
+        logs[:, np.arange(c), np.arange(c), :] = 0.0              # leave out c' = c
+        p = np.exp(logs.sum(axis=2)) @ w                          # (M, C)
+        return p / p.sum(axis=1, keepdims=True)
