@@ -29,7 +29,7 @@ def _name(check) -> str:
     return getattr(check, "func", check).__name__
 
 
-@parametrize_with_checks([NTKRegressor(diag_reg=1e-6), NTKClassifier(diag_reg=1e-6)])
+@parametrize_with_checks([NTKRegressor(), NTKClassifier(), NTKClassifier(W_std=1.0, b_std=0.1, depth=2, diag_reg=1e-6)])
 def test_sklearn_checks(estimator, check, request):
     if _name(check) not in FAST and not request.config.getoption("--runslow"):
         pytest.skip("full estimator-check suite: run with --runslow")
@@ -43,14 +43,15 @@ def test_regressor_is_kernel_regression_and_gradient_flow():
     spec = default_architecture()
     K = spec.kernel(torch.from_numpy(X)).ntk.numpy()
     Kq = spec.kernel(torch.from_numpy(Xq), torch.from_numpy(X)).ntk.numpy()
-    np.testing.assert_allclose(NTKRegressor().fit(X, y).predict(Xq), Kq @ np.linalg.solve(K, y), rtol=1e-7, atol=1e-9)
+    fixed = dict(W_std=1.0, b_std=0.1, depth=2, diag_reg=0.0, normalize_y=False)
+    np.testing.assert_allclose(NTKRegressor(**fixed).fit(X, y).predict(Xq), Kq @ np.linalg.solve(K, y), rtol=1e-7, atol=1e-9)
     # finite time: f_t = Kq K^{-1} (I - exp(-t K / N)) y
     t, N = 7.0, len(X)
     lam, Q = np.linalg.eigh(K)
     expect = Kq @ (Q @ (((1 - np.exp(-t * lam / N)) / lam) * (Q.T @ y)))
-    np.testing.assert_allclose(NTKRegressor(t=t).fit(X, y).predict(Xq), expect, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(NTKRegressor(t=t, **fixed).fit(X, y).predict(Xq), expect, rtol=1e-7, atol=1e-9)
     # t = 0: the mean network outputs zero
-    assert np.abs(NTKRegressor(t=0.0).fit(X, y).predict(Xq)).max() < 1e-12
+    assert np.abs(NTKRegressor(t=0.0, **fixed).fit(X, y).predict(Xq)).max() < 1e-12
 
 
 def test_classifier_digits_and_custom_architecture():
@@ -60,6 +61,7 @@ def test_classifier_digits_and_custom_architecture():
     X = X / 16.0
     spec = L.serial(L.Dense(256, b_std=0.1), L.Erf(), L.Dense(1, b_std=0.1))
     clf = NTKClassifier(architecture=spec, diag_reg=1e-4).fit(X[:300], y[:300])
+    assert clf.W_std_ is None and clf.depth_ is None and clf.diag_reg_ == 1e-4
     assert clf.score(X[300:600], y[300:600]) > 0.85
     assert clf.decision_function(X[:3]).shape == (3, 10)
     assert clone(clf).architecture is not spec
@@ -75,23 +77,74 @@ def test_errors():
         reg.predict(np.ones((2, 4)))
 
 
-@pytest.mark.parametrize("cls", [NTKRegressor, NTKClassifier])
-def test_set_params_after_fit_never_mixes_old_and_new_kernels(cls):
-    rng = np.random.default_rng(0)
-    X, Xt = rng.normal(size=(20, 3)), rng.normal(size=(6, 3))
-    y = np.sin(X[:, 0]) if cls is NTKRegressor else (X[:, 0] > 0).astype(int)
-    other = L.serial(L.Dense(64, W_std=1.5, b_std=0.5), L.Erf(), L.Dense(1, W_std=1.5, b_std=0.5))
-    est = cls(diag_reg=1e-6).fit(X, y)
-    est.set_params(architecture=other)
-    with pytest.raises(NotFittedError):  # the train kernel of the old architecture is gone
-        est.predict(Xt)
-    fresh = cls(architecture=other, diag_reg=1e-6).fit(X, y)
-    out = "predict" if cls is NTKRegressor else "decision_function"
-    np.testing.assert_allclose(getattr(est.fit(X, y), out)(Xt), getattr(fresh, out)(Xt), rtol=1e-12)
-    est.set_params(diag_reg=1e-2)
-    with pytest.raises(NotFittedError):
-        est.predict(Xt)
-    # t is read at prediction time: changing it keeps the fit and equals a fresh fit with that t
-    est = cls(architecture=other, diag_reg=1e-6).fit(X, y).set_params(t=3.0)
-    fresh = cls(architecture=other, diag_reg=1e-6, t=3.0).fit(X, y)
-    np.testing.assert_allclose(getattr(est, out)(Xt), getattr(fresh, out)(Xt), rtol=1e-12)
+def _fitted_hyperparameters_maximize_the_likelihood(est, X, Y):
+    """The estimator's fitted values equal torchntk.gp.fit's on the same subset and targets."""
+    from torchntk import gp
+
+    x = torch.from_numpy(X)
+    res = gp.fit(gp.relu_mlp, x, torch.from_numpy(Y), {"W_std": 1.0, "b_std": 0.1}, kind="ntk",
+                 relative_noise=True, depths=[1, 2, 3], restarts=0, max_iter=50, tol=1e-7)
+    assert est.depth_ == res.depth
+    assert abs(est.W_std_ / res.params["W_std"] - 1) < 1e-6 and abs(est.b_std_ / res.params["b_std"] - 1) < 1e-6
+    assert abs(est.log_marginal_likelihood_ - res.log_marginal_likelihood) < 1e-6 * abs(res.log_marginal_likelihood)
+
+
+def test_regressor_fits_hyperparameters_by_marginal_likelihood():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(40, 3))
+    y = 3.0 + 2.0 * np.sin(X[:, 0]) + 0.1 * rng.normal(size=40)
+    reg = NTKRegressor().fit(X, y)
+    Y = ((y - y.mean()) / y.std())[:, None]
+    _fitted_hyperparameters_maximize_the_likelihood(reg, X, Y)
+    # the fitted model predicts with its fitted ridge: the NTK-GP posterior mean, mapped back
+    from torchntk import gp
+
+    noise = reg.diag_reg_ * float(reg.spec_.kernel(torch.from_numpy(X)).ntk.diagonal().mean())
+    post = gp.posterior(reg.spec_, torch.from_numpy(X), torch.from_numpy(Y), torch.from_numpy(X[:5]),
+                        kind="ntk", noise=noise, full_cov=False)
+    np.testing.assert_allclose(reg.predict(X[:5]), post.mean[:, 0].numpy() * y.std() + y.mean(), rtol=1e-8)
+    assert reg.score(X, y) > 0.9
+    # a user-fixed value stays fixed
+    fixed = NTKRegressor(W_std=1.5, depth=1).fit(X, y)
+    assert fixed.W_std_ == 1.5 and fixed.depth_ == 1 and fixed.b_std_ != 0.1
+
+
+def test_classifier_probabilities_and_decision_function():
+    from scipy import integrate, stats
+
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(45, 2))
+    y = np.digitize(X[:, 0] + 0.3 * X[:, 1], [-0.5, 0.5])  # three classes
+    clf = NTKClassifier().fit(X, y)
+    p = clf.predict_proba(X[:4])
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-12)
+    assert (clf.classes_[p.argmax(axis=1)] == clf.predict(X[:4])).all()
+    # the probability that class c has the largest of independent N(m_c, v) outputs, by 1-D
+    # adaptive quadrature of  int phi(u) prod_{c' != c} Phi((m_c - m_c' + s u) / s) du
+    m, v = clf._outputs_and_variance(X[:4])
+    m = m + clf._y_mean
+    s = np.sqrt(v)
+    for i in range(4):
+        for c in range(3):
+            f = lambda u, i=i, c=c: stats.norm.pdf(u) * np.prod(
+                [stats.norm.cdf((m[i, c] - m[i, d]) / s[i] + u) for d in range(3) if d != c])
+            ref = integrate.quad(f, -12, 12, epsabs=1e-13)[0]
+            assert abs(p[i, c] - ref) < 1e-9
+    np.testing.assert_allclose(clf.decision_function(X[:4]), m, rtol=1e-10)
+    assert clf.score(X, y) > 0.8
+    binary = NTKClassifier().fit(X, y > 0)
+    d = binary.decision_function(X[:6])
+    assert d.shape == (6,) and ((d > 0) == binary.predict(X[:6])).all()
+    assert binary.predict_proba(X[:6]).shape == (6, 2)
+
+
+def test_set_params_after_fit_does_not_mix_kernels():
+    rng = np.random.default_rng(3)
+    X, Xq = rng.normal(size=(30, 3)), rng.normal(size=(4, 3))
+    y = np.sin(X[:, 0])
+    reg = NTKRegressor(architecture=default_architecture(), diag_reg=1e-3).fit(X, y)
+    before = reg.predict(Xq)
+    reg.set_params(architecture=L.serial(L.Dense(8), L.Erf(), L.Dense(1)), t=1.0)
+    np.testing.assert_array_equal(reg.predict(Xq), before)  # the fitted spec and time are used
+    after = reg.fit(X, y).predict(Xq)
+    assert np.abs(after - before).max() > 1e-3
