@@ -3,6 +3,8 @@ that hold: each printed figure is checked against an independent computation or 
 
 from __future__ import annotations
 
+import importlib.util
+import math
 import os
 import re
 import subprocess
@@ -60,15 +62,28 @@ def check_sklearn_digits(out: str) -> None:
     assert float(re.search(rf"accuracy: {_NUMBER}", out).group(1)) >= 0.9
 
 
+def check_bayesian_optimization(out: str) -> None:
+    start = float(re.search(rf"best of 6 random points: {_NUMBER}", out).group(1))
+    best = [float(b) for b in re.findall(rf"best = {_NUMBER}", out)]
+    assert len(best) == 6 and all(b >= a for a, b in zip([start] + best, best))  # the incumbent never drops
+    x0, x1, value = map(float, re.search(rf"best point found: \({_NUMBER}, {_NUMBER}\), value {_NUMBER}", out).groups())
+    # the objective of the example, recomputed at the printed (3-decimal) point
+    f = math.exp(-4 * ((x0 - 0.4) ** 2 + (x1 + 0.4) ** 2)) + 0.1 * x0
+    assert abs(f - value) < 0.02 and value == best[-1]
+
+
 CHECKS = {
     "quick_empirical_ntk.py": check_quick_empirical_ntk,
     "infinite_width_kernel.py": check_infinite_width_kernel,
     "dynamics_vs_training.py": check_dynamics_vs_training,
     "drift_tracker.py": check_drift_tracker,
     "sklearn_digits.py": check_sklearn_digits,
+    "bayesian_optimization.py": check_bayesian_optimization,
 }
 # the longer scripts (each several seconds of training) run with --runslow (make test-all)
-SLOW = {"drift_tracker.py", "dynamics_vs_training.py", "sklearn_digits.py"}
+SLOW = {"drift_tracker.py", "dynamics_vs_training.py", "sklearn_digits.py", "bayesian_optimization.py"}
+# scripts that need an optional extra: skipped when its packages are absent
+NEEDS = {"bayesian_optimization.py": ("gpytorch", "botorch")}
 
 
 def test_every_example_has_a_check():
@@ -78,6 +93,9 @@ def test_every_example_has_a_check():
 @pytest.mark.parametrize("script", [pytest.param(p, marks=pytest.mark.slow) if p.name in SLOW else p
                                     for p in EXAMPLES], ids=[p.name for p in EXAMPLES])
 def test_example_prints_what_holds(script, tmp_path):
+    missing = [m for m in NEEDS.get(script.name, ()) if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)} (optional extra)")
     env = {"OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg", "PATH": "/usr/bin:/bin"}
     if "PYTHONPATH" in os.environ:  # the tree under test, not an installed copy
         env["PYTHONPATH"] = os.environ["PYTHONPATH"]
