@@ -18,5 +18,6 @@ def test_docs_snippets_run():
     assert scope["w"].grad is not None and scope["alpha"].grad is not None
     assert scope["lml"].ndim == 0 and bool(torch.isfinite(scope["lml"]))
     res = scope["res"]
-    assert res.depth in (1, 2, 3) and res.log_marginal_likelihood == max(res.by_depth.values())
+    best = max(res.by_depth.values())
+    assert res.depth in (1, 2, 3) and abs(res.log_marginal_likelihood - best) <= 1e-9 * abs(best)
     assert tuple(scope["post"].mean.shape) == (5, 1) and tuple(scope["post"].covariance.shape) == (5, 5)

@@ -9,6 +9,7 @@ Each hyperparameter ``p > 0`` is optimized as ``log p``; so is the noise varianc
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
@@ -25,6 +26,31 @@ __all__ = ["fit", "FitResult", "spec_kernel", "posterior"]
 
 KINDS = ("nngp", "ntk")
 OBJECTIVES = ("likelihood", "loo")
+#: Up to this many training points the fit runs on one thread: every kernel operation is then
+#: below torch's parallel grain (N^2 < 32768), and the LAPACK/BLAS calls on such small matrices
+#: only lose time to thread start-up and, on a shared machine, to waiting for the other threads.
+_ONE_THREAD_N = 181
+
+
+@contextlib.contextmanager
+def _threads_for(n: int):
+    """One torch and BLAS thread for small problems (restored afterwards)."""
+    if n > _ONE_THREAD_N:
+        yield
+        return
+    before = torch.get_num_threads()
+    with contextlib.ExitStack() as stack:
+        try:
+            from threadpoolctl import threadpool_limits
+
+            stack.enter_context(threadpool_limits(1))
+        except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
+            pass
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
 
 def spec_kernel(spec: Layer, x1: torch.Tensor, x2: torch.Tensor | None = None, *, kind: str = "nngp") -> torch.Tensor:
@@ -212,7 +238,6 @@ def fit(
         np.clip(np.array(start) + rng.normal(size=len(start)), [b[0] for b in box], [b[1] for b in box])
         for _ in range(restarts)
     ]
-    count = [0]
 
     def make(theta: torch.Tensor, depth: int | None) -> tuple[Layer, Any]:
         vals = theta.exp()
@@ -229,8 +254,17 @@ def fit(
             return -log_marginal_likelihood(k, y_t, nz) / y_t.numel()
         return loo(k, y_t, nz).mse
 
+    with _threads_for(x.shape[0]):
+        return _optimize(build, x, y_t, kind, objective, names, noise, fit_noise, relative_noise, depth_list,
+                         depths is not None, starts, box, max_iter, tol, loss, make)
+
+
+def _optimize(build, x, y_t, kind, objective, names, noise, fit_noise, relative_noise, depth_list, with_depths,
+              starts, box, max_iter, tol, loss, make) -> FitResult:
+    """The L-BFGS-B runs of :func:`fit` (arguments already validated) and the result."""
     best: tuple[float, np.ndarray, int | None] | None = None
     by_depth: dict = {}
+    count = [0]
     from scipy.optimize import minimize
 
     for depth in depth_list:
@@ -276,4 +310,4 @@ def fit(
         loo_mse = float(loo(k, y_t, nz).mse)
         _, jitter = cholesky(k, nz)
     return FitResult(params, nz, depth, spec, kind, objective, lml, loo_mse, jitter,
-                     by_depth if depths is not None else {}, count[0])
+                     by_depth if with_depths else {}, count[0])
