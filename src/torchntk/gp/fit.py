@@ -254,60 +254,53 @@ def fit(
             return -log_marginal_likelihood(k, y_t, nz) / y_t.numel()
         return loo(k, y_t, nz).mse
 
-    with _threads_for(x.shape[0]):
-        return _optimize(build, x, y_t, kind, objective, names, noise, fit_noise, relative_noise, depth_list,
-                         depths is not None, starts, box, max_iter, tol, loss, make)
-
-
-def _optimize(build, x, y_t, kind, objective, names, noise, fit_noise, relative_noise, depth_list, with_depths,
-              starts, box, max_iter, tol, loss, make) -> FitResult:
-    """The L-BFGS-B runs of :func:`fit` (arguments already validated) and the result."""
-    best: tuple[float, np.ndarray, int | None] | None = None
-    by_depth: dict = {}
     count = [0]
-    from scipy.optimize import minimize
+    with _threads_for(x.shape[0]):
+        best: tuple[float, np.ndarray, int | None] | None = None
+        by_depth: dict = {}
+        from scipy.optimize import minimize
 
-    for depth in depth_list:
+        for depth in depth_list:
 
-        def value_and_grad(theta: np.ndarray, depth: int | None = depth) -> tuple[float, np.ndarray]:
-            count[0] += 1
-            t = torch.tensor(theta, dtype=torch.float64, requires_grad=True)
-            try:
-                out = loss(t, depth)
-                (g,) = torch.autograd.grad(out, t)
-            except (InvalidArgumentError, RuntimeError):  # left the region where K_y is a covariance
-                return 1e300, np.zeros_like(theta)
-            v = float(out.detach())
-            if not math.isfinite(v) or not bool(torch.isfinite(g).all()):
-                return 1e300, np.zeros_like(theta)
-            return v, g.numpy()
+            def value_and_grad(theta: np.ndarray, depth: int | None = depth) -> tuple[float, np.ndarray]:
+                count[0] += 1
+                t = torch.tensor(theta, dtype=torch.float64, requires_grad=True)
+                try:
+                    out = loss(t, depth)
+                    (g,) = torch.autograd.grad(out, t)
+                except (InvalidArgumentError, RuntimeError):  # left the region where K_y is a covariance
+                    return 1e300, np.zeros_like(theta)
+                v = float(out.detach())
+                if not math.isfinite(v) or not bool(torch.isfinite(g).all()):
+                    return 1e300, np.zeros_like(theta)
+                return v, g.numpy()
 
-        depth_best: tuple[float, np.ndarray] | None = None
-        first = starts if best is None else [best[1]] + starts[1:]
-        for s0 in first:
-            res = minimize(value_and_grad, s0, jac=True, method="L-BFGS-B", bounds=box,
-                           options={"maxiter": max_iter, "ftol": tol, "gtol": 1e-2 * math.sqrt(tol)})
-            if depth_best is None or res.fun < depth_best[0]:
-                depth_best = (float(res.fun), np.asarray(res.x))
-        assert depth_best is not None
-        by_depth[depth] = -depth_best[0] * (y_t.numel() if objective == "likelihood" else 1)
-        if best is None or depth_best[0] < best[0]:
-            best = (depth_best[0], depth_best[1], depth)
-    assert best is not None
-    if best[0] >= 1e300:
-        raise InvalidArgumentError("no start gave a positive-definite kernel: check `init` and `noise`")
+            depth_best: tuple[float, np.ndarray] | None = None
+            first = starts if best is None else [best[1]] + starts[1:]
+            for s0 in first:
+                res = minimize(value_and_grad, s0, jac=True, method="L-BFGS-B", bounds=box,
+                               options={"maxiter": max_iter, "ftol": tol, "gtol": 1e-2 * math.sqrt(tol)})
+                if depth_best is None or res.fun < depth_best[0]:
+                    depth_best = (float(res.fun), np.asarray(res.x))
+            assert depth_best is not None
+            by_depth[depth] = -depth_best[0] * (y_t.numel() if objective == "likelihood" else 1)
+            if best is None or depth_best[0] < best[0]:
+                best = (depth_best[0], depth_best[1], depth)
+        assert best is not None
+        if best[0] >= 1e300:
+            raise InvalidArgumentError("no start gave a positive-definite kernel: check `init` and `noise`")
 
-    theta = torch.tensor(best[1], dtype=torch.float64)
-    params = {n: float(theta[i].exp()) for i, n in enumerate(names)}
-    depth = best[2]
-    nz = float(theta[-1].exp()) if fit_noise else noise
-    spec = build(**params) if depth is None else build(depth=depth, **params)
-    with torch.no_grad():
-        k = spec_kernel(spec, x, kind=kind)
-        if relative_noise:
-            nz = nz * float(torch.diagonal(k).mean())
-        lml = float(log_marginal_likelihood(k, y_t, nz))
-        loo_mse = float(loo(k, y_t, nz).mse)
-        _, jitter = cholesky(k, nz)
-    return FitResult(params, nz, depth, spec, kind, objective, lml, loo_mse, jitter,
-                     by_depth if with_depths else {}, count[0])
+        theta = torch.tensor(best[1], dtype=torch.float64)
+        params = {n: float(theta[i].exp()) for i, n in enumerate(names)}
+        depth = best[2]
+        nz = float(theta[-1].exp()) if fit_noise else noise
+        spec = build(**params) if depth is None else build(depth=depth, **params)
+        with torch.no_grad():
+            k = spec_kernel(spec, x, kind=kind)
+            if relative_noise:
+                nz = nz * float(torch.diagonal(k).mean())
+            lml = float(log_marginal_likelihood(k, y_t, nz))
+            loo_mse = float(loo(k, y_t, nz).mse)
+            _, jitter = cholesky(k, nz)
+        return FitResult(params, nz, depth, spec, kind, objective, lml, loo_mse, jitter,
+                         by_depth if depths is not None else {}, count[0])
