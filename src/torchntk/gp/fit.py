@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 import torch
 
-from .._checks import check_choice, check_tensor
+from .._checks import check_choice, check_hyper, check_tensor, value_of
 from ..errors import InvalidArgumentError
 from ..layers import Layer
 from .likelihood import _as_targets, cholesky, log_marginal_likelihood, loo
@@ -134,11 +134,8 @@ class FitResult:
 
 
 def _positive(name: str, value: Any) -> float:
-    if isinstance(value, torch.Tensor) and value.ndim == 0:
-        value = float(value.detach())
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
-        raise InvalidArgumentError(f"`{name}` must be a finite number > 0 (fitted in log-space), got {value!r}")
-    return float(value)
+    """A number (or 0-dim tensor's value) > 0, as float."""
+    return float(value_of(check_hyper(name, value, minimum=0.0, strict=True)))
 
 
 def fit(
