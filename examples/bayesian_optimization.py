@@ -28,7 +28,7 @@ X = 2 * torch.rand(6, 2, dtype=torch.float64) - 1
 Y = objective(X)[:, None]
 print(f"best of 6 random points: {float(Y.max()):.4f}")
 for step in range(6):
-    model = SingleTaskGP(X, Y, covar_module=NTKKernel(2, kind="nngp"))
+    model = SingleTaskGP(X, Y, covar_module=NTKKernel(3, kind="nngp"))
     fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
     acq = LogExpectedImprovement(model, best_f=Y.max())
     x_new, _ = optimize_acqf(acq, bounds=bounds, q=1, num_restarts=4, raw_samples=32)

@@ -35,7 +35,7 @@ def _data(n=25):
 def test_kernel_matrix_is_the_spec_kernel(kind):
     x, _ = _data(6)
     k = NTKKernel(3, kind=kind, hyperparameters={"W_std": 1.3, "b_std": 0.2})
-    want = gp.spec_kernel(gp.relu_mlp(3, 1.3, 0.2), x, kind=kind)
+    want = gp.spec_kernel(L.mlp(512, 3, W_std=1.3, b_std=0.2), x, kind=kind)
     torch.testing.assert_close(k(x).to_dense(), want, rtol=1e-12, atol=0)
     torch.testing.assert_close(k(x[:2], x).to_dense(), want[:2], rtol=1e-12, atol=0)
     torch.testing.assert_close(k(x, diag=True), want.diagonal(), rtol=1e-12, atol=0)
@@ -48,7 +48,7 @@ def test_kernel_matrix_is_the_spec_kernel(kind):
 def test_exact_gp_trained_by_gpytorch_reaches_the_fit_optimum():
     x, y = _data()
     lik = gpytorch.likelihoods.GaussianLikelihood(noise_constraint=gpytorch.constraints.GreaterThan(1e-9)).double()
-    model = _ExactGP(x, y, lik, NTKKernel(2, kind="nngp")).double()
+    model = _ExactGP(x, y, lik, NTKKernel(3, kind="nngp")).double()
     model.train()
     lik.train()
     mll = gpytorch.mlls.ExactMarginalLogLikelihood(lik, model)
@@ -65,7 +65,8 @@ def test_exact_gp_trained_by_gpytorch_reaches_the_fit_optimum():
         opt.step(closure)
     with torch.no_grad():
         ours = float(mll(model(x), y)) * len(y)  # GPyTorch's value is divided by N
-    res = gp.fit(gp.relu_mlp, x, y, {"W_std": 1.0, "b_std": 0.1}, kind="nngp", noise=0.01, restarts=0)
+    res = gp.fit(lambda W_std, b_std: L.mlp(512, 3, W_std=W_std, b_std=b_std), x, y, {"W_std": 1.0, "b_std": 0.1},
+                 kind="nngp", noise=0.01, restarts=0)
     assert abs(ours - res.log_marginal_likelihood) <= 1e-6 * abs(res.log_marginal_likelihood)
 
 
@@ -76,7 +77,7 @@ def test_botorch_single_task_gp_and_acquisition():
     from botorch.optim import optimize_acqf
 
     x, y = _data(8)
-    model = SingleTaskGP(x, y[:, None], covar_module=NTKKernel(1, kind="ntk"))
+    model = SingleTaskGP(x, y[:, None], covar_module=NTKKernel(2, kind="ntk"))
     acq = LogExpectedImprovement(model, best_f=y.max())
     bounds = torch.tensor([[-1.0, -1.0], [1.0, 1.0]], dtype=F64)
     x_new, value = optimize_acqf(acq, bounds=bounds, q=1, num_restarts=2, raw_samples=8, options={"maxiter": 5})

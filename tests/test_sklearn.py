@@ -29,7 +29,7 @@ def _name(check) -> str:
     return getattr(check, "func", check).__name__
 
 
-@parametrize_with_checks([NTKRegressor(), NTKClassifier(), NTKClassifier(W_std=1.0, b_std=0.1, depth=2, diag_reg=1e-6)])
+@parametrize_with_checks([NTKRegressor(), NTKClassifier(), NTKClassifier(W_std=1.0, b_std=0.1, depth=3, diag_reg=1e-6)])
 def test_sklearn_checks(estimator, check, request):
     if _name(check) not in FAST and not request.config.getoption("--runslow"):
         pytest.skip("full estimator-check suite: run with --runslow")
@@ -43,7 +43,7 @@ def test_regressor_is_kernel_regression_and_gradient_flow():
     spec = default_architecture()
     K = spec.kernel(torch.from_numpy(X)).ntk.numpy()
     Kq = spec.kernel(torch.from_numpy(Xq), torch.from_numpy(X)).ntk.numpy()
-    fixed = dict(W_std=1.0, b_std=0.1, depth=2, diag_reg=0.0, normalize_y=False)
+    fixed = dict(W_std=1.0, b_std=0.1, depth=3, diag_reg=0.0, normalize_y=False)
     np.testing.assert_allclose(NTKRegressor(**fixed).fit(X, y).predict(Xq), Kq @ np.linalg.solve(K, y), rtol=1e-7, atol=1e-9)
     # finite time: f_t = Kq K^{-1} (I - exp(-t K / N)) y
     t, N = 7.0, len(X)
@@ -82,8 +82,8 @@ def _fitted_hyperparameters_maximize_the_likelihood(est, X, Y):
     from torchntk import gp
 
     x = torch.from_numpy(X)
-    res = gp.fit(gp.relu_mlp, x, torch.from_numpy(Y), {"W_std": 1.0, "b_std": 0.1}, kind="ntk",
-                 relative_noise=True, depths=[1, 2, 3], restarts=0, max_iter=50, tol=1e-7)
+    res = gp.fit(default_architecture, x, torch.from_numpy(Y), {"W_std": 1.0, "b_std": 0.1}, kind="ntk",
+                 relative_noise=True, depths=[2, 3, 4], restarts=0, max_iter=50, tol=1e-7)
     assert est.depth_ == res.depth
     assert abs(est.W_std_ / res.params["W_std"] - 1) < 1e-6 and abs(est.b_std_ / res.params["b_std"] - 1) < 1e-6
     assert abs(est.log_marginal_likelihood_ - res.log_marginal_likelihood) < 1e-6 * abs(res.log_marginal_likelihood)
@@ -105,8 +105,8 @@ def test_regressor_fits_hyperparameters_by_marginal_likelihood():
     np.testing.assert_allclose(reg.predict(X[:5]), post.mean[:, 0].numpy() * y.std() + y.mean(), rtol=1e-8)
     assert reg.score(X, y) > 0.9
     # a user-fixed value stays fixed
-    fixed = NTKRegressor(W_std=1.5, depth=1).fit(X, y)
-    assert fixed.W_std_ == 1.5 and fixed.depth_ == 1 and fixed.b_std_ != 0.1
+    fixed = NTKRegressor(W_std=1.5, depth=2).fit(X, y)
+    assert fixed.W_std_ == 1.5 and fixed.depth_ == 2 and fixed.b_std_ != 0.1
 
 
 def test_classifier_probabilities_and_decision_function():

@@ -1,6 +1,6 @@
 """GPyTorch adapter: the infinite-width NNGP or NTK of a spec as a ``gpytorch.kernels.Kernel``.
 
-``NTKKernel(depth)`` is the kernel of :func:`torchntk.gp.relu_mlp` with learnable ``W_std`` and
+``NTKKernel(depth)`` is the kernel of ``layers.mlp(512, depth)`` (ReLU) with learnable ``W_std`` and
 ``b_std`` (GPyTorch parameters ``raw_W_std``, ``raw_b_std`` under positivity constraints);
 ``NTKKernel(spec)`` is a fixed spec's kernel; ``NTKKernel(build, hyperparameters={...})``
 fits any family ``build(**params) -> spec``. Usable wherever GPyTorch takes a kernel (``ExactGP``
@@ -10,7 +10,7 @@ Needs the optional extra ``gp`` (``pip install torchntk[gp]``: gpytorch, botorch
 
 Example:
     >>> import gpytorch
-    >>> k = NTKKernel(2, kind="nngp")
+    >>> k = NTKKernel(3, kind="nngp")
     >>> k(torch.randn(5, 3, dtype=torch.float64)).to_dense().shape
     torch.Size([5, 5])
 """
@@ -28,9 +28,9 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
     raise ImportError("torchntk.gpytorch needs gpytorch: pip install 'torchntk[gp]'") from err
 
 from .errors import InvalidArgumentError
-from .gp import relu_mlp, spec_kernel
+from .gp import spec_kernel
 from .gp.fit import KINDS
-from .layers import Layer
+from .layers import Layer, mlp
 from ._checks import check_choice
 
 __all__ = ["NTKKernel"]
@@ -40,7 +40,7 @@ class NTKKernel(gpytorch.kernels.Kernel):
     """The NNGP (``kind="nngp"``) or NTK (``kind="ntk"``) of a spec as a GPyTorch kernel.
 
     Args:
-        spec_or_depth: an int ``depth`` (the ReLU family :func:`torchntk.gp.relu_mlp` with
+        spec_or_depth: an int ``depth`` (the ReLU network ``layers.mlp(512, depth)`` with
             learnable ``W_std``, ``b_std``), a fixed spec, or a callable ``build(**params)``
             returning a spec (learnable ``params``: the keys of ``hyperparameters``).
         kind: ``"nngp"`` or ``"ntk"`` (any case).
@@ -63,7 +63,7 @@ class NTKKernel(gpytorch.kernels.Kernel):
 
     def __init__(
         self,
-        spec_or_depth: int | Layer | Callable[..., Layer] = 2,
+        spec_or_depth: int | Layer | Callable[..., Layer] = 3,
         kind: str = "ntk",
         *,
         hyperparameters: Mapping[str, float] | None = None,
@@ -81,8 +81,8 @@ class NTKKernel(gpytorch.kernels.Kernel):
             hyperparameters = {}
         elif isinstance(spec_or_depth, int) and not isinstance(spec_or_depth, bool):
             depth = spec_or_depth
-            relu_mlp(depth)  # validates the depth
-            self._build = lambda **p: relu_mlp(depth, **p)
+            mlp(512, depth)  # validates the depth
+            self._build = lambda **p: mlp(512, depth, **p)
             hyperparameters = {"W_std": 1.0, "b_std": 0.1} if hyperparameters is None else hyperparameters
         elif callable(spec_or_depth):
             self._build = spec_or_depth

@@ -9,7 +9,7 @@ the given architecture (a :mod:`torchntk.layers` spec) outputs after training fo
 
 with ``Theta`` the infinite-width NTK (``spec.kernel(...).ntk``, float64) and
 ``Theta_r = Theta + diag_reg * mean(diag Theta) * I``. By default the architecture is a ReLU
-network (:func:`default_architecture`) whose ``W_std``, ``b_std``, depth (1 to 3 hidden layers)
+network (:func:`default_architecture`) whose ``W_std``, ``b_std``, depth (2 to 4 Dense layers)
 and ``diag_reg`` are chosen by maximizing the log marginal likelihood of the NTK-GP (prior
 ``Theta``, noise ``sigma^2 = diag_reg * mean(diag Theta)``, :func:`torchntk.gp.fit`); any of them
 given by the user stays fixed. The regressor centres and scales the targets first
@@ -20,7 +20,7 @@ Example:
     >>> from torchntk.sklearn import NTKRegressor
     >>> X = np.random.default_rng(0).normal(size=(50, 3)); y = np.sin(X[:, 0])
     >>> reg = NTKRegressor().fit(X, y)
-    >>> reg.predict(X[:2]).shape, reg.depth_ in (1, 2, 3)
+    >>> reg.predict(X[:2]).shape, reg.depth_ in (2, 3, 4)
     ((2,), True)
 """
 
@@ -35,10 +35,12 @@ from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from .layers import mlp
+
 __all__ = ["NTKRegressor", "NTKClassifier", "default_architecture"]
 
-#: Depths (hidden ReLU layers) tried when ``depth`` is None; initial values of the fitted ones.
-DEPTHS = (1, 2, 3)
+#: Depths (Dense layers: 1 to 3 hidden ReLU layers) tried when ``depth`` is None; initial values of the fitted ones.
+DEPTHS = (2, 3, 4)
 _INIT = {"W_std": 1.0, "b_std": 0.1}
 #: Relative tolerance of the hyperparameter fit (differences below it do not change predictions).
 _TOL = 1e-7
@@ -50,15 +52,14 @@ _BLOCK = 256
 _NODES = 64
 
 
-def default_architecture(depth: int = 2, W_std=1.0, b_std=0.1):
-    """The ReLU network of the theory (:func:`torchntk.gp.relu_mlp`): ``depth`` hidden
-    ``Dense -> Relu`` layers and a ``Dense`` readout, all with the same ``W_std`` and ``b_std``.
+def default_architecture(depth: int = 3, W_std=1.0, b_std=0.1):
+    """The ReLU network of the theory, ``layers.mlp(512, depth)``: ``depth`` Dense layers
+    (``depth - 1`` hidden ReLU layers and the readout), all with the same ``W_std`` and ``b_std``
+    (numbers or 0-dim tensors).
 
     The width in the spec does not change the infinite-width kernel.
     """
-    from .gp import relu_mlp
-
-    return relu_mlp(depth, W_std=W_std, b_std=b_std)
+    return mlp(512, depth, 1, W_std=W_std, b_std=b_std)
 
 
 def _positive_or_none(name: str, value, *, integer: bool = False, zero: bool = False) -> None:
@@ -174,7 +175,7 @@ _PARAMS_DOC = """
             not matter), or ``None`` for :func:`default_architecture` with fitted or given
             ``W_std``, ``b_std``, ``depth``.
         W_std, b_std: of every Dense layer of the default architecture; ``None``: fitted.
-        depth: hidden layers of the default architecture; ``None``: the best of 1, 2, 3.
+        depth: Dense layers of the default architecture; ``None``: the best of 2, 3, 4.
         t: training time of the gradient flow on ``C = (1/(2N)) sum ||f - y||^2`` (``inf`` default).
         diag_reg: ridge ``Theta + diag_reg * mean(diag Theta) * I`` (the GP noise); ``None``: fitted.
         n_features: None (exact kernel) or ``m``: after the hyperparameter search, train on the

@@ -13,14 +13,11 @@ from torchntk.errors import InvalidArgumentError
 F64 = torch.float64
 
 
-def relu_net(W_std, b_std, depth=2):
-    layers = []
-    for _ in range(depth):
-        layers += [L.Dense(1, W_std=W_std, b_std=b_std), L.Relu()]
-    return L.serial(*layers, L.Dense(1, W_std=W_std, b_std=b_std))
+def relu_net(W_std, b_std, depth=3):
+    return L.mlp(512, depth, W_std=W_std, b_std=b_std)  # depth Dense layers, ReLU between
 
 
-def _sample(n, outputs, W_std, b_std, noise, depth=2, seed=0):
+def _sample(n, outputs, W_std, b_std, noise, depth=3, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 5, generator=g, dtype=F64)
     k = relu_net(W_std, b_std, depth).kernel(x).nngp + noise * torch.eye(n, dtype=F64)
@@ -55,9 +52,9 @@ def test_fit_is_a_stationary_maximum():
 
 
 def test_depth_is_chosen_by_the_objective_and_loo_objective_lowers_the_loo_error():
-    x, y = _sample(30, 2, 1.2, 0.3, 0.05, depth=1, seed=2)
-    res = gp.fit(relu_net, x, y, {"W_std": 1.0, "b_std": 0.1}, depths=[1, 3], restarts=0, kind="ntk", max_iter=40)
-    assert set(res.by_depth) == {1, 3} and res.depth == max(res.by_depth, key=res.by_depth.get)
+    x, y = _sample(30, 2, 1.2, 0.3, 0.05, depth=2, seed=2)
+    res = gp.fit(relu_net, x, y, {"W_std": 1.0, "b_std": 0.1}, depths=[2, 4], restarts=0, kind="ntk", max_iter=40)
+    assert set(res.by_depth) == {2, 4} and res.depth == max(res.by_depth, key=res.by_depth.get)
     assert abs(res.by_depth[res.depth] - res.log_marginal_likelihood) < 1e-9 * abs(res.log_marginal_likelihood)
     start = float(gp.loo(gp.spec_kernel(relu_net(1.0, 0.1), x, kind="ntk"), y, 0.1 * float((y**2).mean())).mse)
     res_loo = gp.fit(relu_net, x, y, {"W_std": 1.0, "b_std": 0.1}, objective="loo", restarts=0, kind="ntk",

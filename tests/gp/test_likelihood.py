@@ -60,11 +60,14 @@ def test_one_hot_targets_are_a_sum_over_classes():
 
 
 def test_jitter_rescues_a_singular_kernel_and_is_reported():
-    x = torch.randn(5, 2, dtype=F64)
-    x = torch.cat([x, x[:2]])  # repeated points: K is singular without noise
-    k = L.serial(L.Dense(1), L.Relu(), L.Dense(1)).kernel(x).nngp
+    # rank 2 of 7, with the zero eigenvalues pushed to -1e-13: no factorization without jitter,
+    # and the first jitter (1e-12 of the mean diagonal, about 2e-12) is enough
+    g = torch.Generator().manual_seed(5)
+    a = torch.randn(7, 2, generator=g, dtype=F64)
+    k = a @ a.T - 1e-13 * torch.eye(7, dtype=F64)
     chol, jitter = gp.cholesky(k, 0.0)
-    assert jitter > 0 and bool(torch.isfinite(chol).all())
+    assert jitter == 1e-12 * float(k.diagonal().mean()) and bool(torch.isfinite(chol).all())
+    torch.testing.assert_close(chol @ chol.T, k + jitter * torch.eye(7, dtype=F64), rtol=0, atol=1e-13)
     assert math.isfinite(float(gp.log_marginal_likelihood(k, torch.randn(7, dtype=F64))))
     with pytest.raises(InvalidArgumentError, match="positive definite"):
         gp.cholesky(torch.tensor([[1.0, 2.0], [2.0, 1.0]], dtype=F64))  # eigenvalues 3 and -1

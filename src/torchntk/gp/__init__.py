@@ -3,15 +3,13 @@ errors, and hyperparameter fitting (``W_std``, ``b_std``, activation parameters,
 
 - :func:`log_marginal_likelihood`, :func:`loo`: objectives of a kernel matrix (float64 Cholesky);
 - :func:`fit`: L-BFGS-B in log-space with restarts over a family ``build(**params) -> spec``;
-- :func:`spec_kernel`, :func:`posterior`: the NNGP / NTK-GP prior and posterior of a spec;
-- :func:`relu_mlp`: the ReLU family ``(depth, W_std, b_std)`` used by the estimators.
+- :func:`spec_kernel`, :func:`posterior`: the NNGP / NTK-GP prior and posterior of a spec.
 
 See ``docs/gp.md``.
 """
 
 from __future__ import annotations
 
-from .families import relu_mlp
 from .fit import FitResult, fit, posterior, spec_kernel
 from .likelihood import LeaveOneOut, cholesky, log_marginal_likelihood, loo
 
@@ -24,5 +22,4 @@ __all__ = [
     "FitResult",
     "spec_kernel",
     "posterior",
-    "relu_mlp",
 ]
