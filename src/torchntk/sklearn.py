@@ -107,9 +107,11 @@ class _NTKBase(BaseEstimator):
             sub = np.arange(len(x))
             if len(x) > _FIT_SAMPLES:  # the search runs on a fixed random subset (cost ~ N^2 per step)
                 sub = np.sort(np.random.default_rng(0).choice(len(x), _FIT_SAMPLES, replace=False))
-            res = gp.fit(build, x[sub], Yt[sub], free, kind="ntk", noise=self.diag_reg, fit_noise=self.diag_reg is None, relative_noise=True, depths=depths, restarts=0, max_iter=50,
-                         tol=_TOL)
-            spec, depth, params = res.spec, res.depth, res.params
+            res = gp.fit(build, x[sub], Yt[sub], free, kind="ntk", noise=self.diag_reg,
+                         fit_noise=self.diag_reg is None, relative_noise=True, depths=depths, restarts=0,
+                         max_iter=50, tol=_TOL)
+            spec, params = res.spec, res.params
+            depth = self.depth if res.depth is None else res.depth
             ratio = res.noise / float(gp.spec_kernel(spec, x[sub], kind="ntk").diagonal().mean())
         else:
             spec, depth, params, ratio = build(), self.depth, {}, float(self.diag_reg)
