@@ -234,6 +234,7 @@ class NTKRegressor(RegressorMixin, _NTKBase):
 
     def predict(self, X) -> np.ndarray:
         """``f_t(X)``: ``(M,)`` for 1-D targets, else ``(M, O)``."""
+        check_is_fitted(self, "X_fit_")
         f = self._outputs(X) * self._y_std + self._y_mean
         return f[:, 0] if self._ndim_y == 1 else f
 
@@ -281,11 +282,13 @@ class NTKClassifier(ClassifierMixin, _NTKBase):
 
     def decision_function(self, X) -> np.ndarray:
         """Predicted one-hot values ``(M, C)``; ``(M,)`` (second minus first) for two classes."""
+        check_is_fitted(self, "X_fit_")
         f = self._scores(X)
         return f[:, 1] - f[:, 0] if len(self.classes_) == 2 else f
 
     def predict(self, X) -> np.ndarray:
         """The class of the largest predicted one-hot value."""
+        check_is_fitted(self, "X_fit_")
         return self.classes_[np.argmax(self._scores(X), axis=1)]
 
     def predict_proba(self, X) -> np.ndarray:
