@@ -94,6 +94,14 @@ def test_polynomial_layernorm_and_gaussian_parameters():
     assert torch.autograd.gradcheck(f, (coef, eps, _p(1.5)))
 
 
+@pytest.mark.parametrize("cls, values", [(L.Sin, (1.2, 0.7, 0.3)), (L.Cos, (1.2, 0.7, 0.3)), (L.Exp, (0.5, 0.3)),
+                                         (L.Erf, (1.0, 0.5, 0.2)), (L.ABRelu, (-0.2, 1.1)), (L.Rbf, (0.4,))])
+def test_gradcheck_every_activation_parameter(cls, values):
+    x = torch.randn(3, 2, dtype=F64, generator=torch.Generator().manual_seed(1))
+    params = tuple(_p(v) for v in values)
+    assert torch.autograd.gradcheck(lambda *q: L.serial(L.Dense(1, b_std=0.2), cls(*q), L.Dense(1)).kernel(x).ntk, params)
+
+
 def test_bad_tensor_hyperparameters_are_named():
     with pytest.raises(InvalidArgumentError, match="W_std"):
         L.Dense(3, W_std=torch.ones(2))

@@ -191,12 +191,14 @@ def _scaled(q11: Tensor, q12: Tensor, q22: Tensor) -> tuple[Tensor, Tensor, Tens
     return _ldexp(q11, -2 * k1), _ldexp(q12, -k), _ldexp(q22, -2 * k2), k
 
 
-def _root_plus_det(x: Tensor, q11: Tensor, q12: Tensor, q22: Tensor, c: float = 1.0) -> Tensor:
+def _root_plus_det(x: Tensor, q11: Tensor, q12: Tensor, q22: Tensor, c: float | Tensor = 1.0) -> Tensor:
     """``sqrt(x + c D)`` (for ``x >= 1``) with ``D = max(q11 q22 - q12^2, 0)`` the determinant of the covariance,
     finite wherever the result is representable: in the plain form when the variances are in
     range, else as ``2^k sqrt(x / 4^k + c D_s)`` with ``D = 4^k D_s`` from :func:`_scaled`."""
     if _in_range(q11, q22):
-        return torch.sqrt(torch.add(x, torch.addcmul(q11 * q22, q12, q12, value=-1).clamp(min=0), alpha=c))
+        det = torch.addcmul(q11 * q22, q12, q12, value=-1).clamp(min=0)
+        # a tensor c (a differentiable hyperparameter) cannot be torch.add's alpha
+        return torch.sqrt(x + c * det if isinstance(c, Tensor) else torch.add(x, det, alpha=c))
     a, b, d, k = _scaled(q11, q12, q22)
     det = c * torch.clamp(a * d - b * b, min=0)
     # k < 0 (tiny variances): D = 4^k D_s is negligible against x >= 1 and may underflow
@@ -296,7 +298,7 @@ class Erf(ElementwiseLayer):
         b2 = self.b**2
         root = _root_plus_det((0.5 + 2 * b2 * q11) + (0.5 + 2 * b2 * q22), q11, q12, q22, 4 * b2 * b2)
         sigma = torch.atan2(q12 * (2 * b2), root) * (self.a**2 * (2 / _PI))
-        if self.c:
+        if not is_one(self.c, 0.0):
             sigma = sigma + self.c**2
         sdot = torch.reciprocal(root) * ((self.a * self.b) ** 2 * (4 / _PI))
         return sigma, sdot
