@@ -146,15 +146,16 @@ def test_sklearn_estimators_take_n_features():
     from torchntk.sklearn import NTKClassifier, NTKRegressor
 
     xtr, ytr, xte, yte = _digits(200, 100)
-    clf = NTKClassifier(n_features=256, diag_reg=1e-3).fit(xtr.numpy(), ytr)
+    fixed = dict(W_std=1.0, b_std=0.1, depth=3, diag_reg=1e-3)  # the estimators fit these when None
+    clf = NTKClassifier(n_features=256, **fixed).fit(xtr.numpy(), ytr)
     assert (clf.predict(xte.numpy()) == yte).mean() > 0.85
     x = np.random.default_rng(0).normal(size=(40, 3))
-    reg = NTKRegressor(n_features=64, diag_reg=1e-3).fit(x, np.sin(x[:, 0]))
+    reg = NTKRegressor(n_features=64, normalize_y=False, **fixed).fit(x, np.sin(x[:, 0]))
     fm_pred = reg.predict(x[:5])
     # the same predictor as the feature-space ridge regression on the same map
     from torchntk.features import FeatureMap
 
-    fm = FeatureMap(reg._spec(), 64, seed=0)
+    fm = FeatureMap(reg.spec_, 64, seed=0)
     ridge = ridge_regression(fm.rows(torch.from_numpy(x)), torch.from_numpy(np.sin(x[:, 0])), 1e-3)
     np.testing.assert_allclose(fm_pred, ridge.predict(fm.rows(torch.from_numpy(x[:5])))[0].numpy(), rtol=1e-8,
                                atol=1e-10)
