@@ -18,23 +18,18 @@ wall clock and process CPU time (for the baselines, the whole grid search).
 
 Run (from the repository root)::
 
-    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/sklearn.py --threads 1
-    PYTHONPATH=src .venv/bin/python benchmarks/sklearn.py --quick       # 2 folds, wine only
-    PYTHONPATH=src .venv/bin/python benchmarks/sklearn.py --threads 1   # torch threads
+    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/estimators.py --threads 1
+    PYTHONPATH=src .venv/bin/python benchmarks/estimators.py --quick       # 2 folds, wine only
+    PYTHONPATH=src .venv/bin/python benchmarks/estimators.py --threads 1   # torch threads
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 
-# This file is named like the package it benchmarks against: keep its folder off the import path.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 GAMMAS = [1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0]
 ALPHAS = [1e-3, 1e-2, 1e-1, 1.0, 10.0]
