@@ -18,12 +18,12 @@ stax = nt.stax
 
 from torchntk import layers as L  # noqa: E402
 
+from ._convert import to_peer as _to_peer  # noqa: E402
+
 pytestmark = [pytest.mark.peer, pytest.mark.filterwarnings("ignore:Linear scaling attention")]
 RTOL = 1e-9
 
 
-def _to_peer(x: torch.Tensor) -> np.ndarray:
-    return np.moveaxis(x.numpy(), 1, -1)
 
 
 def _close(ours: torch.Tensor, theirs) -> None:

@@ -19,13 +19,12 @@ stax = nt.stax
 
 from torchntk import layers as L  # noqa: E402
 
+from ._convert import to_peer as _to_peer  # noqa: E402
+
 pytestmark = pytest.mark.peer
 RTOL = 1e-9
 
 
-def _to_peer(x: torch.Tensor) -> np.ndarray:
-    a = x.numpy()
-    return a if a.ndim == 2 else np.moveaxis(a, 1, -1)
 
 
 def _check(ours_k, theirs_k) -> None:
