@@ -67,7 +67,7 @@ class InPlace(nn.Module):
         self.a, self.b = nn.Linear(3, 4), nn.Linear(6, 2)
 
     def forward(self, x):
-        h = torch.zeros(x.shape[0], 6, dtype=x.dtype)
+        h = torch.zeros(x.shape[0], 6, dtype=x.dtype, device=x.device)
         h[:, :4] = torch.tanh(self.a(x))
         h[:, 4:] = x[:, :2] ** 2
         return self.b(h)

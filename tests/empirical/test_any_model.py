@@ -109,3 +109,42 @@ def test_plans_are_cached_per_model_and_input_shape(monkeypatch):
     assert len(calls) == 2
     assert_close(k1, brute_ntk(model, x, mode="mean"))
     assert k2.shape == (4, 4)
+
+
+class _CudnnLikeRNN(torch.autograd.Function):
+    """``tanh`` whose backward refuses to run while cuDNN is enabled, as cuDNN's recurrent
+    kernels do in eval mode on a GPU."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = torch.tanh(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        if torch.backends.cudnn.enabled:
+            raise RuntimeError("cudnn RNN backward can only be called in training mode")
+        (y,) = ctx.saved_tensors
+        return g * (1 - y * y)
+
+
+def test_autograd_path_runs_again_without_cudnn_for_recurrent_kernels():
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(3, 4), torch.nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.b(_CudnnLikeRNN.apply(self.a(x)))
+
+    torch.manual_seed(0)
+    model, x = Net().double(), torch.randn(4, 3, dtype=torch.float64)
+    before = torch.backends.cudnn.enabled
+    torch.backends.cudnn.enabled = False
+    try:
+        ref = brute_ntk(model, x)
+    finally:
+        torch.backends.cudnn.enabled = before
+    assert_close(empirical_ntk(model, x, implementation="autograd"), ref)
+    assert torch.backends.cudnn.enabled == before

@@ -18,7 +18,8 @@ tiling.
 
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+from typing import Iterator, Sequence
 
 import torch
 
@@ -54,11 +55,43 @@ def batched_grads(
     return [None if per[0][m] is None else torch.stack([g[m] for g in per]) for m in range(len(inputs))]
 
 
+@contextlib.contextmanager
+def _cudnn(enabled: bool) -> Iterator[None]:
+    previous = torch.backends.cudnn.enabled
+    torch.backends.cudnn.enabled = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.enabled = previous
+
+
 def per_example_jacobians(
     fm: Functional, x: torch.Tensor, names: Sequence[str] | None = None, state: dict | None = None
 ) -> dict[str, torch.Tensor]:
     """Per-example Jacobians ``{name: (N, O, *shape)}`` of ``fm`` at ``x (N, ...)`` by a loop of
-    forward passes and batched reverse-mode passes (see the module doc)."""
+    forward passes and batched reverse-mode passes (see the module doc).
+
+    cuDNN's recurrent kernels have no backward pass in eval mode ("cudnn RNN backward can only
+    be called in training mode"); on that error the loop runs again with cuDNN off, on
+    PyTorch's native RNN kernels, which differentiate in either mode (``state`` remembers it).
+    """
+    state = {} if state is None else state
+    if not state.get("cudnn", True):
+        with _cudnn(False):
+            return _jacobian_loop(fm, x, names, state)
+    try:
+        return _jacobian_loop(fm, x, names, state)
+    except RuntimeError as err:
+        if "cudnn RNN backward" not in str(err):
+            raise
+    state["cudnn"] = False
+    with _cudnn(False):
+        return _jacobian_loop(fm, x, names, state)
+
+
+def _jacobian_loop(
+    fm: Functional, x: torch.Tensor, names: Sequence[str] | None, state: dict
+) -> dict[str, torch.Tensor]:
     names = list(fm.params) if names is None else list(names)
     if not names:
         return {}

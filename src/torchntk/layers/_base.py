@@ -216,7 +216,9 @@ class Layer:
                 about 2^15 entries (181 rows for flat inputs; at least 4), within ``memory``:
                 they stay in the processor's cache through the passes each layer makes, each
                 pass runs on one thread, and the blocks are shared among
-                ``torch.get_num_threads()`` worker threads (when no input requires grad).
+                ``torch.get_num_threads()`` worker threads (when no input requires grad). On a
+                GPU the blocks are as large as ``memory`` allows (one block up to a few
+                thousand flat rows at the default budget).
             memory: approximate budget of the tensors of one block, in bytes or as ``"1GiB"``,
                 ``"500MB"`` (units of :mod:`torchntk._memory`; default 2 GiB).
             diagonal_spatial: for a spec whose output is still spatial, return the per-pixel
@@ -273,7 +275,7 @@ class Layer:
             p2 = p2.to(dtype)
 
         block_size = renamed("block_size", block_size, "batch_size", batch_size)
-        b = _block_size(in_shape, full_in, dtype, block_size, memory_budget(memory))
+        b = _block_size(in_shape, full_in, dtype, block_size, memory_budget(memory), x1.device)
         n1 = x1.shape[0]
         n2 = n1 if same else x2.shape[0]
         xb, mb, pb = (x1, m1, p1) if same else (x2, m2, p2)
@@ -297,7 +299,8 @@ class Layer:
         if n1 <= b and n2 <= b:
             return run(everything, None if same else everything)
         grad = torch.is_grad_enabled() and (x1.requires_grad or xb.requires_grad)
-        out = _blocked(run, n1, n2, same, b, grad)
+        # One thread on an accelerator: its blocks are large and queue on one stream anyway.
+        out = _blocked(run, n1, n2, same, b, grad or x1.device.type != "cpu")
         return out.replace(
             mask1=self.mask_out(m1, in_shape), mask2=None if same else self.mask_out(m2, in_shape),
             pattern1=p1, pattern2=p2,
@@ -323,7 +326,8 @@ def _check_inputs(name: str, x: Any) -> torch.Tensor:
     return check_finite(name, x)
 
 
-def _block_size(in_shape: Shape, full: bool, dtype: torch.dtype, block_size: int | None, memory: int) -> int:
+def _block_size(in_shape: Shape, full: bool, dtype: torch.dtype, block_size: int | None, memory: int,
+                device: torch.device) -> int:
     if block_size is not None:
         if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
             raise InvalidArgumentError(f"`block_size` must be a positive int or None, got {block_size!r}")
@@ -332,6 +336,8 @@ def _block_size(in_shape: Shape, full: bool, dtype: torch.dtype, block_size: int
     entries = pixels**2 if full else pixels
     per_pair = entries * torch.finfo(dtype).bits // 8 * _WORK_FACTOR
     by_memory = int(math.sqrt(memory / per_pair))
+    if device.type != "cpu":  # an accelerator wants few large blocks: the memory budget alone
+        return max(1, by_memory)
     if len(in_shape) == 1:  # flat kernels (the symmetric case skips the blocks below the diagonal)
         return max(1, min(by_memory, _FLAT_BLOCK))
     by_cache = int(math.sqrt(_CACHE_ENTRIES / entries))
@@ -409,12 +415,12 @@ def _self_full(a: torch.Tensor) -> torch.Tensor:
     return g.permute(perm).contiguous()
 
 
-def _blocked(run: Any, n1: int, n2: int, same: bool, b: int, grad: bool) -> Kernel:
+def _blocked(run: Any, n1: int, n2: int, same: bool, b: int, serial: bool) -> Kernel:
     """Assemble the kernel from ``(b x b)`` blocks of pairs; mirror the symmetric case.
 
     ``run(rows1, rows2)`` computes one block from two slices (``rows2=None``: a diagonal block
-    of the symmetric kernel, ``rows1`` with itself); ``grad``: whether autograd records (then
-    the blocks run on this thread).
+    of the symmetric kernel, ``rows1`` with itself); ``serial``: run the blocks on this thread
+    (when autograd records, or on an accelerator).
     """
     r1 = [(i, min(i + b, n1)) for i in range(0, n1, b)]
     r2 = [(j, min(j + b, n2)) for j in range(0, n2, b)]
@@ -428,7 +434,7 @@ def _blocked(run: Any, n1: int, n2: int, same: bool, b: int, grad: bool) -> Kern
             return run(slice(i0, i1), None if same and pair[0] == pair[1] else slice(j0, j1))
 
     workers = torch.get_num_threads()
-    if workers > 1 and len(pairs) > 1 and not grad:
+    if workers > 1 and len(pairs) > 1 and not serial:
         pool = ThreadPoolExecutor(max_workers=workers)
         results = pool.map(one, pairs)  # in order; assembled while the next blocks compute
     else:
