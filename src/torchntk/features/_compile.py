@@ -18,6 +18,7 @@ from ..layers.combinators import Parallel as _SpecParallel
 from ..layers._base import Serial as _SpecSerial
 from ..layers.conv import window_geometry
 from ..layers.pooling import _Pool
+from . import _hermite, _variance
 from . import _steps as S
 from ._sketch import projection
 
@@ -25,10 +26,14 @@ Tensor = torch.Tensor
 
 
 class Context:
-    """What every step draws with: the generator, the width ``m'`` and the projection kind."""
+    """What every step draws with: the generator, the width ``m'``, the projection kind, and
+    the rule of the nonlinearities (``"auto"``, ``"hermite"`` or ``"monte_carlo"``) with the
+    Hermite truncation tolerance."""
 
-    def __init__(self, gen: torch.Generator, width: int, kind: str) -> None:
+    def __init__(self, gen: torch.Generator, width: int, kind: str, nonlinear: str = "monte_carlo",
+                 tolerance: float = _hermite.TOLERANCE) -> None:
         self.gen, self.width, self.kind = gen, width, kind
+        self.nonlinear, self.tolerance = nonlinear, tolerance
         self.peak = 0  # largest number of feature entries per input seen while compiling
 
     def seen(self, entries: int) -> None:
@@ -43,6 +48,11 @@ def compile_spec(spec: L.Layer, shape: tuple[int, ...], ctx: Context) -> tuple[S
 
 
 def _compile(layer: Any, d: Any, ctx: Context) -> tuple[S.Step, Any]:
+    step, out = _rule(layer, d, ctx)
+    return _variance.track(layer, step, d), out
+
+
+def _rule(layer: Any, d: Any, ctx: Context) -> tuple[S.Step, Any]:
     if isinstance(layer, _SpecSerial):
         steps = []
         for sub in layer.layers:
@@ -115,9 +125,7 @@ def _compile(layer: Any, d: Any, ctx: Context) -> tuple[S.Step, Any]:
                 f"{layer!r} is applied to {where}; the infinite-width rule needs Gaussian "
                 "pre-activations: put a Dense or Conv layer before this nonlinearity"
             )
-        proj = projection(ctx.kind, d.dphi, ctx.width, ctx.gen)
-        dfn = derivative(layer) if (layer.has_ntk and d.dpsi is not None) else None
-        step = S.Activation(layer.fn, dfn, proj, d, ctx.gen)
+        step = _nonlinearity(layer, d, ctx)
         ctx.seen(d.entries + 3 * step.dims.entries)
         return step, step.dims
     raise UnsupportedLayerError(
@@ -125,6 +133,26 @@ def _compile(layer: Any, d: Any, ctx: Context) -> tuple[S.Step, Any]:
         "GlobalAvgPool, Flatten, LayerNorm, Dropout(mode='test'), Identity, FanOut, parallel, FanInSum, "
         "FanInConcat and elementwise nonlinearities (use spec.kernel or torchntk.scale for this spec)"
     )
+
+
+def _nonlinearity(layer: L.ElementwiseLayer, d: S.Dims, ctx: Context) -> S.Step:
+    """Hermite features (``"hermite"``; ``"auto"`` for smooth activations, Monte Carlo when the
+    expansion misses the tolerance) or Monte Carlo / arc-cosine features."""
+    hermite = ctx.nonlinear == "hermite" or (ctx.nonlinear == "auto" and _hermite.preferred(layer))
+    if ctx.nonlinear == "hermite" and not _hermite.expandable(layer):
+        raise UnsupportedLayerError(
+            f"{layer!r} has no scalar activation function to expand in Hermite polynomials; "
+            "use method='auto' or 'monte_carlo'"
+        )
+    fallback = None
+    if not hermite or ctx.nonlinear == "auto":
+        proj = projection(ctx.kind, d.dphi, ctx.width, ctx.gen)
+        dfn = derivative(layer) if (layer.has_ntk and d.dpsi is not None) else None
+        fallback = S.Activation(layer.fn, dfn, proj, d, ctx.gen)
+        if not hermite:
+            return fallback
+    seed = int(torch.randint(0, 2**62, (1,), generator=ctx.gen))
+    return _hermite.HermiteActivation(layer, d, ctx.width, seed, ctx.tolerance, fallback)
 
 
 def _shapes(d: Any) -> Any:

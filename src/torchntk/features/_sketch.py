@@ -195,3 +195,48 @@ def projection(kind: str, d_in: int, d_out: int, gen: torch.Generator) -> Projec
     structured = kind == "structured" and d_in >= STRUCTURED_MIN_INPUT
     cls = StructuredProjection if structured else GaussianProjection
     return cls(d_in, d_out, gen)
+
+
+class GaussianSketch(GaussianProjection):
+    """``x @ W / sqrt(d_out)``: the Gaussian unbiased inner-product sketch, ``E[<P x, P x'>] = <x, x'>``."""
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return (x @ self.w) * (1.0 / math.sqrt(self.d_out))
+
+
+#: Largest Gaussian sketch matrix (entries) that :func:`sketch` takes when it is the cheaper one.
+_GAUSSIAN_ENTRIES = 1 << 22
+
+
+def sketch(d_in: int, d_out: int, gen: torch.Generator) -> Projection:
+    """An unbiased inner-product sketch ``(..., d_in) -> (..., d_out)``: an :class:`Srht`, or
+    Gaussian rows when their ``d_in * d_out`` multiply-adds cost less than the Hadamard blocks
+    (narrow outputs, or inputs much narrower than the output) and the matrix is small."""
+    d_p = _split(int(d_in))[0]
+    hadamard_cost = -(-int(d_out) // d_p) * d_p * 2 * max(1, int(math.isqrt(d_p)))
+    if int(d_in) * int(d_out) <= min(hadamard_cost, _GAUSSIAN_ENTRIES):
+        return GaussianSketch(d_in, d_out, gen)
+    return Srht(d_in, d_out, gen)
+
+
+class TensorSrht(Projection):
+    """TensorSRHT: an unbiased sketch of the tensor product ``x (x) y`` to ``d_out`` columns.
+
+    ``T(x, y) = sqrt(d_out) * S1(x) * S2(y)`` (entrywise) with ``S1``, ``S2`` independent
+    :func:`sketch` draws (SRHTs, or Gaussian rows where cheaper), so ``E[<T(x, y), T(x', y')>] = <x, x'> <y, y'>`` without forming the
+    ``d1 * d2`` columns of ``x (x) y`` (Zandieh et al. 2021; Ahle et al. 2020). Shapes:
+    ``x`` ``(..., d1)``, ``y`` ``(..., d2)`` -> ``(..., d_out)``.
+    """
+
+    def __init__(self, d1: int, d2: int, d_out: int, gen: torch.Generator) -> None:
+        self.d_in, self.d_out = int(d1) * int(d2), int(d_out)
+        self.s1, self.s2 = sketch(d1, d_out, gen), sketch(d2, d_out, gen)
+
+    def to(self, dtype: torch.dtype, device: torch.device) -> "TensorSrht":
+        out = object.__new__(type(self))
+        out.__dict__.update(self.__dict__)
+        out.s1, out.s2 = self.s1.to(dtype, device), self.s2.to(dtype, device)
+        return out
+
+    def __call__(self, x: Tensor, y: Tensor) -> Tensor:  # type: ignore[override]
+        return self.s1(x) * self.s2(y) * math.sqrt(self.d_out)

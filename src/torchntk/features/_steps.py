@@ -49,12 +49,17 @@ Tensor = torch.Tensor
 
 @dataclass
 class State:
-    """Features after some layers: ``phi``/``psi`` ``(N, *spatial, D)``; ``psi`` None: no NTK."""
+    """Features after some layers: ``phi``/``psi`` ``(N, *spatial, D)``; ``psi`` None: no NTK.
+
+    ``q`` ``(N, *spatial)``: the exact variance ``Sigma(x, x)[p, p]`` of each input and pixel
+    when the map tracks it (:mod:`torchntk.features._variance`), else None.
+    """
 
     phi: Tensor
     psi: Tensor | None
     gaussian: bool
     is_input: bool
+    q: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -364,11 +369,11 @@ def output_sketch(step: Step, d: Dims, columns: int, gen: torch.Generator) -> tu
 
 
 def input_state(x: Tensor, with_ntk: bool = True) -> State:
-    """``phi = x / sqrt(C)`` channels last; ``psi`` with no column (``Theta0 = 0``)."""
+    """``phi = x / sqrt(C)`` channels last; ``psi`` with no column (``Theta0 = 0``); ``q = |phi|^2``."""
     c = x.shape[1]
     phi = x.movedim(1, -1) * (1.0 / math.sqrt(c))
     psi = phi.new_zeros(*phi.shape[:-1], 0) if with_ntk else None
-    return State(phi, psi, False, True)
+    return State(phi, psi, False, True, (phi * phi).sum(-1))
 
 
 def conv_pads(shape: tuple[int, ...], window: tuple[int, ...], strides: tuple[int, ...],

@@ -24,14 +24,19 @@ from .._memory import memory_budget
 from ..errors import InvalidArgumentError, ShapeError, SpecError
 from ..layers import Layer
 from ..layers._base import _check_inputs
+from . import _hermite
 from . import _steps as S
 from ._compile import Context, compile_spec
 
 __all__ = ["FeatureMap", "Features", "FeatureRows", "METHODS"]
 
-#: Projection kinds of the nonlinearities: exact Gaussian rows (unbiased, ``O(d m)`` per row and
-#: layer) or structured orthogonal rows (``O(d log d)``, Gaussian up to ``O(1/d)``).
-METHODS = ("auto", "gaussian", "structured")
+#: Rules of the nonlinearities: ``"auto"`` (Hermite features for the smooth activations, Monte
+#: Carlo / arc-cosine features for the ReLU family), ``"hermite"`` (Hermite features for every
+#: nonlinearity), ``"monte_carlo"`` (Monte Carlo features everywhere), and the Monte Carlo
+#: projection kinds ``"gaussian"`` (exact Gaussian rows: unbiased, ``O(d m)`` per row and layer)
+#: and ``"structured"`` (orthogonal rows: ``O(d log d)``, Gaussian up to ``O(1/d)``), which
+#: also mean Monte Carlo features everywhere.
+METHODS = ("auto", "hermite", "monte_carlo", "gaussian", "structured")
 #: ``"auto"`` takes the structured rows from this width on.
 STRUCTURED_FROM = 1024
 # Live feature-sized tensors per entry of the widest step (inputs, projections, outputs...).
@@ -63,8 +68,15 @@ class FeatureMap:
             spec ending in ``Dense`` have ``m + 1`` columns (``+1``: the bias), its NTK features
             ``2 m + 1`` (the sketched ``Theta`` part and the NNGP part side by side).
         seed: seeds the draws (the same seed and input shape give the same map).
-        method: ``"gaussian"`` (Gaussian rows, unbiased), ``"structured"`` (Hadamard rows,
-            fast) or ``"auto"`` (structured from ``m >= 1024`` on), any case.
+        method: the rule of the nonlinearities, any case. ``"auto"`` (default): Hermite
+            features (``docs/features.md``) for activations with a smooth Hermite expansion
+            (``Erf``, ``Gelu``, ``Sin``, ``Cos``, ``Exp``, polynomials, ``Elementwise(fn)``...)
+            when it meets ``hermite_tolerance`` within degree 32 on the calibration rows, Monte
+            Carlo features otherwise (the arc-cosine features of the ReLU family);
+            ``"hermite"``: Hermite features for every nonlinearity (an error when the expansion
+            misses the tolerance); ``"monte_carlo"``: Monte Carlo features everywhere. Their
+            rows are Gaussian below ``m = 1024`` and structured from there on;
+            ``"gaussian"`` / ``"structured"`` force that kind (and Monte Carlo features).
         dtype: of the features (float64 by default); the device is the inputs'.
         memory: approximate budget of one batch of rows: bytes or a size such as ``"1GiB"``
             (``None``: the package default, ``torchntk._memory.DEFAULT_MEMORY``).
@@ -72,6 +84,13 @@ class FeatureMap:
             features wider than ``c`` are compressed by a last SRHT to ``c`` columns (unbiased;
             it adds about one random layer's error and divides the solvers' ``D^2`` cost by
             ``(2m / c)^2``).
+        hermite_tolerance: the largest relative truncation tail of a Hermite expansion
+            (``sum_{k > K} a_k(q)^2 / E[a(sqrt(q) z)^2]``, and the same for ``a'``) at the
+            calibration rows; it fixes each expansion's degree ``K`` (default ``1e-3``).
+        calibration: inputs ``(n, *input shape)`` whose pre-activation variances the Hermite
+            expansions are fitted to (degree and column split), drawn from the data the map will
+            see; default: constant inputs with ``|x[p]|^2 / C`` in ``(0.5, 1, 2)``. Rows whose
+            truncation tail exceeds 10 tolerances warn (``AccuracyWarning``).
 
     Example:
         >>> from torchntk import layers as L
@@ -92,6 +111,8 @@ class FeatureMap:
         dtype: torch.dtype = torch.float64,
         memory: int | float | str | None = None,
         output_features: int | None = None,
+        hermite_tolerance: float = _hermite.TOLERANCE,
+        calibration: Any = None,
     ) -> None:
         if not isinstance(spec, Layer):
             raise InvalidArgumentError(f"`spec` must be a torchntk.layers spec, got {type(spec).__name__}")
@@ -107,7 +128,13 @@ class FeatureMap:
         memory = memory_budget(memory)
         self.spec, self.n_features, self.seed = spec, int(n_features), int(seed)
         self.width = self.n_features
-        if method == "auto":
+        if isinstance(hermite_tolerance, bool) or not isinstance(hermite_tolerance, (int, float)) \
+                or not 0 < hermite_tolerance < 1:
+            raise InvalidArgumentError(f"`hermite_tolerance` must be a number in (0, 1), got {hermite_tolerance!r}")
+        self.hermite_tolerance = float(hermite_tolerance)
+        self.calibration = None if calibration is None else self._check(calibration, "calibration")
+        self.nonlinear = method if method in ("auto", "hermite") else "monte_carlo"
+        if method not in ("gaussian", "structured"):
             method = "structured" if self.width >= STRUCTURED_FROM else "gaussian"
         if output_features is not None and (isinstance(output_features, bool) or
                                             not isinstance(output_features, (int, np.integer)) or output_features < 1):
@@ -118,7 +145,8 @@ class FeatureMap:
         self._cast: dict[tuple, S.Step] = {}
 
     def __repr__(self) -> str:
-        return f"FeatureMap({self.spec!r}, n_features={self.n_features}, seed={self.seed}, method={self.method!r})"
+        method = self.method if self.nonlinear == "monte_carlo" else self.nonlinear
+        return f"FeatureMap({self.spec!r}, n_features={self.n_features}, seed={self.seed}, method={method!r})"
 
     # -- the draws --------------------------------------------------------------------------
     def _plan(self, shape: tuple[int, ...]) -> tuple[S.Step, S.Dims, int]:
@@ -132,12 +160,26 @@ class FeatureMap:
                     "(end the spec with Flatten, GlobalAvgPool or Dense on flat features)"
                 )
             gen = torch.Generator().manual_seed(self.seed)
-            ctx = Context(gen, self.width, self.method)
+            ctx = Context(gen, self.width, self.method, self.nonlinear, self.hermite_tolerance)
             step, dims = compile_spec(self.spec, shape, ctx)
             if self.output_features is not None:
                 step, dims = S.output_sketch(step, dims, self.output_features, gen)
+            if self.nonlinear != "monte_carlo":  # fit the Hermite steps (a no-op without any)
+                with torch.no_grad():
+                    step(S.input_state(self._calibration_rows(shape)))
             self._plans[shape] = (step, dims, ctx.peak)
         return self._plans[shape]
+
+    def _calibration_rows(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """The inputs the Hermite expansions are fitted to (float64, CPU)."""
+        if self.calibration is None:
+            scale = torch.tensor(_hermite.REFERENCE_VARIANCES, dtype=torch.float64).sqrt()
+            return scale.reshape(-1, *[1] * len(shape)) * torch.ones(1, *shape, dtype=torch.float64)
+        if tuple(self.calibration.shape[1:]) != shape:
+            raise ShapeError(
+                f"`calibration` has per-sample shape {tuple(self.calibration.shape[1:])}, the inputs {shape}"
+            )
+        return self.calibration.to(device="cpu", dtype=torch.float64)
 
     def _step(self, shape: tuple[int, ...], device: torch.device) -> S.Step:
         key = (shape, str(device))
