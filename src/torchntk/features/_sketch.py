@@ -210,11 +210,13 @@ _GAUSSIAN_ENTRIES = 1 << 22
 
 def sketch(d_in: int, d_out: int, gen: torch.Generator) -> Projection:
     """An unbiased inner-product sketch ``(..., d_in) -> (..., d_out)``: an :class:`Srht`, or
-    Gaussian rows when their ``d_in * d_out`` multiply-adds cost less than the Hadamard blocks
-    (narrow outputs, or inputs much narrower than the output) and the matrix is small."""
+    Gaussian rows when the matrix is small (at most ``2^22`` entries) and either the output is
+    wider than one Hadamard block (an SRHT would loop over many small blocks) or its
+    ``d_in * d_out`` multiply-adds cost less than the transform's ``2 d_p sqrt(d_p)``."""
     d_p = _split(int(d_in))[0]
-    hadamard_cost = -(-int(d_out) // d_p) * d_p * 2 * max(1, int(math.isqrt(d_p)))
-    if int(d_in) * int(d_out) <= min(hadamard_cost, _GAUSSIAN_ENTRIES):
+    blocks = -(-int(d_out) // d_p)
+    entries = int(d_in) * int(d_out)
+    if entries <= _GAUSSIAN_ENTRIES and (blocks > 1 or entries <= d_p * 2 * math.isqrt(d_p)):
         return GaussianSketch(d_in, d_out, gen)
     return Srht(d_in, d_out, gen)
 
