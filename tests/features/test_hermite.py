@@ -270,3 +270,14 @@ def test_rows_beyond_the_calibration_warn():
         fm(_inputs(3))  # within the calibration: no warning
     with pytest.warns(AccuracyWarning, match="Erf.*truncated at degree"):
         fm(6 * _inputs(3))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_hermite_features_on_the_inputs_device():
+    # the draws are made on the CPU and cast; the GPU's float64 sums round differently (rtol 1e-9)
+    spec, x = _fc(2, L.Gelu), _inputs(9)
+    fm = FeatureMap(spec, 512, seed=2)
+    cpu, gpu = fm(x), fm(x.to("cuda"))
+    assert gpu.nngp.device.type == "cuda" and gpu.ntk.device.type == "cuda"
+    torch.testing.assert_close(gpu.nngp.cpu(), cpu.nngp, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(gpu.ntk.cpu(), cpu.ntk, rtol=1e-9, atol=1e-12)

@@ -83,7 +83,9 @@ def preferred(layer: Any) -> bool:
     return expandable(layer) and not isinstance(layer, (A.ABRelu, A.Sign, RectifiedMonomial))
 
 
-def coefficients(layer: Any, q: Tensor, degree: int, derivative: bool) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+def coefficients(
+    layer: Any, q: Tensor, degree: int, derivative: bool
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
     """``(a, m2, b, m2')``: ``a[..., k] = E[a(sqrt(q) z) h_k(z)]`` for ``k <= degree``, the second
     moment ``m2 = E[a(sqrt(q) z)^2]``, and the same for ``a'`` (None unless ``derivative``).
 
@@ -145,7 +147,6 @@ class _Expansion:
         widths = dict(zip(active, allocate(weights, budget)))
         rest = [k for k in active if k != 1]
         if 1 in widths and d <= widths[1] and budget - d >= MIN_WIDTH * len(rest):  # degree 1 exactly: w
-
             widths = {1: d, **dict(zip(rest, allocate(weights[1:], budget - d)))} if rest else {1: d}
         self.active = active
         self.pad = budget - sum(widths.values())

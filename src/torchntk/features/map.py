@@ -6,9 +6,11 @@ random projections of every layer (see :mod:`torchntk.features._steps` for the r
     fm(x1).nngp @ fm(x2).nngp.T  ~  spec.kernel(x1, x2).nngp        (N1, N2)
     fm(x1).ntk  @ fm(x2).ntk.T   ~  spec.kernel(x1, x2).ntk
 
-are unbiased (``method="gaussian"``) Monte Carlo estimates whose relative error falls like
-``n_features^(-1/2)`` (``docs/features.md``). The draws belong to the map: two calls, on any
-inputs, use the same ones, so cross kernels come from separate calls.
+are random-feature estimates (Monte Carlo / arc-cosine features, unbiased with Gaussian rows, or
+Hermite-expansion features for smooth activations, unbiased up to a truncation tail within
+``hermite_tolerance``) whose relative error falls like ``n_features^(-1/2)``
+(``docs/features.md``). The draws belong to the map: two calls, on any inputs, use the same
+ones, so cross kernels come from separate calls.
 """
 
 from __future__ import annotations
