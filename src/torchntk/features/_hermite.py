@@ -15,9 +15,14 @@ With ``w(x) = phi(x) / |phi(x)|`` the unit-normalized features of the pre-activa
 with ``T_k`` an unbiased sketch of the tensor power ``w^(x)k`` (``E[<T_k(w), T_k(w')>] = <w, w'>^k``)
 estimate the first ``K + 1`` terms, so the truncation leaves at most
 ``sum_{k > K} |a_k(q1) a_k(q2)| <= sqrt(tail(q1) tail(q2))``, ``tail(q) = sum_{k > K} a_k(q)^2 =
-E[a(sqrt(q) z)^2] - sum_{k <= K} a_k(q)^2`` (Cauchy-Schwarz). The NTK features are
-``psi' = TensorSRHT(psi, g)`` with ``g`` the same construction for ``a'`` (independent draws):
-``E[<psi', psi''>] = Theta * Sdot``.
+E[a(sqrt(q) z)^2] - sum_{k <= K} a_k(q)^2`` (Cauchy-Schwarz). The NTK features split
+``Theta * Sdot = b_0(q1) b_0(q2) Theta + Theta * sum_{k >= 1} b_k(q1) b_k(q2) rho^k``:
+
+    psi' = [ b_0(q(x)) S psi(x),  TensorSRHT(psi(x), g(x)) ]
+
+with ``S`` a plain sketch of ``psi`` and ``g`` the construction above for ``a'`` without its
+degree 0 (independent draws), ``m0 ~ m b_0^2 / sum_k b_k^2`` and ``m - m0`` columns, so
+``E[<psi', psi''>] = Theta * Sdot``; the plain sketch has less variance than the tensor one.
 
 ``T_k`` is a chain of TensorSRHTs (:class:`~torchntk.features._sketch.TensorSrht`):
 ``T_1(w) = S(w)`` (or ``w`` itself when it has at most the degree's columns: exact),
@@ -202,6 +207,7 @@ class HermiteActivation(S.Step):
         self.degree = self.degree_ntk = None
         self.sig = self.der = None
         self.tensor: TensorSrht | None = None
+        self.plain = None
 
     def to(self, dtype: torch.dtype, device: torch.device) -> "HermiteActivation":
         out = super().to(dtype, device)
@@ -238,8 +244,20 @@ class HermiteActivation(S.Step):
         imp = _importance(a[:, : k_sig + 1], m2)
         self.sig = _Expansion(self.d_in, imp, self.width, gen)
         if self.with_ntk:
-            self.der = _Expansion(self.d_in, _importance(b[:, : k_ntk + 1], m2d), self.width, gen)
-            self.tensor = TensorSrht(max(1, self.dpsi_in), self.width, self.width, gen)
+            imp = _importance(b[:, : k_ntk + 1], m2d)
+            # Theta Sdot = b_0(q1) b_0(q2) Theta + Theta sum_{k >= 1} ...: the first term by a plain
+            # sketch of psi (m0 columns), the rest by the tensor sketch (width - m0 columns)
+            rest = float(imp[1:].sum())
+            m0 = 0
+            if imp[0] > _ZERO and rest > _ZERO:
+                m0 = min(self.width - MIN_WIDTH, max(MIN_WIDTH, round(self.width * imp[0] / (imp[0] + rest))))
+            elif imp[0] > _ZERO:
+                m0 = self.width
+            self.split = m0
+            self.plain = sketch(max(1, self.dpsi_in), m0, gen) if m0 else None
+            imp[0] = 0.0
+            self.der = _Expansion(self.d_in, imp, self.width, gen) if m0 < self.width else None
+            self.tensor = TensorSrht(max(1, self.dpsi_in), self.width, self.width - m0, gen) if self.der else None
 
     # -- features ---------------------------------------------------------------------------
     def __call__(self, s: S.State) -> S.State:
@@ -260,7 +278,12 @@ class HermiteActivation(S.Step):
                 psi = phi.new_zeros(*phi.shape[:-1], self.width)
             else:
                 self._check(b[..., : self.degree_ntk + 1], m2d, q, "a'")
-                psi = self.tensor(s.psi, self.der(w, b))
+                parts = []
+                if self.plain is not None:
+                    parts.append(b[..., :1] * self.plain(s.psi))
+                if self.der is not None:
+                    parts.append(self.tensor(s.psi, self.der(w, b)))
+                psi = torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
         return S.State(phi, psi, False, False)
 
     def _check(self, c: Tensor, m2: Tensor, q: Tensor, which: str) -> None:
