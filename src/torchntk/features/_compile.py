@@ -49,6 +49,8 @@ def compile_spec(spec: L.Layer, shape: tuple[int, ...], ctx: Context) -> tuple[S
 
 def _compile(layer: Any, d: Any, ctx: Context) -> tuple[S.Step, Any]:
     step, out = _rule(layer, d, ctx)
+    if ctx.nonlinear == "monte_carlo":  # only the Hermite steps read the exact variances
+        return step, out
     return _variance.track(layer, step, d), out
 
 
