@@ -62,8 +62,13 @@ Tensor = torch.Tensor
 
 #: Highest Hermite degree of a feature map.
 MAX_DEGREE = 32
-#: Default relative truncation tail (of ``E[a(u)^2]`` and ``E[a'(u)^2]``) at the calibration rows.
+#: Default relative truncation tail (of ``E[a(u)^2]`` and ``E[a'(u)^2]``) at the calibration rows
+#: (see :func:`default_tolerance`).
 TOLERANCE = 1e-3
+#: The default truncation tolerance is at least ``SAMPLING / m``: with fewer than
+#: ``SAMPLING / TOLERANCE`` columns the sampling error dominates such a tail, and more degrees
+#: would only thin the columns.
+SAMPLING = 4.0
 #: Fewest columns of a degree of the expansion.
 MIN_WIDTH = 8
 #: A row whose relative tail exceeds this many tolerances warns.
@@ -74,6 +79,11 @@ REFERENCE_VARIANCES = (0.5, 1.0, 2.0)
 _ZERO = 1e-14
 #: Least number of terms of the quadrature (its nodes also give the second moment).
 _MIN_TERMS = 16
+
+
+def default_tolerance(width: int) -> float:
+    """``max(TOLERANCE, SAMPLING / width)``: the truncation tolerance of a map of ``width`` columns."""
+    return max(TOLERANCE, SAMPLING / width)
 
 
 def expandable(layer: Any) -> bool:

@@ -88,7 +88,8 @@ class FeatureMap:
             ``(2m / c)^2``).
         hermite_tolerance: the largest relative truncation tail of a Hermite expansion
             (``sum_{k > K} a_k(q)^2 / E[a(sqrt(q) z)^2]``, and the same for ``a'``) at the
-            calibration rows; it fixes each expansion's degree ``K`` (default ``1e-3``).
+            calibration rows; it fixes each expansion's degree ``K``. Default (None):
+            ``max(1e-3, 4 / n_features)`` (below ``4 / m`` the sampling error dominates the tail).
         calibration: inputs ``(n, *input shape)`` whose pre-activation variances the Hermite
             expansions are fitted to (degree and column split), drawn from the data the map will
             see; default: constant inputs with ``|x[p]|^2 / C`` in ``(0.5, 1, 2)``. Rows whose
@@ -113,7 +114,7 @@ class FeatureMap:
         dtype: torch.dtype = torch.float64,
         memory: int | float | str | None = None,
         output_features: int | None = None,
-        hermite_tolerance: float = _hermite.TOLERANCE,
+        hermite_tolerance: float | None = None,
         calibration: Any = None,
     ) -> None:
         if not isinstance(spec, Layer):
@@ -130,6 +131,8 @@ class FeatureMap:
         memory = memory_budget(memory)
         self.spec, self.n_features, self.seed = spec, int(n_features), int(seed)
         self.width = self.n_features
+        if hermite_tolerance is None:
+            hermite_tolerance = _hermite.default_tolerance(self.width)
         if isinstance(hermite_tolerance, bool) or not isinstance(hermite_tolerance, (int, float)) \
                 or not 0 < hermite_tolerance < 1:
             raise InvalidArgumentError(f"`hermite_tolerance` must be a number in (0, 1), got {hermite_tolerance!r}")
