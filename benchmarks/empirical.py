@@ -6,15 +6,17 @@ Contenders, all on scikit-learn's digits (inputs scaled to [0, 1]):
   and "auto";
 * the recipe of the torch.func tutorial ("Neural Tangent Kernels"): per-example Jacobians with
   ``vmap(jacrev)``, then one einsum per parameter tensor, summed;
-* neural-tangents' structured-derivatives NTK (``implementation=3``, ``vmap_axes=0``, jitted)
-  on the same MLP with the same weights, when it imports (run with the peer's Python).
+* neural-tangents' structured-derivatives NTK (``implementation=3``, ``vmap_axes=0``, jitted,
+  compiled outside the timing) on the same MLP and CNN with the same weights, when it imports
+  (run with the peer's Python).
 
 Workloads: MLP 64-512-512-10 (ReLU, bias) at N = 96 in "full" and "mean" modes; a CNN (three
 3x3 convolutions with 64 channels, SAME padding, ReLU, then a dense layer to 10) on the 8x8
 images at N = 32; a BERT-style encoder (token and position embeddings, two
 ``nn.TransformerEncoderLayer`` of width 64 with 4 heads, mean pooling, a dense layer to 10) on
 N = 64 random token sequences of length 16 in "mean" mode (torchntk and the recipe; the peer
-has no such model with these weights); torchntk vs the peer on the MLP at N = 96 and 256; and
+has no such model with these weights); torchntk vs the peer on the MLP at N = 96 and 256 and
+on the CNN at N = 32; and
 a scale line: the 4000 x 4000 "mean" kernel of an MLP with about a million parameters under
 ``memory="4GiB"``, run in a child process whose peak resident memory is reported.
 
@@ -166,12 +168,19 @@ def digits() -> torch.Tensor:
 
 # -- the peer ------------------------------------------------------------------------------------
 
-def peer_kernel_fns(net: nn.Module):
-    """neural-tangents' structured NTK of the same MLP, with the torch weights; or None."""
+def peer_kernel_fns(net: nn.Module, image_shape: tuple[int, int, int] | None = None):
+    """neural-tangents' structured NTK of the same MLP or CNN, with the torch weights; or None.
+
+    ``image_shape = (C, H, W)`` for a CNN: the peer takes channels-last images ``(N, H, W, C)``
+    (convert the inputs with ``x.permute(0, 2, 3, 1)``), HWIO kernels, and flattens ``(H, W, C)``,
+    so the dense layer after ``nn.Flatten`` gets its input columns reordered to match.
+    """
     try:
         import jax
 
-        jax.config.update("jax_enable_x64", True)
+        # float32 everywhere; x64 stays on for the MLP (as in the peer tests) but off for the
+        # CNN, whose structured convolution rule mixes float64 and float32 arrays under x64.
+        jax.config.update("jax_enable_x64", image_shape is None)
         import jax.numpy as jnp
         import neural_tangents as nt
         from neural_tangents import stax
@@ -179,10 +188,26 @@ def peer_kernel_fns(net: nn.Module):
         print(f"(peer skipped: {type(err).__name__}: {err})")
         return None
     layers, params = [], []
+    flat_from = None  # (C, H, W) of the input of the first dense layer after a Flatten
+    channels = None if image_shape is None else image_shape[0]
     for m in net:
-        if isinstance(m, Linear):
+        if isinstance(m, Conv2d):  # stride 1, SAME: the image size is kept
+            channels = m.out_channels
+            layers.append(stax.Conv(m.out_channels, tuple(m.kernel_size), padding=m.padding.upper(),
+                                    W_std=m.W_std, b_std=m.b_std))
+            params.append((jnp.asarray(m.weight.detach().permute(2, 3, 1, 0).numpy()),
+                           jnp.asarray(m.bias.detach().numpy())))
+        elif isinstance(m, nn.Flatten):
+            layers.append(stax.Flatten())
+            params.append(())
+            flat_from = (channels, *image_shape[1:])
+        elif isinstance(m, Linear):
+            w = m.weight.detach()
+            if flat_from is not None:  # columns (c, h, w) -> (h, w, c)
+                w = w.view(-1, *flat_from).permute(0, 2, 3, 1).reshape(w.shape[0], -1)
+                flat_from = None
             layers.append(stax.Dense(m.out_features, W_std=m.W_std, b_std=m.b_std))
-            params.append((jnp.asarray(m.weight.detach().numpy().T), jnp.asarray(m.bias.detach().numpy())))
+            params.append((jnp.asarray(w.numpy().T), jnp.asarray(m.bias.detach().numpy())))
         else:
             layers.append(stax.Relu())
             params.append(())
@@ -192,6 +217,22 @@ def peer_kernel_fns(net: nn.Module):
         k = jax.jit(nt.empirical_ntk_fn(apply_fn, trace_axes=axes, vmap_axes=0, implementation=3))
         fns[mode] = (lambda k: lambda x: k(x, None, params).block_until_ready())(k)
     return fns, jnp
+
+
+def bench_peer(workload: str, fns: dict, net: nn.Module, x: torch.Tensor, x_peer, reps: int) -> None:
+    """neural-tangents (compiled outside the timing) then torchntk "auto" on a fresh copy of
+    ``net``, both modes; ``x_peer`` is ``x`` in the peer's layout."""
+    for mode in ("full", "mean"):
+        t0 = time.perf_counter()
+        fns[mode](x_peer)  # compile outside the timing; the compile-and-run is its first call
+        fp = time.perf_counter() - t0
+        tp, pp, kp, _ = measure(lambda: fns[mode](x_peer), reps)
+        report(f"{workload} {mode} vs peer", "neural-tangents", tp, pp, None, first=fp)
+        fresh = copy.deepcopy(net)
+        tt, pt, kt, ft = measure(lambda: torchntk.empirical_ntk(fresh, x, mode=mode), reps)
+        diff = rel_err(kt, torch.from_numpy(np.asarray(kp)))
+        report(f"{workload} {mode} vs peer", "torchntk auto", tt, pt, None,
+               f"peer/torchntk time {tp / tt:.2f}x; rel. diff {diff:.1e}", first=ft)
 
 
 # -- report ----------------------------------------------------------------------------------------
@@ -255,6 +296,9 @@ def main() -> None:
                     help="threads for torch and XLA (default 1: stable timings on a shared "
                          "machine; 0 keeps the libraries' defaults)")
     ap.add_argument("--tiny", action="store_true", help="small sizes: a smoke test of the script")
+    ap.add_argument("--only", nargs="+", choices=("mlp", "cnn", "bert", "peer", "scale"),
+                    help="run only these parts (default: all); 'peer' is the MLP and CNN rows "
+                         "against neural-tangents")
     ap.add_argument("--scale-check", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None:
@@ -279,37 +323,37 @@ def main() -> None:
     n_mlp, n_cnn, n_bert = (12, 6, 8) if args.tiny else (96, 32, 64)
     warm_up()
 
+    def want(part: str) -> bool:
+        return args.only is None or part in args.only
+
     mlp = make_mlp((64, 64) if args.tiny else (512, 512))
-    for mode in ("full", "mean"):
-        bench_torch(f"MLP N={n_mlp} {mode}", mlp, X[:n_mlp], mode, reps, impls, rreps)
+    if want("mlp"):
+        for mode in ("full", "mean"):
+            bench_torch(f"MLP N={n_mlp} {mode}", mlp, X[:n_mlp], mode, reps, impls, rreps)
     cnn = make_cnn()
     imgs = X[:n_cnn].view(n_cnn, 1, 8, 8)
-    for mode in ("full", "mean"):
-        bench_torch(f"CNN N={n_cnn} {mode}", cnn, imgs, mode, reps, ["auto", "structured", "jacobian"], rreps)
-    bert = BertStyle(width=16 if args.tiny else 64).eval()
-    ids = torch.randint(0, 1000, (n_bert, 16), generator=torch.Generator().manual_seed(0))
-    bench_torch(f"BERT-style N={n_bert} mean", bert, ids, "mean", reps,
-                ["auto", "structured", "jacobian", "autograd"], rreps)
+    if want("cnn"):
+        for mode in ("full", "mean"):
+            bench_torch(f"CNN N={n_cnn} {mode}", cnn, imgs, mode, reps, ["auto", "structured", "jacobian"], rreps)
+    if want("bert"):
+        bert = BertStyle(width=16 if args.tiny else 64).eval()
+        ids = torch.randint(0, 1000, (n_bert, 16), generator=torch.Generator().manual_seed(0))
+        bench_torch(f"BERT-style N={n_bert} mean", bert, ids, "mean", reps,
+                    ["auto", "structured", "jacobian", "autograd"], rreps)
 
-    peer = None if args.quick else peer_kernel_fns(mlp)
-    if peer is not None:
-        fns, jnp = peer
-        for n in (96, 256):
-            x = X[:n]
-            xj = jnp.asarray(x.numpy())
-            for mode in ("full", "mean"):
-                t0 = time.perf_counter()
-                fns[mode](xj)  # compile outside the timing; the compile-and-run is its first call
-                fp = time.perf_counter() - t0
-                tp, pp, kp, _ = measure(lambda: fns[mode](xj), reps)
-                report(f"MLP N={n} {mode} vs peer", "neural-tangents", tp, pp, None, first=fp)
-                fresh = copy.deepcopy(mlp)
-                tt, pt, kt, ft = measure(lambda: torchntk.empirical_ntk(fresh, x, mode=mode), reps)
-                diff = rel_err(kt, torch.from_numpy(np.asarray(kp)))
-                report(f"MLP N={n} {mode} vs peer", "torchntk auto", tt, pt, None,
-                       f"peer/torchntk time {tp / tt:.2f}x; rel. diff {diff:.1e}", first=ft)
+    if not args.quick and want("peer"):
+        peer = peer_kernel_fns(mlp)
+        if peer is not None:
+            fns, jnp = peer
+            for n in (96, 256):
+                x = X[:n]
+                bench_peer(f"MLP N={n}", fns, mlp, x, jnp.asarray(x.numpy()), reps)
+        peer = peer_kernel_fns(cnn, image_shape=(1, 8, 8))
+        if peer is not None:
+            fns, jnp = peer
+            bench_peer(f"CNN N={n_cnn}", fns, cnn, imgs, jnp.asarray(imgs.permute(0, 2, 3, 1).numpy()), reps)
 
-    if not args.quick:
+    if not args.quick and want("scale"):
         out = subprocess.run([sys.executable, __file__, "--scale-check"], capture_output=True, text=True)
         line = [ln for ln in out.stdout.splitlines() if ln.startswith("scale:")]
         if line:

@@ -96,11 +96,14 @@ def test_auto_falls_back_once_with_a_warning_and_remembers():
 
 
 def test_plans_are_cached_per_model_and_input_shape(monkeypatch):
+    from collections import OrderedDict
+
     from torchntk.empirical import _cost
 
     calls = []
     real = _cost.probe_layers
     monkeypatch.setattr(_cost, "probe_layers", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(_cost, "_SHARED", OrderedDict())  # no plan from another test
     model, x = build("tokens"), inputs("tokens", 3)
     k1 = empirical_ntk(model, x, mode="mean")
     k2 = empirical_ntk(model, inputs("tokens", 5, seed=2)[:4], mode="mean")  # same example shape
@@ -148,3 +151,42 @@ def test_autograd_path_runs_again_without_cudnn_for_recurrent_kernels():
         torch.backends.cudnn.enabled = before
     assert_close(empirical_ntk(model, x, implementation="autograd"), ref)
     assert torch.backends.cudnn.enabled == before
+
+
+def test_a_fresh_instance_of_a_planned_architecture_reuses_the_plan(monkeypatch):
+    """The plan is shared by structure: a new instance with other weights runs no probe and
+    its kernel is exact (the shared plan's layers are bound to the new instance's modules); a
+    changed attribute, a hook or a non-data attribute makes a new plan."""
+    from collections import OrderedDict
+
+    from torchntk.empirical import _cost
+
+    calls = []
+    real = _cost.probe_layers
+    monkeypatch.setattr(_cost, "probe_layers", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(_cost, "_SHARED", OrderedDict())
+
+    def net(seed, slope=0.1):
+        torch.manual_seed(seed)
+        return torch.nn.Sequential(
+            torch.nn.Conv1d(2, 3, 2), torch.nn.LeakyReLU(slope), torch.nn.Flatten(), torch.nn.Linear(6, 2)
+        ).double()
+
+    x = torch.randn(3, 2, 3, dtype=torch.float64)
+    for impl in ("auto", "structured"):
+        empirical_ntk(net(0), x, implementation=impl)
+    assert len(calls) == 1
+    fresh = net(1)
+    assert_close(empirical_ntk(fresh, x, implementation="structured"), brute_ntk(fresh, x))
+    assert len(calls) == 1
+    empirical_ntk(net(2, slope=0.2), x)  # another attribute value: another structure
+    assert len(calls) == 2
+    hooked = net(3)
+    hooked[1].register_forward_hook(lambda m, i, o: None)
+    assert _cost.structure_key(hooked) is None
+    empirical_ntk(hooked, x)
+    assert len(calls) == 3
+    odd = net(4)
+    odd.extra = lambda t: t  # a closure attribute: no structure key, the instance alone is cached
+    assert _cost.structure_key(odd) is None
+    assert _cost.structure_key(net(5)) == _cost.structure_key(net(6))

@@ -26,15 +26,19 @@ fallbacks that need less of the model (``structured`` with the autograd loop for
 parameters, then ``autograd``). The caller tries them in that order. All implementations are
 exact, so the choice affects time and memory only.
 
-Plans are cached per model (weakly) and per parameter set, input shape, dtype, device and
-output selector: the structured probe and the implementations found unable to handle the model
-are remembered, so a second call with the same structure pays neither again.
+Plans are cached per model (weakly) and per model structure (:func:`structure_key`: a fresh
+instance of an architecture planned before shares its plan), and per parameter set, input
+shape, dtype, device and output selector: the output width, the structured probe and the
+implementations found unable to handle the model are remembered, so a second call with the
+same structure runs no probe and tries no failing implementation again.
 """
 
 from __future__ import annotations
 
+import types
 import weakref
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -127,9 +131,11 @@ def structured_plan(fm: Functional, probe: tuple, n1: int, n2: int, o: int, mode
 
 @dataclass
 class Entry:
-    """What is remembered for one model structure and input shape."""
+    """What is remembered for one model structure and input shape: the structured probe, the
+    output width ``O`` and the implementations found unable to handle the model."""
 
     probe: tuple
+    out_dim: int
     failed: set = field(default_factory=set)
 
 
@@ -139,15 +145,102 @@ def _key(fm: Functional, x1: torch.Tensor) -> tuple:
     return params, tuple(x1.shape[1:]), x1.dtype, str(x1.device), sel
 
 
-def entry(fm: Functional, x1: torch.Tensor) -> Entry:
-    """The cached :class:`Entry` of ``fm`` at inputs shaped like ``x1`` (probing on a miss)."""
+# Attributes every nn.Module has (parameters, buffers, submodules, hook tables): the structure
+# key covers them separately; ``training`` is kept (it changes the forward).
+_MODULE_BOOKKEEPING = frozenset(vars(nn.Module())) - {"training"}
+_SHARED_SIZE = 64
+_SHARED: "OrderedDict[tuple, Entry]" = OrderedDict()
+
+
+class _Opaque(Exception):
+    """A module attribute whose value cannot be part of a structure key."""
+
+
+def _value_key(v: object) -> object:
+    """A hashable stand-in for a module attribute that determines the forward, by value only
+    (never by ``id``, which a freed object's successor may reuse); raises :class:`_Opaque`."""
+    if v is None or isinstance(v, (bool, int, float, str, torch.dtype, torch.device)):
+        return (type(v).__name__, v)
+    if isinstance(v, (tuple, list, frozenset)):
+        return (type(v).__name__, tuple(_value_key(t) for t in v))
+    if isinstance(v, (set, dict)):
+        items = sorted(v.items() if isinstance(v, dict) else ((t, None) for t in v), key=repr)
+        return (type(v).__name__, tuple((_value_key(k), _value_key(t)) for k, t in items))
+    if isinstance(v, (types.FunctionType, types.BuiltinFunctionType)) and "<" not in v.__qualname__:
+        # a module-level function (torch.relu, F.gelu): named, so it outlives any model
+        return ("function", getattr(v, "__module__", None), v.__qualname__)
+    raise _Opaque
+
+
+def structure_key(module: nn.Module) -> tuple | None:
+    """What decides a model's forward computation apart from its numbers: the module tree
+    (names, classes, attributes, sharing of modules and parameters, buffer shapes), or ``None``
+    when an attribute is not plain data (a config object, a tensor, a closure, a hook).
+
+    Two modules with the same key run the same operations on inputs of the same shape, so they
+    share a plan (:func:`entry`).
+    """
+    first: dict[int, int] = {}
+    parts = []
+    try:
+        for k, (name, m) in enumerate(module.named_modules(remove_duplicate=False)):
+            if m._forward_hooks or m._forward_pre_hooks:
+                return None
+            attrs = tuple(
+                (a, _value_key(v)) for a, v in sorted(vars(m).items()) if a not in _MODULE_BOOKKEEPING
+            )
+            parts.append((name, type(m), first.setdefault(id(m), k), attrs))
+    except _Opaque:
+        return None
+    seen: dict[int, int] = {}
+    params = tuple(
+        (n, tuple(p.shape), p.dtype, p.requires_grad, seen.setdefault(id(p), k))
+        for k, (n, p) in enumerate(module.named_parameters(remove_duplicate=False))
+    )
+    buffers = tuple((n, tuple(b.shape), b.dtype) for n, b in module.named_buffers())
+    return tuple(parts), params, buffers
+
+
+def _rebind(ent: Entry, module: nn.Module | None) -> Entry:
+    """A copy of ``ent`` whose layers point at the modules of ``module`` (``None``: at no
+    module, for the shared cache, which must not keep a model alive)."""
+    layers, shapes, fallback, functions = ent.probe
+    layers = [replace(lay, module=None if module is None else module.get_submodule(lay.name)) for lay in layers]
+    return Entry((layers, shapes, fallback, functions), ent.out_dim, set(ent.failed))
+
+
+def entry(fm: Functional, x1: torch.Tensor, name: str = "x1") -> Entry:
+    """The cached :class:`Entry` of ``fm`` at inputs shaped like ``x1`` (argument ``name``).
+
+    Looked up per model instance (weakly), then per model structure (:func:`structure_key`,
+    for a fresh instance of an architecture planned before); on a miss, the model runs on one
+    or two examples: :meth:`Functional.probe` (checks the input and the output, gives ``O``)
+    and :func:`probe_layers`.
+    """
     if fm.module is None:
-        return Entry(probe_layers(fm, x1))
+        return Entry(probe_layers(fm, x1), fm.probe(x1, name))
     per_model = _CACHE.setdefault(fm.module, {})
     key = _key(fm, x1)
     hit = per_model.get(key)
-    if hit is None:
-        hit = per_model[key] = Entry(probe_layers(fm, x1))
+    if hit is not None:
+        if callable(fm.output):  # selectors are not compared: O is measured again
+            return replace(hit, out_dim=fm.probe(x1, name))
+        return hit
+    skey = structure_key(fm.module)
+    shared = None if skey is None else _SHARED.get((skey, key))
+    if shared is not None:
+        _SHARED.move_to_end((skey, key))
+        hit = _rebind(shared, fm.module)
+        if callable(fm.output):
+            hit.out_dim = fm.probe(x1, name)
+    else:
+        out_dim = fm.probe(x1, name)
+        hit = Entry(probe_layers(fm, x1), out_dim)
+        if skey is not None:
+            _SHARED[(skey, key)] = _rebind(hit, None)
+            while len(_SHARED) > _SHARED_SIZE:
+                _SHARED.popitem(last=False)
+    per_model[key] = hit
     return hit
 
 
@@ -174,9 +267,11 @@ def candidates(
     budget: int,
     per_layer: bool,
     acc_dtype: torch.dtype | None,
+    ent: Entry | None = None,
 ) -> tuple[list[Plan], Entry]:
-    """The plans to try in order (one for an explicit ``implementation``) and the cache entry."""
-    ent = entry(fm, x1)
+    """The plans to try in order (one for an explicit ``implementation``) and the cache entry
+    (``ent``: the :func:`entry` of ``fm`` at ``x1`` when the caller has it)."""
+    ent = entry(fm, x1) if ent is None else ent
     n1 = x1.shape[0]
     s = _itemsize(fm, acc_dtype)
     p = sum(t.numel() for t in fm.params.values())

@@ -125,10 +125,10 @@ def empirical_ntk(
         fm = make_functional(model, params, output)
         x1 = plain_input(x1)
         x2 = None if x2 is None else plain_input(x2)
-        out_dim = fm.probe(x1, "x1")
+        entry = _cost.entry(fm, x1)  # runs the model on a few examples on a plan-cache miss
         n2 = x1.shape[0] if x2 is None else x2.shape[0]
-        plans, entry = _cost.candidates(
-            fm, x1, n2, out_dim, mode, implementation, budget, per_layer, accumulate_dtype
+        plans, _ = _cost.candidates(
+            fm, x1, n2, entry.out_dim, mode, implementation, budget, per_layer, accumulate_dtype, entry
         )
         for k, plan in enumerate(plans):
             block = plan_block(

@@ -193,11 +193,7 @@ class StructuredBackend:
         A = patches(lay, a) if lay.weight is not None else None
         Gs = G.sum(2) if lay.bias is not None else None
         if method == "jw":
-            JW = None
-            if A is not None:
-                JW = torch.matmul(G.transpose(2, 3), A)  # (O, N, C, K): per-example g^T A
-                JW = JW.reshape(JW.shape[0], JW.shape[1], -1)
-            return _LayerFeat(lay, method, JW, Gs)
+            return _LayerFeat(lay, method, None if A is None else _weight_grads(G, A), Gs)
         return _LayerFeat(lay, method, G.contiguous(), A, Gs)
 
     def _grouped_features(self, lay: LayerInfo, method: str, a: torch.Tensor, G: torch.Tensor) -> _LayerFeat:
@@ -258,6 +254,21 @@ class StructuredBackend:
             else:
                 acc.add(lay.weight, _pair_part(acc.cast(a.u), acc.cast(a.v), acc.cast(b.u), acc.cast(b.v), mode), ws2)
         contract_jacobians(jac1, jac2, mode, acc)
+
+
+def _weight_grads(G: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+    """Per-example weight gradients ``JW[a, i] = g[a, i]^T A[i]`` as ``(O, N, C*K)``.
+
+    One batched product over the examples per output ``a``, written in place: ``A`` is not
+    broadcast (copied) over the outputs, and the cotangents of a convolution, whose native
+    layout ``(O, N, C, P)`` is ``G`` transposed, are read without a copy.
+    """
+    o, n, _, c = G.shape
+    JW = G.new_empty(o, n, c, A.shape[-1])
+    Gt = G.transpose(2, 3)
+    for a in range(o):
+        torch.bmm(Gt[a], A, out=JW[a])
+    return JW.view(o, n, -1)
 
 
 def _pair_part(g1, a1, g2, a2, mode: str) -> torch.Tensor:
