@@ -26,10 +26,15 @@ in float32 (the peer's default; jax_enable_x64 is on, but the arrays are
 float32). Times are medians over repeats after one warm-up call; "first" is the time of that
 first call on a fresh copy of the model (torchntk plans and caches its plan then; the process's
 one-time import and library start-up costs are paid before any timing, by a warm-up on another
-model); "peak" is the largest rise of the process's resident memory over its level before the
-call, sampled every millisecond.
+model). torchntk shares plans by model structure and input shape, so in each workload "auto",
+run first, pays the planning probe and the contenders after it (and the "mean" rows after the
+"full" ones) reuse the plan, as a user's second model of the same architecture would. The
+torch.func recipe runs after the torchntk contenders of its workload (see :func:`bench_torch`). "peak" is the largest rise of the process's resident memory
+over its level before the call, sampled every millisecond; "ran" names the implementation
+that "auto" chose.
 
     .peer-venv/bin/python benchmarks/empirical.py            # everything (about 3 minutes)
+    .peer-venv/bin/python benchmarks/empirical.py --only cnn peer   # some parts
     .venv/bin/python benchmarks/empirical.py --quick         # no peer, fewer repeats
     .venv/bin/python benchmarks/empirical.py --quick --tiny  # smoke test at small sizes
 """
@@ -38,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import logging
 import os
 import resource
 import statistics
@@ -232,7 +238,7 @@ def bench_peer(workload: str, fns: dict, net: nn.Module, x: torch.Tensor, x_peer
         tt, pt, kt, ft = measure(lambda: torchntk.empirical_ntk(fresh, x, mode=mode), reps)
         diff = rel_err(kt, torch.from_numpy(np.asarray(kp)))
         report(f"{workload} {mode} vs peer", "torchntk auto", tt, pt, None,
-               f"peer/torchntk time {tp / tt:.2f}x; rel. diff {diff:.1e}", first=ft)
+               f"peer/torchntk time {tp / tt:.2f}x; ran {CHOSEN.name}; rel. diff {diff:.1e}", first=ft)
 
 
 # -- report ----------------------------------------------------------------------------------------
@@ -253,17 +259,41 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).abs().max() / b.double().abs().max())
 
 
+class Chosen(logging.Handler):
+    """Remembers the implementation of torchntk's last call (its DEBUG log record)."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.name = "?"
+
+    def emit(self, record):
+        self.name = record.args[0]
+
+
+CHOSEN = Chosen()
+
+
 def bench_torch(workload, net, x, mode, repeats, impls, recipe_repeats):
-    """The recipe, then each torchntk implementation, each on its own fresh copy of ``net``."""
-    fresh = copy.deepcopy(net)
-    t_ref, peak, ref, first = measure(lambda: recipe_ntk(fresh, x, x, mode), recipe_repeats)
-    report(workload, "torch.func recipe", t_ref, peak, None, first=first)
+    """Each torchntk implementation, then the recipe, each on its own fresh copy of ``net``.
+
+    The recipe comes last: it takes gigabytes, and a call that starts right after they are
+    given back was measured slower (up to 1.24x on a quiet 16-core machine, more on the 2-core
+    one), which would be charged to torchntk's first call.
+    """
+    rows = []
     for impl in impls:
         fresh = copy.deepcopy(net)
         t, peak, theta, first = measure(
             lambda: torchntk.empirical_ntk(fresh, x, mode=mode, implementation=impl), repeats)
+        rows.append((impl, CHOSEN.name, t, peak, theta, first))
+    fresh = copy.deepcopy(net)
+    t_ref, peak, ref, first = measure(lambda: recipe_ntk(fresh, x, x, mode), recipe_repeats)
+    del fresh
+    report(workload, "torch.func recipe", t_ref, peak, None, first=first)
+    for impl, chosen, t, peak, theta, first in rows:
+        runs = f"ran {chosen}; " if impl == "auto" else ""
         report(workload, f"torchntk {impl}", t, peak, t_ref,
-               f"(speed-up; first/warm {first / t:.2f}; rel. diff {rel_err(theta, ref):.1e})", first=first)
+               f"(speed-up; {runs}first/warm {first / t:.2f}; rel. diff {rel_err(theta, ref):.1e})", first=first)
 
 
 def warm_up() -> None:
@@ -312,6 +342,8 @@ def main() -> None:
         os.execve(sys.executable, [sys.executable, *sys.argv], env)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    logging.getLogger("torchntk.empirical").addHandler(CHOSEN)
+    logging.getLogger("torchntk.empirical").setLevel(logging.DEBUG)
     if args.scale_check:
         scale_check()
         return

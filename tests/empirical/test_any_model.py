@@ -190,3 +190,41 @@ def test_a_fresh_instance_of_a_planned_architecture_reuses_the_plan(monkeypatch)
     odd.extra = lambda t: t  # a closure attribute: no structure key, the instance alone is cached
     assert _cost.structure_key(odd) is None
     assert _cost.structure_key(net(5)) == _cost.structure_key(net(6))
+
+
+class _WeightGated(torch.nn.Module):
+    """Runs ``lin`` once or twice depending on the sign of a weight: instances of one structure
+    whose forward passes differ."""
+
+    def __init__(self, sign: float):
+        super().__init__()
+        self.lin, self.head = torch.nn.Linear(3, 3), torch.nn.Linear(3, 2)
+        with torch.no_grad():
+            self.lin.bias[0] = sign
+
+    def forward(self, x):
+        h = self.lin(x)
+        if self.lin.bias[0] > 0:
+            h = self.lin(torch.tanh(h))
+        return self.head(torch.tanh(h))
+
+
+def test_a_shared_plan_that_does_not_fit_the_forward_pass_is_never_used(monkeypatch):
+    """A plan shared by structure assumes each covered layer runs once, as in the probe: a model
+    that runs a layer more often is refused by "structured" and "auto" falls back (exact)."""
+    from collections import OrderedDict
+
+    from torchntk.empirical import _cost
+
+    monkeypatch.setattr(_cost, "_SHARED", OrderedDict())
+    torch.manual_seed(0)
+    once, twice = _WeightGated(-1.0).double(), _WeightGated(1.0).double()
+    x = torch.randn(4, 3, dtype=torch.float64)
+    assert _cost.structure_key(once) == _cost.structure_key(twice)
+    assert_close(empirical_ntk(once, x, implementation="structured"), brute_ntk(once, x))
+    with pytest.raises(UnsupportedLayerError, match="stale.*'lin' ran 2 times"):
+        empirical_ntk(twice, x, implementation="structured")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "auto" may announce the fallback
+        for mode in ("full", "mean"):
+            assert_close(empirical_ntk(twice, x, mode=mode), brute_ntk(twice, x, mode=mode))

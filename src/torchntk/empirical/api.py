@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 from typing import Callable
 
@@ -18,6 +19,8 @@ from ._functional import OutputSelector, ParamSelector, make_functional, plain_i
 from ._modes import MODES
 
 IMPLEMENTATIONS = ("auto", "jacobian", "ntvp", "structured", "autograd")
+# DEBUG records of the implementation each call runs (what "auto" chose, and any fallback).
+_LOG = logging.getLogger("torchntk.empirical")
 
 
 def _check_kind(name: str, x: object) -> None:
@@ -134,6 +137,8 @@ def empirical_ntk(
             block = plan_block(
                 max(x1.shape[0], n2), block_size, budget, plan.fixed_bytes, plan.example_bytes, plan.pair_bytes
             )
+            if _LOG.isEnabledFor(logging.DEBUG):
+                _LOG.debug("empirical_ntk: implementation %r, blocks of %d examples", plan.backend.name, block)
             try:
                 return compute_tiled(plan.backend, x1, x2, mode, per_layer, block, accumulate_dtype)
             except Exception as err:

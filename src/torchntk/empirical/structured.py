@@ -168,7 +168,14 @@ class StructuredBackend:
                         params[n] = params[n].detach().requires_grad_(True)
             with torch.enable_grad(), Capture(self.layers) as cap:
                 out = fm(params, x)
-                recs = [cap.calls[lay.name][-1] for lay in self.layers]
+                for lay in self.layers:
+                    if len(cap.calls[lay.name]) != 1:  # a RuntimeError: "auto" moves on
+                        raise RuntimeError(
+                            f"the structured plan is stale: layer {lay.name!r} ran "
+                            f"{len(cap.calls[lay.name])} times in this forward pass and once in the "
+                            "planning probe (the model's computation depends on its weights or inputs)"
+                        )
+                recs = [cap.calls[lay.name][0] for lay in self.layers]
                 gs = _cotangents(out, [r.y for r in recs], self.state)
             del out, params
             for lay, rec, g in zip(self.layers, recs, gs):
