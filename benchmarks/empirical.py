@@ -29,7 +29,8 @@ one-time import and library start-up costs are paid before any timing, by a warm
 model). torchntk shares plans by model structure and input shape, so in each workload "auto",
 run first, pays the planning probe and the contenders after it (and the "mean" rows after the
 "full" ones) reuse the plan, as a user's second model of the same architecture would. The
-torch.func recipe runs after the torchntk contenders of its workload (see :func:`bench_torch`). "peak" is the largest rise of the process's resident memory
+torch.func recipes run after all torchntk and peer timings (see :func:`bench_recipes`), and
+their rows are printed then. "peak" is the largest rise of the process's resident memory
 over its level before the call, sampled every millisecond; "ran" names the implementation
 that "auto" chose.
 
@@ -273,27 +274,38 @@ class Chosen(logging.Handler):
 CHOSEN = Chosen()
 
 
-def bench_torch(workload, net, x, mode, repeats, impls, recipe_repeats):
-    """Each torchntk implementation, then the recipe, each on its own fresh copy of ``net``.
-
-    The recipe comes last: it takes gigabytes, and a call that starts right after they are
-    given back was measured slower (up to 1.24x on a quiet 16-core machine, more on the 2-core
-    one), which would be charged to torchntk's first call.
-    """
-    rows = []
+def bench_torch(workload, net, x, mode, repeats, impls):
+    """Each torchntk implementation, each on its own fresh copy of ``net``; the recipe is timed
+    later by :func:`bench_recipes`, with the results kept in ``PENDING``."""
+    rows = PENDING.setdefault(workload, (net, x, mode, []))[3]
     for impl in impls:
         fresh = copy.deepcopy(net)
         t, peak, theta, first = measure(
             lambda: torchntk.empirical_ntk(fresh, x, mode=mode, implementation=impl), repeats)
         rows.append((impl, CHOSEN.name, t, peak, theta, first))
-    fresh = copy.deepcopy(net)
-    t_ref, peak, ref, first = measure(lambda: recipe_ntk(fresh, x, x, mode), recipe_repeats)
-    del fresh
-    report(workload, "torch.func recipe", t_ref, peak, None, first=first)
-    for impl, chosen, t, peak, theta, first in rows:
-        runs = f"ran {chosen}; " if impl == "auto" else ""
-        report(workload, f"torchntk {impl}", t, peak, t_ref,
-               f"(speed-up; {runs}first/warm {first / t:.2f}; rel. diff {rel_err(theta, ref):.1e})", first=first)
+
+
+PENDING: dict[str, tuple] = {}  # workload -> (model, inputs, mode, torchntk rows)
+
+
+def bench_recipes(recipe_repeats: int) -> None:
+    """The recipe of each workload of ``PENDING``, then its torchntk rows with the speed-ups.
+
+    The recipes run after every torchntk timing: they take gigabytes, and a call that starts
+    right after those are given back was measured slower (up to 1.24x on a quiet 16-core
+    machine, more on the 2-core one), which would be charged to torchntk.
+    """
+    for workload, (net, x, mode, rows) in PENDING.items():
+        fresh = copy.deepcopy(net)
+        t_ref, peak, ref, first = measure(lambda: recipe_ntk(fresh, x, x, mode), recipe_repeats)
+        del fresh
+        report(workload, "torch.func recipe", t_ref, peak, None, first=first)
+        for impl, chosen, t, peak, theta, first in rows:
+            runs = f"ran {chosen}; " if impl == "auto" else ""
+            report(workload, f"torchntk {impl}", t, peak, t_ref,
+                   f"(speed-up; {runs}first/warm {first / t:.2f}; rel. diff {rel_err(theta, ref):.1e})",
+                   first=first)
+    PENDING.clear()
 
 
 def warm_up() -> None:
@@ -359,19 +371,24 @@ def main() -> None:
         return args.only is None or part in args.only
 
     mlp = make_mlp((64, 64) if args.tiny else (512, 512))
-    if want("mlp"):
-        for mode in ("full", "mean"):
-            bench_torch(f"MLP N={n_mlp} {mode}", mlp, X[:n_mlp], mode, reps, impls, rreps)
     cnn = make_cnn()
     imgs = X[:n_cnn].view(n_cnn, 1, 8, 8)
+    workloads = []  # (workload, model, inputs, mode, implementations)
+    if want("mlp"):
+        workloads += [(f"MLP N={n_mlp} {m}", mlp, X[:n_mlp], m, impls) for m in ("full", "mean")]
     if want("cnn"):
-        for mode in ("full", "mean"):
-            bench_torch(f"CNN N={n_cnn} {mode}", cnn, imgs, mode, reps, ["auto", "structured", "jacobian"], rreps)
+        workloads += [(f"CNN N={n_cnn} {m}", cnn, imgs, m, impls[:3]) for m in ("full", "mean")]
     if want("bert"):
         bert = BertStyle(width=16 if args.tiny else 64).eval()
         ids = torch.randint(0, 1000, (n_bert, 16), generator=torch.Generator().manual_seed(0))
-        bench_torch(f"BERT-style N={n_bert} mean", bert, ids, "mean", reps,
-                    ["auto", "structured", "jacobian", "autograd"], rreps)
+        workloads.append((f"BERT-style N={n_bert} mean", bert, ids, "mean", impls[:3] + ["autograd"]))
+    # Two passes: "auto" and "structured" of every workload, then the implementations that take
+    # gigabytes here (a call right after those are given back was measured slower, see
+    # bench_recipes), so that no "auto" call, first calls included, follows them.
+    for fast in (True, False):
+        for workload, net, x, mode, names in workloads:
+            chosen = [i for i in names if (i in ("auto", "structured")) == fast]
+            bench_torch(workload, net, x, mode, reps, chosen)
 
     if not args.quick and want("peer"):
         peer = peer_kernel_fns(mlp)
@@ -384,6 +401,8 @@ def main() -> None:
         if peer is not None:
             fns, jnp = peer
             bench_peer(f"CNN N={n_cnn}", fns, cnn, imgs, jnp.asarray(imgs.permute(0, 2, 3, 1).numpy()), reps)
+
+    bench_recipes(rreps)
 
     if not args.quick and want("scale"):
         out = subprocess.run([sys.executable, __file__, "--scale-check"], capture_output=True, text=True)
