@@ -116,6 +116,17 @@ class ElementwiseLayer(Layer):
         q11, q22 = _spatial.self_variances(cov, k.full_spatial, k.spatial_ndim)
         return self.rule(q11, cov, q22)[0]
 
+    def _self_covs(self, k: Kernel) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(cov1', cov2')``; both batches in one call of the rule when they are small (the
+        rule is elementwise: the values are those of two calls, with half the calls' overhead)."""
+        if k.cov2 is None:
+            return self._self_cov(k.cov1, k), None
+        n1 = k.cov1.shape[0]
+        if k.cov1.numel() + k.cov2.numel() > _CHUNK_ENTRIES or k.cov1.shape[1:] != k.cov2.shape[1:]:
+            return self._self_cov(k.cov1, k), self._self_cov(k.cov2, k)
+        both = self._self_cov(torch.cat((k.cov1, k.cov2)), k)
+        return both[:n1], both[n1:]
+
     def kernel_rule(self, k: Kernel) -> Kernel:
         if isinstance(k, list):
             single(self, [x.shape for x in k])
@@ -134,11 +145,12 @@ class ElementwiseLayer(Layer):
             ntk = None
             if with_ntk and sdot is not None:
                 ntk = k.ntk * sdot
+        cov1, cov2 = self._self_covs(k)
         return k.replace(
             nngp=sigma,
             ntk=ntk,
-            cov1=self._self_cov(k.cov1, k),
-            cov2=None if k.cov2 is None else self._self_cov(k.cov2, k),
+            cov1=cov1,
+            cov2=cov2,
             is_gaussian=False,
             is_input=False,
         )

@@ -48,6 +48,14 @@ def matrix_of(fn: Callable[[torch.Tensor], torch.Tensor], spatial: tuple[int, ..
     return out.reshape(p_in, -1).T
 
 
+def _same_values(a: torch.Tensor | None, b: torch.Tensor) -> bool:
+    """Whether ``a`` holds the values of ``b`` (a scan that stops at the first difference);
+    False while autograd records (equal values may still have different derivatives)."""
+    if a is None or (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)):
+        return False
+    return a is b or (a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b))
+
+
 def apply_map(
     k: Kernel, m1: torch.Tensor, m2: torch.Tensor | None, out_spatial: tuple[int, ...]
 ) -> Kernel:
@@ -72,9 +80,14 @@ def apply_map(
             return out.reshape(*out.shape[:lead])
         return _zip(out, lead, out_spatial)
 
+    nngp = both(k.nngp, m1, m2, 2)
+    if _same_values(k.ntk, k.nngp):  # Theta = Sigma (after a first Dense layer): map it once
+        ntk = nngp.clone()
+    else:
+        ntk = both(k.ntk, m1, m2, 2)
     return k.replace(
-        nngp=both(k.nngp, m1, m2, 2),
-        ntk=both(k.ntk, m1, m2, 2),
+        nngp=nngp,
+        ntk=ntk,
         cov1=both(k.cov1, m1, m1, 1),
         cov2=None if k.cov2 is None else both(k.cov2, m2, m2, 1),
         shape=(k.shape[0], *out_spatial),

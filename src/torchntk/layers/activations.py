@@ -96,14 +96,15 @@ class ABRelu(ElementwiseLayer):
         return self.a * torch.clamp(x, max=0) + self.b * torch.clamp(x, min=0)
 
     def rule(self, q11: Tensor, q12: Tensor, q22: Tensor) -> tuple[Tensor, Tensor]:
-        if not _in_range(q11, q22):
+        in_range, positive = _variance_range(q11, q22)
+        if not in_range:
             # positively homogeneous: sigma(4^k1 q11, 2^(k1+k2) q12, 4^k2 q22) = 2^(k1+k2) sigma,
             # sdot unchanged; the scaled covariance is in range (no overflow of q11 q22)
             a, b, d, k = _scaled(q11, q12, q22)
             sigma, sdot = self.rule(a, b, d)
             return _ldexp(sigma, k), sdot
         if not _records_grad(q11, q12, q22, self.a, self.b):
-            return self._rule_no_grad(q11, q12, q22)
+            return self._rule_no_grad(q11, q12, q22, positive)
         s, t = angle(q11, q12, q22)
         a, b = self.a, self.b
         if is_one(a, 0.0) and is_one(b, 1.0):  # the ReLU, written exactly as in CONVENTIONS section 2
@@ -113,21 +114,23 @@ class ABRelu(ElementwiseLayer):
         return d2 * s / (2 * _PI) + sdot * q12, sdot
 
 
-    def _rule_no_grad(self, q11: Tensor, q12: Tensor, q22: Tensor) -> tuple[Tensor, Tensor]:
+    def _rule_no_grad(self, q11: Tensor, q12: Tensor, q22: Tensor, positive: bool) -> tuple[Tensor, Tensor]:
         """The same values as the autograd-safe path, in fewer passes over reused buffers.
 
         Each step rounds exactly as the safe path does (no fused multiply-adds), so the results
         are the same bits; only the ``torch.where`` guards that keep gradients finite are gone.
+        ``positive``: whether every ``q11 q22`` product is > 0 (then ``s = 0`` and ``q12 = 0``
+        never meet, and the angle needs no fix-up).
         """
         t = q12 * q12
         s = q11 * q22
         s = (s.sub_(t) if s.shape == t.shape else s - t).clamp_(min=0).sqrt_()  # sqrt(max(q11 q22 - q12^2, 0))
         t = torch.atan2(s, q12, out=t) if t.shape == s.shape else torch.atan2(s, q12)
-        if not _positive_variances(q11, q22):  # atan2(0, 0) = 0, but the angle there is pi/2
+        if not positive:  # atan2(0, 0) = 0, but the angle there is pi/2
             t.masked_fill_((s == 0) & (q12 == 0), _PI / 2)
         a, b = self.a, self.b
         if is_one(a, 0.0) and is_one(b, 1.0):  # the ReLU: sigma = (s + (pi - t) q12) / (2 pi), sdot = (pi - t) / (2 pi)
-            u = torch.sub(torch.tensor(_PI, dtype=t.dtype, device=t.device), t, out=t)
+            u = t.neg_().add_(_PI)  # pi - t, rounded once (negation is exact)
             sigma = s.add_(u * q12).div_(2 * _PI) if s.shape == q12.shape else (s + u * q12).div_(2 * _PI)
             return sigma, u.div_(2 * _PI)
         d2, sq = (a - b) ** 2, a * a + b * b
@@ -140,30 +143,35 @@ def _records_grad(*ts: Tensor | float) -> bool:
     return torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in ts)
 
 
-def _positive_variances(q11: Tensor, q22: Tensor) -> bool:
-    """Whether every ``q11 q22`` product is > 0 (then ``s = 0`` and ``q12 = 0`` never meet)."""
-    return bool(q11.numel() and q22.numel() and q11.min() * q22.min() > 0)
-
-
 #: Variances in ``[2^-480, 2^480]`` (or 0) keep ``q11 q22`` and ``q12^2`` inside float64's range.
 _SAFE_EXPONENT = 480
 
 
-def _in_range(q11: Tensor, q22: Tensor) -> bool:
-    """Whether every nonzero variance lies in ``[2^-480, 2^480]`` (the plain formulas are then
-    free of overflow and underflow); else the scaled forms are used. One pass per tensor (the
-    variances are per point: small next to the pairs)."""
+def _variance_range(q11: Tensor, q22: Tensor) -> tuple[bool, bool]:
+    """``(in_range, positive)``: whether every nonzero variance lies in ``[2^-480, 2^480]`` (the
+    plain formulas are then free of overflow and underflow; else the scaled forms are used), and
+    whether every variance is > 0 (then, in range, every ``q11 q22`` product is > 0). One pass
+    per tensor (the variances are per point: small next to the pairs)."""
     hi, lo = 2.0**_SAFE_EXPONENT, 2.0**-_SAFE_EXPONENT
+    positive = True
     for q in (q11, q22):
         if q.numel() == 0:
+            positive = False
             continue
         q = q.detach()
-        bottom, top = (float(v) for v in torch.aminmax(q))
+        bottom, top = torch.aminmax(q)
+        bottom, top = float(bottom), float(top)
         if not top <= hi:
-            return top != top  # NaN: no scaling helps, leave it to the plain formula
+            return top != top, False  # NaN: no scaling helps, leave it to the plain formula
+        positive = positive and bottom > 0
         if bottom < lo and float(torch.where(q > 0, q, torch.full_like(q, hi)).min()) < lo:
-            return False
-    return True
+            return False, False
+    return True, positive
+
+
+def _in_range(q11: Tensor, q22: Tensor) -> bool:
+    """Whether every nonzero variance lies in ``[2^-480, 2^480]`` (see :func:`_variance_range`)."""
+    return _variance_range(q11, q22)[0]
 
 
 def _half_exponent(q: Tensor) -> Tensor:
