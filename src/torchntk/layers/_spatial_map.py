@@ -24,6 +24,8 @@ from .kernel import Kernel
 
 def _unzip(t: torch.Tensor, lead: int, nsp: int) -> torch.Tensor:
     """``(lead..., S0, S0', S1, S1') -> (lead..., S0 * S1, S0' * S1')``."""
+    if nsp == 1:
+        return t
     perm = list(range(lead)) + [lead + 2 * a for a in range(nsp)] + [lead + 2 * a + 1 for a in range(nsp)]
     t = t.permute(perm)
     sizes = t.shape[lead : lead + nsp]
@@ -33,6 +35,8 @@ def _unzip(t: torch.Tensor, lead: int, nsp: int) -> torch.Tensor:
 def _zip(t: torch.Tensor, lead: int, spatial: tuple[int, ...]) -> torch.Tensor:
     """``(lead..., P, P') -> (lead..., S0, S0', S1, S1')`` for ``P = prod(spatial)``."""
     nsp = len(spatial)
+    if nsp == 1:
+        return t
     t = t.reshape(*t.shape[:lead], *spatial, *spatial)
     perm = list(range(lead))
     for a in range(nsp):
@@ -67,29 +71,52 @@ def apply_map(
     """
     nsp = k.spatial_ndim
     m2 = m1 if m2 is None else m2
+    n1, n2 = k.nngp.shape[:2]
+    per_pair = m1.ndim == 3 or m2.ndim == 3
+    if per_pair:
+        # per-sample maps: one copy of each side's maps per pair of samples, shared by nngp and
+        # ntk, then two batched products (the map of x2 enters transposed, as a view)
+        left = m1.unsqueeze(1) if m1.ndim == 3 else m1
+        left = left.expand(n1, n2, *m1.shape[-2:]).reshape(n1 * n2, *m1.shape[-2:])
+        right = m2.unsqueeze(0) if m2.ndim == 3 else m2
+        right = right.expand(n1, n2, *m2.shape[-2:]).reshape(n1 * n2, *m2.shape[-2:]).transpose(1, 2)
 
-    def both(t: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor, lead: int) -> torch.Tensor | None:
-        if t is None:
-            return None
-        flat = _unzip(t, lead, nsp)
-        if lead == 2:  # (N1, N2, P, P'): per-sample maps broadcast over the other batch axis
-            a = a.unsqueeze(1) if a.ndim == 3 else a
-            b = b.unsqueeze(0) if b.ndim == 3 else b
-        out = a @ flat @ b.transpose(-1, -2)
+    def finish(out: torch.Tensor, lead: int) -> torch.Tensor:
         if not out_spatial:
             return out.reshape(*out.shape[:lead])
         return _zip(out, lead, out_spatial)
 
-    nngp = both(k.nngp, m1, m2, 2)
-    if _same_values(k.ntk, k.nngp):  # Theta = Sigma (after a first Dense layer): map it once
-        ntk = nngp.clone()
+    def pairs(t: torch.Tensor | None) -> torch.Tensor | None:
+        """``m1 t m2^T`` for every pair of samples of ``t (N1, N2, ...)``."""
+        if t is None:
+            return None
+        flat = _unzip(t, 2, nsp)
+        if not per_pair:
+            return finish(m1 @ flat @ m2.T, 2)
+        p = flat.shape[-1]
+        out = torch.bmm(torch.bmm(left, flat.reshape(n1 * n2, p, p)), right)
+        return finish(out.view(n1, n2, *out.shape[1:]), 2)
+
+    def own(t: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        """``m t m^T`` for every sample of ``t (N, ...)``, with itself."""
+        flat = _unzip(t, 1, nsp)
+        if m.ndim == 3:
+            return finish(torch.bmm(torch.bmm(m, flat), m.transpose(1, 2)), 1)
+        return finish(m @ flat @ m.T, 1)
+
+    nngp = pairs(k.nngp)
+    ntk = nngp.clone() if _same_values(k.ntk, k.nngp) else pairs(k.ntk)  # Theta = Sigma: map once
+    if k.same_inputs:
+        # the kernel of each sample with itself is the diagonal of the square nngp: taken from
+        # it, it equals that diagonal bit for bit (the ReLU rules amplify a last-bit gap there)
+        cov1 = torch.diagonal(nngp, 0, 0, 1).movedim(-1, 0).contiguous()
     else:
-        ntk = both(k.ntk, m1, m2, 2)
+        cov1 = own(k.cov1, m1)
     return k.replace(
         nngp=nngp,
         ntk=ntk,
-        cov1=both(k.cov1, m1, m1, 1),
-        cov2=None if k.cov2 is None else both(k.cov2, m2, m2, 1),
+        cov1=cov1,
+        cov2=None if k.cov2 is None else own(k.cov2, m2),
         shape=(k.shape[0], *out_spatial),
         diagonal_spatial=not out_spatial,
         is_input=False,
