@@ -41,6 +41,12 @@ _WORK_FACTOR = 12
 # blocks are spread over ``torch.get_num_threads()`` Python threads instead (torch releases the
 # GIL in its kernels). On a loaded machine this avoids a scheduler wait per parallel op.
 _CACHE_ENTRIES = 1 << 15
+# The same for kernels in the full spatial layout, ``P^2`` entries per pair of inputs: twice as
+# many, so that fewer blocks pay the per-block costs (the ops' dispatch, and the per-input
+# covariances every block recomputes for its rows and columns, 2/b of its work), which there
+# outweigh the cache (a graph network's 16-node kernel: 16 x 16 pairs per block instead of 11 x 11,
+# a quarter less time on 2 threads); a pass over 2^16 entries may run on two threads.
+_CACHE_ENTRIES_FULL = 1 << 16
 # Default block of flat kernels (rows and columns): 181^2 < 2^15.
 _FLAT_BLOCK = 181
 
@@ -213,9 +219,10 @@ class Layer:
             dtype: of the computation and the result (float64 by default); the device is the
                 inputs'.
             block_size: rows/columns per block. By default a block whose kernel tensors hold
-                about 2^15 entries (181 rows for flat inputs; at least 4), within ``memory``:
-                they stay in the processor's cache through the passes each layer makes, each
-                pass runs on one thread, and the blocks are shared among
+                about 2^15 entries (2^16 in the full spatial layout; 181 rows for flat
+                inputs; at least 4), within ``memory``: they stay in the processor's cache
+                through the passes each layer makes, each pass runs on one or two threads,
+                and the blocks are shared among
                 ``torch.get_num_threads()`` worker threads (when no input requires grad). On a
                 GPU the blocks are as large as ``memory`` allows (one block up to a few
                 thousand flat rows at the default budget).
@@ -340,7 +347,7 @@ def _block_size(in_shape: Shape, full: bool, dtype: torch.dtype, block_size: int
         return max(1, by_memory)
     if len(in_shape) == 1:  # flat kernels (the symmetric case skips the blocks below the diagonal)
         return max(1, min(by_memory, _FLAT_BLOCK))
-    by_cache = int(math.sqrt(_CACHE_ENTRIES / entries))
+    by_cache = int(math.sqrt((_CACHE_ENTRIES_FULL if full else _CACHE_ENTRIES) / entries))
     return max(1, min(by_memory, max(by_cache, 4)))
 
 
