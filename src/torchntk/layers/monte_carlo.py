@@ -37,6 +37,7 @@ from .._checks import check_batches, check_choice
 from ..empirical import empirical_ntk
 from ..empirical._modes import MODES
 from ..errors import InvalidArgumentError, ShapeError
+from . import _side
 from ._base import Layer
 
 __all__ = ["MonteCarloKernel", "monte_carlo_kernel", "monte_carlo_kernels"]
@@ -110,6 +111,26 @@ def _outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return out.reshape(out.shape[0], -1).to(torch.float64)
 
 
+class _WithMask(nn.Module):
+    """``model(x, mask=m)`` as a one-argument module of ``z = [x, m]``: the padding mask rides
+    along as a last channel (1 = padding), so that every empirical-NTK implementation, which
+    calls the model on rows of its input, sees each row with its own mask."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        mask = z[:, -1] > 0.5
+        return self.model(_side.zero_masked(z[:, :-1], mask), mask=mask)
+
+
+def _with_mask(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``x (N, C, *spatial)`` with the mask ``(N, *spatial)`` as one more channel (0 without one)."""
+    extra = torch.zeros_like(x[:, :1]) if mask is None else mask.unsqueeze(1).to(x.dtype)
+    return torch.cat([x, extra], 1)
+
+
 def _output_products(f1: torch.Tensor, f2: torch.Tensor, mode: str) -> torch.Tensor:
     if mode == "full":
         return torch.einsum("ia,jb->ijab", f1, f2)
@@ -130,6 +151,7 @@ def monte_carlo_kernels(
     nngp: bool = True,
     ntk: bool = True,
     eval_mode: bool = True,
+    mask: Any = None,
     **ntk_options: Any,
 ) -> Iterator[MonteCarloKernel]:
     """Yield the running Monte Carlo estimate after each of ``n_samples`` initializations.
@@ -164,6 +186,17 @@ def monte_carlo_kernels(
         raise InvalidArgumentError(f"`generator` must be a torch.Generator, got {type(generator).__name__}")
     dtype = x1.dtype if x1.is_floating_point() else torch.get_default_dtype()
     build = _builder(model_factory, x1, dtype)
+    m1, m2 = _side.side_pair("mask", mask, x1, x2, _side.check_mask)
+    if m1 is not None or m2 is not None:
+        if not x1.is_floating_point():
+            raise InvalidArgumentError(f"`mask` goes with floating inputs, got `x1` of {x1.dtype}")
+        unmasked = build
+
+        def build(g: torch.Generator) -> nn.Module:
+            return _WithMask(unmasked(g))
+
+        x1 = _with_mask(x1, m1)
+        x2 = None if x2 is None else _with_mask(x2, m2)
     return _iterate(build, x1, x2, n_samples, generator, mode, nngp, ntk, eval_mode, ntk_options)
 
 
@@ -213,6 +246,7 @@ def monte_carlo_kernel(
     nngp: bool = True,
     ntk: bool = True,
     eval_mode: bool = True,
+    mask: Any = None,
     **ntk_options: Any,
 ) -> MonteCarloKernel:
     """Average empirical NNGP and NTK of ``n_samples`` random initializations (float64).
@@ -232,6 +266,12 @@ def monte_carlo_kernel(
         nngp, ntk: which kernels to estimate.
         eval_mode: call ``model.eval()`` before use (default; BatchNorm then uses its running
             statistics and Dropout is off, so each example's output is its own).
+        mask: padding masks as in ``spec.kernel``: ``(m1, m2)`` boolean ``(N1, *spatial)`` /
+            ``(N2, *spatial)``, True at padding (``m2`` None when ``x2`` is; one tensor then;
+            ``None`` for a batch without padding). Masked input positions are set to 0 and
+            each model is called as ``model(x, mask=m)`` (as the modules of ``spec.module``
+            take it), so the estimate converges to ``spec.kernel(x1, x2, mask=...)``. The
+            model is then wrapped: names in ``params=`` take the prefix ``"model."``.
         **ntk_options: passed to :func:`torchntk.empirical_ntk` (``implementation``,
             ``params``, ``block_size``, ``memory``...).
 
@@ -247,7 +287,7 @@ def monte_carlo_kernel(
     last: MonteCarloKernel | None = None
     for last in monte_carlo_kernels(
         model_factory, x1, x2, n_samples=n_samples, seed=seed, generator=generator, mode=mode,
-        nngp=nngp, ntk=ntk, eval_mode=eval_mode, **ntk_options,
+        nngp=nngp, ntk=ntk, eval_mode=eval_mode, mask=mask, **ntk_options,
     ):
         pass
     assert last is not None
