@@ -92,9 +92,12 @@ def test_masked_flatten_module_scales_kept_positions():
 def test_windowed_layers_refuse_masks():
     x = torch.randn(2, 3, 6, dtype=DT)
     m = torch.zeros(2, 6, dtype=torch.bool)
-    for layer in (L.Conv(4, 3, padding="SAME"), L.AvgPool(2), L.Conv(4, 1, strides=2)):
+    for layer in (L.Conv(4, 3, padding="SAME"), L.AvgPool(2), L.SumPool(2), L.Conv(4, 1, strides=2),
+                  L.ConvTranspose(4, 2), L.ConvTranspose(4, 1, strides=2), L.ConvLocal(4, 3)):
         with pytest.raises(SpecError, match="padding masks"):
             L.serial(layer, L.GlobalAvgPool()).kernel(x, mask=m)
+        with pytest.raises(SpecError, match="padding masks"):  # the finite module alike
+            L.serial(layer, L.GlobalAvgPool()).module((3, 6), dtype=DT)(x, mask=m)
     # a 1x1 convolution is per position: allowed
     k = L.serial(L.Conv(4, 1), L.GlobalAvgPool()).kernel(x, mask=m)
     torch.testing.assert_close(k.nngp, L.serial(L.Conv(4, 1), L.GlobalAvgPool()).kernel(x).nngp)

@@ -171,8 +171,10 @@ class Conv(Layer):
     def mask_out(self, mask: Any, input_shape: Shapes) -> Any:
         if mask is None:
             return None
-        filt, strides, _ = self._geometry(single(self, input_shape))
-        if all(f == 1 for f in filt) and all(s == 1 for s in strides):
+        shape = single(self, input_shape)
+        filt, strides = self._geometry(shape)[:2]  # (ConvTranspose's geometry holds more)
+        per_position = all(f == 1 for f in filt) and all(s == 1 for s in strides)
+        if per_position and tuple(self.output_shape(shape)[1:]) == tuple(shape[1:]):
             return mask
         raise SpecError(
             f"{self!r} mixes neighbouring positions and does not support padding masks (only 1x1 filters with "
