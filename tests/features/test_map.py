@@ -137,6 +137,24 @@ def test_other_activations(act):
 
 
 @pytest.mark.slow
+def test_acceptance_error_at_4096_with_bfloat16_products():
+    # the benchmark's setting: float32 features, bfloat16 products (dense projections)
+    torch.manual_seed(1)
+    spec = _fc(4, L.Relu)
+    x, x2 = torch.randn(64, 16, dtype=D64), torch.randn(20, 16, dtype=D64)
+    k, kx = spec.kernel(x), spec.kernel(x, x2)
+    for s in range(2):
+        fm = FeatureMap(spec, 4096, seed=s, dtype=torch.float32, precision="bfloat16")
+        f, f2 = fm(x), fm(x2)
+        for kind in ("nngp", "ntk"):
+            a, b = f[kind].double(), f2[kind].double()
+            err = relative_error(a @ a.T, getattr(k, kind))
+            cross = relative_error(a @ b.T, getattr(kx, kind))
+            print(f"bfloat16 relu4 seed {s} {kind}: error {err:.4f}, cross {cross:.4f}")
+            assert err <= 0.1 and cross <= 0.1, (kind, err, cross)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["relu4", "erf3", "cnn"])
 def test_acceptance_error_at_4096_and_rate(kind):
     torch.manual_seed(1)
@@ -186,6 +204,46 @@ def test_methods_and_dtype(method):
     assert f.ntk.dtype == torch.float32 and torch.isfinite(f.ntk).all()
 
 
+@pytest.mark.parametrize("d_in,d_out,kind", [(65, 300, "srht"), (1100, 512, "srht"), (600, 512, "structured"),
+                                              (20, 48, "gaussian")])
+def test_projection_matrix_is_the_map(d_in, d_out, kind):
+    from torchntk.features import _sketch
+
+    gen = torch.Generator().manual_seed(d_in)
+    cls = {"srht": _sketch.Srht, "structured": _sketch.StructuredProjection, "gaussian": _sketch.GaussianProjection}
+    p = cls[kind](d_in, d_out, gen)
+    x = torch.randn(7, d_in, dtype=D64)
+    torch.testing.assert_close(x @ p.matrix(D64, chunk=256), p(x), rtol=1e-12, atol=1e-12)
+    dense = p.to(torch.float32, torch.device("cpu"), "bfloat16")
+    assert isinstance(dense, _sketch.DenseProjection)
+    y = dense(x.float())
+    assert y.dtype == torch.bfloat16
+    # inputs and matrix rounded to 8-bit mantissas, float32 sums, output rounded: ~2^-8 relative
+    assert relative_error(y.double(), p(x)) < 2.0**-6
+
+
+@pytest.mark.parametrize("m", [512, 1024])
+def test_bfloat16_precision_keeps_the_draws(m):
+    # the same map (Gaussian rows at 512, structured at 1024) with bfloat16 products
+    spec = _fc(3, L.Relu)
+    x = torch.randn(40, 16, dtype=D64, generator=torch.Generator().manual_seed(2))
+    full = FeatureMap(spec, m, seed=4, dtype=torch.float32)
+    fast = FeatureMap(spec, m, seed=4, dtype=torch.float32, precision="BFloat16")
+    a, b = full(x), fast(x)
+    assert b.ntk.dtype == torch.float32 and fast.precision == "bfloat16" and fast.method == full.method
+    # the NNGP features: 2^-8 roundings per entry and layer
+    assert relative_error(b.nngp, a.nngp) < 0.02
+    # the NTK features also flip a'(u) where |u| is within the rounding of 0: a few % of the
+    # entries' energy, but the kernel estimate moves by far less than its Monte Carlo error
+    k = spec.kernel(x)
+    for kind in ("nngp", "ntk"):
+        exact = getattr(k, kind)
+        ka, kb = a[kind].double() @ a[kind].double().T, b[kind].double() @ b[kind].double().T
+        err_full = relative_error(ka, exact)
+        assert relative_error(kb, ka) < 0.2 * err_full, kind
+        assert relative_error(kb, exact) < 1.1 * err_full, kind
+
+
 def test_errors_name_the_problem():
     with pytest.raises(UnsupportedLayerError, match="FanInProd"):
         FeatureMap(L.serial(L.Dense(3), L.FanOut(2), L.parallel(L.Relu(), L.Erf()), L.FanInProd(), L.Dense(1)), 8)(
@@ -200,6 +258,8 @@ def test_errors_name_the_problem():
         FeatureMap(_fc(1, L.Relu), 1)
     with pytest.raises(InvalidArgumentError, match="method"):
         FeatureMap(_fc(1, L.Relu), 8, method="exact")
+    with pytest.raises(InvalidArgumentError, match="precision"):
+        FeatureMap(_fc(1, L.Relu), 8, precision="half")
     with pytest.raises(InvalidArgumentError, match="spec"):
         FeatureMap("relu", 8)
     with pytest.raises(InvalidArgumentError, match="kind"):

@@ -86,6 +86,33 @@ def test_gram_streams_in_float64():
     _close(g32.matrix, p.T @ p, tol=1e-5)
 
 
+def test_gram_upper_blocks_match_the_full_product():
+    # D >= 1024: the Gram is formed from its upper column blocks only, then mirrored
+    gen = torch.Generator().manual_seed(5)
+    phi = torch.randn(70, 1100, generator=gen, dtype=D64)
+    g = gram(FeatureRows.from_tensor(phi.float(), batch_size=32))
+    p = phi.float().double()
+    ref = p.T @ p
+    # float32 sums of 32 products per batch: relative error ~ 1e-7 * sqrt(32) of each entry's scale
+    assert float((g.matrix - ref).abs().max()) <= 1e-5 * float(ref.abs().max())
+    assert torch.equal(g.matrix, g.matrix.T)
+
+
+def test_gram_of_bfloat16_rows_is_exact_up_to_float32_sums():
+    # a bfloat16 map's features are bfloat16 numbers, so the Gram's bfloat16 products (oneDNN's
+    # bf16 math mode on the CPU) lose nothing: only the float32 sums of each batch round
+    spec = L.serial(L.Dense(64, b_std=0.1), L.Relu(), L.Dense(1, W_std=1.3, b_std=0.1))
+    x = torch.randn(50, 6, generator=torch.Generator().manual_seed(1))
+    fm = FeatureMap(spec, 600, seed=0, dtype=torch.float32, precision="bfloat16")
+    phi = fm(x).ntk  # (50, 1201): the upper-block path
+    assert torch.equal(phi.bfloat16().float(), phi)
+    g = gram(fm.rows(x, batch_size=20), torch.ones(50))
+    p = phi.double()
+    ref = p.T @ p
+    assert float((g.matrix - ref).abs().max()) <= 1e-5 * float(ref.abs().max())
+    assert float((g.rhs[:, 0] - p.sum(0)).abs().max()) <= 1e-5 * float(p.abs().sum(0).max())
+
+
 def test_solver_errors():
     phi = torch.randn(5, 3, dtype=D64)
     with pytest.raises(ShapeError, match="y_train"):

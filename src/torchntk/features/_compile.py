@@ -150,7 +150,7 @@ def _nonlinearity(layer: L.ElementwiseLayer, d: S.Dims, ctx: Context) -> S.Step:
     if not hermite or ctx.nonlinear == "auto":
         proj = projection(ctx.kind, d.dphi, ctx.width, ctx.gen)
         dfn = derivative(layer) if (layer.has_ntk and d.dpsi is not None) else None
-        fallback = S.Activation(layer.fn, dfn, proj, d, ctx.gen)
+        fallback = S.Activation(value(layer), dfn, proj, d, ctx.gen)
         if not hermite:
             return fallback
     seed = int(torch.randint(0, 2**62, (1,), generator=ctx.gen))
@@ -161,10 +161,20 @@ def _shapes(d: Any) -> Any:
     return [x.shape for x in d] if isinstance(d, list) else d.shape
 
 
+def value(layer: L.ElementwiseLayer) -> Callable[[Tensor], Tensor]:
+    """``a(u)``: the layer's own function, with ``b max(u, 0)`` in one pass for ``ABRelu(0, b)``."""
+    if isinstance(layer, A.ABRelu) and float(layer.a) == 0.0:
+        b = float(layer.b)
+        return torch.relu if b == 1.0 else (lambda u: torch.relu(u) * b)
+    return layer.fn
+
+
 def derivative(layer: L.ElementwiseLayer) -> Callable[[Tensor], Tensor]:
     """``a'(u)`` of a nonlinearity: closed forms for the common ones, autograd otherwise."""
     if isinstance(layer, A.ABRelu):
-        a, b = layer.a, layer.b
+        a, b = float(layer.a), float(layer.b)
+        if a == 0.0:  # the ReLU family's common case: a mask (one pass fewer per row)
+            return lambda u: (u > 0).to(u.dtype) if b == 1.0 else (u > 0).to(u.dtype) * b
         return lambda u: (u > 0).to(u.dtype) * (b - a) + a
     if isinstance(layer, A.Erf):
         c = layer.a * layer.b * 2.0 / math.sqrt(math.pi)

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -219,10 +220,13 @@ class HermiteActivation(S.Step):
         self.tensor: TensorSrht | None = None
         self.plain = None
 
-    def to(self, dtype: torch.dtype, device: torch.device) -> "HermiteActivation":
+    def to(self, dtype: torch.dtype, device: torch.device, precision: str = "full") -> "HermiteActivation":
+        # the expansions stay in ``dtype`` at every precision; bfloat16 inputs (the features of
+        # dense bfloat16 steps before this one) are cast back to ``dtype`` on entry
         out = super().to(dtype, device)
         out.sig = None if self.sig is None else self.sig.to(dtype, device)
         out.der = None if self.der is None else self.der.to(dtype, device)
+        out.dtype = dtype
         return out
 
     # -- calibration ------------------------------------------------------------------------
@@ -271,6 +275,9 @@ class HermiteActivation(S.Step):
 
     # -- features ---------------------------------------------------------------------------
     def __call__(self, s: S.State) -> S.State:
+        dtype = getattr(self, "dtype", None)
+        if dtype is not None and s.phi.dtype != dtype:
+            s = replace(s, phi=s.phi.to(dtype), psi=None if s.psi is None else s.psi.to(dtype))
         if not self.fitted:
             self.fit(s.q if s.q is not None else (s.phi * s.phi).sum(-1))
         if self.use_fallback:

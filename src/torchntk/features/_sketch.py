@@ -90,8 +90,13 @@ def _split(d_in: int) -> tuple[int, int]:
     return next_pow2(d_in), 0
 
 
+#: ``precision="bfloat16"`` turns a projection into a dense matrix only up to this many entries
+#: (``8193 x 4096`` fits; a conv window's ``9 m x m`` compression keeps its fast transform).
+DENSE_MAX_ENTRIES = 2**25 + 2**13
+
+
 class Projection:
-    """A drawn linear map on the last axis; ``to(dtype, device)`` casts its tensors (cached)."""
+    """A drawn linear map on the last axis; ``to(dtype, device, precision)`` casts it (cached)."""
 
     d_in: int
     d_out: int
@@ -102,12 +107,61 @@ class Projection:
     def _tensors(self) -> dict[str, Tensor]:
         return {}
 
-    def to(self, dtype: torch.dtype, device: torch.device) -> "Projection":
+    def matrix(self, dtype: torch.dtype = torch.float32, chunk: int = 2048) -> Tensor:
+        """The map as a matrix ``(d_in, d_out)`` of ``dtype`` (``x -> x @ matrix``): its action
+        on the identity, a chunk of rows at a time (float32 holds the +-1 Hadamard sums exactly
+        up to ``2^24``; the matrix is rounded to bfloat16 afterwards anyway)."""
+        cast = Projection.to(self, dtype, torch.device("cpu"))
+        out = torch.empty(self.d_in, self.d_out, dtype=dtype)
+        for lo in range(0, self.d_in, chunk):
+            n = min(chunk, self.d_in - lo)
+            eye = torch.zeros(n, self.d_in, dtype=dtype)
+            eye[:, lo:lo + n] = torch.eye(n, dtype=dtype)
+            out[lo:lo + n] = cast(eye)
+        return out
+
+    def to(self, dtype: torch.dtype, device: torch.device, precision: str = "full") -> "Projection":
+        """The projection for features of ``dtype`` on ``device``; ``precision="bfloat16"``: as
+        a :class:`DenseProjection` (the same draws) when it has at most ``DENSE_MAX_ENTRIES``."""
+        if precision == "bfloat16" and self.d_in * self.d_out <= DENSE_MAX_ENTRIES:
+            return DenseProjection(self.matrix(), device)
         out = object.__new__(type(self))
         out.__dict__.update(self.__dict__)
         for name, t in self._tensors().items():
             setattr(out, name, t.to(dtype=dtype, device=device))
         return out
+
+
+class DenseProjection(Projection):
+    """``x -> x @ M`` in bfloat16 (inputs and ``M`` rounded to 8-bit mantissas, products summed
+    in float32 by the BLAS); the result stays bfloat16: the next step's products round their
+    inputs to bfloat16 anyway, and the feature map casts its output to its ``dtype``.
+
+    Every entry is the full-precision projection's up to a relative ``~2^-8`` rounding,
+    independent between entries, so inner products of ``D`` such features move by about
+    ``2^-8 / sqrt(D)`` relative: far below the Monte Carlo error ``~ D^(-1/2)`` of the draws.
+    Matrix units with bfloat16 products (CPUs with AMX, GPUs) run it several times faster
+    than a float32 product, and faster than the ``O(d log d)`` Hadamard passes at these sizes.
+    """
+
+    def __init__(self, m: Tensor, device: torch.device) -> None:
+        self.d_in, self.d_out = int(m.shape[0]), int(m.shape[1])
+        self.m = m.to(dtype=torch.bfloat16, device=device)
+
+    def _tensors(self) -> dict[str, Tensor]:
+        return {"m": self.m}
+
+    def matrix(self, dtype: torch.dtype = torch.float32, chunk: int = 2048) -> Tensor:
+        return self.m.to(dtype)
+
+    def to(self, dtype: torch.dtype, device: torch.device, precision: str = "full") -> "Projection":
+        out = object.__new__(type(self))
+        out.__dict__.update(self.__dict__)
+        out.m = self.m.to(device=device)
+        return out
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return x.to(torch.bfloat16) @ self.m
 
 
 class Srht(Projection):
@@ -234,7 +288,8 @@ class TensorSrht(Projection):
         self.d_in, self.d_out = int(d1) * int(d2), int(d_out)
         self.s1, self.s2 = sketch(d1, d_out, gen), sketch(d2, d_out, gen)
 
-    def to(self, dtype: torch.dtype, device: torch.device) -> "TensorSrht":
+    def to(self, dtype: torch.dtype, device: torch.device, precision: str = "full") -> "TensorSrht":
+        # the Hermite steps' sketches stay in ``dtype`` at every precision
         out = object.__new__(type(self))
         out.__dict__.update(self.__dict__)
         out.s1, out.s2 = self.s1.to(dtype, device), self.s2.to(dtype, device)

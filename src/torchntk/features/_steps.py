@@ -92,16 +92,18 @@ class Step:
         """The drawn projections held by this step (cast together with it)."""
         return [(k, v) for k, v in self.__dict__.items() if isinstance(v, Projection)]
 
-    def to(self, dtype: torch.dtype, device: torch.device) -> "Step":
+    def to(self, dtype: torch.dtype, device: torch.device, precision: str = "full") -> "Step":
+        """This step for features of ``dtype`` on ``device`` (``precision``: of the projections,
+        see :meth:`Projection.to`)."""
         out = object.__new__(type(self))
         out.__dict__.update(self.__dict__)
         for name, p in self.projections():
-            setattr(out, name, p.to(dtype, device))
+            setattr(out, name, p.to(dtype, device, precision))
         for name, v in self.__dict__.items():
             if isinstance(v, Step):
-                setattr(out, name, v.to(dtype, device))
+                setattr(out, name, v.to(dtype, device, precision))
             elif isinstance(v, list) and v and isinstance(v[0], Step):
-                setattr(out, name, [x.to(dtype, device) for x in v])
+                setattr(out, name, [x.to(dtype, device, precision) for x in v])
         return out
 
 

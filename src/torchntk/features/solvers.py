@@ -19,8 +19,9 @@ regression (ridge, or the pseudo-inverse: zero modes keep their residual). Only 
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -63,8 +64,29 @@ class FeatureGram:
         return self.trace / self.n
 
 
+@contextlib.contextmanager
+def _bfloat16_products(on: bool) -> Iterator[None]:
+    """Float32 matrix products with bfloat16 inputs and float32 sums (oneDNN's ``bf16`` math
+    mode of the CPU) inside the block, when ``on``; the previous mode is restored after."""
+    flags = getattr(getattr(torch.backends, "mkldnn", None), "matmul", None)
+    if not on or flags is None or not hasattr(flags, "fp32_precision"):
+        yield
+        return
+    old = flags.fp32_precision
+    flags.fp32_precision = "bf16"
+    try:
+        yield
+    finally:
+        flags.fp32_precision = old
+
+
 def gram(phi: Any, targets: Any = None) -> FeatureGram:
     """One streaming pass over the rows: ``Phi^T Phi`` and ``Phi^T targets`` (float64).
+
+    Each batch's products are formed in the features' dtype and summed in float64. Rows of a
+    ``FeatureMap(..., precision="bfloat16")`` in float32 on the CPU take bfloat16 inputs with
+    float32 sums for ``Phi^T Phi`` (the Gram of the features rounded to 8-bit mantissas: still
+    positive semi-definite, each entry within ``~2^-8 / sqrt(D)`` relative of the float32 one).
 
     Args:
         phi: :meth:`FeatureMap.rows` or a feature matrix ``(N, D)``.
@@ -77,13 +99,34 @@ def gram(phi: Any, targets: Any = None) -> FeatureGram:
     if targets is not None:
         t, _ = _targets("targets", targets, rows.n, acc, rows.device)
     b = None if t is None else torch.zeros(rows.dim, t.shape[1], dtype=acc, device=rows.device)
+    fast = (rows.fm is not None and rows.fm.precision == "bfloat16" and rows.dtype == torch.float32
+            and rows.device.type == "cpu")
+    buf = None
     for lo, hi, p in rows:
-        # the batch's product in the features' dtype (float32 runs at float32 speed), summed in float64
-        g.add_((p.T @ p).to(acc))
-        if b is not None:
-            b.addmm_(p.to(acc).T, t[lo:hi])
-    g = 0.5 * (g + g.T)
+        if buf is None or buf.dtype != p.dtype:
+            buf = p.new_zeros(rows.dim, rows.dim) if p.dtype != acc else None
+        with _bfloat16_products(fast):
+            g.add_(_upper_gram(p, buf))  # summed in float64 (cast on the fly)
+        if b is not None:  # (D, O) in the features' dtype: no float64 copy of the batch
+            b.add_((p.T @ t[lo:hi].to(p.dtype)).to(acc))
+    g = torch.triu(g) + torch.triu(g, 1).T
     return FeatureGram(g, b, rows.n, float(torch.diagonal(g).sum()))
+
+
+#: Column blocks of :func:`_upper_gram` (the lower blocks are skipped: ``(1 + 1/k) / 2`` of the flops).
+_GRAM_BLOCKS = 8
+
+
+def _upper_gram(p: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    """The upper block triangle of ``p^T p`` ``(D, D)``, written into ``out`` (a zeroed buffer
+    reused between batches: the blocks below the diagonal are never written) when given."""
+    d = p.shape[1]
+    if out is None or d < 2 * _GRAM_BLOCKS * 64:
+        return p.T @ p
+    edges = [d * i // _GRAM_BLOCKS for i in range(_GRAM_BLOCKS + 1)]
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        torch.mm(p[:, lo:hi].T, p[:, lo:], out=out[lo:hi, lo:])
+    return out
 
 
 def _ridge_value(diag_reg: Any, mode: str, gram_: FeatureGram) -> float:
