@@ -1,8 +1,8 @@
 """NTK regression at a million rows with random features (torchntk.features).
 
-    python benchmarks/features.py                      # N = 1,000,000, m = 4096, depth-5 ReLU NTK
+    python benchmarks/features.py --dtype float32 --threads 2   # N = 1,000,000, m = 4096, depth-5 ReLU NTK
     python benchmarks/features.py --n 20000 --compare  # also the exact tiled kernel at the same N
-    python benchmarks/features.py --n 5000 --features 256 --compare --test 500   # a quick check
+    python benchmarks/features.py --n 3000 --features 256 --output-features 0 --compare   # a quick check
 
 Data: the 1,797 scikit-learn digits (64 pixels in [0, 1]); the last 297 are held out as the
 test set, the first 1,500 are repeated with Gaussian pixel noise (std ``--noise``) up to
@@ -11,7 +11,10 @@ random layers of width ``m`` and the ``2m + 1`` NTK features compressed to
 ``--output-features`` columns (4096) by a last SRHT; kernel ridge regression of one-hot targets
 with the relative ridge ``--ridge`` (``c / mean diag Theta``), streaming the feature rows
 (``FeatureMap.rows``) through ``Phi^T Phi`` (each batch's product in the feature dtype, summed
-in float64).
+in float64). ``--precision`` (default ``auto``: ``bfloat16`` for float32 features where bfloat16
+products run on matrix units, a CPU with AMX or a GPU; ``full`` elsewhere) applies the map's
+projections as dense bfloat16 products and forms the Gram in bfloat16 math
+(``FeatureMap(..., precision=...)``, ``docs/features.md``).
 
 Prints wall times (features + Gram, solve, prediction), peak RSS of the process (``ru_maxrss``)
 and throughput in rows per second; ``--compare`` also times the exact NTK with
@@ -56,6 +59,16 @@ def _spec(depth: int):
     return L.serial(*blocks, L.Dense(1, b_std=0.1))
 
 
+def _auto_precision(dtype: torch.dtype) -> str:
+    """``bfloat16`` for float32 features where bfloat16 products have matrix units, else ``full``."""
+    if dtype != torch.float32:
+        return "full"
+    if torch.cuda.is_available():
+        return "bfloat16"
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private probe: absent -> full
+    return "bfloat16" if amx is not None and amx() else "full"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=1_000_000, help="training rows (default 1,000,000)")
@@ -67,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--noise", type=float, default=0.1, help="pixel noise of the replicated digits")
     p.add_argument("--dtype", default="float64", choices=("float64", "float32"), help="feature dtype")
     p.add_argument("--memory", type=float, default=1.0, help="GiB per batch of feature rows (default 1)")
+    p.add_argument("--precision", default="auto", choices=("auto", "full", "bfloat16"),
+                   help="products of the map and the Gram (default auto: bfloat16 for float32 features on "
+                        "a CPU with AMX or a GPU, else full)")
     p.add_argument("--compare", action="store_true", help="also the exact tiled kernel at the same N")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
@@ -80,21 +96,25 @@ def main(argv: list[str] | None = None) -> int:
     targets = torch.nn.functional.one_hot(torch.from_numpy(y), 10).to(torch.float64)
     spec = _spec(args.depth)
     dtype = getattr(torch, args.dtype)
+    precision = args.precision if args.precision != "auto" else _auto_precision(dtype)
     fm = FeatureMap(spec, args.features, seed=args.seed, dtype=dtype, memory=args.memory * 2**30,
-                    output_features=args.output_features or None)
+                    output_features=args.output_features or None, precision=precision)
     print(f"N = {args.n:,} rows, depth-{args.depth} ReLU NTK, m = {args.features} ({fm.method} rows), "
-          f"D = {fm.dims(64)[1]} NTK features, {args.dtype}, {torch.get_num_threads()} threads, "
-          f"batch {fm.batch_rows(64)} rows")
+          f"D = {fm.dims(64)[1]} NTK features, {args.dtype}, precision {precision}, "
+          f"{torch.get_num_threads()} threads, batch {fm.batch_rows(64)} rows")
+    t0 = time.perf_counter()
+    fm(x[:1])  # draws the map (and, in bfloat16, forms its dense matrices): counted in the fit below
+    t_draw = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     model = ridge_regression(fm.rows(x), targets, args.ridge)
-    t_fit = time.perf_counter() - t0
+    t_fit = time.perf_counter() - t0 + t_draw
     t0 = time.perf_counter()
     pred = model.predict(fm.rows(xt))[0]
     t_pred = time.perf_counter() - t0
     acc = float((pred.argmax(1).numpy() == yt).mean())
     total = t_fit + t_pred
-    print(f"features: fit {t_fit:.1f} s (features, Phi^T Phi, solve), predict {len(xt)} rows {t_pred:.2f} s, "
+    print(f"features: fit {t_fit:.1f} s (draws {t_draw:.1f} s, features, Phi^T Phi, solve), predict {len(xt)} rows {t_pred:.2f} s, "
           f"total {total:.1f} s, {args.n / t_fit:,.0f} rows/s, peak RSS {_peak_rss_gib():.2f} GiB, "
           f"test accuracy {acc:.4f}")
 

@@ -4,7 +4,10 @@
 ``--learning-rate eta``, ``(I - eta Theta / N)^t`` with ``t`` in steps) and the matching formula
 on held-out points when the kernel file has ``ntk_test_train``; ``t = inf`` is kernel regression.
 A features file of ``torchntk kernel --features M`` (``phi_ntk`` [, ``phi_ntk_test``]) is trained
-in feature space instead (:func:`torchntk.features.mse`, cost ``N M^2``).
+in feature space instead (:func:`torchntk.features.mse`, cost ``N M^2``); so is ``--features M``
+without a kernel file: the random features of the built-in network's NTK (``--depth``,
+``--activation``, ``--w-std``, ``--b-std``, drawn by ``--seed``) are computed from the data in
+batches and streamed, so no ``N x N`` kernel or ``N x M`` matrix is ever held.
 ``f_0 = 0`` (the mean over initializations). Uses :func:`torchntk.dynamics.mse`.
 
 Output by the extension of ``--out``: ``.npz`` or ``.pt`` (arrays ``t`` (T,), ``f_train`` (T, N, O),
@@ -20,11 +23,12 @@ import argparse
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from ._common import CLIError, check_writable, json_safe, load_data, load_kernels, parse_times
+from ._common import CLIError, builtin_spec, check_writable, json_safe, load_data, load_kernels, parse_times
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -41,14 +45,23 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="ridge: Theta + diag_reg * mean(diag Theta) * I (default 0)")
     p.add_argument("--out", default="predictions.npz",
                    help="output by extension: .npz/.pt (t, f_train, train_cost, f_test), .json or .csv")
+    p.add_argument("--features", type=int, default=None, metavar="M",
+                   help="instead of --kernel: train on M random features of the built-in network's NTK, "
+                        "computed from --data/--test-data (torchntk.features)")
+    p.add_argument("--depth", type=int, default=3, help="with --features: Dense layers of the built-in network (default 3)")
+    p.add_argument("--activation", default="relu", help="with --features: relu, erf, gelu, abs, tanh (default relu)")
+    p.add_argument("--w-std", dest="w_std", type=float, default=1.0, help="with --features: W_std (default 1)")
+    p.add_argument("--b-std", dest="b_std", type=float, default=0.1, help="with --features: b_std (default 0.1)")
+    p.add_argument("--seed", type=int, default=0, help="with --features: seed of the random features (default 0)")
     return p
 
 
 class _FeatureKernel:
-    """Feature rows ``Phi`` standing for the kernel ``Phi Phi^T`` (shape of the kernel it stands for)."""
+    """Feature rows ``Phi`` (a matrix or streamed ``FeatureRows``) standing for the kernel
+    ``Phi Phi^T`` (shape of the kernel it stands for)."""
 
-    def __init__(self, phi: torch.Tensor, n_cols: int) -> None:
-        self.phi, self.shape = phi, (phi.shape[0], n_cols)
+    def __init__(self, phi: Any, n_cols: int) -> None:
+        self.phi, self.shape = phi, (len(phi), n_cols)
 
 
 def _from_features(arrays: dict, y: torch.Tensor, args: argparse.Namespace) -> dict:
@@ -61,13 +74,43 @@ def _from_features(arrays: dict, y: torch.Tensor, args: argparse.Namespace) -> d
     return out
 
 
+def _feature_rows(args: argparse.Namespace) -> tuple[dict, torch.Tensor]:
+    """``--features M``: the streamed NTK feature rows of the train (and test) inputs, and ``y``."""
+    from ..errors import TorchNTKError
+    from ..features import FeatureMap
+
+    if args.kernel:
+        raise CLIError("--features computes the features from --data: drop --kernel (or --features)")
+    if args.features < 2:
+        raise CLIError(f"--features must be an int >= 2, got {args.features}")
+    x, y = load_data(args.data, need_y=True)
+    spec = builtin_spec(512, args.depth, str(args.activation).lower(), args.w_std, args.b_std, 1)
+    try:
+        fm = FeatureMap(spec, args.features, seed=args.seed)
+        out = {"ntk": _FeatureKernel(fm.rows(x), x.shape[0])}
+        if args.test_data:
+            xt, _ = load_data(args.test_data)
+            if xt.shape[1:] != x.shape[1:]:
+                raise CLIError(f"--test-data inputs have per-example shape {tuple(xt.shape[1:])}, "
+                               f"--data has {tuple(x.shape[1:])}")
+            out["ntk_test_train"] = _FeatureKernel(fm.rows(xt), x.shape[0])
+    except TorchNTKError as err:
+        raise CLIError(str(err)) from None
+    return out, y
+
+
 def run(args: argparse.Namespace) -> int:
     from ..dynamics import mse
 
-    if not args.kernel or not args.data:
-        raise CLIError("--kernel and --data are required")
-    kernels = load_kernels(args.kernel)
-    _, y = load_data(args.data, need_y=True)
+    if args.features is not None:
+        if not args.data:
+            raise CLIError("--data is required")
+        kernels, y = _feature_rows(args)
+    else:
+        if not args.kernel or not args.data:
+            raise CLIError("--kernel and --data are required (or --features M and --data)")
+        kernels = load_kernels(args.kernel)
+        _, y = load_data(args.data, need_y=True)
     if "phi_ntk" in kernels and "ntk" not in kernels:  # a features file of `torchntk kernel --features`
         kernels = _from_features(kernels, y, args)
     if "ntk" not in kernels:
