@@ -173,8 +173,10 @@ def derivative(layer: L.ElementwiseLayer) -> Callable[[Tensor], Tensor]:
     """``a'(u)`` of a nonlinearity: closed forms for the common ones, autograd otherwise."""
     if isinstance(layer, A.ABRelu):
         a, b = float(layer.a), float(layer.b)
-        if a == 0.0:  # the ReLU family's common case: a mask (one pass fewer per row)
-            return lambda u: (u > 0).to(u.dtype) if b == 1.0 else (u > 0).to(u.dtype) * b
+        if a == 0.0 and b == 1.0:  # ReLU: the boolean mask itself (products promote it, no cast pass)
+            return lambda u: u > 0
+        if a == 0.0:
+            return lambda u: (u > 0).to(u.dtype) * b
         return lambda u: (u > 0).to(u.dtype) * (b - a) + a
     if isinstance(layer, A.Erf):
         c = layer.a * layer.b * 2.0 / math.sqrt(math.pi)

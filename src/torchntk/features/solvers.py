@@ -103,30 +103,33 @@ def gram(phi: Any, targets: Any = None) -> FeatureGram:
             and rows.device.type == "cpu")
     buf = None
     for lo, hi, p in rows:
-        if buf is None or buf.dtype != p.dtype:
-            buf = p.new_zeros(rows.dim, rows.dim) if p.dtype != acc else None
+        if p.dtype != acc and (buf is None or buf.dtype != p.dtype):
+            buf = p.new_empty(rows.dim, rows.dim)
         with _bfloat16_products(fast):
-            g.add_(_upper_gram(p, buf))  # summed in float64 (cast on the fly)
+            _add_upper_gram(g, p, None if p.dtype == acc else buf)
         if b is not None:  # (D, O) in the features' dtype: no float64 copy of the batch
             b.add_((p.T @ t[lo:hi].to(p.dtype)).to(acc))
     g = torch.triu(g) + torch.triu(g, 1).T
     return FeatureGram(g, b, rows.n, float(torch.diagonal(g).sum()))
 
 
-#: Column blocks of :func:`_upper_gram` (the lower blocks are skipped: ``(1 + 1/k) / 2`` of the flops).
+#: Column blocks of :func:`_add_upper_gram` (the lower blocks are skipped: ``(1 + 1/k) / 2`` of the flops).
 _GRAM_BLOCKS = 8
 
 
-def _upper_gram(p: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
-    """The upper block triangle of ``p^T p`` ``(D, D)``, written into ``out`` (a zeroed buffer
-    reused between batches: the blocks below the diagonal are never written) when given."""
+def _add_upper_gram(g: torch.Tensor, p: torch.Tensor, buf: torch.Tensor | None) -> None:
+    """``g += p^T p`` on the upper block triangle (and below it where that costs nothing): each
+    block row ``p[:, block]^T p[:, block start:]`` in ``p``'s dtype into ``buf`` (reused between
+    batches), then added to ``g`` (float64, cast on the fly)."""
     d = p.shape[1]
-    if out is None or d < 2 * _GRAM_BLOCKS * 64:
-        return p.T @ p
+    if buf is None or d < 2 * _GRAM_BLOCKS * 64:
+        g.add_(p.T @ p)
+        return
     edges = [d * i // _GRAM_BLOCKS for i in range(_GRAM_BLOCKS + 1)]
     for lo, hi in zip(edges[:-1], edges[1:]):
-        torch.mm(p[:, lo:hi].T, p[:, lo:], out=out[lo:hi, lo:])
-    return out
+        block = buf[lo:hi, lo:]
+        torch.mm(p[:, lo:hi].T, p[:, lo:], out=block)
+        g[lo:hi, lo:].add_(block)
 
 
 def _ridge_value(diag_reg: Any, mode: str, gram_: FeatureGram) -> float:
