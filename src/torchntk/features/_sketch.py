@@ -138,7 +138,7 @@ class DenseProjection(Projection):
     inputs to bfloat16 anyway, and the feature map casts its output to its ``dtype``.
 
     Every entry is the full-precision projection's up to a relative ``~2^-8`` rounding,
-    independent between entries, so inner products of ``D`` such features move by about
+    independent between entries, so inner products of ``D`` such outputs move by about
     ``2^-8 / sqrt(D)`` relative: far below the Monte Carlo error ``~ D^(-1/2)`` of the draws.
     Matrix units with bfloat16 products (CPUs with AMX, GPUs) run it several times faster
     than a float32 product, and faster than the ``O(d log d)`` Hadamard passes at these sizes.

@@ -101,9 +101,10 @@ class FeatureMap:
             dense matrices in bfloat16 products summed in float32, and the solvers' ``Phi^T Phi``
             of float32 features takes bfloat16 inputs with float32 sums on the CPU (oneDNN). The
             draws are the same as at full precision; each feature moves by a relative ``~2^-8``
-            rounding, independent between entries, which changes the kernel estimate by about
-            ``2^-8 / sqrt(D)`` relative, far below its Monte Carlo error. Several times faster
-            where bfloat16 products run on matrix units (CPUs with AMX, GPUs); slow elsewhere.
+            rounding (and ``a'(u)`` flips where ``|u|`` is within a rounding of 0), which moves
+            the kernel estimate by under a tenth of its Monte Carlo error (``docs/features.md``).
+            Several times faster where bfloat16 products run on matrix units (CPUs with AMX,
+            GPUs); slow elsewhere. Meant for ``dtype=torch.float32``.
 
     Example:
         >>> from torchntk import layers as L
