@@ -355,10 +355,11 @@ class OutputSketch(Step):
     def __init__(self, inner: Step, cphi: Srht | None, cpsi: Srht | None) -> None:
         self.inner, self.cphi, self.cpsi = inner, cphi, cpsi
 
-    def __call__(self, s: State) -> State:
+    def __call__(self, s: State, keep: str | None = None) -> State:
+        """``keep="ntk"`` (``"nngp"``): the other kind's features come back None, unsketched."""
         s = self.inner(s)
-        phi = s.phi if self.cphi is None else self.cphi(s.phi)
-        psi = s.psi if (self.cpsi is None or s.psi is None) else self.cpsi(s.psi)
+        phi = None if keep == "ntk" else s.phi if self.cphi is None else self.cphi(s.phi)
+        psi = None if keep == "nngp" else s.psi if (self.cpsi is None or s.psi is None) else self.cpsi(s.psi)
         return State(phi, psi, s.gaussian, s.is_input)
 
 

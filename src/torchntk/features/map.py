@@ -229,14 +229,18 @@ class FeatureMap:
         x = _check_inputs(name, x)
         return x
 
-    def _batch(self, x: torch.Tensor) -> S.State:
+    def _batch(self, x: torch.Tensor, kind: str | None = None) -> S.State:
+        """The features of a batch; ``kind`` ``"ntk"``/``"nngp"``: only those are sure to be set."""
         step = self._step(tuple(x.shape[1:]), x.device)
         with torch.no_grad():
-            s = step(S.input_state(x.to(self.dtype)))
-        if s.phi.dtype != self.dtype:  # precision="bfloat16": the steps keep bfloat16 features
-            s = S.State(s.phi.to(self.dtype), None if s.psi is None else s.psi.to(self.dtype), s.gaussian,
-                        s.is_input)
-        return s
+            s0 = S.input_state(x.to(self.dtype))
+            s = step(s0, keep=kind) if isinstance(step, S.OutputSketch) else step(s0)
+
+        def cast(t: torch.Tensor | None, name: str) -> torch.Tensor | None:
+            # precision="bfloat16": the steps keep bfloat16 features
+            return None if t is None or kind not in (None, name) else t.to(self.dtype)
+
+        return S.State(cast(s.phi, "nngp"), cast(s.psi, "ntk"), s.gaussian, s.is_input)
 
     def __call__(self, x: Any, *, batch_size: int | None = None) -> Features:
         """The features of ``x`` ``(N, n0)``, ``(N, C, L)`` or ``(N, C, H, W)``: a :class:`Features`."""
@@ -313,7 +317,7 @@ class FeatureRows:
             if self.fm is None:
                 yield lo, hi, self.x[lo:hi]
             else:
-                f = self.fm._batch(self.x[lo:hi])
+                f = self.fm._batch(self.x[lo:hi], self.kind)
                 yield lo, hi, f.psi if self.kind == "ntk" else f.phi
 
     def materialize(self) -> torch.Tensor:
