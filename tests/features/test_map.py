@@ -244,6 +244,20 @@ def test_bfloat16_precision_keeps_the_draws(m):
         assert relative_error(kb, exact) < 1.1 * err_full, kind
 
 
+def test_bfloat16_precision_with_hermite_steps():
+    # smooth activations take Hermite steps (kept in the map's dtype), the ReLU the dense products
+    spec = L.serial(L.Dense(64, b_std=0.1), L.Erf(), L.Dense(64, b_std=0.1), L.Relu(), L.Dense(1, b_std=0.1))
+    x = torch.randn(30, 8, dtype=D64, generator=torch.Generator().manual_seed(0))
+    k = spec.kernel(x)
+    full = FeatureMap(spec, 1024, seed=1, dtype=torch.float32)(x)
+    fast = FeatureMap(spec, 1024, seed=1, dtype=torch.float32, precision="bfloat16")(x)
+    for kind in ("nngp", "ntk"):
+        a, b = full[kind].double(), fast[kind].double()
+        err_full = relative_error(a @ a.T, getattr(k, kind))
+        assert relative_error(b @ b.T, a @ a.T) < 0.2 * err_full, kind
+        assert fast[kind].dtype == torch.float32
+
+
 def test_errors_name_the_problem():
     with pytest.raises(UnsupportedLayerError, match="FanInProd"):
         FeatureMap(L.serial(L.Dense(3), L.FanOut(2), L.parallel(L.Relu(), L.Erf()), L.FanInProd(), L.Dense(1)), 8)(
