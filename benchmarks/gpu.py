@@ -17,7 +17,7 @@ call on a fresh model of the same architecture in a warm process; "peak" the ris
 2. analytic NNGP + NTK in float64 of ``benchmarks/analytic.py``'s workloads at 4-32x its CPU
    batch sizes;
 3. ``torchntk.features``: depth-5 ReLU NTK features (m = 4096 random features, 4096 output
-   features, float32) of N = 1,000,000 noisy digits, kernel ridge regression streamed through
+   features, float32, at full and bfloat16 precision) of N = 1,000,000 noisy digits, kernel ridge regression streamed through
    ``Phi^T Phi`` and prediction of the 297 held-out digits: wall time, rows per second,
    accuracy.
 """
@@ -149,28 +149,31 @@ def features(quick: bool) -> None:
     xtr = x[idx] + 0.1 * torch.randn(n, x.shape[1], generator=g, device=DEV, dtype=x.dtype)
     targets = torch.nn.functional.one_hot(y[idx], 10).to(torch.float64)
     spec = L.serial(*[m for _ in range(5) for m in (L.Dense(512, b_std=0.1), L.Relu())], L.Dense(1, b_std=0.1))
-    fm = FeatureMap(spec, 4096, seed=0, dtype=torch.float32, output_features=4096)
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    model = ridge_regression(fm.rows(xtr), targets, 1e-3)
-    torch.cuda.synchronize()
-    fit = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    pred = model.predict(fm.rows(x[1500:]))[0]
-    torch.cuda.synchronize()
-    t_pred = time.perf_counter() - t0
-    acc = float((pred.argmax(1) == y[1500:]).double().mean())
-    peak = torch.cuda.max_memory_allocated() / 2**30
-    _row("N", "fit (features, Phi^T Phi, solve)", "predict", "rows/s", "peak GPU memory", "test accuracy")
-    _row(*["---"] * 6)
-    _row(f"{n:,}", f"{fit:.1f} s", f"{t_pred:.2f} s", f"{n / fit:,.0f}", f"{peak:.1f} GiB", f"{acc:.4f}")
+    _row("N", "precision", "fit (features, Phi^T Phi, solve)", "predict", "rows/s", "peak GPU memory", "test accuracy")
+    _row(*["---"] * 7)
+    for precision in ("full", "bfloat16"):
+        fm = FeatureMap(spec, 4096, seed=0, dtype=torch.float32, output_features=4096, precision=precision)
+        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        model = ridge_regression(fm.rows(xtr), targets, 1e-3)
+        torch.cuda.synchronize()
+        fit = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        pred = model.predict(fm.rows(x[1500:]))[0]
+        torch.cuda.synchronize()
+        t_pred = time.perf_counter() - t0
+        acc = float((pred.argmax(1) == y[1500:]).double().mean())
+        peak = torch.cuda.max_memory_allocated() / 2**30
+        _row(f"{n:,}", precision, f"{fit:.1f} s", f"{t_pred:.2f} s", f"{n / fit:,.0f}", f"{peak:.1f} GiB", f"{acc:.4f}")
+        del model
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small sizes (a smoke test)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--only", nargs="*", default=["empirical", "analytic", "features"])
+    p.add_argument("--only", nargs="*", default=["features", "analytic", "empirical"])
     args = p.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/gpu.py needs a CUDA device")

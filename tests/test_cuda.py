@@ -177,6 +177,21 @@ def test_feature_ridge_on_gpu_equals_cpu():
     assert_close(gpu.cpu(), cpu, rtol=1e-9)
 
 
+def test_bfloat16_features_on_gpu_keep_the_kernel():
+    """The same draws in bfloat16 products: each feature moves by ~2^-8 relative, so the
+    kernel of 24 rows moves by far less than the sampling error of m = 1024 features (~0.05)."""
+    from torchntk.features import FeatureMap
+
+    spec = L.serial(L.Dense(256, b_std=0.1), L.Relu(), L.Dense(256), L.Erf(), L.Dense(1))
+    x = torch.randn(24, 5, dtype=torch.float32, device=CUDA)
+    full = FeatureMap(spec, 1024, seed=2, dtype=torch.float32)(x)
+    half = FeatureMap(spec, 1024, seed=2, dtype=torch.float32, precision="bfloat16")(x)
+    for a, b in ((half.nngp, full.nngp), (half.ntk, full.ntk)):
+        _on_gpu(a)
+        ka, kb = (a @ a.T).double(), (b @ b.T).double()
+        assert float(torch.linalg.norm(ka - kb) / torch.linalg.norm(kb)) < 0.01
+
+
 def test_tiled_kernel_on_gpu_equals_one_block():
     from torchntk.scale import kernel_fn_from_spec, tiled_kernel
 
