@@ -29,10 +29,24 @@ def _name(check) -> str:
     return getattr(check, "func", check).__name__
 
 
-@parametrize_with_checks([NTKRegressor(), NTKClassifier(), NTKClassifier(W_std=1.0, b_std=0.1, depth=3, diag_reg=1e-6)])
+FIXED = {"W_std": 1.0, "b_std": 0.1, "depth": 3, "diag_reg": 1e-6}
+
+
+def _searches(estimator) -> bool:
+    """Whether ``fit`` runs the hyperparameter search (any of them left to the default)."""
+    return any(getattr(estimator, k) is None for k in FIXED)
+
+
+@parametrize_with_checks([NTKRegressor(), NTKClassifier(), NTKRegressor(**FIXED), NTKClassifier(**FIXED)])
 def test_sklearn_checks(estimator, check, request):
-    if _name(check) not in FAST and not request.config.getoption("--runslow"):
-        pytest.skip("full estimator-check suite: run with --runslow")
+    if not request.config.getoption("--runslow"):
+        if _name(check) not in FAST:
+            pytest.skip("full estimator-check suite: run with --runslow")
+        # The training checks' variants (read-only memmaps, float32) refit the searching
+        # defaults four times (~30 s each here); the fixed-hyperparameter estimators take the
+        # variants, and the defaults the plain training check.
+        if _searches(estimator) and _name(check).endswith("_train") and getattr(check, "keywords", None):
+            pytest.skip("training-check variants of the searching defaults: run with --runslow")
     check(estimator)
 
 
