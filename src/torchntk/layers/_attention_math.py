@@ -38,28 +38,6 @@ def pos_emb_covariance(
     return r.to(dtype)
 
 
-def to_positions(t: torch.Tensor, lead: int, nsp: int) -> torch.Tensor:
-    """Full layout ``(lead..., S0, S0', S1, S1') -> (lead..., D, D')``."""
-    if nsp == 1:
-        return t
-    perm = list(range(lead)) + [lead + 2 * a for a in range(nsp)] + [lead + 2 * a + 1 for a in range(nsp)]
-    t = t.permute(perm)
-    d = math.prod(t.shape[lead:lead + nsp])
-    return t.reshape(*t.shape[:lead], d, d)
-
-
-def from_positions(t: torch.Tensor, lead: int, spatial: tuple[int, ...]) -> torch.Tensor:
-    """``(lead..., D, D') -> (lead..., S0, S0', S1, S1')``."""
-    nsp = len(spatial)
-    if nsp == 1:
-        return t
-    t = t.reshape(*t.shape[:lead], *spatial, *spatial)
-    perm = list(range(lead))
-    for a in range(nsp):
-        perm += [lead + a, lead + nsp + a]
-    return t.permute(perm)
-
-
 def attention_weights(logits: torch.Tensor, keep: torch.Tensor | None, mechanism: str) -> torch.Tensor:
     """Attention weights ``phi(logits)`` ``(..., D, D)`` over the last axis (the keys), with the
     masked keys (``keep`` False, ``(..., D)``) at weight 0."""

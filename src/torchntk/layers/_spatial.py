@@ -9,6 +9,7 @@ layout: ``out[o, o'] = mean_d t[s o + d, s o' + d]``).
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -215,3 +216,27 @@ def spatial_mean(t: torch.Tensor, lead: int, full: bool, nsp: int, *, diagonal_o
         t = diagonal(t, lead, nsp)
     dims: Sequence[int] = tuple(range(lead, t.ndim))
     return t.mean(dim=dims)
+
+
+def to_positions(t: torch.Tensor, lead: int, nsp: int) -> torch.Tensor:
+    """Full layout ``(lead..., S0, S0', S1, S1') -> (lead..., D, D')``, ``D = S0 * S1``
+    (positions flattened row-major; a view where the permutation allows)."""
+    if nsp == 1:
+        return t
+    perm = list(range(lead)) + [lead + 2 * a for a in range(nsp)] + [lead + 2 * a + 1 for a in range(nsp)]
+    t = t.permute(perm)
+    d = math.prod(t.shape[lead:lead + nsp])
+    return t.reshape(*t.shape[:lead], d, d)
+
+
+def from_positions(t: torch.Tensor, lead: int, spatial: tuple[int, ...]) -> torch.Tensor:
+    """``(lead..., D, D') -> (lead..., S0, S0', S1, S1')``, the inverse of :func:`to_positions`
+    (a permuted view)."""
+    nsp = len(spatial)
+    if nsp == 1:
+        return t
+    t = t.reshape(*t.shape[:lead], *spatial, *spatial)
+    perm = list(range(lead))
+    for a in range(nsp):
+        perm += [lead + a, lead + nsp + a]
+    return t.permute(perm)

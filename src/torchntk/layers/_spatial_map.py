@@ -19,29 +19,8 @@ from typing import Callable
 
 import torch
 
+from ._spatial import from_positions, to_positions
 from .kernel import Kernel
-
-
-def _unzip(t: torch.Tensor, lead: int, nsp: int) -> torch.Tensor:
-    """``(lead..., S0, S0', S1, S1') -> (lead..., S0 * S1, S0' * S1')``."""
-    if nsp == 1:
-        return t
-    perm = list(range(lead)) + [lead + 2 * a for a in range(nsp)] + [lead + 2 * a + 1 for a in range(nsp)]
-    t = t.permute(perm)
-    sizes = t.shape[lead : lead + nsp]
-    return t.reshape(*t.shape[:lead], math.prod(sizes), math.prod(sizes))
-
-
-def _zip(t: torch.Tensor, lead: int, spatial: tuple[int, ...]) -> torch.Tensor:
-    """``(lead..., P, P') -> (lead..., S0, S0', S1, S1')`` for ``P = prod(spatial)``."""
-    nsp = len(spatial)
-    if nsp == 1:
-        return t
-    t = t.reshape(*t.shape[:lead], *spatial, *spatial)
-    perm = list(range(lead))
-    for a in range(nsp):
-        perm += [lead + a, lead + nsp + a]
-    return t.permute(perm).contiguous()
 
 
 def matrix_of(fn: Callable[[torch.Tensor], torch.Tensor], spatial: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
@@ -84,13 +63,13 @@ def apply_map(
     def finish(out: torch.Tensor, lead: int) -> torch.Tensor:
         if not out_spatial:
             return out.reshape(*out.shape[:lead])
-        return _zip(out, lead, out_spatial)
+        return from_positions(out, lead, out_spatial).contiguous()
 
     def pairs(t: torch.Tensor | None) -> torch.Tensor | None:
         """``m1 t m2^T`` for every pair of samples of ``t (N1, N2, ...)``."""
         if t is None:
             return None
-        flat = _unzip(t, 2, nsp)
+        flat = to_positions(t, 2, nsp)
         if not per_pair:
             return finish(m1 @ flat @ m2.T, 2)
         p = flat.shape[-1]
@@ -99,7 +78,7 @@ def apply_map(
 
     def own(t: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         """``m t m^T`` for every sample of ``t (N, ...)``, with itself."""
-        flat = _unzip(t, 1, nsp)
+        flat = to_positions(t, 1, nsp)
         if m.ndim == 3:
             return finish(torch.bmm(torch.bmm(m, flat), m.transpose(1, 2)), 1)
         return finish(m @ flat @ m.T, 1)

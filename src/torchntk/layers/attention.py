@@ -50,9 +50,8 @@ import torch
 from torch import nn
 
 from ..errors import InvalidArgumentError, SpecError, UnsupportedLayerError
-from ._attention_math import (
-    attention_weights, from_positions, pos_emb_covariance, sqrt_identity, symmetrize, to_positions,
-)
+from ._attention_math import attention_weights, pos_emb_covariance, sqrt_identity, symmetrize
+from ._spatial import from_positions, to_positions
 from ._base import Layer, Shapes, single
 from ._side import SideModule
 from .kernel import Kernel
