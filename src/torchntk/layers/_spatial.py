@@ -14,7 +14,7 @@ from typing import Sequence
 
 import torch
 
-from .kernel import Kernel
+from ._core.kernel import Kernel
 
 
 def same_pads(size: int, window: int, stride: int) -> tuple[int, int]:

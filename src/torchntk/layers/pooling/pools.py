@@ -27,12 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import SpecError
-from . import _masking, _spatial
-from ._base import Layer, Shapes, single
-from ._side import SideModule
-from .conv import as_tuple, check_padding, window_geometry, window_mean_kernel
-from .kernel import Kernel
+from ...errors import SpecError
+from .. import _masking, _spatial
+from .._core.protocol import Layer, Shapes, single
+from .._side import SideModule
+from ..conv.convolution import as_tuple, check_padding, window_geometry, window_mean_kernel
+from .._core.kernel import Kernel
 
 __all__ = ["AvgPool", "SumPool", "GlobalAvgPool", "GlobalSumPool", "Flatten"]
 

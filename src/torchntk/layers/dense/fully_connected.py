@@ -20,12 +20,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import nn as tnn
-from ..nn import _init
-from .._checks import check_hyper, is_one, value_of
-from ..errors import InvalidArgumentError
-from ._base import Layer, Shapes, single
-from .kernel import Kernel
+from ... import nn as tnn
+from ...nn import _init
+from ..._checks import check_hyper, is_one, value_of
+from ...errors import InvalidArgumentError
+from .._core.protocol import Layer, Shapes, single
+from .._core.kernel import Kernel
 
 __all__ = ["Dense"]
 

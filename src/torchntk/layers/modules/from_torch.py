@@ -27,18 +27,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import nn as tnn
-from ..errors import InvalidArgumentError, SpecError, UnsupportedLayerError
-from . import _spatial
-from ._base import Layer, Shapes, any_full, single
-from .activations import Elementwise, Erf, Gelu, LeakyRelu, Relu
-from .combinators import FanInConcat, FanInSum, Identity, serial
-from .conv import Conv
-from .conv_transpose import ConvTranspose
-from .dense import check_affine_args
-from .kernel import Kernel
-from .normalization import Dropout, LayerNorm
-from .pooling import AvgPool, Flatten, GlobalAvgPool
+from ... import nn as tnn
+from ...errors import InvalidArgumentError, SpecError, UnsupportedLayerError
+from .. import _spatial
+from .._core.protocol import Layer, Shapes, any_full, single
+from ..activations import Elementwise, Erf, Gelu, LeakyRelu, Relu
+from .._core.combinators import FanInConcat, FanInSum, Identity, serial
+from ..conv.convolution import Conv
+from ..conv.transpose import ConvTranspose
+from ..dense.fully_connected import check_affine_args
+from .._core.kernel import Kernel
+from ..normalization.normalizers import Dropout, LayerNorm
+from ..pooling.pools import AvgPool, Flatten, GlobalAvgPool
 
 __all__ = ["from_module"]
 
@@ -231,7 +231,7 @@ class _Converter:
 
 
 def _dense_like(out: int, W_std: Any, b_std: Any, parameterization: str) -> Layer:
-    from .dense import Dense
+    from ..dense.fully_connected import Dense
 
     return Dense(out, W_std, b_std, parameterization)
 

@@ -25,12 +25,12 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .._checks import check_choice, check_hyper
-from ..errors import InvalidArgumentError, SpecError
-from . import _masking, _spatial
-from ._base import Layer, Shapes, single
-from ._side import SideModule
-from .kernel import Kernel
+from ..._checks import check_choice, check_hyper
+from ...errors import InvalidArgumentError, SpecError
+from .. import _masking, _spatial
+from .._core.protocol import Layer, Shapes, single
+from .._side import SideModule
+from .._core.kernel import Kernel
 
 __all__ = ["LayerNorm", "Dropout"]
 

@@ -1,6 +1,6 @@
 """Nonlinearities of the architecture spec, with their infinite-width rules.
 
-Each layer is an :class:`~torchntk.layers._elementwise.ElementwiseLayer`: ``fn`` is the finite
+Each layer is an :class:`~torchntk.layers.ElementwiseLayer`: ``fn`` is the finite
 network's activation ``phi`` and ``rule(q11, q12, q22)`` returns
 
     sigma = E[phi(u) phi(v)],   sdot = E[phi'(u) phi'(v)],   (u, v) ~ N(0, [[q11, q12], [q12, q22]])
@@ -30,17 +30,11 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..errors import InvalidArgumentError
+from ...errors import InvalidArgumentError
 from ._elementwise import ElementwiseLayer
-from .._checks import check_choice, check_hyper, is_one
-from ._quadrature import METHODS, angle, gaussian_expectations
+from ..._checks import check_hyper, is_one
 
 __all__ = [
-    "ABRelu",
-    "Relu",
-    "LeakyRelu",
-    "Abs",
-    "Sign",
     "Erf",
     "Sigmoid_like",
     "Gelu",
@@ -51,8 +45,6 @@ __all__ = [
     "Gaussian",
     "Monomial",
     "Polynomial",
-    "Elementwise",
-    "ElementwiseNumerical",
 ]
 
 Tensor = torch.Tensor
@@ -68,74 +60,6 @@ def _number(name: str, value: object, **bounds: object) -> float | Tensor:
 def _math(fn: Callable[[Tensor], Tensor], value: float | Tensor) -> float | Tensor:
     """``fn`` (a torch function) of a hyperparameter, a float for a float."""
     return fn(value) if isinstance(value, Tensor) else float(fn(torch.tensor(value, dtype=torch.float64)))
-
-
-# -- piecewise-linear activations (arc-cosine kernels of degrees 0 and 1) ----------------
-
-
-class ABRelu(ElementwiseLayer):
-    """``phi(x) = a min(x, 0) + b max(x, 0)``: ReLU, leaky ReLU, |x| and the identity in one.
-
-    Rule (arc-cosine kernels of degree 1 and 0, with ``s``, ``t`` as in the module docstring):
-
-        sigma = ((a - b)^2 s + ((a^2 + b^2) pi - (a - b)^2 t) q12) / (2 pi)
-        sdot  = ((a^2 + b^2) pi - (a - b)^2 t) / (2 pi)
-
-    Example:
-        >>> ABRelu(0.1, 1.0).rule(torch.tensor(1.0), torch.tensor(1.0), torch.tensor(1.0))[0]
-        tensor(0.5050)
-    """
-
-    def __init__(self, a: float, b: float) -> None:
-        self.a, self.b = _number("a", a), _number("b", b)
-
-    def __repr__(self) -> str:
-        return f"ABRelu(a={self.a}, b={self.b})"
-
-    def fn(self, x: Tensor) -> Tensor:
-        return self.a * torch.clamp(x, max=0) + self.b * torch.clamp(x, min=0)
-
-    def rule(self, q11: Tensor, q12: Tensor, q22: Tensor) -> tuple[Tensor, Tensor]:
-        in_range, positive = _variance_range(q11, q22)
-        if not in_range:
-            # positively homogeneous: sigma(4^k1 q11, 2^(k1+k2) q12, 4^k2 q22) = 2^(k1+k2) sigma,
-            # sdot unchanged; the scaled covariance is in range (no overflow of q11 q22)
-            a, b, d, k = _scaled(q11, q12, q22)
-            sigma, sdot = self.rule(a, b, d)
-            return _ldexp(sigma, k), sdot
-        if not _records_grad(q11, q12, q22, self.a, self.b):
-            return self._rule_no_grad(q11, q12, q22, positive)
-        s, t = angle(q11, q12, q22)
-        a, b = self.a, self.b
-        if is_one(a, 0.0) and is_one(b, 1.0):  # the ReLU, written exactly as in CONVENTIONS section 2
-            return (s + (_PI - t) * q12) / (2 * _PI), (_PI - t) / (2 * _PI)
-        d2, sq = (a - b) ** 2, a * a + b * b
-        sdot = (sq * _PI - d2 * t) / (2 * _PI)
-        return d2 * s / (2 * _PI) + sdot * q12, sdot
-
-
-    def _rule_no_grad(self, q11: Tensor, q12: Tensor, q22: Tensor, positive: bool) -> tuple[Tensor, Tensor]:
-        """The same values as the autograd-safe path, in fewer passes over reused buffers.
-
-        Each step rounds exactly as the safe path does (no fused multiply-adds), so the results
-        are the same bits; only the ``torch.where`` guards that keep gradients finite are gone.
-        ``positive``: whether every ``q11 q22`` product is > 0 (then ``s = 0`` and ``q12 = 0``
-        never meet, and the angle needs no fix-up).
-        """
-        t = q12 * q12
-        s = q11 * q22
-        s = (s.sub_(t) if s.shape == t.shape else s - t).clamp_(min=0).sqrt_()  # sqrt(max(q11 q22 - q12^2, 0))
-        t = torch.atan2(s, q12, out=t) if t.shape == s.shape else torch.atan2(s, q12)
-        if not positive:  # atan2(0, 0) = 0, but the angle there is pi/2
-            t.masked_fill_((s == 0) & (q12 == 0), _PI / 2)
-        a, b = self.a, self.b
-        if is_one(a, 0.0) and is_one(b, 1.0):  # the ReLU: sigma = (s + (pi - t) q12) / (2 pi), sdot = (pi - t) / (2 pi)
-            u = t.neg_().add_(_PI)  # pi - t, rounded once (negation is exact)
-            sigma = s.add_(u * q12).div_(2 * _PI) if s.shape == q12.shape else (s + u * q12).div_(2 * _PI)
-            return sigma, u.div_(2 * _PI)
-        d2, sq = (a - b) ** 2, a * a + b * b
-        sdot = t.mul_(-d2).add_(sq * _PI).div_(2 * _PI)
-        return s.mul_(d2).div_(2 * _PI).add_(sdot * q12), sdot
 
 
 def _records_grad(*ts: Tensor | float) -> bool:
@@ -212,69 +136,6 @@ def _root_plus_det(x: Tensor, q11: Tensor, q12: Tensor, q22: Tensor, c: float | 
     # k < 0 (tiny variances): D = 4^k D_s is negligible against x >= 1 and may underflow
     up = torch.clamp(k, min=0)
     return _ldexp(torch.sqrt(_ldexp(x, -2 * up) + _ldexp(det, 2 * (k - up))), up)
-
-
-class Relu(ABRelu):
-    """``phi(x) = max(x, 0)``: ``sigma = (s + (pi - t) q12) / (2 pi)``, ``sdot = (pi - t) / (2 pi)``.
-
-    Example:
-        >>> sigma, sdot = Relu().rule(torch.tensor(2.0), torch.tensor(0.0), torch.tensor(2.0))
-        >>> round(float(sigma), 6), float(sdot)  # 2 / (2 pi), 1/4
-        (0.31831, 0.25)
-    """
-
-    def __init__(self) -> None:
-        super().__init__(0.0, 1.0)
-
-    def __repr__(self) -> str:
-        return "Relu()"
-
-    def fn(self, x: Tensor) -> Tensor:
-        return torch.relu(x)
-
-
-class LeakyRelu(ABRelu):
-    """``phi(x) = x`` for ``x >= 0`` and ``alpha x`` otherwise (``ABRelu(alpha, 1)``)."""
-
-    def __init__(self, alpha: float) -> None:
-        super().__init__(alpha, 1.0)
-        self.alpha = self.a
-
-    def __repr__(self) -> str:
-        return f"LeakyRelu(alpha={self.alpha})"
-
-
-class Abs(ABRelu):
-    """``phi(x) = |x|`` (``ABRelu(-1, 1)``): ``sigma = (2 s + (pi - 2 t) q12) / pi``."""
-
-    def __init__(self) -> None:
-        super().__init__(-1.0, 1.0)
-
-    def __repr__(self) -> str:
-        return "Abs()"
-
-    def fn(self, x: Tensor) -> Tensor:
-        return torch.abs(x)
-
-
-class Sign(ElementwiseLayer):
-    """``phi(x) = sign(x)``: ``sigma = 1 - 2 t / pi`` (the degree-0 arc-cosine kernel).
-
-    The derivative of ``sign`` is 0 almost everywhere and a Dirac delta at 0, so
-    ``E[phi'(u) phi'(v)]`` is not a function. torchntk follows what autograd does in the
-    finite network (``torch.sign`` back-propagates 0) and what neural-tangents does:
-    ``sdot = 0``, so the NTK accumulated *before* a ``Sign`` is dropped and only the layers
-    after it contribute (their ``Sigma`` terms). Monte Carlo estimates with
-    :func:`torchntk.empirical_ntk` agree with this.
-    """
-
-    def fn(self, x: Tensor) -> Tensor:
-        return torch.sign(x)
-
-    def rule(self, q11: Tensor, q12: Tensor, q22: Tensor) -> tuple[Tensor, Tensor]:
-        _, t = angle(q11, q12, q22)
-        sigma = 1 - 2 * t / _PI
-        return sigma, torch.zeros_like(sigma)
 
 
 # -- erf family ---------------------------------------------------------------------------
@@ -550,83 +411,3 @@ class Monomial(Polynomial):
 
     def fn(self, x: Tensor) -> Tensor:
         return x**self.degree
-
-
-# -- any function ---------------------------------------------------------------------------
-
-NngpFn = Callable[[Tensor, Tensor, Tensor], Tensor]
-
-
-class Elementwise(ElementwiseLayer):
-    """Any elementwise torch function ``fn``, its kernel by quadrature or by given formulas.
-
-    Args:
-        fn: the activation (``torch.tanh``, ``torch.nn.functional.softplus``, ``torch.nn.SiLU()``,
-            a lambda...). It must map a tensor to a tensor of the same shape, elementwise, and
-            be differentiable by autograd.
-        nngp_fn: optional closed form ``nngp_fn(cov12, var1, var2) = E[fn(u) fn(v)]``
-            (neural-tangents' argument order).
-        d_nngp_fn: optional ``E[fn'(u) fn'(v)]``, same signature. When ``nngp_fn`` is given but
-            not ``d_nngp_fn``, it is ``d nngp_fn / d cov12`` by autograd (Price's theorem).
-        method, degree: how the expectations are computed when ``nngp_fn`` is None:
-            ``"auto"`` (default) uses, pair by pair, Mehler's Hermite series (fast, for smooth
-            ``fn``) where it has converged and the polar quadrature otherwise (kinks at 0 and
-            steep parts at the ends of its arcs), to 1e-6 of ``E|fn(u) fn(v)|`` for
-            variances from 1e-4 to 1e4, with an ``AccuracyWarning`` where it cannot vouch for
-            that (fast-oscillating ``fn`` at large variances); ``"series"`` (``degree``
-            terms, default 256), ``"polar"`` (``4 degree^2`` points) or ``"hermite"``
-            (tensor-product Gauss-Hermite, ``degree^2`` points, default 48) force one rule;
-            see ``docs/activations.md``.
-
-    Example:
-        >>> from torchntk import layers
-        >>> spec = layers.serial(layers.Dense(256), layers.Elementwise(torch.tanh), layers.Dense(1))
-        >>> spec.kernel(torch.randn(3, 5)).nngp.shape
-        torch.Size([3, 3])
-    """
-
-    def __init__(
-        self,
-        fn: Callable[[Tensor], Tensor],
-        nngp_fn: NngpFn | None = None,
-        d_nngp_fn: NngpFn | None = None,
-        *,
-        method: str = "auto",
-        degree: int | None = None,
-    ) -> None:
-        if not callable(fn):
-            raise InvalidArgumentError(f"`fn` must be a callable Tensor -> Tensor, got {fn!r}")
-        for name, f in (("nngp_fn", nngp_fn), ("d_nngp_fn", d_nngp_fn)):
-            if f is not None and not callable(f):
-                raise InvalidArgumentError(f"`{name}` must be None or a callable, got {f!r}")
-        if d_nngp_fn is not None and nngp_fn is None:
-            raise InvalidArgumentError("`d_nngp_fn` needs `nngp_fn` too")
-        check_choice("method", method, METHODS)
-        if degree is not None and (isinstance(degree, bool) or not isinstance(degree, int) or degree < 2):
-            raise InvalidArgumentError(f"`degree` must be an int >= 2 or None, got {degree!r}")
-        self._fn, self.nngp_fn, self.d_nngp_fn = fn, nngp_fn, d_nngp_fn
-        self.method, self.degree = method, degree
-
-    def __repr__(self) -> str:
-        name = getattr(self._fn, "__name__", None) or repr(self._fn)
-        return f"Elementwise({name})"
-
-    def fn(self, x: Tensor) -> Tensor:
-        return self._fn(x)
-
-    def rule(self, q11: Tensor, q12: Tensor, q22: Tensor) -> tuple[Tensor, Tensor | None]:
-        if self.nngp_fn is None:
-            return gaussian_expectations(self._fn, q11, q12, q22, method=self.method, degree=self.degree)
-        if self.d_nngp_fn is not None:
-            return self.nngp_fn(q12, q11, q22), self.d_nngp_fn(q12, q11, q22)
-        with torch.enable_grad():
-            keep = q12.requires_grad
-            leaf = q12 if keep else q12.detach().requires_grad_(True)
-            sigma = self.nngp_fn(leaf, q11, q22)
-            (sdot,) = torch.autograd.grad(sigma.sum(), leaf, create_graph=keep)
-        return (sigma if keep else sigma.detach()), sdot
-
-
-def ElementwiseNumerical(fn: Callable[[Tensor], Tensor], deg: int = 25) -> Elementwise:  # noqa: N802
-    """neural-tangents' name: ``Elementwise(fn, method="hermite", degree=deg)``."""
-    return Elementwise(fn, method="hermite", degree=deg)

@@ -49,12 +49,12 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..errors import InvalidArgumentError, SpecError, UnsupportedLayerError
-from ._attention_math import attention_weights, pos_emb_covariance, sqrt_identity, symmetrize
-from ._spatial import from_positions, to_positions
-from ._base import Layer, Shapes, single
-from ._side import SideModule
-from .kernel import Kernel
+from ...errors import InvalidArgumentError, SpecError, UnsupportedLayerError
+from ._math import attention_weights, pos_emb_covariance, sqrt_identity, symmetrize
+from .._spatial import from_positions, to_positions
+from .._core.protocol import Layer, Shapes, single
+from .._side import SideModule
+from .._core.kernel import Kernel
 
 __all__ = ["GlobalSelfAttention"]
 

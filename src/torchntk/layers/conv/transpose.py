@@ -27,13 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import InvalidArgumentError, SpecError
-from ..nn import _init
-from . import _spatial
-from ._base import Shapes, single
-from .conv import Conv, check_padding
-from .dense import affine
-from .kernel import Kernel
+from ...errors import InvalidArgumentError, SpecError
+from ...nn import _init
+from .. import _spatial
+from .._core.protocol import Shapes, single
+from .convolution import Conv, check_padding
+from ..dense.fully_connected import affine
+from .._core.kernel import Kernel
 
 __all__ = ["ConvTranspose"]
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ..errors import InvalidArgumentError
-from ._base import Layer
-from .activations import Relu
-from ._base import serial
-from .dense import Dense
+from ...errors import InvalidArgumentError
+from .._core.protocol import Layer
+from ..activations import Relu
+from .._core.protocol import serial
+from .fully_connected import Dense
 
 
 def mlp(

@@ -17,12 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..nn import _init
-from . import _spatial
-from ._base import Shapes, single
-from .conv import Conv, window_mean_kernel
-from .dense import affine
-from .kernel import Kernel
+from ...nn import _init
+from .. import _spatial
+from .._core.protocol import Shapes, single
+from .convolution import Conv, window_mean_kernel
+from ..dense.fully_connected import affine
+from .._core.kernel import Kernel
 
 __all__ = ["ConvLocal"]
 

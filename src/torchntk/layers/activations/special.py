@@ -24,11 +24,11 @@ import torch
 from torch import nn
 from numpy.polynomial import polynomial as P
 
-from ..errors import InvalidArgumentError
-from ._base import Shapes, single
+from ...errors import InvalidArgumentError
+from .._core.protocol import Shapes, single
 from ._elementwise import ElementwiseLayer
 from ._quadrature import angle
-from .activations import Polynomial
+from .closed_forms import Polynomial
 
 __all__ = ["Hermite", "RectifiedMonomial", "ExpNormalized", "Gabor"]
 

@@ -26,9 +26,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import InvalidArgumentError, SpecError
-from . import _side, _spatial
-from ._base import Kernels, Layer, Shapes, any_full, check_layers, serial, shape_of, single
+from ...errors import InvalidArgumentError, SpecError
+from .. import _side, _spatial
+from .protocol import Kernels, Layer, Shapes, any_full, check_layers, serial, shape_of, single
 from .kernel import Kernel
 
 __all__ = ["serial", "repeat", "parallel", "FanOut", "FanInSum", "FanInProd", "FanInConcat", "Identity"]

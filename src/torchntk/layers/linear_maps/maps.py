@@ -21,10 +21,10 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..errors import InvalidArgumentError, SpecError
+from ...errors import InvalidArgumentError, SpecError
 from . import _spatial_map
-from ._base import Layer, Shapes, single
-from .kernel import Kernel
+from .._core.protocol import Layer, Shapes, single
+from .._core.kernel import Kernel
 
 __all__ = ["Index", "Slice", "ImageResize", "DotGeneral"]
 

@@ -21,10 +21,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import SpecError, UnsupportedLayerError
-from . import _spatial
-from ._base import Layer, Shapes, single
-from .kernel import Kernel
+from ...errors import SpecError, UnsupportedLayerError
+from .. import _spatial
+from .._core.protocol import Layer, Shapes, single
+from .._core.kernel import Kernel
 
 
 #: Entries of the kernel per slice of rows that the rule gets at once without autograd (its

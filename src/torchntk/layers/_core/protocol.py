@@ -16,39 +16,23 @@ Everywhere else the per-pixel (diagonal) layout is enough, which costs ``N^2 D``
 
 from __future__ import annotations
 
-import math
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence, Union
 
 import torch
 from torch import nn
 
-from .._checks import check_finite, check_nonempty_batch, check_tensor, renamed
-from .._memory import DEFAULT_MEMORY, memory_budget
-from ..errors import InvalidArgumentError, ShapeError, SpecError, UnsupportedLayerError
-from . import _side, _spatial
+from ..._checks import renamed
+from ..._memory import DEFAULT_MEMORY, memory_budget
+from ...errors import InvalidArgumentError, ShapeError, SpecError, UnsupportedLayerError
+from .. import _side, _spatial
+from .gram import _check_inputs, input_kernel
 from .kernel import Kernel
+from .planner import _block_size
+from .threads import _blocked
 
 Shape = tuple[int, ...]
 Shapes = Union[Shape, list]
 Kernels = Union[Kernel, list]
-
-# Live kernel-sized tensors per block (nngp, ntk, the rule's temporaries, the padded copies...).
-_WORK_FACTOR = 12
-# Default block: about this many entries per kernel tensor, so that a block's working set stays
-# in the processor's cache (each layer makes tens of elementwise passes over it) and each pass
-# stays below torch's parallel grain (32768 elements): every op runs on one thread, and the
-# blocks are spread over ``torch.get_num_threads()`` Python threads instead (torch releases the
-# GIL in its kernels). On a loaded machine this avoids a scheduler wait per parallel op.
-_CACHE_ENTRIES = 1 << 15
-# The same for kernels in the full spatial layout, ``P^2`` entries per pair of inputs: twice as
-# many, so that fewer blocks pay the per-block costs (the ops' dispatch, and the per-input
-# covariances every block recomputes for its rows and columns, 2/b of its work), which there
-# outweigh the cache (a graph network's 16-node kernel: 16 x 16 pairs per block instead of 11 x 11,
-# a quarter less time on 2 threads); a pass over 2^16 entries may run on two threads.
-_CACHE_ENTRIES_FULL = 1 << 16
-# Default block of flat kernels (rows and columns): 181^2 < 2^15.
-_FLAT_BLOCK = 181
 
 
 def any_full(flag: Any) -> bool:
@@ -318,169 +302,6 @@ class Layer:
     def __call__(self, *args: Any, **kwargs: Any) -> Kernel:
         """Alias of :meth:`kernel`."""
         return self.kernel(*args, **kwargs)
-
-
-def _check_inputs(name: str, x: Any) -> torch.Tensor:
-    x = check_tensor(name, x)
-    check_nonempty_batch(name, x)
-    if x.ndim not in (2, 3, 4):
-        raise ShapeError(
-            f"`{name}` must have shape (N, features), (N, C, L) or (N, C, H, W) (channels first); "
-            f"got rank {x.ndim} with shape {tuple(x.shape)}"
-        )
-    if x.is_complex():
-        raise InvalidArgumentError(f"`{name}` must be real, got {x.dtype}")
-    return check_finite(name, x)
-
-
-def _block_size(in_shape: Shape, full: bool, dtype: torch.dtype, block_size: int | None, memory: int,
-                device: torch.device) -> int:
-    if block_size is not None:
-        if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
-            raise InvalidArgumentError(f"`block_size` must be a positive int or None, got {block_size!r}")
-        return block_size
-    pixels = math.prod(in_shape[1:]) if len(in_shape) > 1 else 1
-    entries = pixels**2 if full else pixels
-    per_pair = entries * torch.finfo(dtype).bits // 8 * _WORK_FACTOR
-    by_memory = int(math.sqrt(memory / per_pair))
-    if device.type != "cpu":  # an accelerator wants few large blocks: the memory budget alone
-        return max(1, by_memory)
-    if len(in_shape) == 1:  # flat kernels (the symmetric case skips the blocks below the diagonal)
-        return max(1, min(by_memory, _FLAT_BLOCK))
-    by_cache = int(math.sqrt((_CACHE_ENTRIES_FULL if full else _CACHE_ENTRIES) / entries))
-    return max(1, min(by_memory, max(by_cache, 4)))
-
-
-def input_kernel(x1: torch.Tensor, x2: torch.Tensor | None, *, full: bool) -> Kernel:
-    """The kernel of the inputs: ``Sigma0 = x . x' / n0`` (per pixel pair: channel dot / C).
-
-    ``x1``: ``(N1, n0)`` or ``(N1, C, *spatial)``; ``full`` selects the full spatial layout.
-    ``Theta0 = 0``.
-    """
-    shape = tuple(x1.shape[1:])
-    c = shape[0]
-    nsp = len(shape) - 1
-    xb = x1 if x2 is None else x2
-    if nsp == 0:
-        nngp = x1 @ xb.T / c
-        cov1 = (x1 * x1).sum(1) / c
-        cov2 = None if x2 is None else (x2 * x2).sum(1) / c
-        full = False
-    elif not full:
-        sp = "hw"[:nsp]
-        nngp = torch.einsum(f"ic{sp},jc{sp}->ij{sp}", x1, xb) / c
-        cov1 = (x1 * x1).sum(1) / c
-        cov2 = None if x2 is None else (x2 * x2).sum(1) / c
-    else:
-        nngp = _full_gram(x1, xb) / c
-        cov1 = _self_full(x1) / c
-        cov2 = None if x2 is None else _self_full(x2) / c
-    if x2 is None:
-        # Design note: a matmul's rounding differs with the block shape, and at correlation 1
-        # the arc-cosine rules turn a last-bit gap between q12 and sqrt(q11 q22) into ~1e-8.
-        # Making the input Gram exactly symmetric, with its diagonal equal to cov1 bit for bit,
-        # makes every later layer symmetric and its diagonal independent of the blocking.
-        nngp = 0.5 * (nngp + _spatial.transpose_pairs(nngp, full, nsp))
-        idx = torch.arange(nngp.shape[0], device=nngp.device)
-        nngp = nngp.index_put((idx, idx), cov1)
-    return Kernel(
-        nngp=nngp,
-        ntk=torch.zeros_like(nngp),
-        cov1=cov1,
-        cov2=cov2,
-        shape=shape,
-        diagonal_spatial=not full,
-        is_gaussian=False,
-        is_input=True,
-    )
-
-
-def _full_gram(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``(N1, C, *S), (N2, C, *S) -> (N1, N2, S0, S0', S1, S1')`` channel dot products."""
-    nsp = a.ndim - 2
-    n1, c, sp = a.shape[0], a.shape[1], a.shape[2:]
-    n2 = b.shape[0]
-    g = a.movedim(1, -1).reshape(-1, c) @ b.movedim(1, -1).reshape(-1, c).T  # (N1*S, N2*S)
-    g = g.reshape(n1, *sp, n2, *sp)
-    # axes: 0=N1, 1..nsp = S of a, nsp+1 = N2, nsp+2.. = S of b
-    perm = [0, nsp + 1]
-    for d in range(nsp):
-        perm += [1 + d, nsp + 2 + d]
-    return g.permute(perm).contiguous()
-
-
-def _self_full(a: torch.Tensor) -> torch.Tensor:
-    """``(N, C, *S) -> (N, S0, S0', S1, S1')``: every pixel pair of each input with itself."""
-    nsp = a.ndim - 2
-    flat = a.flatten(2)  # (N, C, D)
-    g = flat.transpose(1, 2) @ flat  # (N, D, D)
-    sp = a.shape[2:]
-    g = g.reshape(a.shape[0], *sp, *sp)
-    perm = [0]
-    for d in range(nsp):
-        perm += [1 + d, 1 + nsp + d]
-    return g.permute(perm).contiguous()
-
-
-def _blocked(run: Any, n1: int, n2: int, same: bool, b: int, serial: bool) -> Kernel:
-    """Assemble the kernel from ``(b x b)`` blocks of pairs; mirror the symmetric case.
-
-    ``run(rows1, rows2)`` computes one block from two slices (``rows2=None``: a diagonal block
-    of the symmetric kernel, ``rows1`` with itself); ``serial``: run the blocks on this thread
-    (when autograd records, or on an accelerator).
-    """
-    r1 = [(i, min(i + b, n1)) for i in range(0, n1, b)]
-    r2 = [(j, min(j + b, n2)) for j in range(0, n2, b)]
-    pairs = [(bi, bj) for bi in range(len(r1)) for bj in range(len(r2)) if not (same and bj < bi)]
-
-    grad_mode = torch.is_grad_enabled()  # thread-local: carried into the worker threads
-
-    def one(pair: tuple[int, int]) -> Kernel:
-        (i0, i1), (j0, j1) = r1[pair[0]], r2[pair[1]]
-        with torch.set_grad_enabled(grad_mode):
-            return run(slice(i0, i1), None if same and pair[0] == pair[1] else slice(j0, j1))
-
-    workers = torch.get_num_threads()
-    if workers > 1 and len(pairs) > 1 and not serial:
-        pool = ThreadPoolExecutor(max_workers=workers)
-        results = pool.map(one, pairs)  # in order; assembled while the next blocks compute
-    else:
-        pool, results = None, map(one, pairs)
-    try:
-        return _assemble(results, pairs, r1, r2, n1, n2, same)
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _assemble(results: Any, pairs: list, r1: list, r2: list, n1: int, n2: int, same: bool) -> Kernel:
-    """Write the block kernels ``results`` (in the order of ``pairs``) into the full kernel."""
-    nngp = ntk = cov1 = cov2 = None
-    first: Kernel | None = None
-    for (bi, bj), k in zip(pairs, results):
-        (i0, i1), (j0, j1) = r1[bi], r2[bj]
-        if first is None:
-            first = k
-            tail = tuple(k.nngp.shape[2:])
-            kw = {"dtype": k.nngp.dtype, "device": k.nngp.device}
-            nngp = torch.empty((n1, n2, *tail), **kw)
-            ntk = None if k.ntk is None else torch.empty((n1, n2, *tail), **kw)
-            cov1 = torch.empty((n1, *k.cov1.shape[1:]), **kw)
-            cov2 = None if same else torch.empty((n2, *k.cov1.shape[1:]), **kw)
-        nngp[i0:i1, j0:j1] = k.nngp
-        if ntk is not None:
-            ntk[i0:i1, j0:j1] = k.ntk
-        if bj == (bi if same else 0):
-            cov1[i0:i1] = k.cov1
-        if not same and bi == 0:
-            cov2[j0:j1] = k.q22
-        if same and bj > bi:
-            nsp, full = k.spatial_ndim, k.full_spatial
-            nngp[j0:j1, i0:i1] = _spatial.transpose_pairs(k.nngp, full, nsp)
-            if ntk is not None:
-                ntk[j0:j1, i0:i1] = _spatial.transpose_pairs(k.ntk, full, nsp)
-    assert first is not None
-    return first.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2)
 
 
 # -- composition in sequence (``serial``, ``a >> b``) -----------------------------------------

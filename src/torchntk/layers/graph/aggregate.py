@@ -33,11 +33,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._checks import check_choice
-from ..errors import InvalidArgumentError, SpecError
-from . import _side, _spatial_map
-from ._base import Layer, Shapes, single
-from .kernel import Kernel
+from ..._checks import check_choice
+from ...errors import InvalidArgumentError, SpecError
+from .. import _side
+from ..linear_maps import _spatial_map
+from .._core.protocol import Layer, Shapes, single
+from .._core.kernel import Kernel
 
 __all__ = ["Aggregate"]
 

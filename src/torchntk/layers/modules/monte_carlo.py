@@ -33,12 +33,12 @@ from typing import Any, Callable, Iterator, Union
 import torch
 from torch import nn
 
-from .._checks import check_batches, check_choice
-from ..empirical import empirical_ntk
-from ..empirical._modes import MODES
-from ..errors import InvalidArgumentError, ShapeError
-from . import _side
-from ._base import Layer
+from ..._checks import check_batches, check_choice
+from ...empirical import empirical_ntk
+from ...empirical._modes import MODES
+from ...errors import InvalidArgumentError, ShapeError
+from .. import _side
+from .._core.protocol import Layer
 
 __all__ = ["MonteCarloKernel", "monte_carlo_kernel", "monte_carlo_kernels"]
 

@@ -19,8 +19,8 @@ from typing import Callable
 
 import torch
 
-from ._spatial import from_positions, to_positions
-from .kernel import Kernel
+from .._spatial import from_positions, to_positions
+from .._core.kernel import Kernel
 
 
 def matrix_of(fn: Callable[[torch.Tensor], torch.Tensor], spatial: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:

@@ -21,13 +21,13 @@ from typing import Any, Sequence
 
 from torch import nn
 
-from .. import nn as tnn
-from .._checks import check_choice, value_of
-from ..errors import InvalidArgumentError, SpecError
-from . import _spatial
-from ._base import Layer, Shapes, single
-from .dense import affine, check_affine_args
-from .kernel import Kernel
+from ... import nn as tnn
+from ..._checks import check_choice, value_of
+from ...errors import InvalidArgumentError, SpecError
+from .. import _spatial
+from .._core.protocol import Layer, Shapes, single
+from ..dense.fully_connected import affine, check_affine_args
+from .._core.kernel import Kernel
 
 __all__ = ["Conv"]
 

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..errors import InvalidArgumentError
+from ...errors import InvalidArgumentError
 
 
 def pos_emb_covariance(
