@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..._checks import check_int
 from ...errors import InvalidArgumentError, SpecError
 from .. import _side, _spatial
 from .protocol import Kernels, Layer, Shapes, any_full, check_layers, serial, shape_of, single
@@ -45,8 +46,7 @@ def repeat(layer: Layer, n: int) -> Layer:
         >>> spec = L.serial(L.repeat(block, 3), L.Dense(1))
     """
     (layer,) = check_layers((layer,), "repeat")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise InvalidArgumentError(f"repeat: `n` must be an int >= 0, got {n!r}")
+    n = check_int("n", n, minimum=0, who="repeat")
     return serial(*([layer] * n)) if n else Identity()
 
 
@@ -119,9 +119,7 @@ class FanOut(Layer):
     """Copy the activation into ``num`` branches (a list), to be merged by a ``FanIn*`` layer."""
 
     def __init__(self, num: int) -> None:
-        if not isinstance(num, int) or num < 1:
-            raise InvalidArgumentError(f"FanOut: `num` must be a positive int, got {num!r}")
-        self.num = num
+        self.num = check_int("num", num, minimum=1, who="FanOut")
 
     def __repr__(self) -> str:
         return f"FanOut({self.num})"

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ...errors import InvalidArgumentError
+from ..._checks import check_int
 
 if TYPE_CHECKING:
     from .protocol import Shape
@@ -40,9 +40,7 @@ _FLAT_BLOCK = 181
 def _block_size(in_shape: Shape, full: bool, dtype: torch.dtype, block_size: int | None, memory: int,
                 device: torch.device) -> int:
     if block_size is not None:
-        if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
-            raise InvalidArgumentError(f"`block_size` must be a positive int or None, got {block_size!r}")
-        return block_size
+        return check_int("block_size", block_size, minimum=1, allow_none=True)
     pixels = math.prod(in_shape[1:]) if len(in_shape) > 1 else 1
     entries = pixels**2 if full else pixels
     per_pair = entries * torch.finfo(dtype).bits // 8 * _WORK_FACTOR

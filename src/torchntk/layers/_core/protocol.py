@@ -21,7 +21,7 @@ from typing import Any, Sequence, Union
 import torch
 from torch import nn
 
-from ..._checks import renamed
+from ..._checks import check_ints, renamed
 from ..._memory import DEFAULT_MEMORY, memory_budget
 from ...errors import InvalidArgumentError, ShapeError, SpecError, UnsupportedLayerError
 from .. import _side, _spatial
@@ -51,12 +51,7 @@ def shape_of(k: Kernels) -> Shapes:
 
 def as_shape(input_shape: Any, name: str = "input_shape") -> Shape:
     """Normalize a per-sample input shape (an int or a sequence of positive ints)."""
-    if isinstance(input_shape, int):
-        input_shape = (input_shape,)
-    try:
-        shape = tuple(int(s) for s in input_shape)
-    except TypeError:
-        raise InvalidArgumentError(f"`{name}` must be an int or a tuple of ints, got {input_shape!r}") from None
+    shape = check_ints(name, input_shape)
     if not 1 <= len(shape) <= 3 or any(s < 1 for s in shape):
         raise ShapeError(
             f"`{name}` must be the per-sample shape (features,), (C, L) or (C, H, W) without the "

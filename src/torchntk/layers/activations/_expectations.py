@@ -14,8 +14,8 @@ import warnings
 
 import torch
 
-from ..._checks import check_choice
-from ...errors import AccuracyWarning, InvalidArgumentError
+from ..._checks import check_choice, check_int
+from ...errors import AccuracyWarning
 from ._quadrature import (
     _CHUNK_POINTS,
     _SERIES_TOL,
@@ -130,10 +130,8 @@ def gaussian_expectations(
         >>> round(float(sigma), 6)  # 1 / (2 pi)
         0.159155
     """
-    check_choice("method", method, METHODS)
-    method = method.lower()
-    if degree is not None and (isinstance(degree, bool) or not isinstance(degree, int) or degree < 2):
-        raise InvalidArgumentError(f"`degree` must be an int >= 2, got {degree!r}")
+    method = check_choice("method", method, METHODS, any_case=True)
+    degree = check_int("degree", degree, minimum=2, allow_none=True)
     ref = next((q for q in (q11, q12, q22) if isinstance(q, torch.Tensor)), None)
     dtype = ref.dtype if ref is not None and ref.is_floating_point() else torch.float64
     device = ref.device if ref is not None else None

@@ -32,7 +32,7 @@ import torch
 
 from ...errors import InvalidArgumentError
 from ._elementwise import ElementwiseLayer
-from ..._checks import check_hyper, is_one
+from ..._checks import check_hyper, check_int, is_one
 
 __all__ = [
     "Erf",
@@ -49,12 +49,6 @@ __all__ = [
 
 Tensor = torch.Tensor
 _PI = math.pi
-
-
-def _number(name: str, value: object, **bounds: object) -> float | Tensor:
-    """A hyperparameter: a finite number (as float) or a 0-dim tensor (kept: kernels are
-    differentiable in it)."""
-    return check_hyper(name, value, **bounds)
 
 
 def _math(fn: Callable[[Tensor], Tensor], value: float | Tensor) -> float | Tensor:
@@ -151,7 +145,7 @@ class Erf(ElementwiseLayer):
     """
 
     def __init__(self, a: float = 1.0, b: float = 1.0, c: float = 0.0) -> None:
-        self.a, self.b, self.c = _number("a", a), _number("b", b), _number("c", c)
+        self.a, self.b, self.c = check_hyper("a", a), check_hyper("b", b), check_hyper("c", c)
 
     def __repr__(self) -> str:
         return f"Erf(a={self.a}, b={self.b}, c={self.c})"
@@ -235,7 +229,7 @@ class Sin(ElementwiseLayer):
     """
 
     def __init__(self, a: float = 1.0, b: float = 1.0, c: float = 0.0) -> None:
-        self.a, self.b, self.c = _number("a", a), _number("b", b), _number("c", c)
+        self.a, self.b, self.c = check_hyper("a", a), check_hyper("b", b), check_hyper("c", c)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(a={self.a}, b={self.b}, c={self.c})"
@@ -266,7 +260,7 @@ class Rbf(Sin):
     pre-activations: ``sigma = exp(-gamma (q11 + q22 - 2 q12))``, ``sdot = 2 gamma sigma``."""
 
     def __init__(self, gamma: float = 1.0) -> None:
-        gamma = _number("gamma", gamma, minimum=0.0, strict=True)
+        gamma = check_hyper("gamma", gamma, minimum=0.0, strict=True)
         super().__init__(a=math.sqrt(2), b=_math(torch.sqrt, 2 * gamma), c=_PI / 4)
         self.gamma = gamma
 
@@ -284,7 +278,7 @@ class Exp(ElementwiseLayer):
     """
 
     def __init__(self, a: float = 1.0, b: float = 1.0) -> None:
-        self.a, self.b = _number("a", a), _number("b", b)
+        self.a, self.b = check_hyper("a", a), check_hyper("b", b)
 
     def __repr__(self) -> str:
         return f"Exp(a={self.a}, b={self.b})"
@@ -305,7 +299,7 @@ class Gaussian(ElementwiseLayer):
     """
 
     def __init__(self, a: float = 1.0, b: float = -1.0) -> None:
-        self.a, self.b = _number("a", a), _number("b", b)
+        self.a, self.b = check_hyper("a", a), check_hyper("b", b)
 
     def __repr__(self) -> str:
         return f"Gaussian(a={self.a}, b={self.b})"
@@ -376,7 +370,7 @@ class Polynomial(ElementwiseLayer):
                 entries = [c if isinstance(c, Tensor) else float(c) for c in coef]
             except (TypeError, ValueError):
                 raise InvalidArgumentError(f"`coef` must be a sequence of numbers, got {coef!r}") from None
-        values = [_number(f"coef[{i}]", c) for i, c in enumerate(entries)]
+        values = [check_hyper(f"coef[{i}]", c) for i, c in enumerate(entries)]
         self.coef = tuple(values)
         self._c = self.coef
         self._dc = tuple(i * c for i, c in enumerate(values))[1:]  # coefficients of phi'
@@ -401,8 +395,7 @@ class Monomial(Polynomial):
     """``phi(x) = x^degree`` (a :class:`Polynomial` with one coefficient)."""
 
     def __init__(self, degree: int) -> None:
-        if isinstance(degree, bool) or not isinstance(degree, int) or degree < 0:
-            raise InvalidArgumentError(f"`degree` must be an int >= 0, got {degree!r}")
+        degree = check_int("degree", degree, minimum=0, who="Monomial")
         super().__init__([0.0] * degree + [1.0])
         self.degree = degree
 

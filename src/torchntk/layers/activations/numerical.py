@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 
 from ...errors import InvalidArgumentError
-from ..._checks import check_choice
+from ..._checks import check_choice, check_int
 from ._elementwise import ElementwiseLayer
 from ._expectations import gaussian_expectations
 from ._quadrature import METHODS
@@ -73,9 +73,8 @@ class Elementwise(ElementwiseLayer):
                 raise InvalidArgumentError(f"`{name}` must be None or a callable, got {f!r}")
         if d_nngp_fn is not None and nngp_fn is None:
             raise InvalidArgumentError("`d_nngp_fn` needs `nngp_fn` too")
-        check_choice("method", method, METHODS)
-        if degree is not None and (isinstance(degree, bool) or not isinstance(degree, int) or degree < 2):
-            raise InvalidArgumentError(f"`degree` must be an int >= 2 or None, got {degree!r}")
+        method = check_choice("method", method, METHODS, any_case=True, who="Elementwise")
+        degree = check_int("degree", degree, minimum=2, allow_none=True, who="Elementwise")
         self._fn, self.nngp_fn, self.d_nngp_fn = fn, nngp_fn, d_nngp_fn
         self.method, self.degree = method, degree
 

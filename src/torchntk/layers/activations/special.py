@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from numpy.polynomial import polynomial as P
 
+from ..._checks import check_hyper, check_int
 from ...errors import InvalidArgumentError
 from .._core.protocol import Shapes, single
 from ._elementwise import ElementwiseLayer
@@ -34,23 +35,6 @@ __all__ = ["Hermite", "RectifiedMonomial", "ExpNormalized", "Gabor"]
 
 Tensor = torch.Tensor
 _PI = math.pi
-
-
-def _degree(value: Any, who: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidArgumentError(f"{who}: `degree` must be an int >= 0, got {value!r}")
-    return value
-
-
-def _scalar(value: Any, name: str, who: str) -> float | Tensor:
-    """A finite Python number or 0-dim floating tensor (kept as a tensor: kernels stay differentiable)."""
-    if isinstance(value, torch.Tensor):
-        if value.ndim != 0 or not value.is_floating_point() or not bool(torch.isfinite(value)):
-            raise InvalidArgumentError(f"{who}: `{name}` must be a finite number or 0-dim float tensor, got {value!r}")
-        return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InvalidArgumentError(f"{who}: `{name}` must be a finite number or 0-dim float tensor, got {value!r}")
-    return float(value)
 
 
 # -- Hermite ------------------------------------------------------------------------------
@@ -67,7 +51,7 @@ class Hermite(Polynomial):
     """
 
     def __init__(self, degree: int) -> None:
-        degree = _degree(degree, "Hermite")
+        degree = check_int("degree", degree, minimum=0, who="Hermite")
         coef = np.polynomial.hermite_e.herme2poly([0.0] * degree + [1.0]) / math.sqrt(math.factorial(degree))
         super().__init__(list(coef))
         self.degree = degree
@@ -135,7 +119,7 @@ class RectifiedMonomial(ElementwiseLayer):
     """
 
     def __init__(self, degree: int) -> None:
-        self.degree = _degree(degree, "RectifiedMonomial")
+        self.degree = check_int("degree", degree, minimum=0, who="RectifiedMonomial")
 
     def __repr__(self) -> str:
         return f"RectifiedMonomial(degree={self.degree})"
@@ -199,10 +183,8 @@ class ExpNormalized(ElementwiseLayer):
     _TOL = 1e-30
 
     def __init__(self, gamma: float | Tensor = 1.0, shift: float | Tensor = -1.0, do_clip: bool = False) -> None:
-        self.gamma = _scalar(gamma, "gamma", "ExpNormalized")
-        if float(torch.as_tensor(self.gamma).detach()) <= 0:
-            raise InvalidArgumentError(f"ExpNormalized: `gamma` must be > 0, got {gamma!r}")
-        self.shift = _scalar(shift, "shift", "ExpNormalized")
+        self.gamma = check_hyper("gamma", gamma, minimum=0.0, strict=True, who="ExpNormalized")
+        self.shift = check_hyper("shift", shift, who="ExpNormalized")
         if not isinstance(do_clip, bool):
             raise InvalidArgumentError(f"ExpNormalized: `do_clip` must be a bool, got {do_clip!r}")
         self.do_clip = do_clip

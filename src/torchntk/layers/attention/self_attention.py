@@ -49,6 +49,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..._checks import check_choice, check_hyper, check_int, check_number
 from ...errors import InvalidArgumentError, SpecError, UnsupportedLayerError
 from ._math import attention_weights, pos_emb_covariance, sqrt_identity, symmetrize
 from .._spatial import from_positions, to_positions
@@ -60,35 +61,6 @@ __all__ = ["GlobalSelfAttention"]
 
 MECHANISMS = ("softmax", "identity", "abs", "relu")
 POS_EMB_TYPES = ("none", "sum", "concat")
-
-
-def _choice(who: str, name: str, value: Any, choices: tuple[str, ...]) -> str:
-    if not isinstance(value, str) or value.lower() not in choices:
-        raise InvalidArgumentError(f"{who}: `{name}` must be one of {', '.join(map(repr, choices))} (any case), got {value!r}")
-    return value.lower()
-
-
-def _positive_int(who: str, name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidArgumentError(f"{who}: `{name}` must be a positive int, got {value!r}")
-    return value
-
-
-def _std(who: str, name: str, value: Any, allow_none: bool = False) -> Any:
-    """A standard deviation: a finite number >= 0 or a 0-dim real tensor (kept, differentiable)."""
-    if value is None and allow_none:
-        return None
-    if isinstance(value, torch.Tensor):
-        if value.ndim != 0 or not value.is_floating_point():
-            raise InvalidArgumentError(f"{who}: `{name}` must be a number or a 0-dim floating tensor, got shape {tuple(value.shape)} {value.dtype}")
-        v = float(value.detach())
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        v = float(value)
-    else:
-        raise InvalidArgumentError(f"{who}: `{name}` must be a number{' or None' if allow_none else ''}, got {value!r}")
-    if not (math.isfinite(v) and v >= 0):
-        raise InvalidArgumentError(f"{who}: `{name}` must be finite and >= 0, got {v!r}")
-    return value
 
 
 def _sq(v: Any) -> Any:
@@ -144,32 +116,28 @@ class GlobalSelfAttention(Layer):
         val_pos_emb: bool = False,
     ) -> None:
         who = "GlobalSelfAttention"
-        self.n_chan_out = _positive_int(who, "n_chan_out", n_chan_out)
-        self.n_chan_key = _positive_int(who, "n_chan_key", n_chan_key)
-        self.n_chan_val = _positive_int(who, "n_chan_val", n_chan_val)
-        self.n_heads = _positive_int(who, "n_heads", n_heads)
+        self.n_chan_out = check_int("n_chan_out", n_chan_out, minimum=1, who=who)
+        self.n_chan_key = check_int("n_chan_key", n_chan_key, minimum=1, who=who)
+        self.n_chan_val = check_int("n_chan_val", n_chan_val, minimum=1, who=who)
+        self.n_heads = check_int("n_heads", n_heads, minimum=1, who=who)
         for name, flag in (("linear_scaling", linear_scaling), ("val_pos_emb", val_pos_emb)):
             if not isinstance(flag, bool):
                 raise InvalidArgumentError(f"{who}: `{name}` must be True or False, got {flag!r}")
         self.linear_scaling, self.val_pos_emb = linear_scaling, val_pos_emb
-        self.W_key_std = _std(who, "W_key_std", W_key_std)
-        self.W_value_std = _std(who, "W_value_std", W_value_std)
-        self.W_query_std = _std(who, "W_query_std", W_query_std)
-        self.W_out_std = _std(who, "W_out_std", W_out_std)
-        self.b_std = _std(who, "b_std", b_std, allow_none=True)
-        self.W_pos_emb_std = _std(who, "W_pos_emb_std", W_pos_emb_std)
-        self.attention_mechanism = _choice(who, "attention_mechanism", attention_mechanism, MECHANISMS)
-        self.pos_emb_type = _choice(who, "pos_emb_type", pos_emb_type, POS_EMB_TYPES)
-        if isinstance(pos_emb_p_norm, bool) or not isinstance(pos_emb_p_norm, (int, float)) or not (
-            math.isfinite(pos_emb_p_norm) and pos_emb_p_norm > 0
-        ):
-            raise InvalidArgumentError(f"{who}: `pos_emb_p_norm` must be a finite number > 0, got {pos_emb_p_norm!r}")
-        self.pos_emb_p_norm = float(pos_emb_p_norm)
+        self.W_key_std = check_hyper("W_key_std", W_key_std, minimum=0.0, who=who)
+        self.W_value_std = check_hyper("W_value_std", W_value_std, minimum=0.0, who=who)
+        self.W_query_std = check_hyper("W_query_std", W_query_std, minimum=0.0, who=who)
+        self.W_out_std = check_hyper("W_out_std", W_out_std, minimum=0.0, who=who)
+        self.b_std = check_hyper("b_std", b_std, minimum=0.0, allow_none=True, who=who)
+        self.W_pos_emb_std = check_hyper("W_pos_emb_std", W_pos_emb_std, minimum=0.0, who=who)
+        self.attention_mechanism = check_choice("attention_mechanism", attention_mechanism, MECHANISMS, any_case=True, who=who)
+        self.pos_emb_type = check_choice("pos_emb_type", pos_emb_type, POS_EMB_TYPES, any_case=True, who=who)
+        self.pos_emb_p_norm = check_number("pos_emb_p_norm", pos_emb_p_norm, minimum=0.0, strict=True, who=who)
         if pos_emb_decay_fn is not None and not callable(pos_emb_decay_fn):
             raise InvalidArgumentError(f"{who}: `pos_emb_decay_fn` must be None or a function of a tensor, got {pos_emb_decay_fn!r}")
         self.pos_emb_decay_fn = pos_emb_decay_fn
         if n_chan_pos_emb is not None:
-            _positive_int(who, "n_chan_pos_emb", n_chan_pos_emb)
+            check_int("n_chan_pos_emb", n_chan_pos_emb, minimum=1, who=who)
         self.n_chan_pos_emb = n_chan_pos_emb
 
     def __repr__(self) -> str:

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 from torch import nn
 
 from ... import nn as tnn
-from ..._checks import check_choice, value_of
+from ..._checks import check_choice, check_int, check_ints, value_of
 from ...errors import InvalidArgumentError, SpecError
 from .. import _spatial
 from .._core.protocol import Layer, Shapes, single
@@ -38,21 +38,15 @@ def as_tuple(value: Any, name: str, who: str, allow_none: bool = False) -> tuple
     """A tuple of positive ints from an int or a sequence (``None`` kept when allowed)."""
     if value is None and allow_none:
         return None
-    if isinstance(value, int):
-        value = (value,)
-    try:
-        out = tuple(int(v) for v in value)
-    except TypeError:
-        raise InvalidArgumentError(f"{who}: `{name}` must be a tuple of positive ints, got {value!r}") from None
+    out = check_ints(name, value, who=who)
     if not 1 <= len(out) <= 2 or any(v < 1 for v in out):
         raise InvalidArgumentError(f"{who}: `{name}` must hold 1 or 2 positive ints, got {value!r}")
     return out
 
 
 def check_padding(padding: Any, who: str) -> str:
-    if not isinstance(padding, str):
-        raise InvalidArgumentError(f"{who}: `padding` must be 'VALID', 'SAME' or 'CIRCULAR', got {padding!r}")
-    return check_choice(f"{who} padding", padding.upper(), PADDINGS)
+    """``padding`` (any case) as one of :data:`PADDINGS`."""
+    return check_choice("padding", padding, PADDINGS, any_case=True, who=who)
 
 
 def window_geometry(
@@ -146,8 +140,7 @@ class Conv(Layer):
         parameterization: str = "ntk",
     ) -> None:
         who = type(self).__name__  # also ConvLocal, ConvTranspose
-        if isinstance(out_chan, bool) or not isinstance(out_chan, int) or out_chan < 1:
-            raise InvalidArgumentError(f"{who}: `out_chan` must be a positive int, got {out_chan!r}")
+        out_chan = check_int("out_chan", out_chan, minimum=1, who=who)
         W_std, b_std = check_affine_args(who, W_std, b_std, parameterization)
         self.out_chan = out_chan
         self.filter_shape = as_tuple(filter_shape, "filter_shape", who)

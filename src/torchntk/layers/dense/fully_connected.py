@@ -22,7 +22,7 @@ from torch import nn
 
 from ... import nn as tnn
 from ...nn import _init
-from ..._checks import check_hyper, is_one, value_of
+from ..._checks import check_hyper, check_int, is_one, value_of
 from ...errors import InvalidArgumentError
 from .._core.protocol import Layer, Shapes, single
 from .._core.kernel import Kernel
@@ -137,8 +137,7 @@ class Dense(Layer):
     def __init__(
         self, out_dim: int, W_std: float = 1.0, b_std: float | None = None, parameterization: str = "ntk"
     ) -> None:
-        if not isinstance(out_dim, int) or out_dim < 1:
-            raise InvalidArgumentError(f"Dense: `out_dim` must be a positive int, got {out_dim!r}")
+        out_dim = check_int("out_dim", out_dim, minimum=1, who="Dense")
         W_std, b_std = check_affine_args("Dense", W_std, b_std, parameterization)
         self.out_dim, self.W_std, self.b_std, self.parameterization = out_dim, W_std, b_std, parameterization
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ...errors import InvalidArgumentError
+from ..._checks import check_int
 from .._core.protocol import Layer
 from ..activations import Relu
 from .._core.protocol import serial
@@ -33,9 +33,8 @@ def mlp(
         >>> spec.kernel(torch.randn(4, 3)).ntk.shape
         torch.Size([4, 4])
     """
-    for name, value in (("width", width), ("depth", depth), ("outputs", outputs)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InvalidArgumentError(f"`{name}` must be an int >= 1, got {value!r}")
+    width, depth, outputs = (check_int(name, value, minimum=1, who="mlp")
+                             for name, value in (("width", width), ("depth", depth), ("outputs", outputs)))
     parts: list[Layer] = []
     for _ in range(depth - 1):
         parts += [Dense(width, W_std=W_std, b_std=b_std), activation()]

@@ -128,9 +128,7 @@ class Aggregate(Layer):
     """
 
     def __init__(self, implementation: str = "dense") -> None:
-        if not isinstance(implementation, str):
-            raise InvalidArgumentError(f"Aggregate: `implementation` must be 'dense' or 'sparse', got {implementation!r}")
-        self.implementation = check_choice("Aggregate implementation", implementation.lower(), IMPLEMENTATIONS)
+        self.implementation = check_choice("implementation", implementation, IMPLEMENTATIONS, any_case=True, who="Aggregate")
 
     def __repr__(self) -> str:
         return f"Aggregate(implementation={self.implementation!r})"

@@ -15,12 +15,12 @@ Example:
 
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 
+from ..._checks import check_choice, check_ints
 from ...errors import InvalidArgumentError, SpecError
 from . import _spatial_map
 from .._core.protocol import Layer, Shapes, single
@@ -246,19 +246,13 @@ class ImageResize(_LinearMap):
     """
 
     def __init__(self, shape: Sequence[int], method: str, antialias: bool = True) -> None:
-        try:
-            self.shape = tuple(int(s) for s in shape)
-        except TypeError:
-            raise InvalidArgumentError(f"ImageResize: `shape` must be a sequence of ints, got {shape!r}") from None
+        self.shape = check_ints("shape", shape, who="ImageResize")
         if any(s < 1 and s != -1 for s in self.shape):
             raise InvalidArgumentError(f"ImageResize: `shape` entries must be positive or -1, got {shape!r}")
-        if not isinstance(method, str) or method.lower() not in _METHODS:
-            raise InvalidArgumentError(
-                f"ImageResize: `method` must be 'linear' or 'nearest' (other jax methods have no kernel), got {method!r}"
-            )
+        method = check_choice("method", method, tuple(_METHODS), any_case=True, who="ImageResize")
         if not isinstance(antialias, bool):
             raise InvalidArgumentError(f"ImageResize: `antialias` must be a bool, got {antialias!r}")
-        self.method, self.antialias = _METHODS[method.lower()], antialias
+        self.method, self.antialias = _METHODS[method], antialias
 
     def __repr__(self) -> str:
         return f"ImageResize({self.shape}, {self.method!r}, antialias={self.antialias})"

@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterator, Union
 import torch
 from torch import nn
 
-from ..._checks import check_batches, check_choice
+from ..._checks import check_batches, check_choice, check_int
 from ...empirical import empirical_ntk
 from ...empirical._modes import MODES
 from ...errors import InvalidArgumentError, ShapeError
@@ -169,9 +169,8 @@ def monte_carlo_kernels(
         ...           for e in L.monte_carlo_kernels(spec, x, n_samples=4, seed=0)]
     """
     x1, x2 = check_batches(x1, x2)
-    check_choice("mode", mode, MODES)
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-        raise InvalidArgumentError(f"`n_samples` must be a positive int, got {n_samples!r}")
+    mode = check_choice("mode", mode, MODES, any_case=True)
+    n_samples = check_int("n_samples", n_samples, minimum=1)
     if not (nngp or ntk):
         raise InvalidArgumentError("nothing to estimate: `nngp` and `ntk` are both False")
     if generator is not None and seed is not None:

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..._checks import check_choice, check_hyper
+from ..._checks import check_choice, check_hyper, check_ints, check_number
 from ...errors import InvalidArgumentError, SpecError
 from .. import _masking, _spatial
 from .._core.protocol import Layer, Shapes, single
@@ -62,13 +62,10 @@ class LayerNorm(Layer):
     """
 
     def __init__(self, axis: int | Sequence[int] = 1, eps: float = 1e-12) -> None:
-        axes = (axis,) if isinstance(axis, int) else tuple(axis)
-        if not axes or not all(isinstance(a, int) for a in axes):
-            raise InvalidArgumentError(f"LayerNorm: `axis` must be an int or a tuple of ints, got {axis!r}")
-        try:
-            eps = check_hyper("eps", eps, minimum=0.0)
-        except InvalidArgumentError as err:
-            raise InvalidArgumentError(f"LayerNorm: {err}") from None
+        axes = check_ints("axis", axis, who="LayerNorm")
+        if not axes:
+            raise InvalidArgumentError(f"LayerNorm: `axis` must name at least one axis, got {axis!r}")
+        eps = check_hyper("eps", eps, minimum=0.0, who="LayerNorm")
         self.axis, self.eps = axes, eps
 
     def __repr__(self) -> str:
@@ -159,10 +156,8 @@ class Dropout(Layer):
     """
 
     def __init__(self, rate: float, mode: str = "train") -> None:
-        if not (isinstance(rate, (int, float)) and 0 <= rate < 1):
-            raise InvalidArgumentError(f"Dropout: `rate` must be in [0, 1), got {rate!r}")
-        self.rate = float(rate)
-        self.mode = check_choice("Dropout mode", mode, ("train", "test"))
+        self.rate = check_number("rate", rate, minimum=0.0, below=1.0, who="Dropout")
+        self.mode = check_choice("mode", mode, ("train", "test"), any_case=True, who="Dropout")
 
     def __repr__(self) -> str:
         return f"Dropout({self.rate}, mode={self.mode!r})"
