@@ -104,6 +104,7 @@ BAD_ARGUMENTS = [
     (lambda: L.ImageResize((-1, -1, 2.5), "linear"), "ImageResize: `shape`"),
     (lambda: L.ImageResize((-1, -1, 2), "cubic"), "ImageResize: unknown method"),
     (lambda: L.Conv(2, 2, padding=1), "Conv: unknown padding"),
+    (lambda: L.DotGeneral(rhs=torch.ones(3), dimension_numbers=(((2.5,), (0,)), ((), ()))), "DotGeneral: `dimension_numbers`"),
     (lambda: L.serial(L.Dense(1)).kernel(torch.ones(2, 3), block_size=2.0), "`block_size`"),
     (lambda: L.serial(L.Dense(1)).module((3.5,)), "`input_shape`"),
     (lambda: L.monte_carlo_kernel(L.serial(L.Dense(1)), torch.ones(2, 3), n_samples=True), "`n_samples`"),

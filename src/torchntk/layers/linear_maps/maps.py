@@ -281,10 +281,7 @@ class ImageResize(_LinearMap):
 
 
 def _axes_tuple(value: Any, who: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in value)
-    except TypeError:
-        raise InvalidArgumentError(f"{who}: `dimension_numbers` must hold tuples of ints, got {value!r}") from None
+    return check_ints("dimension_numbers", value, who=who)
 
 
 class DotGeneral(_LinearMap):
