@@ -35,7 +35,7 @@ from ..activations import Elementwise, Erf, Gelu, LeakyRelu, Relu
 from .._core.combinators import FanInConcat, FanInSum, Identity, serial
 from ..conv.convolution import Conv
 from ..conv.transpose import ConvTranspose
-from ..dense.fully_connected import check_affine_args
+from ..dense.fully_connected import Dense, check_affine_args
 from .._core.kernel import Kernel
 from ..normalization.normalizers import Dropout, LayerNorm
 from ..pooling.pools import AvgPool, Flatten, GlobalAvgPool
@@ -231,8 +231,6 @@ class _Converter:
 
 
 def _dense_like(out: int, W_std: Any, b_std: Any, parameterization: str) -> Layer:
-    from ..dense.fully_connected import Dense
-
     return Dense(out, W_std, b_std, parameterization)
 
 
