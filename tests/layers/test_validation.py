@@ -104,6 +104,8 @@ BAD_ARGUMENTS = [
     (lambda: L.ImageResize((-1, -1, 2.5), "linear"), "ImageResize: `shape`"),
     (lambda: L.ImageResize((-1, -1, 2), "cubic"), "ImageResize: unknown method"),
     (lambda: L.Conv(2, 2, padding=1), "Conv: unknown padding"),
+    (lambda: L.Dense(2, parameterization="mup"), "Dense: unknown parameterization"),
+    (lambda: L.Dense(2, W_std=float("inf")), "Dense: `W_std` must be finite"),
     (lambda: L.DotGeneral(rhs=torch.ones(3), dimension_numbers=(((2.5,), (0,)), ((), ()))), "DotGeneral: `dimension_numbers`"),
     (lambda: L.serial(L.Dense(1)).kernel(torch.ones(2, 3), block_size=2.0), "`block_size`"),
     (lambda: L.serial(L.Dense(1)).module((3.5,)), "`input_shape`"),
@@ -131,12 +133,14 @@ def test_choice_strings_in_any_case_give_the_same_kernel():
         (L.GlobalSelfAttention(4, 4, 4, 1, attention_mechanism="IDENTITY", pos_emb_type="None"),
          L.GlobalSelfAttention(4, 4, 4, 1, attention_mechanism="identity", pos_emb_type="none")),
         (L.Conv(3, 2, padding="circular"), L.Conv(3, 2, padding="CIRCULAR")),
+        (L.Conv(3, 2, parameterization="Standard"), L.Conv(3, 2, parameterization="standard")),
     ]
     for upper, lower in pairs:
         assert repr(upper) == repr(lower)  # the canonical spelling is stored
         # the same rule on the same inputs: equal up to the rounding of one float64 evaluation
         torch.testing.assert_close(_kernel(L.serial(L.Dense(4), upper), x).ntk,
                                    _kernel(L.serial(L.Dense(4), lower), x).ntk)
+    assert L.Dense(2, parameterization="NTK").module(3).parameterization == "ntk"
     sigma, _ = gaussian_expectations(torch.erf, torch.tensor(1.0, dtype=F64), 0.5, 1.0, method="SERIES")
     # E[erf(u) erf(v)] = (2/pi) asin(2 q12 / sqrt((1 + 2 q11)(1 + 2 q22))) (CONVENTIONS section 2);
     # the series of a smooth function holds it to about 1e-8 (the module's convergence test)

@@ -141,7 +141,7 @@ class Conv(Layer):
     ) -> None:
         who = type(self).__name__  # also ConvLocal, ConvTranspose
         out_chan = check_int("out_chan", out_chan, minimum=1, who=who)
-        W_std, b_std = check_affine_args(who, W_std, b_std, parameterization)
+        W_std, b_std, parameterization = check_affine_args(who, W_std, b_std, parameterization)
         self.out_chan = out_chan
         self.filter_shape = as_tuple(filter_shape, "filter_shape", who)
         self.strides = as_tuple(strides, "strides", who, allow_none=True)

@@ -22,8 +22,7 @@ from torch import nn
 
 from ... import nn as tnn
 from ...nn import _init
-from ..._checks import check_hyper, check_int, is_one, value_of
-from ...errors import InvalidArgumentError
+from ..._checks import check_choice, check_hyper, check_int, is_one, value_of
 from .._core.protocol import Layer, Shapes, single
 from .._core.kernel import Kernel
 
@@ -88,19 +87,17 @@ def affine(
 
 def check_affine_args(
     who: str, W_std: Any, b_std: Any, parameterization: str
-) -> tuple[float | torch.Tensor, float | torch.Tensor | None]:
+) -> tuple[float | torch.Tensor, float | torch.Tensor | None, str]:
     """Validate ``W_std``/``b_std``/``parameterization`` at spec construction (as torchntk.nn).
 
-    Returns ``(W_std, b_std)``: floats, or the 0-dim tensors given (kernels are then
-    differentiable in them); ``b_std`` may be ``None``.
+    Returns ``(W_std, b_std, parameterization)``: floats, or the 0-dim tensors given (kernels are
+    then differentiable in them); ``b_std`` may be ``None``; ``parameterization`` (any case) in
+    the spelling of :data:`torchntk.nn._init.PARAMETERIZATIONS`.
     """
-    try:
-        W_std = check_hyper("W_std", W_std, minimum=0.0)
-        b_std = None if b_std is None else check_hyper("b_std", b_std, minimum=0.0)
-        _init.check_stds(value_of(W_std), value_of(b_std), parameterization)
-    except InvalidArgumentError as err:
-        raise InvalidArgumentError(f"{who}: {err}") from None
-    return W_std, b_std
+    W_std = check_hyper("W_std", W_std, minimum=0.0, who=who)
+    b_std = check_hyper("b_std", b_std, minimum=0.0, allow_none=True, who=who)
+    parameterization = check_choice("parameterization", parameterization, _init.PARAMETERIZATIONS, any_case=True, who=who)
+    return W_std, b_std, parameterization
 
 
 class _ChannelLinear(nn.Module):
@@ -138,7 +135,7 @@ class Dense(Layer):
         self, out_dim: int, W_std: float = 1.0, b_std: float | None = None, parameterization: str = "ntk"
     ) -> None:
         out_dim = check_int("out_dim", out_dim, minimum=1, who="Dense")
-        W_std, b_std = check_affine_args("Dense", W_std, b_std, parameterization)
+        W_std, b_std, parameterization = check_affine_args("Dense", W_std, b_std, parameterization)
         self.out_dim, self.W_std, self.b_std, self.parameterization = out_dim, W_std, b_std, parameterization
 
     def __repr__(self) -> str:

@@ -388,9 +388,6 @@ def from_module(model: nn.Module, *, W_std: Any = 1.0, b_std: Any = 0.0, paramet
     """
     if not isinstance(model, nn.Module):
         raise InvalidArgumentError(f"from_module: `model` must be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(parameterization, str):
-        raise InvalidArgumentError(f"from_module: `parameterization` must be 'ntk' or 'standard', got {parameterization!r}")
-    parameterization = parameterization.lower()
-    check_affine_args("from_module", W_std, b_std, parameterization)
+    _, _, parameterization = check_affine_args("from_module", W_std, b_std, parameterization)
     return _Converter(W_std, b_std, parameterization)(model, "")
 
