@@ -383,7 +383,7 @@ class _SerialModule(nn.Sequential, _side.SideModule):
     """``nn.Sequential`` that passes the side inputs on: ``forward(x, mask=None, pattern=None)``.
 
     The mask follows the spatial shape through the layers (``layer.mask_out``); the pattern is
-    passed unchanged. Modules that are not :class:`~._side.SideModule` get ``x`` only.
+    passed unchanged. Modules that are not :class:`~torchntk.layers._side.SideModule` get ``x`` only.
     """
 
     def __init__(self, modules: list[nn.Module], steps: list[tuple[Layer, Shapes]]) -> None:
