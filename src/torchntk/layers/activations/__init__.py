@@ -11,15 +11,33 @@
   (``gaussian_expectations``, the rule chosen per pair): private.
 """
 
-from . import closed_forms, numerical, piecewise_linear, special
 from ._elementwise import ElementwiseLayer
 from .closed_forms import Cos, Erf, Exp, Gaussian, Gelu, Monomial, Polynomial, Rbf, Sigmoid_like, Sin
 from .numerical import Elementwise, ElementwiseNumerical
 from .piecewise_linear import ABRelu, Abs, LeakyRelu, Relu, Sign
 from .special import ExpNormalized, Gabor, Hermite, RectifiedMonomial
 
-__all__ = ["ElementwiseLayer"]
-__all__ += piecewise_linear.__all__
-__all__ += closed_forms.__all__
-__all__ += numerical.__all__
-__all__ += special.__all__
+__all__ = [
+    "ElementwiseLayer",
+    "ABRelu",
+    "Relu",
+    "LeakyRelu",
+    "Abs",
+    "Sign",
+    "Erf",
+    "Sigmoid_like",
+    "Gelu",
+    "Sin",
+    "Cos",
+    "Rbf",
+    "Exp",
+    "Gaussian",
+    "Monomial",
+    "Polynomial",
+    "Elementwise",
+    "ElementwiseNumerical",
+    "Hermite",
+    "RectifiedMonomial",
+    "ExpNormalized",
+    "Gabor",
+]
