@@ -27,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Union
 
@@ -114,15 +115,42 @@ def _outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 class _WithMask(nn.Module):
     """``model(x, mask=m)`` as a one-argument module of ``z = [x, m]``: the padding mask rides
     along as a last channel (1 = padding), so that every empirical-NTK implementation, which
-    calls the model on rows of its input, sees each row with its own mask."""
+    calls the model on rows of its input, sees each row with its own mask (and ``pattern``,
+    when given, is passed on)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, pattern: torch.Tensor | None = None) -> torch.Tensor:
         mask = z[:, -1] > 0.5
-        return self.model(_side.zero_masked(z[:, :-1], mask), mask=mask)
+        if pattern is None:
+            return self.model(_side.zero_masked(z[:, :-1], mask), mask=mask)
+        return self.model(_side.zero_masked(z[:, :-1], mask), mask=mask, pattern=pattern)
+
+
+class _WithPattern(nn.Module):
+    """``model(x, pattern=p)`` as a one-argument module of the rows ``z = [x.flatten(1),
+    p.flatten(1)]``: the graph pattern (dense weights, or edge indices held exactly as floats)
+    rides along with each example, as the mask does."""
+
+    def __init__(self, model: nn.Module, x_shape: tuple[int, ...], p_shape: tuple[int, ...], p_dtype: torch.dtype) -> None:
+        super().__init__()
+        self.model, self.x_shape, self.p_shape, self.p_dtype = model, x_shape, p_shape, p_dtype
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        n = math.prod(self.x_shape)
+        x = z[:, :n].reshape(z.shape[0], *self.x_shape)
+        p = z[:, n:].reshape(z.shape[0], *self.p_shape)
+        p = p if self.p_dtype.is_floating_point else p.round().to(self.p_dtype)
+        return self.model(x, pattern=p)
+
+
+def _with_pattern(x: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
+    """The rows ``[x.flatten(1), pattern.flatten(1)]`` in ``x``'s dtype."""
+    if not pattern.is_floating_point() and x.dtype != torch.float64 and pattern.numel() and int(pattern.abs().max()) > 2**24:
+        raise InvalidArgumentError("`pattern`: node indices above 2^24 need float64 inputs to ride along exactly")
+    return torch.cat([x.flatten(1), pattern.flatten(1).to(x.dtype)], 1)
 
 
 def _with_mask(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -152,6 +180,7 @@ def monte_carlo_kernels(
     ntk: bool = True,
     eval_mode: bool = True,
     mask: Any = None,
+    pattern: Any = None,
     **ntk_options: Any,
 ) -> Iterator[MonteCarloKernel]:
     """Yield the running Monte Carlo estimate after each of ``n_samples`` initializations.
@@ -196,6 +225,24 @@ def monte_carlo_kernels(
 
         x1 = _with_mask(x1, m1)
         x2 = None if x2 is None else _with_mask(x2, m2)
+    p1, p2 = _side.side_pair("pattern", pattern, x1, x2, _side.check_pattern)
+    if p1 is not None or p2 is not None:
+        if p1 is None or (x2 is not None and p2 is None):
+            raise InvalidArgumentError("`pattern`: give the graph pattern of every batch, (p1, p2), or p1 when `x2` is None")
+        if p2 is not None and p2.shape[1:] != p1.shape[1:]:
+            raise InvalidArgumentError(
+                f"`pattern`: both batches' patterns must have the same per-sample shape (pad sparse edge lists with -1), "
+                f"got {tuple(p1.shape[1:])} and {tuple(p2.shape[1:])}"
+            )
+        if not x1.is_floating_point():
+            raise InvalidArgumentError(f"`pattern` goes with floating inputs, got `x1` of {x1.dtype}")
+        inner, shape = build, tuple(x1.shape[1:])
+
+        def build(g: torch.Generator) -> nn.Module:
+            return _WithPattern(inner(g), shape, tuple(p1.shape[1:]), p1.dtype)
+
+        x1 = _with_pattern(x1, p1)
+        x2 = None if x2 is None else _with_pattern(x2, p2)
     return _iterate(build, x1, x2, n_samples, generator, mode, nngp, ntk, eval_mode, ntk_options)
 
 
@@ -246,6 +293,7 @@ def monte_carlo_kernel(
     ntk: bool = True,
     eval_mode: bool = True,
     mask: Any = None,
+    pattern: Any = None,
     **ntk_options: Any,
 ) -> MonteCarloKernel:
     """Average empirical NNGP and NTK of ``n_samples`` random initializations (float64).
@@ -271,6 +319,12 @@ def monte_carlo_kernel(
             each model is called as ``model(x, mask=m)`` (as the modules of ``spec.module``
             take it), so the estimate converges to ``spec.kernel(x1, x2, mask=...)``. The
             model is then wrapped: names in ``params=`` take the prefix ``"model."``.
+        pattern: graph patterns as in ``spec.kernel``: ``(p1, p2)``, dense floating
+            ``(N, V, V)`` or sparse integer ``(N, E, 2)`` (the same kind, and the same ``E``, for
+            both), or one tensor when ``x2`` is None; each model is called as
+            ``model(x, pattern=p)`` (as the modules of ``spec.module`` take it), so the estimate
+            converges to ``spec.kernel(x1, x2, pattern=...)``. The model is then wrapped:
+            names in ``params=`` take one more prefix ``"model."``.
         **ntk_options: passed to :func:`torchntk.empirical_ntk` (``implementation``,
             ``params``, ``block_size``, ``memory``...).
 
@@ -286,7 +340,7 @@ def monte_carlo_kernel(
     last: MonteCarloKernel | None = None
     for last in monte_carlo_kernels(
         model_factory, x1, x2, n_samples=n_samples, seed=seed, generator=generator, mode=mode,
-        nngp=nngp, ntk=ntk, eval_mode=eval_mode, mask=mask, **ntk_options,
+        nngp=nngp, ntk=ntk, eval_mode=eval_mode, mask=mask, pattern=pattern, **ntk_options,
     ):
         pass
     assert last is not None
