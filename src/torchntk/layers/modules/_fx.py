@@ -118,7 +118,7 @@ class GraphSpec(Layer):
         if fn in ACTIVATIONS and args:
             layer, inplace = activation(fn, tuple(args[1:]), kwargs, where)
             return [(node.name, layer, [arg(args[0])])], inplace or (method and target.endswith("_"))
-        raise unsupported(f"{where}: the operation {name_of(target)!r}")
+        raise unsupported(f"{where}: the operation '{name_of(target)}'")
 
     def _sum(self, node: str, terms: list[tuple[str, float]], info: dict[str, Info], where: str) -> list:
         """Steps of ``sum_t c_t h_t``: equal nodes merged into one scaled node; the others must

@@ -200,6 +200,8 @@ def activation(fn: Any, args: tuple, kwargs: dict, where: str) -> tuple[Layer, b
 
 
 def name_of(fn: Any) -> str:
+    if isinstance(fn, str):  # a tensor method
+        return f"Tensor.{fn}"
     name = getattr(fn, "__name__", repr(fn))
     if getattr(F, name, None) is fn:
         return f"F.{name}"
