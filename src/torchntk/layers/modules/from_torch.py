@@ -3,11 +3,13 @@
 The infinite-width kernels do not depend on the drawn weights, only on the architecture and on
 the weight and bias scales, so the spec is read from the module tree: widths, kernel sizes,
 strides and paddings from the modules, ``W_std``/``b_std``/``parameterization`` from the
-arguments (torchntk's own :mod:`torchntk.nn` layers carry theirs). ``nn.Sequential`` (nested)
-is walked; any other container is traced with ``torch.fx``, which sees residual additions
-(``x + f(x)``: a :class:`~torchntk.layers.FanInSum`, whose rule assumes the branches are
-uncorrelated, true when ``f`` starts with its own weight layer) and concatenations along the
-channels. Anything without an infinite-width rule raises an error that names it.
+arguments (torchntk's own :mod:`torchntk.nn` layers carry theirs; by default every bias
+follows PyTorch's initialization of the model). ``nn.Sequential`` (nested) is walked; any other
+container is traced with ``torch.fx`` (:mod:`._fx`), which sees residual additions (``x + f(x)``:
+a :class:`~torchntk.layers.FanInSum`, once the branches are shown uncorrelated), concatenations
+along the channels and functional calls. Every converted module checks the input shape the
+torch module would accept. Anything without an infinite-width rule raises an error that names
+it.
 
 Example:
     >>> from torch import nn
