@@ -217,3 +217,31 @@ def test_unsupported_calls_name_themselves():
         L.from_module(Computed())
     with pytest.raises(InvalidArgumentError, match="b_std"):
         L.from_module(nn.Linear(2, 2), b_std="kaiming")
+
+
+def test_functional_dropout_of_an_evaluated_model_is_the_identity():
+    class Drop(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.out = nn.Linear(3, 16), nn.Linear(16, 1)
+
+        def forward(self, x):
+            return self.out(F.dropout(torch.relu(self.a(x)), 0.3, self.training))
+
+    hand = L.serial(L.Dense(16, W, B), L.Relu(), L.Dense(1, W, B))
+    _assert_same(L.from_module(Drop().eval(), W_std=W, b_std=B), hand, _randn(4, 3, seed=8))
+    with pytest.raises(UnsupportedLayerError, match="training=True"):
+        L.from_module(Drop().train())
+
+
+def test_a_tensor_read_directly_is_named():
+    class Direct(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.w = nn.Linear(3, 4), nn.Parameter(torch.ones(4))
+
+        def forward(self, x):
+            return self.a(x) * self.w
+
+    with pytest.raises(UnsupportedLayerError, match=r"self\.w directly"):
+        L.from_module(Direct())

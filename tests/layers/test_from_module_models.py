@@ -127,6 +127,32 @@ def test_post_activation_residual_block_shows_its_pre_activation_rewrite():
     _assert_same(L.from_module(model, W_std=W, b_std=B).kernel(x), hand.kernel(x))
 
 
+class _BasicBlock(nn.Module):
+    """torchvision's BasicBlock: BatchNorm, one in-place ReLU module, ``out += identity``."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += identity
+        return self.relu(out)
+
+
+def test_torchvision_basic_block_shows_the_rewrite_and_the_in_place_call():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(inplace=True),
+                          _BasicBlock(8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)).eval()
+    with pytest.warns(TorchNTKWarning):
+        spec = L.from_module(model)
+    with pytest.raises(SpecError, match=r"(?s)'3' \(_BasicBlock\).*relu_\d = self\.relu\(x\).*bn2 \+ x.*inplace=False"):
+        spec.kernel(_randn(2, 3, 4, 4, seed=9))
+
+
 def test_projection_shortcut_block_converts():
     class Projection(_PostActivation):
         def __init__(self) -> None:

@@ -21,11 +21,12 @@ import re
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ...errors import ShapeError, SpecError
 from .. import _spatial
-from .._core.combinators import FanInConcat, FanInSum
+from .._core.combinators import FanInConcat, FanInSum, Identity
 from .._core.kernel import Kernel
 from .._core.protocol import Layer, Shapes, any_full
 from ..activations._elementwise import ElementwiseLayer
@@ -114,6 +115,14 @@ class GraphSpec(Layer):
             return [(node.name, FanInConcat(), [arg(a) for a in args[0]])], False
         if target in (torch.flatten, "flatten") and tuple(args[1:]) in ((1,), (1, -1)) and not kwargs:
             return [(node.name, Flatten(), [arg(args[0])])], False
+        if target is F.dropout:
+            bound = dict(zip(("p", "training", "inplace"), args[1:]), **kwargs)
+            if bound.get("training", True) is False or bound.get("p", 0.5) == 0:
+                return [(node.name, Identity(), [arg(args[0])])], False
+            raise unsupported(f"{where}: F.dropout with training=True", "pass training=self.training and call model.eval()")
+        if node.op == "get_attr":
+            raise unsupported(where, f"the forward reads the tensor self.{target} directly (a parameter or buffer used "
+                              "outside a submodule)")
         fn = METHODS.get(target.rstrip("_")) if method and isinstance(target, str) else target
         if fn in ACTIVATIONS and args:
             layer, inplace = activation(fn, tuple(args[1:]), kwargs, where)
@@ -171,7 +180,7 @@ class GraphSpec(Layer):
 
     def __repr__(self) -> str:
         body = ", ".join(f"{node}={layer!r}" for node, layer, _ in self.steps[1:])
-        return f"graph{self._title}({body})"
+        return f"graph[{self._title}]({body})"
 
     def _shapes(self, input_shape: Shapes) -> dict[str, Shapes]:
         shapes: dict[str, Shapes] = {}
@@ -270,6 +279,14 @@ def _preactivation(module: nn.Module, act: str, total: str, skip: str) -> str | 
     x, a, s = nodes[skip], nodes[act], nodes[total]
     with gm.graph.inserting_after(x):
         pre = gm.graph.node_copy(a, lambda n: x)
+    note = ""
+    if "inplace" in pre.kwargs:  # at the start of the block an in-place call would change x itself
+        pre.kwargs = {**pre.kwargs, "inplace": False}
+    elif pre.op == "call_method" and str(pre.target).endswith("_"):
+        pre.target = str(pre.target).rstrip("_")
+    elif pre.op == "call_module" and getattr(gm.get_submodule(pre.target), "inplace", False) is True:
+        note = (f"\n(self.{pre.target} is in place: at the start of the block it would change x; give that call "
+                "a module with inplace=False)")
     for user in list(x.users):
         if user is not pre and user is not s:
             user.replace_input_with(x, pre)
@@ -277,7 +294,7 @@ def _preactivation(module: nn.Module, act: str, total: str, skip: str) -> str | 
     gm.graph.erase_node(a)
     gm.recompile()
     lines = (re.sub(r";\s+[\w ,=]+= None$", "", line) for line in gm.code.strip().splitlines())
-    return "\n".join(line for line in lines if line.strip())
+    return "\n".join(line for line in lines if line.strip()) + note
 
 
 def _inputs(shapes: dict[str, Shapes], layer: Layer, args: list[str]) -> Shapes:
