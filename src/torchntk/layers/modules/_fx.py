@@ -31,7 +31,9 @@ from .._core.kernel import Kernel
 from .._core.protocol import Layer, Shapes, any_full
 from ..activations._elementwise import ElementwiseLayer
 from ..pooling.pools import Flatten
-from ._fx_rules import ACTIVATIONS, INPUT, METHODS, Checked, Info, Scale, activation, flow, name_of, named, unsupported
+from ._fx_rules import (
+    ACTIVATIONS, INPUT, METHODS, Checked, Concat, Info, Scale, activation, channelwise, flow, name_of, named, unsupported,
+)
 
 _SUMS = {operator.add: 1.0, torch.add: 1.0, "add": 1.0, operator.sub: -1.0, torch.sub: -1.0, "sub": -1.0}
 _PRODUCTS = {operator.mul: False, torch.mul: False, "mul": False, operator.truediv: True, torch.div: True, "div": True}
@@ -85,6 +87,7 @@ class GraphSpec(Layer):
                 inplace = getattr(sub, "inplace", False) is True
             else:
                 steps, inplace = self._function(node, where, arg, info)
+            steps = self._distribute(steps)
             for step in steps:
                 self.steps.append(step)
                 layer, args = step[1], step[2]
@@ -96,6 +99,21 @@ class GraphSpec(Layer):
             if inplace:
                 alias[steps[-1][2][0]] = node
         self._info = info
+
+    def _distribute(self, steps: list) -> list:
+        """A channelwise step of a concatenation, ``f(cat(a, b))``, as ``cat(f(a), f(b))``: the
+        same function, and each branch keeps its own Gaussian law (the rule of ``f`` on the
+        mixed kernel would be wrong when the branches' kernels differ)."""
+        if len(steps) != 1:
+            return steps
+        node, layer, args = steps[0]
+        source = next((s for s in reversed(self.steps) if s[0] == args[0]), None) if len(args) == 1 else None
+        if source is None or not isinstance(source[1], Concat) or not channelwise(layer):
+            return steps
+        inner = layer.inner if isinstance(layer, Checked) else layer
+        parts = [(f"{node}.{i}", inner, [a]) for i, a in enumerate(source[2])]
+        check = layer.check if isinstance(layer, Checked) else None
+        return parts + [(node, Concat(check), [p[0] for p in parts])]
 
     def _function(self, node: Any, where: str, arg: Callable[[Any], str], info: dict[str, Info]) -> tuple[list, bool]:
         target, args, kwargs = node.target, node.args, dict(node.kwargs)
@@ -112,7 +130,7 @@ class GraphSpec(Layer):
                     return [(node.name, Scale(1.0 / c if divide else c), [arg(x)])], False
             raise unsupported(f"{where}: the operation {name_of(target)}", "only a product with a constant number")
         if target is torch.cat and kwargs.get("dim", args[1] if len(args) > 1 else 0) == 1:
-            return [(node.name, FanInConcat(), [arg(a) for a in args[0]])], False
+            return [(node.name, Concat(), [arg(a) for a in args[0]])], False
         if target in (torch.flatten, "flatten") and tuple(args[1:]) in ((1,), (1, -1)) and not kwargs:
             return [(node.name, Flatten(), [arg(args[0])])], False
         if target is F.dropout:
@@ -308,7 +326,7 @@ class GraphModule(nn.Module):
         super().__init__()
         self.steps_ = [(node, args, merge) for node, _, args, merge in steps]
         self.inputs = {node for node, mod, _, _ in steps if mod == "input"}
-        self.mods = nn.ModuleDict({node.replace(".", "_"): mod for node, mod, _, _ in steps if mod != "input"})
+        self.mods = nn.ModuleDict({node.replace(".", "_part"): mod for node, mod, _, _ in steps if mod != "input"})
         self.output = output
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -318,6 +336,6 @@ class GraphModule(nn.Module):
                 env[node] = x
                 continue
             ins = [env[a] for a in args]
-            env[node] = self.mods[node.replace(".", "_")](ins if merge else ins[0])
+            env[node] = self.mods[node.replace(".", "_part")](ins if merge else ins[0])
         return env[self.output]
 

@@ -19,10 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import ShapeError, SpecError, UnsupportedLayerError
-from .._core.combinators import Identity
+from .._core.combinators import FanInConcat, Identity
 from .._core.kernel import Kernel
 from .._core.protocol import Layer, Serial, Shapes, single
 from ..activations import Elementwise, Erf, Gelu, LeakyRelu, Relu
+from ..activations._elementwise import ElementwiseLayer
 from ..conv.convolution import Conv
 from ..dense.fully_connected import Dense
 from ..normalization.normalizers import Dropout, LayerNorm
@@ -115,6 +116,36 @@ class Checked(Layer):
 
     def make_module(self, input_shape: Shapes, generator: Any, dtype: Any, device: Any) -> nn.Module:
         return self.inner.make_module(input_shape, generator, dtype, device)
+
+
+class Concat(FanInConcat):
+    """``torch.cat(..., dim=1)``: the channels of branches whose kernels differ are not one
+    Gaussian law, so the output is marked non-Gaussian (a nonlinearity of it would mix the
+    branches' laws; the traced graph applies channelwise steps to each branch instead, see
+    :class:`~._fx.GraphSpec`). ``check``: of the concatenated shape (a distributed module's)."""
+
+    def __init__(self, check: Callable[[Shapes], None] | None = None) -> None:
+        super().__init__()
+        self.check = check
+
+    def output_shape(self, input_shape: Shapes) -> Shapes:
+        out = super().output_shape(input_shape)
+        if self.check is not None:
+            self.check(out)
+        return out
+
+    def kernel_rule(self, k: Any) -> Kernel:
+        out = super().kernel_rule(k)
+        first = k[0]
+        same = all(x is first or (x.shape == first.shape and torch.equal(x.nngp, first.nngp)
+                                  and torch.equal(x.cov1, first.cov1)) for x in k[1:])
+        return out if same else out.replace(is_gaussian=False)
+
+
+#: Layers that act on every channel alike, so that they commute with a concatenation.
+def channelwise(layer: Layer) -> bool:
+    inner = layer.inner if isinstance(layer, Checked) else layer
+    return isinstance(inner, (ElementwiseLayer, Scale, Identity, Dropout))
 
 
 # -- origins and means (the module docstring) -----------------------------------------------
