@@ -121,6 +121,8 @@ class GraphSpec(Layer):
         if target in _SUMS and len(args) == 2 and set(kwargs) <= {"alpha"}:
             terms = [(arg(args[0]), 1.0), (arg(args[1]), _SUMS[target] * float(kwargs.get("alpha", 1.0)))]
             return self._sum(node.name, terms, info, where), False
+        if target in (operator.neg, torch.neg, "neg") and len(args) == 1 and not kwargs:
+            return [(node.name, Scale(-1.0), [arg(args[0])])], False
         if target in _PRODUCTS and len(args) == 2 and not kwargs:
             divide = _PRODUCTS[target]
             nodes = [isinstance(a, torch.fx.Node) for a in args]
