@@ -165,8 +165,12 @@ def test_linear_on_the_length_axis_is_refused():
 
 def test_tied_weights_are_refused():
     lin = nn.Linear(8, 8)
-    with pytest.raises(UnsupportedLayerError, match=r"layer '4'.*used twice.*'2'"):
+    with pytest.raises(UnsupportedLayerError, match=r"layer '4'.*also used by layer '2'.*tied"):
         L.from_module(nn.Sequential(nn.Linear(3, 8), nn.Tanh(), lin, nn.Tanh(), lin))
+    shared = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 8))
+    shared[4].weight = shared[2].weight  # two modules, one weight
+    with pytest.raises(UnsupportedLayerError, match=r"layer '4'.*tied"):
+        L.from_module(shared)
 
     class Twice(nn.Module):
         def __init__(self) -> None:
@@ -176,7 +180,7 @@ def test_tied_weights_are_refused():
         def forward(self, x):
             return self.b(torch.tanh(self.b(torch.tanh(self.a(x)))))
 
-    with pytest.raises(UnsupportedLayerError, match="used twice"):
+    with pytest.raises(UnsupportedLayerError, match="tied"):
         L.from_module(Twice())
 
 

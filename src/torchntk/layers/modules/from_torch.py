@@ -168,7 +168,7 @@ class _Converter:
 
     def __init__(self, W_std: Any, b_std: Any, parameterization: str) -> None:
         self.W_std, self.b_std, self.parameterization = W_std, b_std, parameterization
-        self.seen: dict[int, str] = {}  # modules with parameters already converted: their place
+        self.seen: dict[int, str] = {}  # parameters already converted (by id): their layer
         self.batch_norms: list[str] = []  # BatchNorms whose affine parameters require grad
 
     def bias(self, module: nn.Module) -> Any:
@@ -185,13 +185,13 @@ class _Converter:
             # ``_modules``, not ``named_children()``: the latter skips a module met twice (a reused nn.ReLU)
             children = [self(c, f"{name}.{n}" if name else n) for n, c in m._modules.items() if c is not None]
             return serial(*children) if children else Identity()
-        if next(m.parameters(recurse=False), None) is not None:
-            if id(m) in self.seen:
+        for p in m.parameters(recurse=False):  # a module used twice, or a parameter shared by two
+            if id(p) in self.seen:
                 raise unsupported(
-                    where, f"it is used twice (also as {self.seen[id(m)]}): its parameters are shared (tied weights), "
-                    "and the infinite-width rules hold for independent weights in every layer",
+                    where, f"its parameters are also used by {self.seen[id(p)]} (tied weights), and the infinite-width "
+                    "rules hold for independent weights in every layer",
                 )
-            self.seen[id(m)] = repr(name) if name else "the model"
+        self.seen.update((id(p), f"layer {name!r}" if name else "the model") for p in m.parameters(recurse=False))
         layer, check = self.leaf(m, name, where)
         if layer is None:
             return self.traced(m, name, where)
