@@ -86,6 +86,18 @@ def test_a_reused_stateless_module_is_applied_at_every_place():
     _assert_same(L.from_module(model, W_std=W, b_std=B), hand, _randn(5, 3, seed=2))
 
 
+@pytest.mark.parametrize("call", [lambda h: torch.relu_(h), lambda h: h.relu_(), lambda h: F.relu_(h)],
+                         ids=["torch.relu_", "h.relu_", "F.relu_"])
+def test_inplace_functions_and_methods_are_followed(call):
+    def body(self, h):
+        y = call(h)
+        return y + h  # both are relu(h)
+
+    hand = L.serial(L.Dense(16, W, B), L.Relu(), L.Dense(1, 2 * W, B))
+    spec = L.from_module(_Net(body), W_std=W, b_std=B)
+    _assert_same(spec, hand, _randn(5, 3, seed=3))
+
+
 def test_inplace_relu_module_is_followed():
     class Net(nn.Module):
         def __init__(self) -> None:

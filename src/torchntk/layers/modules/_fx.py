@@ -32,7 +32,7 @@ from .._core.protocol import Layer, Shapes, any_full
 from ..activations._elementwise import ElementwiseLayer
 from ..pooling.pools import Flatten
 from ._fx_rules import (
-    ACTIVATIONS, INPUT, METHODS, Checked, Concat, Info, Scale, activation, channelwise, flow, name_of, named, unsupported,
+    ACTIVATIONS, INPLACE, INPUT, METHODS, Checked, Concat, Info, Scale, activation, channelwise, flow, name_of, named, unsupported,
 )
 
 _SUMS = {operator.add: 1.0, torch.add: 1.0, "add": 1.0, operator.sub: -1.0, torch.sub: -1.0, "sub": -1.0}
@@ -143,10 +143,13 @@ class GraphSpec(Layer):
         if node.op == "get_attr":
             raise unsupported(where, f"the forward reads the tensor self.{target} directly (a parameter or buffer used "
                               "outside a submodule)")
-        fn = METHODS.get(target.rstrip("_")) if method and isinstance(target, str) else target
+        if method and isinstance(target, str):  # h.relu(), h.relu_()
+            fn, in_place = METHODS.get(target.rstrip("_")), target.endswith("_")
+        else:  # F.relu(h), torch.relu_(h)
+            fn, in_place = INPLACE.get(target, target), target in INPLACE
         if fn in ACTIVATIONS and args:
             layer, inplace = activation(fn, tuple(args[1:]), kwargs, where)
-            return [(node.name, layer, [arg(args[0])])], inplace or (method and target.endswith("_"))
+            return [(node.name, layer, [arg(args[0])])], inplace or in_place
         raise unsupported(f"{where}: the operation '{name_of(target)}'")
 
     def _sum(self, node: str, terms: list[tuple[str, float]], info: dict[str, Info], where: str) -> list:

@@ -187,7 +187,7 @@ def _gelu(approximate: str = "none") -> Layer:
 #: Elementwise functions: the arguments after the input with their defaults (in order), and
 #: the layer for given values (``None``: quadrature of the function with those values).
 ACTIVATIONS: dict[Any, tuple[dict[str, Any], Callable[..., Layer] | None]] = {
-    F.relu: ({"inplace": False}, lambda: Relu()), torch.relu: ({}, lambda: Relu()), F.relu_: ({}, lambda: Relu()),
+    F.relu: ({"inplace": False}, lambda: Relu()), torch.relu: ({}, lambda: Relu()),
     F.leaky_relu: ({"negative_slope": 0.01, "inplace": False}, lambda negative_slope: LeakyRelu(negative_slope)),
     F.gelu: ({"approximate": "none"}, _gelu), torch.erf: ({}, lambda: Erf()),
     F.silu: ({"inplace": False}, None), F.elu: ({"alpha": 1.0, "inplace": False}, None),
@@ -199,6 +199,8 @@ ACTIVATIONS: dict[Any, tuple[dict[str, Any], Callable[..., Layer] | None]] = {
     torch.tanh: ({}, None), F.tanh: ({}, None), torch.sigmoid: ({}, None), F.sigmoid: ({}, None),
     torch.sin: ({}, None), torch.cos: ({}, None),
 }
+#: In-place functions and their out-of-place form (the finite module must not change its input).
+INPLACE = {F.relu_: F.relu, torch.relu_: torch.relu, torch.tanh_: torch.tanh, torch.sigmoid_: torch.sigmoid}
 #: Tensor methods (``h.relu()``; a trailing ``_`` is the in-place form) and their function.
 METHODS = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid, "erf": torch.erf,
             "sin": torch.sin, "cos": torch.cos}
@@ -216,7 +218,7 @@ def activation(fn: Any, args: tuple, kwargs: dict, where: str) -> tuple[Layer, b
     for key, value in values.items():
         if isinstance(value, torch.fx.Node):
             raise unsupported(f"{where}: the call {name_of(fn)}(...)", f"its argument `{key}` is computed")
-    inplace = bool(values.pop("inplace", False)) or fn is F.relu_
+    inplace = bool(values.pop("inplace", False))
     changed = {k: v for k, v in values.items() if v != defaults[k]}
     if make is not None:
         return make(**values), inplace
