@@ -234,6 +234,17 @@ def test_unsupported_calls_name_themselves():
 
     with pytest.raises(UnsupportedLayerError, match="'torch.cumsum'"):
         L.from_module(Computed())
+
+    class TwoArgs(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = nn.Bilinear(3, 3, 4)
+
+        def forward(self, x):
+            return self.inner(x, x)
+
+    with pytest.raises(UnsupportedLayerError, match="more than one argument"):
+        L.from_module(TwoArgs())
     with pytest.raises(InvalidArgumentError, match="b_std"):
         L.from_module(nn.Linear(2, 2), b_std="kaiming")
 
@@ -285,6 +296,14 @@ def test_a_nonlinearity_of_a_concatenation_acts_on_each_branch():
                     L.FanInConcat(), L.Dense(1, W, B))
     x = 3 * _randn(5, 3, seed=9)
     _assert_same(L.from_module(_Cat(), W_std=W, b_std=B), hand, x)
+
+    class InPlace(_Cat):  # the in-place call changes the concatenation itself
+        def forward(self, x):
+            c = torch.cat([self.a(x), self.c(torch.relu(self.b(x)))], 1)
+            torch.tanh_(c)
+            return self.out(c)
+
+    _assert_same(L.from_module(InPlace(), W_std=W, b_std=B), hand, x)
 
     class Branches(_Cat):
         def forward(self, x):

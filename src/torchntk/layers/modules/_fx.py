@@ -51,7 +51,7 @@ class GraphSpec(Layer):
         self.output = ""
         self._module, self._sums = module, {}
         self._title = f"{name!r} ({type(module).__name__})" if name else type(module).__name__
-        alias: dict[str, str] = {}  # tensors changed in place: the node that now holds them
+        alias: dict[str, Any] = {}  # tensors changed in place (by name): the node that now holds them
         info: dict[str, Info] = {}
         for node in graph.nodes:
             where = (f"{(name + '.') if name else ''}{node.target if node.op == 'call_module' else node.name}"
@@ -82,11 +82,14 @@ class GraphSpec(Layer):
                 continue
             inplace = False
             if node.op == "call_module":
+                if len(node.args) != 1 or node.kwargs:
+                    raise unsupported(where, "a submodule called with more than one argument")
                 sub = module.get_submodule(node.target)
                 steps = [(node.name, convert(sub, f"{name}.{node.target}" if name else node.target), [arg(node.args[0])])]
                 inplace = getattr(sub, "inplace", False) is True
             else:
                 steps, inplace = self._function(node, where, arg, info)
+            changed = steps[-1][2][0] if inplace else None  # the tensor an in-place call changes
             steps = self._distribute(steps)
             for step in steps:
                 self.steps.append(step)
@@ -96,9 +99,8 @@ class GraphSpec(Layer):
                     info[step[0]] = (frozenset().union(*(i[0] for i in ins)), all(i[1] for i in ins))
                 else:
                     info[step[0]] = flow(layer, info[args[0]])
-            if inplace:
-                alias[steps[-1][2][0]] = node
-        self._info = info
+            if changed is not None:
+                alias[changed] = node
 
     def _distribute(self, steps: list) -> list:
         """A channelwise step of a concatenation, ``f(cat(a, b))``, as ``cat(f(a), f(b))``: the
