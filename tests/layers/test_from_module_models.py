@@ -44,7 +44,7 @@ def _bn_cnn() -> nn.Module:
 def test_eval_batchnorm_cnn_equals_the_spec_with_the_affine_folded_in():
     model = _bn_cnn()
     s = 2.0 / (3.0 + model[1].eps) ** 0.5
-    with pytest.warns(TorchNTKWarning, match=r"BatchNorm layers '1', '4'"):
+    with pytest.warns(TorchNTKWarning, match=r"normalization layers '1', '4'"):
         spec = L.from_module(model, W_std=W, b_std=B)
     # NTK parameterization: y = s (W_std/sqrt(n) W a + b_std b) is the layer with W_std s, b_std s
     conv = lambda: L.Conv(8, 3, padding="SAME", W_std=W * s, b_std=B * s)  # noqa: E731
@@ -75,6 +75,16 @@ def test_eval_batchnorm_agrees_with_monte_carlo_of_the_real_model():
     no_bn = L.from_module(nn.Sequential(nn.Linear(3, 256), nn.ReLU(), nn.Linear(256, 1)), W_std=3**-0.5,
                           parameterization="standard").kernel(x)
     assert float((no_bn.ntk - exact.ntk).norm() / exact.ntk.norm()) > 0.3  # the scale matters
+
+
+def test_layernorm_affine_parameters_are_announced():
+    model = nn.Sequential(nn.Linear(3, 8), nn.LayerNorm(8), nn.ReLU(), nn.Linear(8, 1))
+    with pytest.warns(TorchNTKWarning, match=r"layers '1'.*LayerNorm: 1 and 0"):
+        L.from_module(model)
+    model[1].requires_grad_(False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TorchNTKWarning)
+        L.from_module(model)
 
 
 @pytest.mark.parametrize(

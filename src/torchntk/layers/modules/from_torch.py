@@ -169,7 +169,7 @@ class _Converter:
     def __init__(self, W_std: Any, b_std: Any, parameterization: str) -> None:
         self.W_std, self.b_std, self.parameterization = W_std, b_std, parameterization
         self.seen: dict[int, str] = {}  # parameters already converted (by id): their layer
-        self.batch_norms: list[str] = []  # BatchNorms whose affine parameters require grad
+        self.affine: list[str] = []  # normalization layers whose affine parameters require grad
 
     def bias(self, module: nn.Module) -> Any:
         if getattr(module, "bias", None) is None:
@@ -239,6 +239,8 @@ class _Converter:
             return Flatten(), None
         if isinstance(m, nn.LayerNorm):
             trailing = tuple(m.normalized_shape)
+            if any(p.requires_grad for p in m.parameters()):
+                self.affine.append(repr(name) if name else "the model")
             return LayerNorm(axis=tuple(range(-len(trailing), 0)), eps=m.eps), _expect(where, m, (1, 2, 3), trailing=trailing)
         if isinstance(m, nn.Dropout):
             return Dropout(m.p, mode="test"), None
@@ -289,7 +291,7 @@ class _Converter:
                 f"(largest {float(shift.abs().max()):.6g}): a shifted pre-activation has no zero-mean Gaussian limit",
             )
         if m.affine and (m.weight.requires_grad or m.bias.requires_grad):
-            self.batch_norms.append(repr(name) if name else "the model")
+            self.affine.append(repr(name) if name else "the model")
         return Scale(float(scale.mean()))
 
     def conv(self, m: nn.Conv1d | nn.Conv2d, where: str) -> Layer:
@@ -346,7 +348,7 @@ def from_module(model: nn.Module, *, W_std: Any = 1.0, b_std: Any = TORCH, param
     zeros counted), ``nn.AdaptiveAvgPool1d``/``2d`` to size 1, ``nn.Flatten()``, eval-mode
     ``nn.BatchNorm1d``/``2d`` (see below), ``nn.LayerNorm`` over trailing axes that include the
     channels (its affine parameters are taken at their initial values 1 and 0 and not counted
-    in the NTK), ``nn.Dropout`` (the identity of the evaluated network), ``nn.Identity``, the
+    in the NTK: a warning says so when they require grad), ``nn.Dropout`` (the identity of the evaluated network), ``nn.Identity``, the
     activations ``ReLU``, ``LeakyReLU``, ``GELU`` (closed forms) and ``Tanh``, ``Sigmoid``,
     ``SiLU``, ``ELU``, ``Softplus``, ``Mish``... (quadrature), and torchntk's own
     :mod:`torchntk.nn` layers (with their own scales). Other modules are traced with
@@ -407,11 +409,11 @@ def from_module(model: nn.Module, *, W_std: Any = 1.0, b_std: Any = TORCH, param
         _, _, parameterization = check_affine_args("from_module", W_std, b_std, parameterization)
     convert = _Converter(W_std, b_std, parameterization)
     spec = convert(model, "")
-    if convert.batch_norms:
+    if convert.affine:
         warnings.warn(
-            f"from_module: the NTK does not count the affine parameters (weight, bias) of the BatchNorm layers "
-            f"{', '.join(convert.batch_norms)}: they enter as fixed values; to compare with empirical_ntk of the "
-            "model, leave them out (params=...) or freeze them (requires_grad_(False))",
+            f"from_module: the NTK does not count the affine parameters (weight, bias) of the normalization layers "
+            f"{', '.join(convert.affine)} (BatchNorm: their values, LayerNorm: 1 and 0, enter as fixed); to compare "
+            "with empirical_ntk of the model, leave them out (params=...) or freeze them (requires_grad_(False))",
             TorchNTKWarning, stacklevel=2,
         )
     first = _first_leaf(model)
