@@ -310,5 +310,5 @@ def test_a_nonlinearity_of_a_concatenation_acts_on_each_branch():
             return torch.cat([self.a(x), self.c(torch.relu(self.b(x)))], 1)
 
     model = nn.Sequential(Branches(), nn.Tanh(), nn.Linear(32, 1))  # the nonlinearity outside the graph
-    with pytest.raises(SpecError, match=r"layer '1' \(Tanh\).*non-Gaussian"):
+    with pytest.raises(SpecError, match=r"Tanh.*non-Gaussian"):
         L.from_module(model).kernel(x)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from torchntk import layers as L
-from torchntk.errors import InvalidArgumentError, SpecError, TorchNTKWarning, UnsupportedLayerError
+from torchntk.errors import InvalidArgumentError, ShapeError, SpecError, TorchNTKWarning, UnsupportedLayerError
 
 D = torch.float64
 W, B = 1.3, 0.1
@@ -231,3 +231,19 @@ def test_monte_carlo_pattern_arguments():
         L.monte_carlo_kernel(_graph_spec(), x, _randn(2, 2, 5, seed=8),
                              pattern=(torch.zeros(3, 4, 2, dtype=torch.long), torch.zeros(2, 6, 2, dtype=torch.long)),
                              n_samples=1, seed=0)
+
+
+def test_a_sequential_spec_stays_a_serial_of_known_layers():
+    """Consumers that walk a spec (random features) read from_module's spec of an
+    nn.Sequential: a serial of Dense/Relu layers, its checks kept."""
+    from torchntk.features import FeatureMap
+
+    spec = L.from_module(nn.Sequential(nn.Linear(3, 64), nn.ReLU(), nn.Linear(64, 1)), b_std=0.1)
+    x = _randn(4, 3, seed=10)
+    fm = FeatureMap(spec, 4000, seed=0)
+    exact = spec.kernel(x).ntk
+    approx = fm(x).ntk @ fm(x).ntk.T
+    # 4000 random features: a relative error of order 1/sqrt(4000) times a few
+    assert float((approx - exact).norm() / exact.norm()) < 0.1
+    with pytest.raises(ShapeError, match=r"layer '0'"):
+        spec.kernel(_randn(4, 5, seed=10))

@@ -83,13 +83,13 @@ class _ScaleModule(nn.Module):
 
 class Checked(Layer):
     """A converted module: ``inner``, after ``check(input_shape)`` (the shapes the torch module
-    accepts); errors name the module (``where``). ``header`` prefixes the repr."""
+    accepts); errors name the module (``where``)."""
 
-    def __init__(self, inner: Layer, where: str, check: Callable[[Shapes], None] | None = None, header: str = "") -> None:
-        self.inner, self.where, self.check, self.header = inner, where, check, header
+    def __init__(self, inner: Layer, where: str, check: Callable[[Shapes], None] | None = None) -> None:
+        self.inner, self.where, self.check = inner, where, check
 
     def __repr__(self) -> str:
-        return f"{self.header}{self.inner!r}"
+        return repr(self.inner)
 
     def output_shape(self, input_shape: Shapes) -> Shapes:
         if self.check is not None:
@@ -116,6 +116,41 @@ class Checked(Layer):
 
     def make_module(self, input_shape: Shapes, generator: Any, dtype: Any, device: Any) -> nn.Module:
         return self.inner.make_module(input_shape, generator, dtype, device)
+
+
+class ModelSerial(Serial):
+    """The layers of an ``nn.Sequential`` (flattened, so that every consumer of a ``serial``
+    spec reads them), with each module's input check and name from its :class:`Checked` part.
+    ``header`` prefixes the repr."""
+
+    def __init__(self, parts: list[Layer], header: str = "") -> None:
+        layers: list[Layer] = []
+        self.checks: dict[int, tuple[str, Any]] = {}  # first layer of a module -> (name, check)
+        for part in parts:
+            start, inner = len(layers), part.inner if isinstance(part, Checked) else part
+            if isinstance(inner, ModelSerial):
+                self.checks.update((start + i, c) for i, c in inner.checks.items())
+            layers.extend(inner.layers if isinstance(inner, Serial) else [inner])
+            if isinstance(part, Checked):
+                self.checks[start] = (part.where, part.check)
+        super().__init__(*layers)
+        self.header = header
+
+    def __repr__(self) -> str:
+        return f"{self.header}{Serial.__repr__(self)}"
+
+    def _shapes(self, input_shape: Shapes) -> list[Shapes]:
+        shapes, where = [input_shape], "the model"
+        for i, layer in enumerate(self.layers):
+            if i in self.checks:
+                where, check = self.checks[i]
+                if check is not None:
+                    check(shapes[-1])
+            try:
+                shapes.append(layer.output_shape(shapes[-1]))
+            except (SpecError, ShapeError) as err:
+                raise type(err)(named(where, err)) from None
+        return shapes
 
 
 class Concat(FanInConcat):

@@ -41,7 +41,8 @@ from ..conv.transpose import ConvTranspose
 from ..dense.fully_connected import Dense, check_affine_args
 from ..normalization.normalizers import Dropout, LayerNorm
 from ..pooling.pools import AvgPool, Flatten, GlobalAvgPool
-from ._fx import Checked, GraphSpec, Scale, unsupported
+from ._fx import GraphSpec
+from ._fx_rules import Checked, ModelSerial, Scale, unsupported
 
 __all__ = ["from_module"]
 
@@ -184,7 +185,7 @@ class _Converter:
         if isinstance(m, nn.Sequential) and type(m) in (nn.Sequential, tnn.MLP):
             # ``_modules``, not ``named_children()``: the latter skips a module met twice (a reused nn.ReLU)
             children = [self(c, f"{name}.{n}" if name else n) for n, c in m._modules.items() if c is not None]
-            return serial(*children) if children else Identity()
+            return ModelSerial(children or [Identity()])
         for p in m.parameters(recurse=False):  # a module used twice, or a parameter shared by two
             if id(p) in self.seen:
                 raise unsupported(
@@ -420,5 +421,4 @@ def from_module(model: nn.Module, *, W_std: Any = 1.0, b_std: Any = TORCH, param
     if isinstance(first, (nn.Linear, tnn.Linear)):  # the input shape is known: check every layer now
         spec.output_shape((first.in_features,))
     bias = "'torch' (1/sqrt(3 fan_in) for each layer with a bias)" if b_std == TORCH else repr(b_std)
-    return Checked(spec, "the model", header=f"from_module(W_std={W_std!r}, b_std={bias}, "
-                   f"parameterization={parameterization!r}) = ")
+    return ModelSerial([spec], header=f"from_module(W_std={W_std!r}, b_std={bias}, parameterization={parameterization!r}) = ")
