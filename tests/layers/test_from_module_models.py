@@ -3,6 +3,7 @@ residual blocks, biases that follow the model, and Monte Carlo kernels with grap
 
 from __future__ import annotations
 
+import pickle
 import warnings
 
 import pytest
@@ -247,3 +248,7 @@ def test_a_sequential_spec_stays_a_serial_of_known_layers():
     assert float((approx - exact).norm() / exact.norm()) < 0.1
     with pytest.raises(ShapeError, match=r"layer '0'"):
         spec.kernel(_randn(4, 5, seed=10))
+    again = pickle.loads(pickle.dumps(spec))  # stores hash specs by their pickle
+    torch.testing.assert_close(again.kernel(x).ntk, exact, rtol=0, atol=0)  # the same computation repeated
+    with pytest.raises(ShapeError, match=r"layer '0'"):
+        again.kernel(_randn(4, 5, seed=10))

@@ -55,7 +55,7 @@ class Scale(Layer):
         self.c = float(c)
 
     def __repr__(self) -> str:
-        return f"Scale({self.c:g})"
+        return f"Scale({self.c!r})"
 
     def output_shape(self, input_shape: Shapes) -> Shapes:
         return single(self, input_shape)

@@ -23,7 +23,7 @@ Example:
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -125,43 +125,48 @@ def _ints(value: Any, dims: int) -> tuple[int, ...]:
     return tuple(value) if isinstance(value, (tuple, list)) else (int(value),) * dims
 
 
-def _expect(where: str, m: nn.Module, ranks: tuple[int, ...], channels: int | None = None,
-            trailing: tuple[int, ...] | None = None, last_axis: bool = False) -> Callable[[Shapes], None]:
-    """A check of the per-sample input shape (channels first) that the torch module ``m`` runs on.
+class _Expect:
+    """A check of the per-sample input shape (channels first) that a torch module runs on
+    (a class, not a closure: specs stay picklable).
 
     ``ranks``: the allowed numbers of axes; ``channels``: the size of axis 0; ``trailing``: the
-    last axes (LayerNorm); ``last_axis``: ``m`` acts on the last axis (``nn.Linear``).
+    last axes (LayerNorm); ``last_axis``: the module acts on the last axis (``nn.Linear``).
     """
-    def check(shape: Shapes) -> None:
+
+    def __init__(self, where: str, m: nn.Module, ranks: tuple[int, ...], channels: int | None = None,
+                 trailing: tuple[int, ...] | None = None, last_axis: bool = False) -> None:
+        self.where, self.module, self.ranks, self.channels = where, repr(m), ranks, channels
+        self.trailing, self.last_axis = trailing, last_axis
+
+    def __call__(self, shape: Shapes) -> None:
         if isinstance(shape, list):  # several branches: the layer's own error says so
             return
-        shape = tuple(shape)
-        if last_axis and len(shape) > 1:
+        shape, where, m, channels = tuple(shape), self.where, self.module, self.channels
+        if self.last_axis and len(shape) > 1:
             if shape[-1] != channels:
                 raise ShapeError(
-                    f"from_module: {where}: {m!r} maps the last axis of its input, of size {channels}; its per-sample "
+                    f"from_module: {where}: {m} maps the last axis of its input, of size {channels}; its per-sample "
                     f"input here has shape {shape}"
                 )
             raise unsupported(
-                f"{where}: {m!r} on a per-sample input of shape {shape}",
+                f"{where}: {m} on a per-sample input of shape {shape}",
                 "it maps the last axis (the positions) while torchntk's Dense maps the channels (axis 1); put "
                 "nn.Flatten() before it, or map the channels at every position with a 1x1 nn.Conv1d/nn.Conv2d",
             )
-        if len(shape) not in ranks:
+        if len(shape) not in self.ranks:
             names = {1: "(features,)", 2: "(C, L)", 3: "(C, H, W)"}
             raise ShapeError(
-                f"from_module: {where}: {m!r} runs on per-sample inputs {' or '.join(names[r] for r in ranks)}, "
+                f"from_module: {where}: {m} runs on per-sample inputs {' or '.join(names[r] for r in self.ranks)}, "
                 f"got {shape}"
             )
         if channels is not None and shape[0] != channels:
             raise ShapeError(
-                f"from_module: {where}: {m!r} expects {channels} input channels/features, got {shape[0]} "
+                f"from_module: {where}: {m} expects {channels} input channels/features, got {shape[0]} "
                 f"(per-sample input shape {shape})"
             )
+        trailing = self.trailing
         if trailing is not None and shape[len(shape) - len(trailing):] != trailing:
-            raise ShapeError(f"from_module: {where}: {m!r} normalizes trailing axes {trailing}, got input shape {shape}")
-
-    return check
+            raise ShapeError(f"from_module: {where}: {m} normalizes trailing axes {trailing}, got input shape {shape}")
 
 
 class _Converter:
@@ -203,10 +208,10 @@ class _Converter:
         if isinstance(m, (tnn.Linear, nn.Linear)):
             ours = isinstance(m, tnn.Linear)
             W_std, b_std, par = (m.W_std, m.b_std, m.parameterization) if ours else (self.W_std, self.bias(m), self.parameterization)
-            return _dense_like(m.out_features, W_std, b_std, par), _expect(where, m, (1,), m.in_features, last_axis=True)
+            return _dense_like(m.out_features, W_std, b_std, par), _Expect(where, m, (1,), m.in_features, last_axis=True)
         if isinstance(m, (tnn.Conv1d, tnn.Conv2d)):
             pad = m.padding
-            check = _expect(where, m, (2 if isinstance(m, tnn.Conv1d) else 3,), m.in_channels)
+            check = _Expect(where, m, (2 if isinstance(m, tnn.Conv1d) else 3,), m.in_channels)
             if isinstance(pad, str):
                 return Conv(m.out_channels, m.kernel_size, m.stride, pad.upper(), m.W_std, m.b_std, m.parameterization), check
             return serial(_ZeroPad(tuple((p, p) for p in pad)),
@@ -214,24 +219,24 @@ class _Converter:
         if isinstance(m, tnn.Erf):
             return Erf(), None
         if isinstance(m, (nn.Conv1d, nn.Conv2d)):
-            return self.conv(m, where), _expect(where, m, (2 if isinstance(m, nn.Conv1d) else 3,), m.in_channels)
+            return self.conv(m, where), _Expect(where, m, (2 if isinstance(m, nn.Conv1d) else 3,), m.in_channels)
         if isinstance(m, (nn.ConvTranspose1d, nn.ConvTranspose2d)):
-            return self.conv_transpose(m, where), _expect(where, m, (2 if isinstance(m, nn.ConvTranspose1d) else 3,), m.in_channels)
+            return self.conv_transpose(m, where), _Expect(where, m, (2 if isinstance(m, nn.ConvTranspose1d) else 3,), m.in_channels)
         if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
             ranks = (1, 2) if isinstance(m, nn.BatchNorm1d) else (3,)
-            return self.batch_norm(m, name, where), _expect(where, m, ranks, m.num_features)
+            return self.batch_norm(m, name, where), _Expect(where, m, ranks, m.num_features)
         if isinstance(m, (nn.AvgPool1d, nn.AvgPool2d)):
             dims = 1 if isinstance(m, nn.AvgPool1d) else 2
             if m.ceil_mode or (not m.count_include_pad and any(_ints(m.padding, dims))) or getattr(m, "divisor_override", None):
                 raise unsupported(where, "only ceil_mode=False with padded zeros counted in the mean")
             pads = _ints(m.padding, dims)
             pool = AvgPool(_ints(m.kernel_size, dims), _ints(m.stride or m.kernel_size, dims), "VALID")
-            return (serial(_ZeroPad(tuple((p, p) for p in pads)), pool) if any(pads) else pool), _expect(where, m, (dims + 1,))
+            return (serial(_ZeroPad(tuple((p, p) for p in pads)), pool) if any(pads) else pool), _Expect(where, m, (dims + 1,))
         if isinstance(m, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)):
             dims = 1 if isinstance(m, nn.AdaptiveAvgPool1d) else 2
             if any(s != 1 for s in _ints(m.output_size, dims)):
                 raise unsupported(where, "only output_size 1 (global average pooling)")
-            return _GlobalAvgPoolKeep(), _expect(where, m, (dims + 1,))
+            return _GlobalAvgPoolKeep(), _Expect(where, m, (dims + 1,))
         if isinstance(m, (nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)):
             raise unsupported(where, "the maximum of correlated Gaussians has no closed-form kernel")
         if isinstance(m, nn.Flatten):
@@ -242,7 +247,7 @@ class _Converter:
             trailing = tuple(m.normalized_shape)
             if any(p.requires_grad for p in m.parameters()):
                 self.affine.append(repr(name) if name else "the model")
-            return LayerNorm(axis=tuple(range(-len(trailing), 0)), eps=m.eps), _expect(where, m, (1, 2, 3), trailing=trailing)
+            return LayerNorm(axis=tuple(range(-len(trailing), 0)), eps=m.eps), _Expect(where, m, (1, 2, 3), trailing=trailing)
         if isinstance(m, nn.Dropout):
             return Dropout(m.p, mode="test"), None
         if isinstance(m, nn.Identity):
