@@ -1,5 +1,7 @@
-"""The per-node pieces of ``from_module`` (private): checked layers, constant scales, the
-origins of each node, and the elementwise functions met while tracing.
+"""The pieces of ``from_module`` (private): converted modules with their input checks
+(:class:`Checked`, and :class:`ModelSerial` for an ``nn.Sequential``), constant scales,
+concatenations, the origins of each traced node, and the elementwise functions met while
+tracing.
 
 Origins. At infinite width the rule of a sum, ``Sigma = sum_b Sigma_b`` (and ``Theta``
 likewise), needs every cross term ``E[a(x) b(x')]`` (and the cross gradients) to vanish. Every
