@@ -23,6 +23,7 @@ from torch import nn
 
 from ..._checks import check_ints, renamed
 from ..._memory import DEFAULT_MEMORY, memory_budget
+from ..._progress import check_progress
 from ...errors import InvalidArgumentError, ShapeError, SpecError, UnsupportedLayerError
 from .. import _side, _spatial
 from .gram import _check_inputs, input_kernel
@@ -187,6 +188,7 @@ class Layer:
         diagonal_spatial: bool = True,
         mask: Any = None,
         pattern: Any = None,
+        progress: bool | None = None,
         batch_size: int | None = None,
     ) -> Kernel:
         """Infinite-width NNGP and NTK of this spec between ``x1`` and ``x2`` (default ``x1``).
@@ -219,6 +221,8 @@ class Layer:
             pattern: graph patterns ``(p1, p2)`` of node-feature inputs ``(N, C, V)``: dense
                 floating ``(N, V, V)`` (``p[n, i, j]``: an arc from node i to node j) or sparse
                 integer ``(N, E, 2)`` edge lists of (tail, head); same pairing rules as ``mask``.
+            progress: a progress bar over the blocks on stderr: ``None`` (default) shows it when
+                the call runs longer than 2 s on a terminal, ``True`` always, ``False`` never.
             batch_size: deprecated name of ``block_size``.
 
         Returns:
@@ -234,6 +238,7 @@ class Layer:
             torch.Size([4, 4])
         """
         x1 = _check_inputs("x1", x1)
+        check_progress(progress)
         same = x2 is None
         if not same:
             x2 = _check_inputs("x2", x2)
@@ -286,7 +291,7 @@ class Layer:
             return run(everything, None if same else everything)
         grad = torch.is_grad_enabled() and (x1.requires_grad or xb.requires_grad)
         # One thread on an accelerator: its blocks are large and queue on one stream anyway.
-        out = _blocked(run, n1, n2, same, b, grad or x1.device.type != "cpu")
+        out = _blocked(run, n1, n2, same, b, grad or x1.device.type != "cpu", progress)
         return out.replace(
             mask1=self.mask_out(m1, in_shape), mask2=None if same else self.mask_out(m2, in_shape),
             pattern1=p1, pattern2=p2,

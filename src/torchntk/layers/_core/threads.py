@@ -11,17 +11,19 @@ from typing import Any
 
 import torch
 
+from ..._progress import progress_bar
 from .. import _spatial
 from .kernel import Kernel
 
 
 
-def _blocked(run: Any, n1: int, n2: int, same: bool, b: int, serial: bool) -> Kernel:
+def _blocked(run: Any, n1: int, n2: int, same: bool, b: int, serial: bool, progress: bool | None = None) -> Kernel:
     """Assemble the kernel from ``(b x b)`` blocks of pairs; mirror the symmetric case.
 
     ``run(rows1, rows2)`` computes one block from two slices (``rows2=None``: a diagonal block
     of the symmetric kernel, ``rows1`` with itself); ``serial``: run the blocks on this thread
-    (when autograd records, or on an accelerator).
+    (when autograd records, or on an accelerator); ``progress``: a bar over the blocks
+    (:func:`torchntk._progress.progress_bar`).
     """
     r1 = [(i, min(i + b, n1)) for i in range(0, n1, b)]
     r2 = [(j, min(j + b, n2)) for j in range(0, n2, b)]
@@ -40,9 +42,17 @@ def _blocked(run: Any, n1: int, n2: int, same: bool, b: int, serial: bool) -> Ke
         results = pool.map(one, pairs)  # in order; assembled while the next blocks compute
     else:
         pool, results = None, map(one, pairs)
+    bar = progress_bar(len(pairs), "spec.kernel", progress)
+
+    def counted(items: Any) -> Any:
+        for item in items:
+            bar.update()
+            yield item
+
     try:
-        return _assemble(results, pairs, r1, r2, n1, n2, same)
+        return _assemble(counted(results), pairs, r1, r2, n1, n2, same)
     finally:
+        bar.close()
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
 
