@@ -292,13 +292,27 @@ class FanInConcat(_FanIn):
             cov1=mix([x.cov1 for x in ks]),
             cov2=None if ks[0].cov2 is None else mix([x.cov2 for x in ks]),
             shape=out,
-            is_gaussian=all(x.is_gaussian for x in ks),
+            # Each channel is Gaussian with its own branch's covariance: the concatenation is one
+            # Gaussian field only when the branches' kernels agree (a nonlinearity of the mixture
+            # is sum_b w_b phi(Sigma_b), not phi(sum_b w_b Sigma_b)).
+            is_gaussian=all(x.is_gaussian for x in ks) and _same_kernels(ks),
             is_input=all(x.is_input for x in ks),
         )
 
     def make_module(self, input_shape: Shapes, generator: Any, dtype: Any, device: Any) -> nn.Module:
         self.output_shape(input_shape)
         return _ConcatModule()
+
+
+def _same_kernels(ks: list[Kernel]) -> bool:
+    """Whether the branches' NNGP and NTK agree (to rounding): then their concatenation is Gaussian."""
+    first = ks[0]
+
+    def close(a: Any, b: Any) -> bool:
+        return (a is None and b is None) or (
+            a is not None and b is not None and torch.allclose(a, b, rtol=1e-12, atol=0.0))
+
+    return all(close(k.nngp, first.nngp) and close(k.ntk, first.ntk) for k in ks[1:])
 
 
 class Identity(Layer):
