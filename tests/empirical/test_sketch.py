@@ -73,3 +73,16 @@ def test_features_modes_and_budget():
 def test_bad_sketch_size(k):
     with pytest.raises(InvalidArgumentError, match="sketch"):
         gradient_features(_net(), X, k)
+
+
+def test_empirical_ntk_sketch_argument():
+    net = _net()
+    via_api = torchntk.empirical_ntk(net, X, X[:3], mode="mean", sketch=512, seed=5)
+    direct = sketched_ntk(net, X, X[:3], k=512, seed=5, mode="mean").kernel
+    assert torch.equal(via_api, direct)  # the same call
+    exact = torchntk.empirical_ntk(net, X, X[:3], mode="mean")
+    assert _rel(via_api, exact) < 0.3
+    pseudo = torchntk.empirical_ntk(net, X, mode="pseudo", sketch=512)
+    assert pseudo.shape == (16, 16)
+    with pytest.raises(InvalidArgumentError, match="sketch"):
+        torchntk.empirical_ntk(net, X, sketch=512, implementation="ntvp")

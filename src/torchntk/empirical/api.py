@@ -17,6 +17,8 @@ from ._blocks import compute_tiled, plan_block
 from ._failures import failing_operation, is_capability_error, unsupported
 from ._functional import OutputSelector, ParamSelector, make_functional, plain_input
 from ._modes import MODES
+from .pseudo import SummedOutput
+from .sketch import sketched_ntk
 
 IMPLEMENTATIONS = ("auto", "jacobian", "ntvp", "structured", "autograd")
 # DEBUG records of the implementation each call runs (what "auto" chose, and any fallback).
@@ -55,6 +57,8 @@ def empirical_ntk(
     block_size: int | None = None,
     memory: int | float | str | None = None,
     accumulate_dtype: torch.dtype | None = None,
+    sketch: int | None = None,
+    seed: int = 0,
 ) -> torch.Tensor | dict[str, torch.Tensor]:
     """The empirical NTK ``Theta[i, j, a, b] = sum_p df_a(x1_i)/dtheta_p * df_b(x2_j)/dtheta_p``.
 
@@ -69,7 +73,10 @@ def empirical_ntk(
         x2: inputs ``(N2, ...)`` with the same feature shape; ``None`` computes the symmetric
             ``Theta(x1, x1)`` once (upper tiles, mirrored) and makes it exactly symmetric.
         mode: ``"full"`` -> ``(N1, N2, O, O)``; ``"diagonal"`` -> ``(N1, N2, O)`` (entries
-            ``a == b``); ``"mean"`` -> ``(N1, N2)``, ``(1/O) sum_a Theta[i, j, a, a]``.
+            ``a == b``); ``"mean"`` -> ``(N1, N2)``, ``(1/O) sum_a Theta[i, j, a, a]``;
+            ``"pseudo"`` -> ``(N1, N2)``, the pseudo-NTK ``(1/O) sum_ab Theta[i, j, a, b]``, the
+            kernel of ``sum_a f_a / sqrt(O)`` at the cost of one output (see
+            :mod:`torchntk.empirical.pseudo`).
         implementation: ``"jacobian"`` (per-example Jacobians, contracted tensor by tensor),
             ``"ntvp"`` (NTK-vector products, no Jacobian), ``"structured"`` (per-layer
             factorization of Linear/Conv layers, the rest by Jacobians), ``"autograd"`` (a loop
@@ -92,6 +99,10 @@ def empirical_ntk(
             (units of :mod:`torchntk._memory`; default when neither is given: 2 GiB).
         accumulate_dtype: e.g. ``torch.float64``: cast the features to it before their products
             and accumulate (and return) in it. Default: the model output's dtype.
+        sketch: ``None`` (exact) or an even ``k``: an unbiased estimate from the per-example
+            gradients projected to ``k`` dimensions (:func:`torchntk.empirical.sketched_ntk`,
+            which also returns the estimate's error; relative Frobenius error about
+            ``sqrt((1 + effective rank) / k)``); ``seed`` fixes the projection.
 
     Returns:
         A tensor of the shape of ``mode`` (dtype and device of the model output), or a dict of
@@ -105,7 +116,18 @@ def empirical_ntk(
         >>> empirical_ntk(net, x, torch.randn(4, 3), mode="mean").shape
         torch.Size([5, 4])
     """
-    mode = _choice("mode", mode, MODES)
+    mode = _choice("mode", mode, MODES + ("pseudo",))
+    if mode == "pseudo":
+        return empirical_ntk(model, x1, x2, mode="mean", implementation=implementation, params=params,
+                             output=SummedOutput(output), per_layer=per_layer, block_size=block_size,
+                             memory=memory, accumulate_dtype=accumulate_dtype, sketch=sketch, seed=seed)
+    if sketch is not None:
+        if per_layer or implementation not in ("auto", "jacobian"):
+            raise InvalidArgumentError(
+                "`sketch` projects the per-example Jacobians: it takes implementation='auto' or "
+                f"'jacobian' and per_layer=False, got implementation={implementation!r}, per_layer={per_layer!r}")
+        return sketched_ntk(model, x1, x2, k=sketch, seed=seed, mode=mode, params=params, output=output,
+                            memory=memory, block_size=block_size, accumulate_dtype=accumulate_dtype).kernel
     implementation = _choice("implementation", implementation, IMPLEMENTATIONS)
     _check_kind("x1", x1)
     _check_kind("x2", x2)

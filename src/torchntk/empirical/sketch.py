@@ -153,7 +153,7 @@ class SketchedKernel:
     """A sketched empirical NTK and its estimated error.
 
     Attributes:
-        kernel: the estimate, in the shape of ``mode`` (float64).
+        kernel: the estimate, in the shape of ``mode`` (the features' dtype, or ``accumulate_dtype``).
         error: estimated relative Frobenius error ``||kernel - Theta||_F / ||Theta||_F``, from the
             two independent halves of the sketch.
         k: the sketch size.
@@ -185,10 +185,13 @@ def sketched_ntk(
     memory: int | float | str | None = None,
     block_size: int | None = None,
     progress: bool | None = None,
+    accumulate_dtype: torch.dtype | None = None,
 ) -> SketchedKernel:
     """The empirical NTK estimated from :func:`gradient_features` of size ``k``, with its error.
 
-    ``empirical_ntk(model, x1, x2, sketch=k, seed=seed, mode=mode)`` returns its ``kernel``.
+    ``empirical_ntk(model, x1, x2, sketch=k, seed=seed, mode=mode)`` returns its ``kernel``. The
+    products are summed in float64 and returned in the features' dtype (the model's parameters')
+    or ``accumulate_dtype``.
     Cost: one Jacobian of every example (as ``implementation="jacobian"``) and ``N1 N2 O^2 k``
     (full) or ``N1 N2 O k`` flops for the products, instead of ``P`` in place of ``k``; memory
     ``(N1 + N2) O k`` for the features.
@@ -212,4 +215,4 @@ def sketched_ntk(
         kernel = (kernel + kernel.transpose(0, 1) if mode != "full" else kernel + kernel.permute(1, 0, 3, 2)) / 2
     norm = float(torch.linalg.vector_norm(kernel))
     error = float(torch.linalg.vector_norm(k1 - k2)) / 2 / max(norm, 1e-300)
-    return SketchedKernel(kernel, error, k)
+    return SketchedKernel(kernel.to(accumulate_dtype or f1.dtype), error, k)
