@@ -82,6 +82,17 @@ def check_bayesian_optimization(out: str) -> None:
     assert (top - bo).mean() < 0.5 * (top - rs).mean()
 
 
+def check_language_model_ntk(out: str) -> None:
+    assert re.search(r"model: .*GPT.*, [0-9]+ parameters; 32 training and 32 test sequences", out)
+    rel, est = map(float, re.search(rf"relative error {_NUMBER}, estimated {_NUMBER}", out).groups())
+    # k = 4096 on a one-output-pair kernel of effective rank ~10: error ~ sqrt(11 / 4096) = 0.05
+    assert rel < 0.1 and 0.3 < est / rel < 3.0
+    acc = float(re.search(rf"test accuracy {_NUMBER}", out).group(1))
+    assert acc >= 0.65  # chance is 0.5
+    top = re.search(r"move it most: \[([0-9, ]+)\]", out).group(1).split(",")
+    assert len(top) == 3 and all(0 <= int(j) < 32 for j in top)
+
+
 CHECKS = {
     "quick_empirical_ntk.py": check_quick_empirical_ntk,
     "infinite_width_kernel.py": check_infinite_width_kernel,
@@ -89,6 +100,7 @@ CHECKS = {
     "drift_tracker.py": check_drift_tracker,
     "sklearn_digits.py": check_sklearn_digits,
     "bayesian_optimization.py": check_bayesian_optimization,
+    "language_model_ntk.py": check_language_model_ntk,
 }
 # every example runs in the default suite (each takes seconds); none needs an optional extra
 SLOW: set[str] = set()
