@@ -31,9 +31,28 @@ COMMANDS = {"demo": demo, "kernel": kernel, "predict": predict, "spectrum": spec
 __all__ = ["main", "build_parser", "CLIError"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors raise :class:`CLIError` (one line, exit 2)
+    instead of printing the usage block; sub-parsers inherit the class."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise CLIError(f"{message} (see `{self.prog} --help`)")
+
+
+def one_line(message: str) -> str:
+    """``message`` on one line: its lines stripped (and of a leading list dash) and joined by
+    ``"; "`` (by a space after a line ending in a colon)."""
+    out = ""
+    for line in str(message).splitlines():
+        line = line.strip().removeprefix("- ").strip()
+        if line:
+            out = line if not out else out + (" " if out.endswith(":") else "; ") + line
+    return out
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The top-level parser and one sub-parser per command."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="torchntk",
         description="Neural Tangent Kernels for PyTorch: the finite-vs-infinite-width demo, "
                     "kernels, predictions and spectra from the command line.",
@@ -55,15 +74,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         if args.command is None:
-            parser.print_help()
-            return 2
+            raise CLIError(f"a command is required: {', '.join(COMMANDS)} (see `torchntk --help`)")
         if getattr(args, "config", None):
             sp = subs[args.command]
             sp.set_defaults(**config_defaults(args.config, sp, args.command))
             args = parser.parse_args(argv)
         return int(COMMANDS[args.command].run(args) or 0)
     except TorchNTKError as err:  # CLIError and the library's own errors: user mistakes, one line
-        print(f"torchntk: error: {err}", file=sys.stderr)
+        print(f"torchntk: error: {one_line(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("torchntk: interrupted; rerun the same command to continue where it stopped", file=sys.stderr)

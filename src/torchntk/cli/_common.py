@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import pickle
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,15 @@ from ..scale import KernelStore
 
 class CLIError(TorchNTKError):
     """A user mistake on the command line: printed as one line on stderr, exit code 2."""
+
+
+def plain(doc: str) -> str:
+    """Docstring text for ``--help``, without reStructuredText markup: a Sphinx role such as
+    ``:mod:`torchntk.layers``` becomes its target (the last dotted name after a ``~``), double
+    backquotes are dropped."""
+    doc = re.sub(r":(?:mod|func|class|meth|attr|data|obj):`~?([^`]+)`",
+                 lambda m: m.group(1).rsplit(".", 1)[-1] if m.group(0).count("~") else m.group(1), doc)
+    return doc.replace("``", "")
 
 
 # -- config files ------------------------------------------------------------------------------
@@ -88,7 +99,7 @@ def load_data(path: str, *, need_y: bool = False) -> tuple[torch.Tensor, torch.T
             with np.load(p) as f:
                 data = {k: f[k] for k in f.files}
         elif p.suffix == ".pt":
-            data = torch.load(p, weights_only=True)
+            data = load_pt(p, "data file")
         elif p.suffix == ".npy":
             data = np.load(p)
         else:
@@ -116,6 +127,22 @@ def load_data(path: str, *, need_y: bool = False) -> tuple[torch.Tensor, torch.T
     if not torch.isfinite(x).all():
         raise CLIError(f"data file {path!r}: x contains NaN or Inf")
     return x, y
+
+
+def load_pt(path: Path, what: str) -> Any:
+    """``torch.load(path, weights_only=True)``: tensors, numbers, strings and containers only.
+
+    A file that pickles any other Python object is refused in one line (``CLIError``): data and
+    kernel files are data, and unpickling an arbitrary object can run code.
+    """
+    try:
+        return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        obj = f" ({found.group(1)})" if found else ""
+        raise CLIError(f"{what} {str(path)!r} holds a Python object{obj} besides tensors, numbers and "
+                       "containers; torchntk never unpickles objects from a data file (they can run "
+                       "code): save tensors or arrays only, or use .npz") from None
 
 
 # -- models ------------------------------------------------------------------------------------
@@ -208,7 +235,7 @@ def load_kernels(path: str) -> dict[str, torch.Tensor]:
             with np.load(p) as f:
                 kernels = {k: torch.from_numpy(f[k]).double() for k in f.files if f[k].ndim >= 2}
         elif p.suffix == ".pt":
-            data = torch.load(p, weights_only=True)
+            data = load_pt(p, "kernel file")
             if isinstance(data, torch.Tensor):
                 data = {"ntk": data}
             kernels = {k: torch.as_tensor(v).double() for k, v in data.items() if torch.as_tensor(v).ndim >= 2}

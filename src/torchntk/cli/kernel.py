@@ -24,12 +24,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._common import CLIError, builtin_spec, check_writable, load_data, load_model_file
+from ._common import CLIError, builtin_spec, check_writable, load_data, load_model_file, plain
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("kernel", help="compute an empirical or infinite-width NTK and save it",
-                       description=__doc__.split("\n\n")[1])
+                       description=plain(__doc__.split("\n\n")[1]))
     p.add_argument("--data", help="training inputs: .npz/.pt with array 'x' (and 'y'), or .npy")
     p.add_argument("--test", help="held-out inputs (same formats): also computes the (M, N) test/train kernel")
     p.add_argument("--model", help="Python file defining an nn.Module or a torchntk.layers spec (file.py[:name]); "

@@ -28,12 +28,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._common import CLIError, builtin_spec, check_writable, json_safe, load_data, load_kernels, parse_times
+from ._common import CLIError, builtin_spec, check_writable, json_safe, load_data, load_kernels, parse_times, plain
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="predict training outputs over time from saved kernels",
-                       description=__doc__.split("\n\n")[1])
+                       description=plain(__doc__.split("\n\n")[1]))
     p.add_argument("--kernel", help="kernel file from `torchntk kernel`: .npz, .pt or .zarr")
     p.add_argument("--data", help="training data with targets 'y' (the kernel's N rows)")
     p.add_argument("--test-data", dest="test_data", default=None,

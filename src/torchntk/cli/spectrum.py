@@ -19,7 +19,7 @@ import torch
 
 from ..empirical import flatten_kernel
 from ..lab.figures import figure, plt
-from ._common import CLIError, check_writable, json_safe, load_kernels
+from ._common import CLIError, check_writable, json_safe, load_kernels, plain
 
 #: Figure formats of ``--plot``, by extension (matplotlib format names).
 _PLOT_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".pdf": "pdf", ".svg": "svg"}
@@ -27,7 +27,7 @@ _PLOT_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".pdf": "pdf", 
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("spectrum", help="eigenvalues of a saved kernel, mode decay rates, max step",
-                       description=__doc__.split("\n\n")[1])
+                       description=plain(__doc__.split("\n\n")[1]))
     p.add_argument("--kernel", help="kernel file from `torchntk kernel`: .npz, .pt or .zarr")
     p.add_argument("--name", default="ntk", help="which array of the file (default ntk; e.g. nngp)")
     p.add_argument("--top", type=int, default=10, help="eigenvalues to print (default 10)")
