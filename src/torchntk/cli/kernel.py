@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..empirical._functional import check_deterministic
 from ._common import CLIError, builtin_spec, check_writable, load_data, load_model_file, plain
 
 
@@ -101,18 +102,24 @@ _REQUEST_KEYS = ("data", "test", "model", "width", "depth", "activation", "w_std
                  "analytic", "mode", "seed")
 #: The built-in network's options and their defaults (refused with --model, which they do not shape).
 _BUILTIN = {"width": 512, "depth": 3, "activation": "relu", "w_std": 1.0, "b_std": 0.1, "outputs": 1}
+#: The options that --model --analytic passes on to torchntk.layers.from_module (as W_std, b_std).
+_FROM_MODULE_SCALES = {"w_std": "W_std", "b_std": "b_std"}
 
 
 def _request(args: argparse.Namespace) -> dict[str, Any]:
     """The settings that define the kernel (stored in a .zarr manifest for --resume)."""
     req = {k: getattr(args, k) for k in _REQUEST_KEYS}
+    scales = {}
     if req["model"]:
-        given = [k for k in _BUILTIN if req[k] is not None]
+        scales = {k: req[k] for k in _FROM_MODULE_SCALES} if req["analytic"] else {}
+        given = [k for k in _BUILTIN if req[k] is not None and k not in scales]
         if given:
             flags = ", ".join("--" + k.replace("_", "-") for k in given)
             raise CLIError(f"{flags} shape{'s' if len(given) == 1 else ''} the built-in network only; "
-                           "with --model the network is the one in the model file (drop them)")
+                           "with --model the network is the one in the model file (drop them; with "
+                           "--analytic, --w-std and --b-std set the scales of from_module)")
     req.update({k: v for k, v in _BUILTIN.items() if req[k] is None})
+    req.update(scales)          # None: from_module's own default
     for k in ("data", "test"):
         if req[k] is not None:
             req[k] = os.path.abspath(req[k])
@@ -144,15 +151,13 @@ def _build(req: dict[str, Any], x: torch.Tensor, seed_given: bool = False):
         obj = builtin_spec(req["width"], req["depth"], req["activation"], req["w_std"], req["b_std"], req["outputs"])
     is_module = isinstance(obj, torch.nn.Module)
     if req["analytic"]:
-        if is_module:
-            raise CLIError("--analytic needs a torchntk.layers spec; the model file gives an nn.Module "
-                           "(drop --analytic for its empirical NTK)")
-        return obj, None
+        return (_from_module(obj, req) if is_module else obj), None
     if is_module:
         if seed_given:
             raise CLIError("--seed draws the network of a spec; the model file gives an nn.Module with "
                            "its own weights (drop --seed)")
-        module = obj.double().eval()
+        check_deterministic(obj)   # the Python API's check: a train-mode BatchNorm/Dropout is refused
+        module = obj.double()
     else:
         gen = torch.Generator().manual_seed(int(req["seed"]))
         try:
@@ -162,6 +167,17 @@ def _build(req: dict[str, Any], x: torch.Tensor, seed_given: bool = False):
                            f"{type(err).__name__}: {err}") from None
     _check_forward(module, x)
     return None, module
+
+
+def _from_module(model: torch.nn.Module, req: dict[str, Any]):
+    """The infinite-width spec of a model file's module, by :func:`torchntk.layers.from_module`
+    (``--w-std``/``--b-std`` as its ``W_std``/``b_std`` when given); the spec is printed."""
+    from ..layers import from_module
+
+    scales = {name: req[k] for k, name in _FROM_MODULE_SCALES.items() if req.get(k) is not None}
+    spec = from_module(model, **scales)
+    print(f"infinite-width limit of the model (torchntk.layers.from_module): {spec!r}")
+    return spec
 
 
 def _check_forward(module: torch.nn.Module, x: torch.Tensor) -> None:
@@ -229,7 +245,8 @@ def _inputs(req: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 #: Types of the request fields recorded in a store (checked before a resume uses them).
 _REQUEST_TYPES = {"data": str, "test": (str, type(None)), "model": (str, type(None)), "width": int,
-                  "depth": int, "activation": str, "w_std": (int, float), "b_std": (int, float),
+                  "depth": int, "activation": str, "w_std": (int, float, type(None)),
+                  "b_std": (int, float, type(None)),
                   "outputs": int, "analytic": bool, "mode": str, "seed": int}
 
 
