@@ -2,7 +2,10 @@
 
 Prints the top eigenvalues ``lambda_k`` of the (N, N) training kernel, the decay rates
 ``lambda_k / N`` of the residual's eigenmodes, the condition number, the effective dimension
-``(sum lambda)^2 / sum lambda^2`` and the largest stable gradient-descent step ``2 N / lambda_max``;
+``(sum lambda)^2 / sum lambda^2`` and the largest stable gradient-descent step ``2 N / lambda_max``.
+A kernel that is not square, finite and symmetric is refused (exit 2); one with an eigenvalue
+below ``-1e-7 lambda_max`` (beyond float64 round-off) is reported as indefinite, with no condition
+number or stable step, and a warning;
 saves them as JSON (RFC 8259: an infinite value is written as the string ``"inf"``, NaN as
 ``null``) and, with ``--plot``, a log-scale figure in the format of its extension (``.png``,
 ``.jpg``/``.jpeg``, ``.pdf`` or ``.svg``) into an existing folder.
@@ -12,12 +15,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .._kernel_checks import check_eigenvalues, check_kernel
 from ..empirical import flatten_kernel
+from ..errors import InvalidArgumentError, TorchNTKError
 from ..lab.figures import figure, plt
 from ._common import CLIError, check_writable, json_safe, load_kernels, plain
 
@@ -55,25 +61,42 @@ def run(args: argparse.Namespace) -> int:
     K = kernels[args.name]
     if K.ndim == 4 and K.shape[2] == K.shape[3]:     # full (N, N, O, O): sample-major flattening
         K = flatten_kernel(K)
-    if K.ndim != 2 or K.shape[0] != K.shape[1]:
-        raise CLIError(f"{args.name!r} must be a square training kernel, got shape {tuple(K.shape)}")
+    try:   # the library's kernel validation: square, finite, symmetric (PSD is reported below)
+        K = check_kernel(args.name, K, psd=False)
+    except TorchNTKError as err:
+        raise CLIError(f"kernel file {args.kernel!r}: {err}") from None
     n = K.shape[0]
-    lam = torch.linalg.eigvalsh(0.5 * (K + K.T)).flip(0).numpy()
+    lam_up = torch.linalg.eigvalsh(K)
+    try:
+        lam_psd = check_eigenvalues(args.name, lam_up, torch.float64)   # round-off negatives -> 0
+        indefinite = None
+    except InvalidArgumentError as err:
+        lam_psd, indefinite = None, str(err)
+    lam = lam_up.flip(0).numpy()
     pos = lam[lam > 0]
     summary = {
         "n": n,
         "eigenvalues": lam.tolist(),
         "lambda_max": float(lam[0]),
         "lambda_min": float(lam[-1]),
-        "condition_number": float(lam[0] / lam[-1]) if lam[-1] > 0 else float("inf"),
-        "effective_dimension": float(pos.sum() ** 2 / (pos**2).sum()),
+        "positive_semidefinite": indefinite is None,
+        # of a PSD kernel (round-off negatives taken as 0); undefined (null) for an indefinite one
+        "condition_number": None if lam_psd is None else (
+            float(lam_psd[-1] / lam_psd[0]) if lam_psd[0] > 0 else float("inf")),
+        "effective_dimension": float(pos.sum() ** 2 / (pos**2).sum()) if len(pos) else 0.0,
         "mode_rates_lambda_over_N": (lam[: args.top] / n).tolist(),
-        "max_stable_learning_rate": float(2 * n / lam[0]),
+        # an indefinite kernel's gradient descent grows its negative modes at every step size
+        "max_stable_learning_rate": None if lam_psd is None else float(2 * n / lam[0]),
     }
-    print(f"N = {n}; lambda_max = {lam[0]:.6g}, lambda_min = {lam[-1]:.6g}, "
-          f"condition number = {summary['condition_number']:.4g}")
-    print(f"effective dimension = {summary['effective_dimension']:.4g}; "
-          f"largest stable GD step 2N/lambda_max = {summary['max_stable_learning_rate']:.6g}")
+    if indefinite is None:
+        print(f"N = {n}; lambda_max = {lam[0]:.6g}, lambda_min = {lam[-1]:.6g}, "
+              f"condition number = {summary['condition_number']:.4g}")
+        print(f"effective dimension = {summary['effective_dimension']:.4g}; "
+              f"largest stable GD step 2N/lambda_max = {summary['max_stable_learning_rate']:.6g}")
+    else:
+        print(f"N = {n}; lambda_max = {lam[0]:.6g}, lambda_min = {lam[-1]:.6g}: INDEFINITE, not a "
+              "valid kernel (no condition number; gradient descent diverges along the negative modes)")
+        print(f"torchntk: warning: kernel file {args.kernel!r}: {indefinite}", file=sys.stderr)
     print(f"{'k':>4}  {'lambda_k':>12}  {'lambda_k/lambda_max':>20}  {'rate lambda_k/N':>16}")
     for k in range(min(args.top, n)):
         print(f"{k + 1:>4}  {lam[k]:>12.6g}  {lam[k] / lam[0]:>20.4g}  {lam[k] / n:>16.6g}")
