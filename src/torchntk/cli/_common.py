@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import os
 import pickle
@@ -150,6 +151,20 @@ def load_pt(path: Path, what: str) -> Any:
 _MODEL_NAMES = ("model", "spec", "make_model", "build_model")
 
 
+def model_ref(ref: str) -> tuple[str, str]:
+    """``(path, name)`` of ``file.py[:name]`` (a path that exists as given has no ``:name``)."""
+    path, _, name = ref.partition(":") if not os.path.exists(ref) else (ref, "", "")
+    return path, name
+
+
+def file_sha256(path: str) -> str:
+    """The sha256 of a model file's bytes (what a store records of the file it was computed from)."""
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError as err:
+        raise CLIError(f"model file {path!r} cannot be read ({err.strerror or err})") from None
+
+
 def load_model_file(ref: str) -> Any:
     """The object named in ``file.py[:name]``: an ``nn.Module``, a layers spec, or a factory of one.
 
@@ -158,7 +173,7 @@ def load_model_file(ref: str) -> Any:
     attribute name, an index, or a function of the model's output) selects the tensor of an
     ``nn.Module`` whose output is a dict, tuple or output object (as ``empirical_ntk(output=)``).
     """
-    path, _, name = ref.partition(":") if not os.path.exists(ref) else (ref, "", "")
+    path, name = model_ref(ref)
     if not os.path.exists(path):
         raise CLIError(f"model file {path!r} does not exist")
     module_name = f"_torchntk_user_model_{abs(hash(os.path.abspath(path)))}"
@@ -213,11 +228,21 @@ def builtin_spec(width: int, depth: int, activation: str, W_std: float, b_std: f
 
 # -- kernel files ------------------------------------------------------------------------------
 
-def load_kernels(path: str) -> dict[str, torch.Tensor]:
+class KernelFile(dict):
+    """The float64 kernels of a file by name, with ``inputs``: the fingerprint record of the
+    inputs they were computed on (see ``_fingerprint``), or None when the file has none."""
+
+    inputs: dict[str, Any] | None = None
+
+
+def load_kernels(path: str) -> KernelFile:
     """Kernels saved by ``torchntk kernel``: ``.npz``, ``.pt`` or a ``.zarr`` store (float64 tensors)."""
+    from ._fingerprint import RECORD, parse_record, store_record
+
     p = Path(path)
     if not p.exists():
         raise CLIError(f"kernel file {path!r} does not exist")
+    record = None
     try:
         if p.suffix == ".zarr" or p.is_dir():
             store = KernelStore.open(p)   # verify=True: a damaged tile is a StoreError naming it
@@ -231,14 +256,22 @@ def load_kernels(path: str) -> dict[str, torch.Tensor]:
             if not store.manifest.get("symmetric", True):   # written with --test: Theta(test, train)
                 out = {f"{k}_test_train": v for k, v in out.items()}
             kernels = {k: v.double() for k, v in out.items()}
+            record = store_record(store.manifest)
         elif p.suffix == ".npz":
             with np.load(p) as f:
                 kernels = {k: torch.from_numpy(f[k]).double() for k in f.files if f[k].ndim >= 2}
+                if RECORD in f.files:
+                    record = parse_record(f[RECORD], path)
         elif p.suffix == ".pt":
             data = load_pt(p, "kernel file")
             if isinstance(data, torch.Tensor):
                 data = {"ntk": data}
-            kernels = {k: torch.as_tensor(v).double() for k, v in data.items() if torch.as_tensor(v).ndim >= 2}
+            if not isinstance(data, dict):
+                raise CLIError(f"kernel file {path!r} holds a {type(data).__name__}, not tensors by name")
+            if RECORD in data:
+                record = parse_record(data.pop(RECORD), path)
+            kernels = {k: torch.as_tensor(v).double() for k, v in data.items()
+                       if isinstance(v, (torch.Tensor, np.ndarray)) and v.ndim >= 2}
         else:
             raise CLIError(f"kernel file {path!r}: unknown format {p.suffix!r} (use .npz, .pt or .zarr)")
     except TorchNTKError:  # CLIError and StoreError: already one line
@@ -248,7 +281,18 @@ def load_kernels(path: str) -> dict[str, torch.Tensor]:
     for name, value in kernels.items():
         if not torch.isfinite(value).all():
             raise CLIError(f"kernel file {path!r}: array {name!r} contains NaN or Inf")
-    return kernels
+    result = KernelFile(kernels)
+    result.inputs = record
+    return result
+
+
+def check_new(path: str | Path, force: bool, flag: str = "--out") -> Path:
+    """``path`` as an output that may be written: its folder writable (:func:`check_writable`)
+    and no existing file there unless ``force`` (outputs never overwrite silently)."""
+    p = check_writable(path)
+    if p.exists() and not force:
+        raise CLIError(f"{flag} {str(p)!r} exists: pass --force to overwrite it, or choose another path")
+    return p
 
 
 def check_writable(path: str | Path, *, folder: bool = False) -> Path:

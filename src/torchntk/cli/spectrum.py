@@ -5,8 +5,8 @@ Prints the top eigenvalues ``lambda_k`` of the (N, N) training kernel, the decay
 ``(sum lambda)^2 / sum lambda^2`` and the largest stable gradient-descent step ``2 N / lambda_max``.
 A kernel that is not square, finite and symmetric is refused (exit 2); one with an eigenvalue
 below ``-1e-7 lambda_max`` (beyond float64 round-off) is reported as indefinite, with no condition
-number or stable step, and a warning;
-saves them as JSON (RFC 8259: an infinite value is written as the string ``"inf"``, NaN as
+number or stable step, and a warning. With ``--data`` the kernel must have been computed on
+those inputs (its fingerprint is checked). Saves the figures as JSON (RFC 8259: an infinite value is written as the string ``"inf"``, NaN as
 ``null``) and, with ``--plot``, a log-scale figure in the format of its extension (``.png``,
 ``.jpg``/``.jpeg``, ``.pdf`` or ``.svg``) into an existing folder.
 """
@@ -25,7 +25,9 @@ from .._kernel_checks import check_eigenvalues, check_kernel
 from ..empirical import flatten_kernel
 from ..errors import InvalidArgumentError, TorchNTKError
 from ..lab.figures import figure, plt
-from ._common import CLIError, check_writable, json_safe, load_kernels, plain
+from ._common import CLIError, check_new, json_safe, load_kernels, plain
+from ._datasets import add_split_arguments, load_inputs
+from ._fingerprint import check_inputs
 
 #: Figure formats of ``--plot``, by extension (matplotlib format names).
 _PLOT_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".pdf": "pdf", ".svg": "svg"}
@@ -37,8 +39,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--kernel", help="kernel file from `torchntk kernel`: .npz, .pt or .zarr")
     p.add_argument("--name", default="ntk", help="which array of the file (default ntk; e.g. nngp)")
     p.add_argument("--top", type=int, default=10, help="eigenvalues to print (default 10)")
-    p.add_argument("--out", default="spectrum.json", help="JSON output (default spectrum.json)")
+    p.add_argument("--out", default="spectrum.json", help="JSON output (default spectrum.json); an existing "
+                                                          "file is refused unless --force")
     p.add_argument("--plot", default=None, help="also draw the spectrum to this figure (.png, .jpg, .pdf or .svg)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out or --plot")
+    p.add_argument("--data", default=None,
+                   help="optional: the training inputs (a built-in dataset or a file); the kernel is refused "
+                        "unless it was computed on them")
+    add_split_arguments(p, as_given=True)
     return p
 
 
@@ -54,8 +62,14 @@ def run(args: argparse.Namespace) -> int:
         plot_format = _PLOT_FORMATS.get(Path(args.plot).suffix.lower())
         if plot_format is None:
             raise CLIError(f"--plot must end in {', '.join(_PLOT_FORMATS)}, got {args.plot!r}")
-        check_writable(args.plot)
+        check_new(args.plot, args.force, "--plot")
+    out = check_new(args.out, args.force)
     kernels = load_kernels(args.kernel)
+    if args.data:
+        got = load_inputs(args.data, n_train=args.n_train, n_test=args.n_test, data_seed=args.data_seed)
+        check_inputs(args.kernel, kernels.inputs, got.x, None, data=f"--data {args.data!r}", test=None)
+    elif any(v is not None for v in (args.n_train, args.n_test, args.data_seed)):
+        raise CLIError("--n-train/--n-test/--data-seed choose the split of a built-in --data: add --data")
     if args.name not in kernels:
         raise CLIError(f"kernel file {args.kernel!r} has no array {args.name!r} (found: {', '.join(kernels)})")
     K = kernels[args.name]
@@ -100,7 +114,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'k':>4}  {'lambda_k':>12}  {'lambda_k/lambda_max':>20}  {'rate lambda_k/N':>16}")
     for k in range(min(args.top, n)):
         print(f"{k + 1:>4}  {lam[k]:>12.6g}  {lam[k] / lam[0]:>20.4g}  {lam[k] / n:>16.6g}")
-    out = check_writable(args.out)
     out.write_text(json.dumps(json_safe(summary), indent=1, allow_nan=False) + "\n")
     print(f"wrote {out}")
     if args.plot:
