@@ -47,6 +47,9 @@ class Inputs:
     x_test: torch.Tensor | None
     y_test: torch.Tensor | None
     builtin: str | None = None
+    #: How the train and test inputs were given, for messages.
+    label: str = "--data"
+    test_label: str = "--test"
 
 
 def add_split_arguments(p, *, as_given: bool = False) -> None:
@@ -81,8 +84,13 @@ def load_inputs(data: str | None, test: str | None = None, *, n_train: int | Non
             raise CLIError(f"the built-in dataset {data!r} brings its own test split: drop {test_flag} "
                            "(--n-test sets its size, 0 for none)")
         default_train, default_test = DATASETS[data]
-        return builtin_split(data, default_train if n_train is None else n_train,
-                             default_test if n_test is None else n_test, 0 if data_seed is None else data_seed)
+        n_train = default_train if n_train is None else n_train
+        n_test = default_test if n_test is None else n_test
+        data_seed = 0 if data_seed is None else data_seed
+        got = builtin_split(data, n_train, n_test, data_seed)
+        got.label = f"--data {data!r} (--n-train {n_train}, --n-test {n_test}, --data-seed {data_seed})"
+        got.test_label = f"the test split of {got.label}"
+        return got
     if split_flags:
         raise CLIError(f"{', '.join(split_flags)} choose the split of a built-in dataset "
                        f"({', '.join(DATASETS)}); --data {data!r} is a file (drop them)")
@@ -93,7 +101,7 @@ def load_inputs(data: str | None, test: str | None = None, *, n_train: int | Non
         if xt.shape[1:] != x.shape[1:]:
             raise CLIError(f"{test_flag} inputs have per-example shape {tuple(xt.shape[1:])}, "
                            f"--data has {tuple(x.shape[1:])}")
-    return Inputs(x, y, xt, yt)
+    return Inputs(x, y, xt, yt, label=f"--data {data!r}", test_label=f"{test_flag} {test!r}")
 
 
 def builtin_split(name: str, n_train: int, n_test: int, seed: int) -> Inputs:

@@ -154,9 +154,8 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError("with --learning-rate, --t counts steps: use whole numbers (or inf)")
     check_new(out, args.force)
     if record is not False:
-        test_name = f"--test-data {args.test_data!r}" if args.test_data else f"the test split of --data {args.data!r}"
         check_inputs(args.kernel, record, got.x, got.x_test if y_test is not None else None,
-                     data=f"--data {args.data!r}", test=test_name)
+                     data=got.label, test=got.test_label)
     if isinstance(K, _FeatureKernel):
         from ..features import mse as feature_mse
 

@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     kernels = load_kernels(args.kernel)
     if args.data:
         got = load_inputs(args.data, n_train=args.n_train, n_test=args.n_test, data_seed=args.data_seed)
-        check_inputs(args.kernel, kernels.inputs, got.x, None, data=f"--data {args.data!r}", test=None)
+        check_inputs(args.kernel, kernels.inputs, got.x, None, data=got.label, test=None)
     elif any(v is not None for v in (args.n_train, args.n_test, args.data_seed)):
         raise CLIError("--n-train/--n-test/--data-seed choose the split of a built-in --data: add --data")
     if args.name not in kernels:
