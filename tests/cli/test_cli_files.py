@@ -124,6 +124,9 @@ def test_force_on_a_store_recomputes_it_and_refuses_other_folders(data, capsys, 
     got = torchntk.scale.KernelStore.open(d / "k.zarr").to_numpy("ntk")
     # the store and the in-memory kernel: the same float64 recursion per tile
     np.testing.assert_allclose(got, np.load(d / "k.npz")["ntk"], rtol=1e-12)
+    # a request that fails (no such data file) leaves the store alone, --force or not
+    assert main(["kernel", "--data", str(d / "nope.npz"), "--analytic", "--out", str(d / "k.zarr"), "--force"]) == 2
+    assert (d / "k.zarr" / "zarr.json").is_file()
     (d / "folder.zarr").mkdir()
     (d / "folder.zarr" / "keep.txt").write_text("mine")
     capsys.readouterr()

@@ -50,3 +50,18 @@ def test_round_off_negative_eigenvalue_is_psd(data, capsys):
     assert s["positive_semidefinite"] is True
     assert s["condition_number"] == "inf"                      # singular within round-off
     np.testing.assert_allclose(s["max_stable_learning_rate"], 2 * 4 / 3.0, rtol=1e-12)
+
+
+def test_predict_refuses_non_symmetric_and_indefinite_kernels(data, one_line_error):
+    d = data
+    q = _orthogonal(12, seed=2)
+    lam = np.linspace(1.0, 3.0, 12)
+    good = (q * lam) @ q.T
+    bad = {"asym": good + np.triu(np.ones((12, 12)), 1), "indefinite": good - 2.5 * np.eye(12)}
+    for name, k in bad.items():
+        np.savez(d / f"{name}.npz", ntk=k)
+        assert main(["predict", "--kernel", str(d / f"{name}.npz"), "--data", str(d / "train.npz"),
+                     "--out", str(d / "p.npz")]) == 2
+        err = one_line_error()
+        assert ("symmetric" if name == "asym" else "positive semi-definite") in err, err
+    assert not (d / "p.npz").exists()

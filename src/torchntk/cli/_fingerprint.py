@@ -52,17 +52,26 @@ def store_record(manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_inputs(path: str, record: dict[str, Any] | None, x: torch.Tensor, x_test: torch.Tensor | None,
-                 *, data: str, test: str | None) -> None:
-    """Refuse (CLIError) a kernel file whose record does not match the inputs given; warn on
-    stderr when the file has no record. ``data``/``test``: how the inputs were named (messages)."""
+                 *, data: str, test: str | None) -> str | None:
+    """Refuse (CLIError) a kernel file whose record does not match the inputs given.
+
+    ``data``/``test``: how the inputs were named (messages). Returns the warning to print (with
+    :func:`warn`, once the command has succeeded) when the file has no record, else None.
+    """
     if record is None or record.get("train") is None:
-        print(f"torchntk: warning: kernel file {path!r} records no fingerprint of its inputs (not written "
-              f"by `torchntk kernel`, or by an older version): nothing checks that it was computed on "
-              f"{data}; recompute it with `torchntk kernel` to have that checked", file=sys.stderr)
-        return
+        return (f"kernel file {path!r} records no fingerprint of its inputs (not written by `torchntk "
+                f"kernel`, or by an older version): nothing checks that it was computed on {data}; "
+                "recompute it with `torchntk kernel` to have that checked")
     _compare(path, "training", record["train"], x, data)
     if x_test is not None and record.get("test") is not None:
         _compare(path, "test", record["test"], x_test, test or data)
+    return None
+
+
+def warn(message: str | None) -> None:
+    """Print ``message`` (if any) as one ``torchntk: warning: ...`` line on stderr."""
+    if message:
+        print(f"torchntk: warning: {message}", file=sys.stderr)
 
 
 def _compare(path: str, which: str, stored: dict[str, Any], x: torch.Tensor, given: str) -> None:

@@ -260,8 +260,10 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out or "kernel.npz")
     if out.suffix not in (".npz", ".pt", ".zarr"):
         raise CLIError(f"--out must end in .npz, .pt or .zarr, got {str(out)!r}")
+    if args.features is not None and out.suffix == ".zarr":
+        raise CLIError(f"with --features, --out must end in .npz or .pt, got {str(out)!r}")
     if out.suffix == ".zarr":
-        _replace_store(out, args.force)
+        check_writable(out)
     else:
         check_new(out, args.force)
     if args.features is not None:
@@ -270,6 +272,7 @@ def run(args: argparse.Namespace) -> int:
     if out.suffix == ".zarr":
         fn = _kernel_fn(req, x, seed_given)
         x1, x2 = (x, None) if xt is None else (xt, x)   # with --test the store holds Theta(test, train)
+        _replace_store(out, args.force)                 # only once the request is known to be valid
         store = tiled_kernel(fn, x1, x2, out=out, block_size=args.block_size, memory=args.memory or "2GiB",
                              executor=args.executor,
                              scheduler=args.scheduler, identity={"command": "kernel", **req}, resume=True,
@@ -286,7 +289,6 @@ def run(args: argparse.Namespace) -> int:
 def _replace_store(out: Path, force: bool) -> None:
     """A ``.zarr`` output: an existing store is continued (the same request; any other is refused
     by ``tiled_kernel``) or, with ``force``, deleted first; anything else there is refused."""
-    check_writable(out)
     if not out.exists() or not force:
         return
     if not (out.is_dir() and (out / "zarr.json").is_file()):

@@ -31,9 +31,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._kernel_checks import check_kernel
+from ..errors import TorchNTKError
 from ._common import CLIError, builtin_spec, check_new, json_safe, load_kernels, parse_times, plain
 from ._datasets import Inputs, add_split_arguments, load_inputs
-from ._fingerprint import check_inputs
+from ._fingerprint import check_inputs, warn
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -85,7 +87,6 @@ def _from_features(arrays: dict, y: torch.Tensor, args: argparse.Namespace) -> d
 
 def _feature_rows(args: argparse.Namespace) -> tuple[dict, torch.Tensor]:
     """``--features M``: the streamed NTK feature rows of the train (and test) inputs, and ``y``."""
-    from ..errors import TorchNTKError
     from ..features import FeatureMap
 
     if args.kernel:
@@ -153,9 +154,15 @@ def run(args: argparse.Namespace) -> int:
         if not torch.equal(finite, finite.round()):
             raise CLIError("with --learning-rate, --t counts steps: use whole numbers (or inf)")
     check_new(out, args.force)
+    unchecked = None
     if record is not False:
-        check_inputs(args.kernel, record, got.x, got.x_test if y_test is not None else None,
-                     data=got.label, test=got.test_label)
+        unchecked = check_inputs(args.kernel, record, got.x, got.x_test if y_test is not None else None,
+                                 data=got.label, test=got.test_label)
+    if not isinstance(K, _FeatureKernel):
+        try:   # the library's kernel validation (shape, finite, symmetric, PSD minors), named by the file
+            check_kernel("ntk", K)
+        except TorchNTKError as err:
+            raise CLIError(f"kernel file {args.kernel!r}: {err}") from None
     if isinstance(K, _FeatureKernel):
         from ..features import mse as feature_mse
 
@@ -186,6 +193,7 @@ def run(args: argparse.Namespace) -> int:
         arrays["f_test"] = f_test
     _WRITERS[out.suffix.lower()](out, arrays, summary)
     print(f"wrote {out}")
+    warn(unchecked)
     return 0
 
 

@@ -27,7 +27,7 @@ from ..errors import InvalidArgumentError, TorchNTKError
 from ..lab.figures import figure, plt
 from ._common import CLIError, check_new, json_safe, load_kernels, plain
 from ._datasets import add_split_arguments, load_inputs
-from ._fingerprint import check_inputs
+from ._fingerprint import check_inputs, warn
 
 #: Figure formats of ``--plot``, by extension (matplotlib format names).
 _PLOT_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".pdf": "pdf", ".svg": "svg"}
@@ -65,9 +65,10 @@ def run(args: argparse.Namespace) -> int:
         check_new(args.plot, args.force, "--plot")
     out = check_new(args.out, args.force)
     kernels = load_kernels(args.kernel)
+    unchecked = None
     if args.data:
         got = load_inputs(args.data, n_train=args.n_train, n_test=args.n_test, data_seed=args.data_seed)
-        check_inputs(args.kernel, kernels.inputs, got.x, None, data=got.label, test=None)
+        unchecked = check_inputs(args.kernel, kernels.inputs, got.x, None, data=got.label, test=None)
     elif any(v is not None for v in (args.n_train, args.n_test, args.data_seed)):
         raise CLIError("--n-train/--n-test/--data-seed choose the split of a built-in --data: add --data")
     if args.name not in kernels:
@@ -126,4 +127,5 @@ def run(args: argparse.Namespace) -> int:
         fig.savefig(Path(args.plot), format=plot_format)
         plt().close(fig)
         print(f"wrote {args.plot}")
+    warn(unchecked)
     return 0
