@@ -3,13 +3,16 @@
 Each subcommand lives in its own module with ``add_parser(subparsers)`` and ``run(args)``. Every
 option can also come from a TOML file (``--config file.toml``: the option names as keys, at top
 level or under a table named after the subcommand); flags given on the command line win.
-User mistakes (unknown config key, a model file that fails to import, data of mismatched
-lengths, an unwritable output...) print one line ``torchntk: error: ...`` on stderr and exit
-with code 2.
+User mistakes (a usage error argparse finds, an unknown config key, a model file that fails to
+import, data of mismatched lengths, a kernel file computed on other inputs, an existing output
+without ``--force``...) print one line ``torchntk: error: ...`` on stderr and exit with code 2.
+The worked page is ``docs/cli.md``.
 
 Example::
 
     torchntk demo --quick --out results
+    torchntk kernel --data digits --analytic --out digits.npz
+    torchntk predict --kernel digits.npz --data digits --t 0,10,inf --out digits-pred.npz
     torchntk kernel --data train.npz --test test.npz --analytic --out kernel.npz
     torchntk predict --kernel kernel.npz --data train.npz --t 0,10,inf --out pred.npz
     torchntk spectrum --kernel kernel.npz --plot spectrum.png

@@ -143,8 +143,7 @@ def run(args: argparse.Namespace) -> int:
         if Kt is None:
             raise CLIError("--test-data given but the kernel file has no 'ntk_test_train' (run `torchntk kernel --test`)")
         if y_test.shape[0] != Kt.shape[0]:
-            what = repr(args.test_data) if args.test_data else f"the test split of {args.data!r}"
-            raise CLIError(f"ntk_test_train has {Kt.shape[0]} rows but {what} has {y_test.shape[0]} targets")
+            raise CLIError(f"ntk_test_train has {Kt.shape[0]} rows but {got.test_label} has {y_test.shape[0]} targets")
     out = Path(args.out)
     if out.suffix.lower() not in _WRITERS:
         raise CLIError(f"--out must end in {', '.join(_WRITERS)}, got {str(out)!r}")

@@ -6,8 +6,8 @@ Prints the top eigenvalues ``lambda_k`` of the (N, N) training kernel, the decay
 A kernel that is not square, finite and symmetric is refused (exit 2); one with an eigenvalue
 below ``-1e-7 lambda_max`` (beyond float64 round-off) is reported as indefinite, with no condition
 number or stable step, and a warning. With ``--data`` the kernel must have been computed on
-those inputs (its fingerprint is checked). Saves the figures as JSON (RFC 8259: an infinite value is written as the string ``"inf"``, NaN as
-``null``) and, with ``--plot``, a log-scale figure in the format of its extension (``.png``,
+those inputs (its fingerprint is checked). Saves the figures as JSON (RFC 8259: an infinite value
+is written as the string ``"inf"``, NaN as ``null``) and, with ``--plot``, a log-scale figure in the format of its extension (``.png``,
 ``.jpg``/``.jpeg``, ``.pdf`` or ``.svg``) into an existing folder.
 """
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -111,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"N = {n}; lambda_max = {lam[0]:.6g}, lambda_min = {lam[-1]:.6g}: INDEFINITE, not a "
               "valid kernel (no condition number; gradient descent diverges along the negative modes)")
-        print(f"torchntk: warning: kernel file {args.kernel!r}: {indefinite}", file=sys.stderr)
+        warn(f"kernel file {args.kernel!r}: {indefinite}")
     print(f"{'k':>4}  {'lambda_k':>12}  {'lambda_k/lambda_max':>20}  {'rate lambda_k/N':>16}")
     for k in range(min(args.top, n)):
         print(f"{k + 1:>4}  {lam[k]:>12.6g}  {lam[k] / lam[0]:>20.4g}  {lam[k] / n:>16.6g}")
