@@ -68,12 +68,15 @@ def test_a_store_is_checked_against_the_inputs_it_records(data, one_line_error):
     assert main(["spectrum", "--kernel", str(d / "k.zarr"), "--data", str(d / "train.npz"), "--out", str(d / "s.json")]) == 0
 
 
-def test_a_builtin_split_other_than_the_kernels_is_refused(data, one_line_error):
+@pytest.mark.parametrize("features", [False, True])
+def test_a_builtin_split_other_than_the_kernels_is_refused(data, one_line_error, features):
     d = data
-    assert main(["kernel", "--data", "circle", "--analytic", "--out", str(d / "k.npz")]) == 0
+    extra = ["--features", "16"] if features else []     # a features file is checked the same way
+    assert main(["kernel", "--data", "circle", "--analytic", *extra, "--out", str(d / "k.npz")]) == 0
     assert main(["predict", "--kernel", str(d / "k.npz"), "--data", "circle", "--data-seed", "1",
                  "--out", str(d / "p.npz")]) == 2
     assert "other training inputs" in one_line_error()
+    assert main(["predict", "--kernel", str(d / "k.npz"), "--data", "circle", "--out", str(d / "p.npz")]) == 0
 
 
 def test_a_kernel_without_fingerprint_is_used_with_a_warning(data, capsys):
