@@ -59,7 +59,7 @@ def test_config_file_and_flags(data, capsys):
     assert main(["kernel", "--config", str(d / "c.toml")]) == 0
     x = torch.from_numpy(np.load(d / "train.npz")["x"])
     np.testing.assert_allclose(np.load(d / "k2.npz")["ntk"], builtin_spec(8, 2, "relu", 1.0, 0.1, 1).kernel(x).ntk.numpy())
-    assert main(["kernel", "--config", str(d / "c.toml"), "--depth", "4"]) == 0     # the flag wins
+    assert main(["kernel", "--config", str(d / "c.toml"), "--depth", "4", "--force"]) == 0     # the flag wins
     np.testing.assert_allclose(np.load(d / "k2.npz")["ntk"], builtin_spec(8, 4, "relu", 1.0, 0.1, 1).kernel(x).ntk.numpy())
 
 

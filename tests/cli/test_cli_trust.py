@@ -243,5 +243,5 @@ def test_spectrum_plot_jpeg_is_a_jpeg_and_json_is_strict(data):
     doc = json.loads(text, parse_constant=lambda c: (_ for _ in ()).throw(AssertionError(c)))
     assert doc["condition_number"] == "inf" and doc["eigenvalues"] == [3.0, 2.0, 1.0, 0.0]
     assert main(["spectrum", "--kernel", str(d / "k.npz"), "--out", str(d / "s.json"),
-                 "--plot", str(d / "s.png")]) == 0
+                 "--plot", str(d / "s.png"), "--force"]) == 0
     assert (d / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -93,7 +93,7 @@ def test_cli_predict_warns_above_max_learning_rate(tmp_path):
     np.savez(tmp_path / "d.npz", x=x, y=np.sin(x[:, 0]))
     eta = 2 * 6 / np.linalg.eigvalsh(k)[-1]
     argv = ["predict", "--kernel", str(tmp_path / "k.npz"), "--data", str(tmp_path / "d.npz"),
-            "--t", "0,10", "--out", str(tmp_path / "p.npz"), "--learning-rate"]
+            "--t", "0,10", "--out", str(tmp_path / "p.npz"), "--force", "--learning-rate"]
     with pytest.warns(StabilityWarning, match="max_learning_rate"):
         assert main(argv + [str(1.5 * eta)]) == 0
     with warnings.catch_warnings():

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import os
+import pickle
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,15 @@ from ..scale import KernelStore
 
 class CLIError(TorchNTKError):
     """A user mistake on the command line: printed as one line on stderr, exit code 2."""
+
+
+def plain(doc: str) -> str:
+    """Docstring text for ``--help``, without reStructuredText markup: a Sphinx role such as
+    ``:mod:`torchntk.layers``` becomes its target (the last dotted name after a ``~``), double
+    backquotes are dropped."""
+    doc = re.sub(r":(?:mod|func|class|meth|attr|data|obj):`~?([^`]+)`",
+                 lambda m: m.group(1).rsplit(".", 1)[-1] if m.group(0).count("~") else m.group(1), doc)
+    return doc.replace("``", "")
 
 
 # -- config files ------------------------------------------------------------------------------
@@ -88,7 +100,7 @@ def load_data(path: str, *, need_y: bool = False) -> tuple[torch.Tensor, torch.T
             with np.load(p) as f:
                 data = {k: f[k] for k in f.files}
         elif p.suffix == ".pt":
-            data = torch.load(p, weights_only=True)
+            data = load_pt(p, "data file")
         elif p.suffix == ".npy":
             data = np.load(p)
         else:
@@ -118,9 +130,39 @@ def load_data(path: str, *, need_y: bool = False) -> tuple[torch.Tensor, torch.T
     return x, y
 
 
+def load_pt(path: Path, what: str) -> Any:
+    """``torch.load(path, weights_only=True)``: tensors, numbers, strings and containers only.
+
+    A file that pickles any other Python object is refused in one line (``CLIError``): data and
+    kernel files are data, and unpickling an arbitrary object can run code.
+    """
+    try:
+        return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        obj = f" ({found.group(1)})" if found else ""
+        raise CLIError(f"{what} {str(path)!r} holds a Python object{obj} besides tensors, numbers and "
+                       "containers; torchntk never unpickles objects from a data file (they can run "
+                       "code): save tensors or arrays only, or use .npz") from None
+
+
 # -- models ------------------------------------------------------------------------------------
 
 _MODEL_NAMES = ("model", "spec", "make_model", "build_model")
+
+
+def model_ref(ref: str) -> tuple[str, str]:
+    """``(path, name)`` of ``file.py[:name]`` (a path that exists as given has no ``:name``)."""
+    path, _, name = ref.partition(":") if not os.path.exists(ref) else (ref, "", "")
+    return path, name
+
+
+def file_sha256(path: str) -> str:
+    """The sha256 of a model file's bytes (what a store records of the file it was computed from)."""
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError as err:
+        raise CLIError(f"model file {path!r} cannot be read ({err.strerror or err})") from None
 
 
 def load_model_file(ref: str) -> Any:
@@ -131,7 +173,7 @@ def load_model_file(ref: str) -> Any:
     attribute name, an index, or a function of the model's output) selects the tensor of an
     ``nn.Module`` whose output is a dict, tuple or output object (as ``empirical_ntk(output=)``).
     """
-    path, _, name = ref.partition(":") if not os.path.exists(ref) else (ref, "", "")
+    path, name = model_ref(ref)
     if not os.path.exists(path):
         raise CLIError(f"model file {path!r} does not exist")
     module_name = f"_torchntk_user_model_{abs(hash(os.path.abspath(path)))}"
@@ -186,11 +228,21 @@ def builtin_spec(width: int, depth: int, activation: str, W_std: float, b_std: f
 
 # -- kernel files ------------------------------------------------------------------------------
 
-def load_kernels(path: str) -> dict[str, torch.Tensor]:
+class KernelFile(dict):
+    """The float64 kernels of a file by name, with ``inputs``: the fingerprint record of the
+    inputs they were computed on (see ``_fingerprint``), or None when the file has none."""
+
+    inputs: dict[str, Any] | None = None
+
+
+def load_kernels(path: str) -> KernelFile:
     """Kernels saved by ``torchntk kernel``: ``.npz``, ``.pt`` or a ``.zarr`` store (float64 tensors)."""
+    from ._fingerprint import RECORD, parse_record, store_record
+
     p = Path(path)
     if not p.exists():
         raise CLIError(f"kernel file {path!r} does not exist")
+    record = None
     try:
         if p.suffix == ".zarr" or p.is_dir():
             store = KernelStore.open(p)   # verify=True: a damaged tile is a StoreError naming it
@@ -204,14 +256,22 @@ def load_kernels(path: str) -> dict[str, torch.Tensor]:
             if not store.manifest.get("symmetric", True):   # written with --test: Theta(test, train)
                 out = {f"{k}_test_train": v for k, v in out.items()}
             kernels = {k: v.double() for k, v in out.items()}
+            record = store_record(store.manifest)
         elif p.suffix == ".npz":
             with np.load(p) as f:
                 kernels = {k: torch.from_numpy(f[k]).double() for k in f.files if f[k].ndim >= 2}
+                if RECORD in f.files:
+                    record = parse_record(f[RECORD], path)
         elif p.suffix == ".pt":
-            data = torch.load(p, weights_only=True)
+            data = load_pt(p, "kernel file")
             if isinstance(data, torch.Tensor):
                 data = {"ntk": data}
-            kernels = {k: torch.as_tensor(v).double() for k, v in data.items() if torch.as_tensor(v).ndim >= 2}
+            if not isinstance(data, dict):
+                raise CLIError(f"kernel file {path!r} holds a {type(data).__name__}, not tensors by name")
+            if RECORD in data:
+                record = parse_record(data.pop(RECORD), path)
+            kernels = {k: torch.as_tensor(v).double() for k, v in data.items()
+                       if isinstance(v, (torch.Tensor, np.ndarray)) and v.ndim >= 2}
         else:
             raise CLIError(f"kernel file {path!r}: unknown format {p.suffix!r} (use .npz, .pt or .zarr)")
     except TorchNTKError:  # CLIError and StoreError: already one line
@@ -221,7 +281,18 @@ def load_kernels(path: str) -> dict[str, torch.Tensor]:
     for name, value in kernels.items():
         if not torch.isfinite(value).all():
             raise CLIError(f"kernel file {path!r}: array {name!r} contains NaN or Inf")
-    return kernels
+    result = KernelFile(kernels)
+    result.inputs = record
+    return result
+
+
+def check_new(path: str | Path, force: bool, flag: str = "--out") -> Path:
+    """``path`` as an output that may be written: its folder writable (:func:`check_writable`)
+    and no existing file there unless ``force`` (outputs never overwrite silently)."""
+    p = check_writable(path)
+    if p.exists() and not force:
+        raise CLIError(f"{flag} {str(p)!r} exists: pass --force to overwrite it, or choose another path")
+    return p
 
 
 def check_writable(path: str | Path, *, folder: bool = False) -> Path:

@@ -1,37 +1,52 @@
-"""``torchntk kernel``: the empirical or infinite-width NTK of a model on a data file.
+"""``torchntk kernel``: the empirical or infinite-width NTK of a model on a dataset or data file.
 
-The model is built in (``--width/--depth/--activation``: the theory's fully connected network as a
-:mod:`torchntk.layers` spec) or given as a Python file (``--model net.py[:name]`` defining an
+The data is a built-in dataset (``--data digits|mnist1d|circle``, with its own train/test split:
+``--n-train``, ``--n-test``, ``--data-seed``) or a file (``--data train.npz [--test test.npz]``). The
+model is built in (``--width``, ``--depth``, ``--activation``: the theory's fully connected network
+as a torchntk.layers spec) or given as a Python file (``--model net.py[:name]`` defining an
 ``nn.Module``, a spec, or a factory of either). ``--analytic`` computes the infinite-width NNGP and
-NTK of a spec; otherwise the empirical NTK of the finite network (a spec's ``module`` drawn from
-``--seed``, or the given module as it is). Output by extension: ``.npz`` / ``.pt`` (arrays
-``ntk`` (N, N) [, ``nngp``] and, with ``--test``, ``ntk_test_train`` (M, N) [, ``nngp_test_train``])
-or a ``.zarr`` store computed in tiles by :func:`torchntk.scale.tiled_kernel`
-(``--block-size/--memory/--executor/--scheduler``; the empirical kernel is its array ``ntk`` too), resumable
-with ``torchntk kernel --resume STORE [--model FILE]``. A store is data: ``--resume`` never imports
-the model file it names; a store computed from a model file needs ``--model`` again, and the file
-must have the sha256 recorded in the store.
+NTK of a spec, or of a model file's module converted by :func:`torchntk.layers.from_module`
+(``--w-std``, ``--b-std`` as its scales); otherwise the empirical NTK of the finite network (a spec's
+``module`` drawn from ``--seed``, or the given module as it is, refused like the Python API refuses
+it in training mode). Output by extension: ``.npz`` / ``.pt`` (arrays ``ntk`` (N, N) [, ``nngp``]
+and, with test inputs, ``ntk_test_train`` (M, N) [, ``nngp_test_train``], and a fingerprint of the
+inputs that ``predict`` and ``spectrum`` check) or a ``.zarr`` store computed in tiles by
+:func:`torchntk.scale.tiled_kernel` (``--block-size``, ``--memory``, ``--executor``, ``--scheduler``;
+with test inputs it holds the (M, N) kernel only), resumable with ``torchntk kernel --resume STORE
+[--model FILE]``. An existing output is never overwritten without ``--force``.
+
+Trust: a model file is Python code that the user names on the command line, and ``--model`` runs
+it as any script would run. Everything else is data: data and kernel files are read as arrays
+(a ``.pt`` holding any other Python object is refused), and ``--resume`` never imports the model
+file a store names: a store computed from a model file needs ``--model`` again, and the file must
+have the sha256 recorded in the store.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ._common import CLIError, builtin_spec, check_writable, load_data, load_model_file
+from ..empirical._functional import check_deterministic
+from ._common import CLIError, builtin_spec, check_new, check_writable, file_sha256, load_model_file, model_ref, plain
+from ._datasets import add_split_arguments, is_builtin, load_inputs
+from ._fingerprint import RECORD, inputs_record
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("kernel", help="compute an empirical or infinite-width NTK and save it",
-                       description=__doc__.split("\n\n")[1])
-    p.add_argument("--data", help="training inputs: .npz/.pt with array 'x' (and 'y'), or .npy")
-    p.add_argument("--test", help="held-out inputs (same formats): also computes the (M, N) test/train kernel")
+                       description=plain(__doc__.split("\n\n")[1]), epilog=plain(__doc__.split("\n\n")[2]))
+    p.add_argument("--data", help="training inputs: a built-in dataset (digits, mnist1d, circle; its test split "
+                                   "gives the (M, N) test/train kernel too) or a .npz/.pt file with array 'x', or .npy")
+    p.add_argument("--test", help="held-out inputs of a data file (same formats): also computes the (M, N) "
+                                   "test/train kernel")
+    add_split_arguments(p)
     p.add_argument("--model", help="Python file defining an nn.Module or a torchntk.layers spec (file.py[:name]); "
                                     "with --resume: the same file again, checked against the store")
     p.add_argument("--width", type=int, default=None, help="built-in network: hidden width (default 512)")
@@ -41,13 +56,16 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--b-std", dest="b_std", type=float, default=None, help="built-in network: b_std (default 0.1)")
     p.add_argument("--outputs", type=int, default=None, help="built-in network: output dimension (default 1)")
     p.add_argument("--analytic", action="store_true", help="infinite-width NNGP/NTK of the spec instead of the empirical NTK")
-    p.add_argument("--mode", default="mean", choices=("mean", "full", "diagonal"),
+    p.add_argument("--mode", default=None, choices=("mean", "full", "diagonal"),
                    help="empirical NTK mode (default mean: the scalar (N, N) kernel)")
     p.add_argument("--seed", type=int, default=None, help="seed of the finite network drawn from a spec (default 0)")
-    p.add_argument("--out", default="kernel.npz", help="output: .npz, .pt, or .zarr (a tiled store)")
+    p.add_argument("--out", default=None, help="output: .npz, .pt, or .zarr (a tiled store; default kernel.npz); "
+                                               "an existing file is refused unless --force")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out (a .zarr store is deleted "
+                                                        "and computed again)")
     p.add_argument("--block-size", "--tile", dest="block_size", type=int, default=None,
                    help=".zarr: tile edge in examples (default: from --memory; --tile: deprecated name)")
-    p.add_argument("--memory", default="2GiB", help=".zarr: memory budget of a tile (default 2GiB)")
+    p.add_argument("--memory", default=None, help=".zarr: memory budget of a tile (default 2GiB)")
     p.add_argument("--executor", default="inprocess", choices=("inprocess", "dask"), help=".zarr: where tiles run")
     p.add_argument("--scheduler", default=None, help=".zarr with dask: scheduler address tcp://host:8786 (default: a local cluster)")
     p.add_argument("--resume", metavar="STORE.zarr", default=None,
@@ -60,12 +78,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
-def _save(out: Path, arrays: dict[str, np.ndarray]) -> int:
-    """Write ``arrays`` to ``.npz`` or ``.pt`` and say so."""
+def _save(out: Path, arrays: dict[str, np.ndarray], x: torch.Tensor, xt: torch.Tensor | None) -> int:
+    """Write ``arrays`` to ``.npz`` or ``.pt`` with the fingerprint record of the inputs ``x``
+    (train) and ``xt`` (test, or None) they were computed on, and say so."""
+    record = inputs_record(x, xt)
     if out.suffix == ".npz":
-        np.savez(out, **arrays)
+        with open(out, "wb") as fh:   # a file object: numpy would append ".npz" to another name
+            np.savez(fh, **arrays, **{RECORD: np.array(record)})
     else:
-        torch.save({k: torch.from_numpy(v) for k, v in arrays.items()}, out)
+        torch.save({**{k: torch.from_numpy(v) for k, v in arrays.items()}, RECORD: record}, out)
     print(f"wrote {out}: " + ", ".join(f"{k} {v.shape}" for k, v in arrays.items()))
     return 0
 
@@ -94,46 +115,40 @@ def _features(args: argparse.Namespace, req: dict[str, Any], out: Path) -> int:
                     arrays["phi_ntk" + suffix] = f.ntk.numpy()
     except TorchNTKError as err:
         raise CLIError(str(err)) from None
-    return _save(out, arrays)
+    return _save(out, arrays, x, xt)
 
 
-_REQUEST_KEYS = ("data", "test", "model", "width", "depth", "activation", "w_std", "b_std", "outputs",
-                 "analytic", "mode", "seed")
+_REQUEST_KEYS = ("data", "test", "n_train", "n_test", "data_seed", "model", "width", "depth", "activation",
+                 "w_std", "b_std", "outputs", "analytic", "mode", "seed")
 #: The built-in network's options and their defaults (refused with --model, which they do not shape).
 _BUILTIN = {"width": 512, "depth": 3, "activation": "relu", "w_std": 1.0, "b_std": 0.1, "outputs": 1}
+#: The options that --model --analytic passes on to torchntk.layers.from_module (as W_std, b_std).
+_FROM_MODULE_SCALES = {"w_std": "W_std", "b_std": "b_std"}
 
 
 def _request(args: argparse.Namespace) -> dict[str, Any]:
     """The settings that define the kernel (stored in a .zarr manifest for --resume)."""
     req = {k: getattr(args, k) for k in _REQUEST_KEYS}
+    req["mode"] = req["mode"] or "mean"
+    scales = {}
     if req["model"]:
-        given = [k for k in _BUILTIN if req[k] is not None]
+        scales = {k: req[k] for k in _FROM_MODULE_SCALES} if req["analytic"] else {}
+        given = [k for k in _BUILTIN if req[k] is not None and k not in scales]
         if given:
             flags = ", ".join("--" + k.replace("_", "-") for k in given)
             raise CLIError(f"{flags} shape{'s' if len(given) == 1 else ''} the built-in network only; "
-                           "with --model the network is the one in the model file (drop them)")
+                           "with --model the network is the one in the model file (drop them; with "
+                           "--analytic, --w-std and --b-std set the scales of from_module)")
     req.update({k: v for k, v in _BUILTIN.items() if req[k] is None})
+    req.update(scales)          # None: from_module's own default
     for k in ("data", "test"):
-        if req[k] is not None:
+        if req[k] is not None and not is_builtin(req[k]):
             req[k] = os.path.abspath(req[k])
     if req["model"]:
-        path, name = _model_ref(req["model"])
+        path, name = model_ref(req["model"])
         req["model"] = os.path.abspath(path) + (":" + name if name else "")
-        req["model_sha256"] = _file_sha256(path)
+        req["model_sha256"] = file_sha256(path)
     return req
-
-
-def _model_ref(ref: str) -> tuple[str, str]:
-    """``(path, name)`` of ``file.py[:name]``."""
-    path, sep, name = ref.partition(":") if not os.path.exists(ref) else (ref, "", "")
-    return path, name
-
-
-def _file_sha256(path: str) -> str:
-    try:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    except OSError as err:
-        raise CLIError(f"model file {path!r} cannot be read ({err.strerror or err})") from None
 
 
 def _build(req: dict[str, Any], x: torch.Tensor, seed_given: bool = False):
@@ -144,15 +159,13 @@ def _build(req: dict[str, Any], x: torch.Tensor, seed_given: bool = False):
         obj = builtin_spec(req["width"], req["depth"], req["activation"], req["w_std"], req["b_std"], req["outputs"])
     is_module = isinstance(obj, torch.nn.Module)
     if req["analytic"]:
-        if is_module:
-            raise CLIError("--analytic needs a torchntk.layers spec; the model file gives an nn.Module "
-                           "(drop --analytic for its empirical NTK)")
-        return obj, None
+        return (_from_module(obj, req) if is_module else obj), None
     if is_module:
         if seed_given:
             raise CLIError("--seed draws the network of a spec; the model file gives an nn.Module with "
                            "its own weights (drop --seed)")
-        module = obj.double().eval()
+        check_deterministic(obj)   # the Python API's check: a train-mode BatchNorm/Dropout is refused
+        module = obj.double()
     else:
         gen = torch.Generator().manual_seed(int(req["seed"]))
         try:
@@ -162,6 +175,17 @@ def _build(req: dict[str, Any], x: torch.Tensor, seed_given: bool = False):
                            f"{type(err).__name__}: {err}") from None
     _check_forward(module, x)
     return None, module
+
+
+def _from_module(model: torch.nn.Module, req: dict[str, Any]):
+    """The infinite-width spec of a model file's module, by :func:`torchntk.layers.from_module`
+    (``--w-std``/``--b-std`` as its ``W_std``/``b_std`` when given); the spec is printed."""
+    from ..layers import from_module
+
+    scales = {name: req[k] for k, name in _FROM_MODULE_SCALES.items() if req.get(k) is not None}
+    spec = from_module(model, **scales)
+    print(f"infinite-width limit of the model (torchntk.layers.from_module): {spec!r}")
+    return spec
 
 
 def _check_forward(module: torch.nn.Module, x: torch.Tensor) -> None:
@@ -215,78 +239,10 @@ def _kernel_fn(req: dict[str, Any], x: torch.Tensor, seed_given: bool = False):
 
 
 def _inputs(req: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    if not req["data"]:
-        raise CLIError("--data is required (a .npz/.pt file with array 'x', or a .npy)")
-    x, _ = load_data(req["data"])
-    xt = None
-    if req["test"]:
-        xt, _ = load_data(req["test"])
-        if xt.shape[1:] != x.shape[1:]:
-            raise CLIError(f"--test inputs have per-example shape {tuple(xt.shape[1:])}, "
-                           f"--data has {tuple(x.shape[1:])}")
-    return x, xt
-
-
-#: Types of the request fields recorded in a store (checked before a resume uses them).
-_REQUEST_TYPES = {"data": str, "test": (str, type(None)), "model": (str, type(None)), "width": int,
-                  "depth": int, "activation": str, "w_std": (int, float), "b_std": (int, float),
-                  "outputs": int, "analytic": bool, "mode": str, "seed": int}
-
-
-def _stored_request(path: Path, store: Any) -> dict[str, Any]:
-    """The request recorded in a store by `torchntk kernel`, checked field by field."""
-    req = store.manifest.get("identity")
-    if not isinstance(req, dict) or req.get("command") != "kernel":
-        raise CLIError(f"{str(path)!r} was not written by `torchntk kernel`; resume it from Python "
-                       "with torchntk.scale.resume")
-    req = dict(req)
-    req.pop("command")
-    for key, kind in _REQUEST_TYPES.items():
-        if key not in req or not isinstance(req[key], kind) or (kind is int and isinstance(req[key], bool)):
-            raise CLIError(f"the kernel store {str(path)!r} has corrupt metadata: its recorded request "
-                           f"has {key}={req.get(key)!r}; delete the store and compute it again")
-    if req["model"] is not None and not isinstance(req.get("model_sha256"), str):
-        raise CLIError(f"the kernel store {str(path)!r} records no sha256 of its model file (corrupt, or "
-                       "written by an older torchntk): delete the store and compute it again")
-    return req
-
-
-def _resume(args: argparse.Namespace, progress: bool) -> int:
-    from ..scale import KernelStore, resume
-
-    path = Path(args.resume)
-    if not path.exists():
-        raise CLIError(f"cannot resume {str(path)!r}: no store there")
-    req = _stored_request(path, KernelStore.open(path))
-    identity = {"command": "kernel", **req}
-    if req["model"] is None:
-        if args.model:
-            raise CLIError(f"{str(path)!r} was computed from the built-in network, not a model file: drop --model")
-    else:
-        # never import the file the store names: the user names it, and it must be the recorded one
-        stored_path, stored_name = _model_ref(req["model"])
-        if not args.model:
-            raise CLIError(f"{str(path)!r} was computed from the model file {stored_path!r}: pass --model "
-                           "with that file to resume (a store never runs code it names)")
-        given_path, given_name = _model_ref(args.model)
-        if not os.path.exists(given_path):
-            raise CLIError(f"model file {given_path!r} does not exist")
-        if given_name != stored_name:
-            raise CLIError(f"--model names {given_name or 'the default object'!r} but the store was computed "
-                           f"from {stored_name or 'the default object'!r} of its model file")
-        if _file_sha256(given_path) != req["model_sha256"]:
-            raise CLIError(f"--model {given_path!r} is not the model file the store was computed from "
-                           f"(its sha256 differs from the recorded {req['model_sha256'][:12]}...)")
-        req["model"] = given_path + (":" + given_name if given_name else "")
-    x, xt = _inputs(req)
-    fn = _kernel_fn(req, x)
-    x1, x2 = (x, None) if xt is None else (xt, x)
-    store = resume(path, fn, x1, x2, identity=identity, executor=args.executor, scheduler=args.scheduler,
-                   progress=progress)
-    run = store.last_run
-    repaired = f" ({run['repaired']} of them damaged)" if run.get("repaired") else ""
-    print(f"resumed {path}: {run['computed']} tiles computed{repaired}, {run['skipped']} already there")
-    return 0
+    """Train and test inputs of the request (a built-in dataset or files)."""
+    got = load_inputs(req["data"], req["test"], n_train=req.get("n_train"), n_test=req.get("n_test"),
+                      data_seed=req.get("data_seed"))
+    return got.x, got.x_test
 
 
 def run(args: argparse.Namespace) -> int:
@@ -294,28 +250,48 @@ def run(args: argparse.Namespace) -> int:
 
     progress = not args.no_progress
     if args.resume:
-        return _resume(args, progress)
+        from ._resume import resume_store
+
+        return resume_store(args, progress)
     seed_given = args.seed is not None
     if args.seed is None:
         args.seed = 0
     req = _request(args)
-    out = Path(args.out)
+    out = Path(args.out or "kernel.npz")
     if out.suffix not in (".npz", ".pt", ".zarr"):
         raise CLIError(f"--out must end in .npz, .pt or .zarr, got {str(out)!r}")
-    check_writable(out)
+    if args.features is not None and out.suffix == ".zarr":
+        raise CLIError(f"with --features, --out must end in .npz or .pt, got {str(out)!r}")
+    if out.suffix == ".zarr":
+        check_writable(out)
+    else:
+        check_new(out, args.force)
     if args.features is not None:
         return _features(args, req, out)
     x, xt = _inputs(req)
     if out.suffix == ".zarr":
         fn = _kernel_fn(req, x, seed_given)
         x1, x2 = (x, None) if xt is None else (xt, x)   # with --test the store holds Theta(test, train)
-        store = tiled_kernel(fn, x1, x2, out=out, block_size=args.block_size, memory=args.memory, executor=args.executor,
+        _replace_store(out, args.force)                 # only once the request is known to be valid
+        store = tiled_kernel(fn, x1, x2, out=out, block_size=args.block_size, memory=args.memory or "2GiB",
+                             executor=args.executor,
                              scheduler=args.scheduler, identity={"command": "kernel", **req}, resume=True,
                              progress=progress)
         print(f"wrote {out}: {', '.join(f'{n} {store.shape(n)}' for n in store.names)} "
               f"({store.last_run['computed']} tiles computed, {store.last_run['skipped']} already there)")
         return 0
-    if args.block_size is not None or args.executor != "inprocess" or args.scheduler:
-        raise CLIError("--block-size/--executor/--scheduler apply to a .zarr output only")
+    if args.block_size is not None or args.memory is not None or args.executor != "inprocess" or args.scheduler:
+        raise CLIError("--block-size/--memory/--executor/--scheduler apply to a .zarr output only")
     arrays = _compute(req, x, xt, seed_given)
-    return _save(out, arrays)
+    return _save(out, arrays, x, xt)
+
+
+def _replace_store(out: Path, force: bool) -> None:
+    """A ``.zarr`` output: an existing store is continued (the same request; any other is refused
+    by ``tiled_kernel``) or, with ``force``, deleted first; anything else there is refused."""
+    if not out.exists() or not force:
+        return
+    if not (out.is_dir() and (out / "zarr.json").is_file()):
+        raise CLIError(f"--out {str(out)!r} exists and is not a kernel store: --force deletes only a store "
+                       "(remove it yourself, or choose another path)")
+    shutil.rmtree(out)

@@ -8,7 +8,10 @@ in feature space instead (:func:`torchntk.features.mse`, cost ``N M^2``); so is 
 without a kernel file: the random features of the built-in network's NTK (``--depth``,
 ``--activation``, ``--w-std``, ``--b-std``, drawn by ``--seed``) are computed from the data in
 batches and streamed, so no ``N x N`` kernel or ``N x M`` matrix is ever held.
-``f_0 = 0`` (the mean over initializations). Uses :func:`torchntk.dynamics.mse`.
+``f_0 = 0`` (the mean over initializations). Uses :func:`torchntk.dynamics.mse`. ``--data`` is a
+built-in dataset (its test split scores the test predictions) or a file; a kernel file computed
+on other inputs than those given is refused (its recorded fingerprint differs), one without a
+fingerprint is used with a warning.
 
 Output by the extension of ``--out``: ``.npz`` or ``.pt`` (arrays ``t`` (T,), ``f_train`` (T, N, O),
 ``train_cost`` (T,) [, ``f_test`` (T, M, O)]), ``.json`` (RFC 8259: the summary and predictions, with
@@ -28,23 +31,31 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._common import CLIError, builtin_spec, check_writable, json_safe, load_data, load_kernels, parse_times
+from .._kernel_checks import check_kernel
+from ..errors import TorchNTKError
+from ._common import CLIError, builtin_spec, check_new, json_safe, load_kernels, parse_times, plain
+from ._datasets import Inputs, add_split_arguments, load_inputs
+from ._fingerprint import check_inputs, warn
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="predict training outputs over time from saved kernels",
-                       description=__doc__.split("\n\n")[1])
+                       description=plain(__doc__.split("\n\n")[1]))
     p.add_argument("--kernel", help="kernel file from `torchntk kernel`: .npz, .pt or .zarr")
-    p.add_argument("--data", help="training data with targets 'y' (the kernel's N rows)")
+    p.add_argument("--data", help="training data with targets 'y' (the kernel's N rows): a built-in dataset "
+                                   "(digits, mnist1d, circle: its test split scores the test predictions) or a file")
     p.add_argument("--test-data", dest="test_data", default=None,
-                   help="held-out data with 'y' to score the test predictions (optional)")
+                   help="held-out data file with 'y' to score the test predictions (optional)")
+    add_split_arguments(p, as_given=True)
     p.add_argument("--t", default="0,1,10,100,1000,inf", help="comma-separated times, 'inf' allowed")
     p.add_argument("--learning-rate", dest="learning_rate", type=float, default=None,
                    help="gradient descent with this step (t counts steps); default: gradient flow")
     p.add_argument("--diag-reg", dest="diag_reg", type=float, default=0.0,
                    help="ridge: Theta + diag_reg * mean(diag Theta) * I (default 0)")
     p.add_argument("--out", default="predictions.npz",
-                   help="output by extension: .npz/.pt (t, f_train, train_cost, f_test), .json or .csv")
+                   help="output by extension: .npz/.pt (t, f_train, train_cost, f_test), .json or .csv "
+                        "(default predictions.npz); an existing file is refused unless --force")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out")
     p.add_argument("--features", type=int, default=None, metavar="M",
                    help="instead of --kernel: train on M random features of the built-in network's NTK, "
                         "computed from --data/--test-data (torchntk.features)")
@@ -76,27 +87,28 @@ def _from_features(arrays: dict, y: torch.Tensor, args: argparse.Namespace) -> d
 
 def _feature_rows(args: argparse.Namespace) -> tuple[dict, torch.Tensor]:
     """``--features M``: the streamed NTK feature rows of the train (and test) inputs, and ``y``."""
-    from ..errors import TorchNTKError
     from ..features import FeatureMap
 
     if args.kernel:
         raise CLIError("--features computes the features from --data: drop --kernel (or --features)")
     if args.features < 2:
         raise CLIError(f"--features must be an int >= 2, got {args.features}")
-    x, y = load_data(args.data, need_y=True)
+    got = _inputs(args)
+    x = got.x
     spec = builtin_spec(512, args.depth, str(args.activation).lower(), args.w_std, args.b_std, 1)
     try:
         fm = FeatureMap(spec, args.features, seed=args.seed)
         out = {"ntk": _FeatureKernel(fm.rows(x), x.shape[0])}
-        if args.test_data:
-            xt, _ = load_data(args.test_data)
-            if xt.shape[1:] != x.shape[1:]:
-                raise CLIError(f"--test-data inputs have per-example shape {tuple(xt.shape[1:])}, "
-                               f"--data has {tuple(x.shape[1:])}")
-            out["ntk_test_train"] = _FeatureKernel(fm.rows(xt), x.shape[0])
+        if got.x_test is not None:
+            out["ntk_test_train"] = _FeatureKernel(fm.rows(got.x_test), x.shape[0])
     except TorchNTKError as err:
         raise CLIError(str(err)) from None
-    return out, y
+    return out, got
+
+
+def _inputs(args: argparse.Namespace) -> Inputs:
+    return load_inputs(args.data, args.test_data, n_train=args.n_train, n_test=args.n_test,
+                       data_seed=args.data_seed, need_y=True, test_flag="--test-data")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -105,12 +117,14 @@ def run(args: argparse.Namespace) -> int:
     if args.features is not None:
         if not args.data:
             raise CLIError("--data is required")
-        kernels, y = _feature_rows(args)
+        kernels, got = _feature_rows(args)
     else:
         if not args.kernel or not args.data:
             raise CLIError("--kernel and --data are required (or --features M and --data)")
         kernels = load_kernels(args.kernel)
-        _, y = load_data(args.data, need_y=True)
+        got = _inputs(args)
+    record = kernels.inputs if args.features is None else False     # False: computed here, nothing to check
+    y = got.y
     if "phi_ntk" in kernels and "ntk" not in kernels:  # a features file of `torchntk kernel --features`
         kernels = _from_features(kernels, y, args)
     if "ntk" not in kernels:
@@ -124,13 +138,12 @@ def run(args: argparse.Namespace) -> int:
     Kt = kernels.get("ntk_test_train")
     if Kt is not None and Kt.shape[1] != K.shape[0]:
         raise CLIError(f"ntk_test_train has {Kt.shape[1]} columns but the training kernel has {K.shape[0]} rows")
-    y_test = None
-    if args.test_data:
-        _, y_test = load_data(args.test_data, need_y=True)
+    y_test = got.y_test if Kt is not None or not got.builtin else None   # a train-only kernel of a dataset
+    if y_test is not None:
         if Kt is None:
             raise CLIError("--test-data given but the kernel file has no 'ntk_test_train' (run `torchntk kernel --test`)")
         if y_test.shape[0] != Kt.shape[0]:
-            raise CLIError(f"ntk_test_train has {Kt.shape[0]} rows but {args.test_data!r} has {y_test.shape[0]} targets")
+            raise CLIError(f"ntk_test_train has {Kt.shape[0]} rows but {got.test_label} has {y_test.shape[0]} targets")
     out = Path(args.out)
     if out.suffix.lower() not in _WRITERS:
         raise CLIError(f"--out must end in {', '.join(_WRITERS)}, got {str(out)!r}")
@@ -139,7 +152,16 @@ def run(args: argparse.Namespace) -> int:
         finite = t[torch.isfinite(t)]
         if not torch.equal(finite, finite.round()):
             raise CLIError("with --learning-rate, --t counts steps: use whole numbers (or inf)")
-    check_writable(out)
+    check_new(out, args.force)
+    unchecked = None
+    if record is not False:
+        unchecked = check_inputs(args.kernel, record, got.x, got.x_test if y_test is not None else None,
+                                 data=got.label, test=got.test_label)
+    if not isinstance(K, _FeatureKernel):
+        try:   # the library's kernel validation (shape, finite, symmetric, PSD minors), named by the file
+            check_kernel("ntk", K)
+        except TorchNTKError as err:
+            raise CLIError(f"kernel file {args.kernel!r}: {err}") from None
     if isinstance(K, _FeatureKernel):
         from ..features import mse as feature_mse
 
@@ -170,6 +192,7 @@ def run(args: argparse.Namespace) -> int:
         arrays["f_test"] = f_test
     _WRITERS[out.suffix.lower()](out, arrays, summary)
     print(f"wrote {out}")
+    warn(unchecked)
     return 0
 
 

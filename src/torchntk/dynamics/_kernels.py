@@ -17,53 +17,19 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
-from .._checks import check_choice, check_finite
+from .._checks import check_choice
+from .._kernel_checks import as_tensor, check_eigenvalues, check_kernel, eigh_psd, pinv_eigenvalues
 from ..empirical import flatten_kernel
 from ..errors import InvalidArgumentError, ShapeError
 
+# The kernel checks of the package's floor, used through this module by every dynamics function.
+__all__ = ["DEFAULT_DTYPE", "TrainKernel", "as_tensor", "check_eigenvalues", "check_kernel", "cross_kernel",
+           "eigh_psd", "outputs_like", "pinv_eigenvalues", "regularize", "ridge", "targets", "times",
+           "train_kernel"]
+
 DEFAULT_DTYPE = torch.float64
-
-# Relative size (to the largest eigenvalue) below which a negative eigenvalue is taken for
-# round-off and clamped to zero; anything more negative means "not a PSD kernel".
-PSD_RTOL = {torch.float64: 1e-7, torch.float32: 1e-4}
-
-
-def as_tensor(
-    name: str,
-    value: Any,
-    *,
-    dtype: torch.dtype | None = DEFAULT_DTYPE,
-    device: torch.device | str | None = None,
-    finite: bool = True,
-) -> torch.Tensor:
-    """Convert ``value`` (tensor, numpy array, list or number) to a floating tensor.
-
-    The tensor keeps its device unless ``device`` is given; it is cast to ``dtype``
-    (``None`` keeps a floating dtype, and casts integers to float64).
-    """
-    if isinstance(value, torch.Tensor):
-        out = value
-    elif isinstance(value, (np.ndarray, np.generic, list, tuple, int, float)):
-        try:
-            out = torch.as_tensor(np.asarray(value))
-        except (TypeError, ValueError) as err:
-            raise InvalidArgumentError(f"`{name}` could not be converted to a tensor: {err}")
-    else:
-        raise InvalidArgumentError(
-            f"`{name}` must be a torch.Tensor or a numpy array, got {type(value).__name__}"
-        )
-    if out.is_complex():
-        raise InvalidArgumentError(f"`{name}` must be real, got dtype {out.dtype}")
-    target = dtype if dtype is not None else (
-        out.dtype if out.is_floating_point() else DEFAULT_DTYPE
-    )
-    out = out.to(device=device if device is not None else out.device, dtype=target)
-    if finite:
-        check_finite(name, out)
-    return out
 
 
 @dataclass(frozen=True)
@@ -82,18 +48,13 @@ class TrainKernel:
     source_dtype: torch.dtype = DEFAULT_DTYPE
 
 
-def train_kernel(
-    name: str, value: Any, *, dtype: torch.dtype | None = DEFAULT_DTYPE, sym_rtol: float = 1e-6
-) -> TrainKernel:
-    """Validate a train-train kernel: square ``(N, N)`` or ``(N, N, O, O)``, finite, symmetric."""
-    k = as_tensor(name, value, dtype=None)
+def train_kernel(name: str, value: Any, *, dtype: torch.dtype | None = DEFAULT_DTYPE) -> TrainKernel:
+    """Validate a train-train kernel ``(N, N)`` or ``(N, N, O, O)`` by
+    :func:`torchntk._kernel_checks.check_kernel` (finite, symmetric, the O(N^2) conditions of
+    PSD) on its 2-D form; the returned matrix is symmetrized."""
+    k = as_tensor(name, value, dtype=None, finite=False)
     source_dtype = k.dtype
-    k = k.to(dtype if dtype is not None else k.dtype)
     if k.ndim == 2:
-        if k.shape[0] != k.shape[1]:
-            raise ShapeError(
-                f"`{name}` must be a square (N, N) kernel, got shape {tuple(k.shape)}"
-            )
         n, o, full, mat = k.shape[0], None, False, k
     elif k.ndim == 4:
         if k.shape[0] != k.shape[1] or k.shape[2] != k.shape[3]:
@@ -106,16 +67,10 @@ def train_kernel(
             f"`{name}` must be a scalar (N, N) or full (N, N, O, O) kernel, "
             f"got a {k.ndim}-D tensor of shape {tuple(k.shape)}"
         )
-    if n == 0 or (o is not None and o == 0):
+    if mat.numel() == 0:
         raise ShapeError(f"`{name}` is empty (shape {tuple(k.shape)})")
-    scale = float(mat.abs().max())
-    asym = float((mat - mat.T).abs().max())
-    if asym > sym_rtol * max(scale, 1e-300) and asym > 0:
-        raise InvalidArgumentError(
-            f"`{name}` must be symmetric; max |K - K^T| = {asym:.3g} "
-            f"(max |K| = {scale:.3g})"
-        )
-    return TrainKernel(0.5 * (mat + mat.T), n, o, full, source_dtype)
+    mat = check_kernel(name, mat, dtype=dtype, source_dtype=source_dtype)
+    return TrainKernel(mat, n, o, full, source_dtype)
 
 
 def cross_kernel(
@@ -218,49 +173,3 @@ def ridge(diag_reg: float, diag_reg_mode: str, mean_diagonal: Callable[[], float
     if diag_reg == 0:
         return 0.0
     return diag_reg * (mean_diagonal() if diag_reg_mode == "relative" else 1.0)
-
-
-def eigh_psd(name: str, mat: torch.Tensor, input_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eigendecomposition ``mat = Q diag(lam) Q^T`` with round-off negatives clamped to 0.
-
-    Eigenvalues down to ``-PSD_RTOL * lam_max`` (1e-7 for float64 input, 1e-4 for float32 or
-    lower) are round-off of a PSD kernel and are set to exactly 0; anything more negative
-    raises, naming ``name``.
-
-    On the CPU the decomposition is LAPACK's divide-and-conquer ``syevd`` through
-    ``scipy.linalg.eigh`` (measured 1.2-2x faster than ``torch.linalg.eigh`` on an AMD CPU,
-    where torch's MKL build is slow); elsewhere (GPU) it is ``torch.linalg.eigh``.
-    """
-    if mat.device.type == "cpu" and mat.dtype in (torch.float32, torch.float64):
-        import scipy.linalg
-
-        w, v = scipy.linalg.eigh(mat.numpy(), driver="evd", check_finite=False)
-        lam, q = torch.from_numpy(w), torch.from_numpy(v)
-    else:
-        lam, q = torch.linalg.eigh(mat)
-    return check_psd(name, lam, input_dtype), q
-
-
-def check_psd(name: str, lam: torch.Tensor, input_dtype: torch.dtype) -> torch.Tensor:
-    """Ascending eigenvalues ``lam`` of a kernel with round-off negatives set to 0 (see
-    :func:`eigh_psd`); raises ``InvalidArgumentError`` naming ``name`` below
-    ``-PSD_RTOL * lam_max``."""
-    top = float(lam[-1]) if lam.numel() else 0.0
-    rtol = PSD_RTOL.get(input_dtype, 1e-4)
-    low = float(lam[0]) if lam.numel() else 0.0
-    if low < -rtol * max(abs(top), 1e-300):
-        raise InvalidArgumentError(
-            f"`{name}` is far from positive semi-definite: smallest eigenvalue {low:.3g}, "
-            f"largest {top:.3g} (tolerated: -{rtol:g} * largest)"
-        )
-    return lam.clamp_min(0.0)
-
-
-def pinv_eigenvalues(lam: torch.Tensor) -> torch.Tensor:
-    """``1 / lam`` on the modes of the pseudo-inverse, 0 on the others, shape of ``lam``.
-
-    ``lam`` (D,) are the eigenvalues of a PSD kernel in ascending order; a mode is kept when
-    ``lam > lam_max * D * eps`` (``eps`` of ``lam``'s dtype), the rank cut of ``numpy.linalg.pinv``.
-    """
-    cut = float(lam[-1]) * lam.shape[0] * torch.finfo(lam.dtype).eps
-    return torch.where(lam > cut, 1.0 / lam.clamp_min(cut), torch.zeros_like(lam))
