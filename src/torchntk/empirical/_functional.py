@@ -101,6 +101,8 @@ class Functional:
             parameters in neither dict are taken from the module as they are.
         raw: the user's function ``(params, x) -> (N, O) or (N,)`` (plain-function models).
         output: the output selector (see :func:`select_output`).
+        slots: for a module, each parameter's name -> the names of the distinct attribute
+            slots holding it (:func:`parameter_slots`; filled in from ``module``).
     """
 
     params: dict[str, torch.Tensor]
@@ -108,11 +110,19 @@ class Functional:
     frozen: dict[str, torch.Tensor] = field(default_factory=dict)
     raw: Callable | None = None
     output: OutputSelector = None
+    slots: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.module is not None and not self.slots:
+            self.slots = parameter_slots(self.module)
 
     def raw_call(self, params: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """The selected output tensor as the model returns it (no reshaping)."""
         if self.module is not None:
-            out = functional_call(self.module, {**self.frozen, **params}, (x,))
+            values = {**self.frozen, **params}
+            slots = self.slots
+            values = {s: v for n, v in values.items() for s in slots.get(n, (n,))}
+            out = functional_call(self.module, values, (x,), tie_weights=False)
         else:
             out = self.raw(dict(params), x)
         return select_output(out, self.output)
@@ -184,6 +194,31 @@ def _input_error(name: str, x: torch.Tensor, fm: Functional, err: Exception) -> 
     )
 
 
+def parameter_slots(module: nn.Module) -> dict[str, tuple[str, ...]]:
+    """Each parameter of ``module`` (by its ``named_parameters()`` name) -> the names of the
+    distinct ``(module, attribute)`` slots that hold it.
+
+    A parameter shared by two modules (``m2.weight = m1.weight``) sits in two slots; a module
+    registered under two names (``Sequential(lin, act, lin)``) gives its parameters two names
+    but one slot each. ``functional_call`` must set every slot once: a slot set twice under two
+    names is restored from the value of the first swap, and the model keeps a plain tensor in
+    place of its parameter.
+    """
+    slots: dict[str, list[str]] = {}
+    first: dict[int, str] = {}
+    seen: set[tuple[int, str]] = set()
+    for mname, m in module.named_modules(remove_duplicate=False):
+        for attr, p in m._parameters.items():
+            if p is None:
+                continue
+            name = f"{mname}.{attr}" if mname else attr
+            canon = first.setdefault(id(p), name)
+            if (id(m), attr) not in seen:
+                seen.add((id(m), attr))
+                slots.setdefault(canon, []).append(name)
+    return {n: tuple(v) for n, v in slots.items()}
+
+
 def check_deterministic(module: nn.Module) -> None:
     """Raise ModelStateError for train-mode BatchNorm/Dropout (or BatchNorm without stats)."""
     for name, m in module.named_modules():
@@ -204,8 +239,14 @@ def check_deterministic(module: nn.Module) -> None:
             )
 
 
-def select_names(named: Mapping[str, torch.Tensor], params: ParamSelector) -> list[str]:
-    """The names of ``named`` (in model order) that the selector ``params`` picks."""
+def select_names(
+    named: Mapping[str, torch.Tensor], params: ParamSelector, aliases: Mapping[str, str] | None = None
+) -> list[str]:
+    """The names of ``named`` (in model order) that the selector ``params`` picks.
+
+    ``aliases`` maps every other name of a shared parameter (``model.named_parameters(
+    remove_duplicate=False)``) to its name in ``named``, so a list may use either.
+    """
     if params is None:
         return [n for n, p in named.items() if p.requires_grad]
     if callable(params):
@@ -219,7 +260,8 @@ def select_names(named: Mapping[str, torch.Tensor], params: ParamSelector) -> li
                 raise InvalidArgumentError(
                     f"`params` must list parameter names (str), got an item {key!r}"
                 )
-            hits = [n for n in named if n == key or n.startswith(key + ".")]
+            every = {**{n: n for n in named}, **(aliases or {})}
+            hits = [c for n, c in every.items() if n == key or n.startswith(key + ".")]
             if not hits:
                 raise InvalidArgumentError(
                     f"`params` names {key!r}, which is neither a parameter nor a module of the "
@@ -259,7 +301,9 @@ def make_functional(
                 "an nn.Module pass parameter names or a predicate (name, param) -> bool"
             )
         named = dict(model.named_parameters())
-        names = select_names(named, params)
+        canon = {id(p): n for n, p in named.items()}
+        aliases = {n: canon[id(p)] for n, p in model.named_parameters(remove_duplicate=False) if n not in named}
+        names = select_names(named, params, aliases)
         if not names:
             if params is None:
                 raise ModelStateError(
