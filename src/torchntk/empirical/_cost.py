@@ -137,6 +137,7 @@ class Entry:
     probe: tuple
     out_dim: int
     failed: set = field(default_factory=set)
+    per_example: bool = False  # the model passed :func:`._guards.check_per_example`
 
 
 def _key(fm: Functional, x1: torch.Tensor) -> tuple:

@@ -176,6 +176,15 @@ def _input_error(name: str, x: torch.Tensor, fm: Functional, err: Exception) -> 
             f"`{name}` has dtype {x.dtype} but the model's parameters are {dt}; the model failed "
             f"on it ({reason}). Cast one to the other, e.g. {name}.to({dt})"
         )
+    ids = ids_error({name: x}, fm, err)
+    if ids is not None:
+        return ids
+    if not x.is_floating_point() and (_is_dtype_message(str(err)) or not embeddings(fm)):
+        return InvalidArgumentError(
+            f"`{name}` holds integers ({x.dtype}) but the model computes in {dt} and failed on "
+            f"them ({reason}): a dtype problem, not a shape one. Integer inputs are for models "
+            f"that look them up (token ids of an nn.Embedding); for numbers pass {name}.to({dt})"
+        )
     dev = next(iter(fm.params.values())).device
     if x.device != dev:
         return InvalidArgumentError(
@@ -217,6 +226,38 @@ def parameter_slots(module: nn.Module) -> dict[str, tuple[str, ...]]:
                 seen.add((id(m), attr))
                 slots.setdefault(canon, []).append(name)
     return {n: tuple(v) for n, v in slots.items()}
+
+
+def _is_dtype_message(msg: str) -> bool:
+    return any(k in msg for k in ("dtype", "scalar type", "Long", "Int", "not implemented for"))
+
+
+def embeddings(fm: Functional) -> list[tuple[str, int]]:
+    """``(name, num_embeddings)`` of every ``nn.Embedding`` of the model (none for a function)."""
+    if fm.module is None:
+        return []
+    return [(n or type(m).__name__, m.num_embeddings) for n, m in fm.module.named_modules() if isinstance(m, nn.Embedding)]
+
+
+def ids_error(inputs: Mapping[str, torch.Tensor | None], fm: Functional, err: BaseException) -> Exception | None:
+    """The error for token ids out of range of the model's embedding (an ``IndexError`` of the
+    lookup), naming the arguments whose ids fall outside; ``None`` if ``err`` is not that."""
+    msg = str(err)
+    ints = {n: x for n, x in inputs.items() if x is not None and not x.is_floating_point()}
+    if not ints or not (isinstance(err, IndexError) or "index out of range" in msg or "out of bounds" in msg):
+        return None
+    embs = embeddings(fm)
+    size = max((k for _, k in embs), default=None)
+    ranges = {n: (int(x.min()), int(x.max())) for n, x in ints.items()}
+    blamed = [n for n, (lo, hi) in ranges.items() if lo < 0 or (size is not None and hi >= size)] or list(ranges)
+    held = "; ".join(f"`{n}` holds ids from {ranges[n][0]} to {ranges[n][1]}" for n in blamed)
+    table = ", ".join(f"{n!r}: num_embeddings={k} (ids 0..{k - 1})" for n, k in embs) or "none found"
+    first = msg.strip().splitlines()[0] if msg.strip() else ""
+    return InvalidArgumentError(
+        f"token ids out of range for the model's embedding: {held}; the model's nn.Embedding "
+        f"layers: {table}. The lookup failed with {type(err).__name__}: {first}. Pass ids in "
+        "range (or enlarge the embedding)"
+    )
 
 
 def check_deterministic(module: nn.Module) -> None:

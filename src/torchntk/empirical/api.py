@@ -15,7 +15,8 @@ from . import _cost
 from .._memory import memory_budget
 from ._blocks import compute_tiled, plan_block
 from ._failures import failing_operation, is_capability_error, unsupported
-from ._functional import OutputSelector, ParamSelector, make_functional, plain_input
+from ._guards import check_finite_model, check_kernel_finite, check_per_example, in_place_error
+from ._functional import OutputSelector, ParamSelector, ids_error, make_functional, plain_input
 from ._modes import MODES
 
 IMPLEMENTATIONS = ("auto", "jacobian", "ntvp", "structured", "autograd")
@@ -123,12 +124,27 @@ def empirical_ntk(
     if not isinstance(per_layer, bool):
         raise InvalidArgumentError(f"`per_layer` must be True or False, got {per_layer!r}")
     budget = memory_budget(memory)
+    fm = make_functional(model, params, output)
+    x1 = plain_input(x1)
+    x2 = None if x2 is None else plain_input(x2)
+    try:
+        return _compute(fm, x1, x2, mode, implementation, per_layer, block_size, budget, accumulate_dtype)
+    except IndexError as err:
+        explained = ids_error({"x1": x1, "x2": x2}, fm, err)
+        if explained is None:
+            raise
+        raise explained from err
+
+
+def _compute(fm, x1, x2, mode, implementation, per_layer, block_size, budget, accumulate_dtype):
+    """:func:`empirical_ntk` after the argument checks: plan, run, fall back, check."""
     # Derivatives are needed even when the caller is in no_grad or inference mode.
     with torch.inference_mode(False), torch.enable_grad():
-        fm = make_functional(model, params, output)
-        x1 = plain_input(x1)
-        x2 = None if x2 is None else plain_input(x2)
+        check_finite_model(fm)
         entry = _cost.entry(fm, x1)  # runs the model on a few examples on a plan-cache miss
+        if not entry.per_example:
+            check_per_example(fm, x1[:2] if x1.shape[0] > 1 or x2 is None else torch.cat([x1, x2[:1]]))
+            entry.per_example = True
         n2 = x1.shape[0] if x2 is None else x2.shape[0]
         plans, _ = _cost.candidates(
             fm, x1, n2, entry.out_dim, mode, implementation, budget, per_layer, accumulate_dtype, entry
@@ -140,10 +156,13 @@ def empirical_ntk(
             if _LOG.isEnabledFor(logging.DEBUG):
                 _LOG.debug("empirical_ntk: implementation %r, blocks of %d examples", plan.backend.name, block)
             try:
-                return compute_tiled(plan.backend, x1, x2, mode, per_layer, block, accumulate_dtype)
+                kernel = compute_tiled(plan.backend, x1, x2, mode, per_layer, block, accumulate_dtype)
             except Exception as err:
                 if not is_capability_error(err):
                     raise
+                stop = in_place_error(fm, x1, err)
+                if stop is not None:
+                    raise stop from err
                 name = plan.backend.name
                 if implementation != "auto" or k + 1 == len(plans):
                     raise unsupported(name, err) from err
@@ -153,8 +172,11 @@ def empirical_ntk(
                     f"{failing_operation(err)}); using {plans[k + 1].backend.name!r} instead. "
                     "implementation='auto' remembers this for this model.",
                     RuntimeWarning,
-                    stacklevel=2,
+                    stacklevel=3,
                 )
+                continue
+            check_kernel_finite(kernel, fm, x1, x2)
+            return kernel
         raise AssertionError("unreachable: the last plan returns or raises")  # pragma: no cover
 
 
