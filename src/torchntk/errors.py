@@ -29,6 +29,7 @@ __all__ = [
     "ConvergenceWarning",
     "AccuracyWarning",
     "StabilityWarning",
+    "BudgetWarning",
 ]
 
 
@@ -82,3 +83,8 @@ class AccuracyWarning(TorchNTKWarning):
 
 class StabilityWarning(TorchNTKWarning):
     """Gradient descent with a learning rate above ``max_learning_rate``: the iteration diverges."""
+
+
+class BudgetWarning(TorchNTKWarning):
+    """A memory budget too small to run efficiently (tiny blocks); the message gives the
+    budget that efficient blocks would need."""

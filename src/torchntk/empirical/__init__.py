@@ -9,7 +9,8 @@ factorization (:mod:`.structured`); ``linearize(model)`` is the first-order Tayl
 the current parameters. See ``docs/empirical.md``.
 """
 
+from ._report import EmpiricalNTKReport
 from .api import empirical_ntk, flatten_kernel
 from .linearize import Linearized, linearize
 
-__all__ = ["empirical_ntk", "flatten_kernel", "linearize", "Linearized"]
+__all__ = ["empirical_ntk", "flatten_kernel", "linearize", "Linearized", "EmpiricalNTKReport"]
