@@ -29,21 +29,31 @@ def _module_twice() -> nn.Module:
 
 
 class _Tied(nn.Module):
-    """A weight shared by two modules and a module registered under two names."""
+    """A weight shared by two modules, a module registered under two names, and an eval-mode
+    BatchNorm (buffers that must stay as they are)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.a, self.b, self.c = nn.Linear(3, 4), nn.Linear(4, 4), nn.Linear(4, 4)
         self.c.weight = self.b.weight
+        self.norm = nn.BatchNorm1d(4)
         self.head = nn.Linear(4, 2)
         self.alias = self.head
 
     def forward(self, x):
-        h = torch.tanh(self.c(torch.tanh(self.b(torch.tanh(self.a(x))))))
+        h = torch.tanh(self.c(torch.tanh(self.b(torch.tanh(self.norm(self.a(x)))))))
         return self.alias(h) + 0.5 * self.head(h)
 
 
-MODELS = {"module_twice": _module_twice, "tied": lambda: _Tied().to(DT)}
+def _tied() -> nn.Module:
+    model = _Tied().to(DT)
+    with torch.no_grad():
+        model.norm.running_mean.uniform_(-1, 1)
+        model.norm.running_var.uniform_(0.5, 2)
+    return model.eval()
+
+
+MODELS = {"module_twice": _module_twice, "tied": _tied}
 
 
 def _state(model: nn.Module) -> list:
@@ -102,7 +112,7 @@ def test_a_shared_module_is_selected_under_either_name():
 def test_linearize_of_a_tied_model_keeps_the_ties():
     """The linearized model at theta0 equals the model, and the original is unchanged."""
     torch.manual_seed(0)
-    model = _Tied().to(DT)
+    model = _tied()
     before = _state(model)
     lin = linearize(model)
     x = torch.randn(5, 3, dtype=DT)
