@@ -20,8 +20,12 @@ on the CNN at N = 32; and
 a scale line: the 4000 x 4000 "mean" kernel of an MLP with about a million parameters under
 ``memory="4GiB"``, run in a child process whose peak resident memory is reported.
 
-Torch and XLA run with one thread each by default (``--threads``): on a shared machine
-multi-threaded timings of small operations are dominated by thread contention. Everything runs
+Every contender gets the same thread budget (``--threads``, default 2) with its own default
+threading on: torch's intra-op threads, and XLA's multi-threaded Eigen with as many intra-op
+threads (never ``--xla_cpu_multi_thread_eigen=false``, which makes the peer single-threaded).
+The rows against the peer run each contender in its own process, one after the other
+(:func:`bench_peer_processes`); the header states the CPU, the load average and the commit.
+Everything runs
 in float32 (the peer's default; jax_enable_x64 is on, but the arrays are
 float32). Times are medians over repeats after one warm-up call; "first" is the time of that
 first call on a fresh copy of the model (torchntk plans and caches its plan then; the process's
@@ -228,7 +232,8 @@ def peer_kernel_fns(net: nn.Module, image_shape: tuple[int, int, int] | None = N
 
 def bench_peer(workload: str, fns: dict, net: nn.Module, x: torch.Tensor, x_peer, reps: int) -> None:
     """neural-tangents (compiled outside the timing) then torchntk "auto" on a fresh copy of
-    ``net``, both modes; ``x_peer`` is ``x`` in the peer's layout."""
+    ``net``, both modes, in this process; ``x_peer`` is ``x`` in the peer's layout. The fair
+    comparison, each contender in its own process, is :func:`bench_peer_processes`."""
     for mode in ("full", "mean"):
         t0 = time.perf_counter()
         fns[mode](x_peer)  # compile outside the timing; the compile-and-run is its first call
@@ -240,6 +245,103 @@ def bench_peer(workload: str, fns: dict, net: nn.Module, x: torch.Tensor, x_peer
         diff = rel_err(kt, torch.from_numpy(np.asarray(kp)))
         report(f"{workload} {mode} vs peer", "torchntk auto", tt, pt, None,
                f"peer/torchntk time {tp / tt:.2f}x; ran {CHOSEN.name}; rel. diff {diff:.1e}", first=ft)
+
+
+def _peer_inputs(model: str, n: int):
+    """The model (seeded) and inputs of one peer workload, in both layouts."""
+    X = digits()
+    if model == "mlp":
+        return make_mlp(), X[:n], None
+    imgs = X[:n].view(n, 1, 8, 8)
+    return make_cnn(), imgs, (1, 8, 8)
+
+
+def child_contender(contender: str, model: str, n: int, reps: int, out: str) -> None:
+    """Child process: time one contender on one workload, both modes; print one JSON line and
+    save the kernels to ``out`` (an .npz) for the parent's agreement check."""
+    import json
+
+    net, x, image_shape = _peer_inputs(model, n)
+    res, kernels = {}, {}
+    if contender == "peer":
+        peer = peer_kernel_fns(net, image_shape=image_shape)
+        if peer is None:
+            print("RESULT " + json.dumps({"error": "the peer does not import"}))
+            return
+        fns, jnp = peer
+        xp = jnp.asarray((x if image_shape is None else x.permute(0, 2, 3, 1)).numpy())
+        for mode in ("full", "mean"):
+            t0 = time.perf_counter()
+            fns[mode](xp)  # compile and run: its first call
+            first = time.perf_counter() - t0
+            t, peak, k, _ = measure(lambda: fns[mode](xp), reps)
+            res[mode], kernels[mode] = {"median": t, "first": first, "peak": peak}, np.asarray(k)
+    else:
+        for mode in ("full", "mean"):
+            fresh = copy.deepcopy(net)
+            t, peak, k, first = measure(lambda: torchntk.empirical_ntk(fresh, x, mode=mode), reps)
+            res[mode], kernels[mode] = {"median": t, "first": first, "peak": peak, "ran": CHOSEN.name}, k.numpy()
+    np.savez(out, **kernels)
+    print("RESULT " + json.dumps(res))
+
+
+def bench_peer_processes(threads: int, reps: int) -> None:
+    """The fair comparison with the peer: each contender in its own process with the same thread
+    budget and its own default threading on (torch: ``threads`` intra-op threads; XLA: its
+    multi-threaded Eigen with ``intra_op_parallelism_threads=threads``), run one after the
+    other; the ratios printed are the peer's median over torchntk's."""
+    import json
+    import tempfile
+
+    for model, n in (("mlp", 96), ("mlp", 256), ("cnn", 32)):
+        found = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            for contender in ("peer", "torchntk"):
+                out = os.path.join(tmp, f"{contender}.npz")
+                cmd = [sys.executable, __file__, "--child", contender, model, str(n), str(reps), out,
+                       "--threads", str(threads)]
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=_child_env(threads))
+                line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+                found[contender] = json.loads(line[-1][7:]) if line else {"error": proc.stderr[-1500:]}
+                if "error" not in found[contender]:
+                    found[contender]["kernels"] = dict(np.load(out))
+        if any("error" in r for r in found.values()):
+            print(f"{model.upper()} N={n} vs peer: skipped ({found})")
+            continue
+        for mode in ("full", "mean"):
+            p, t = found["peer"][mode], found["torchntk"][mode]
+            diff = rel_err(torch.from_numpy(found["torchntk"]["kernels"][mode]),
+                           torch.from_numpy(found["peer"]["kernels"][mode]))
+            w = f"{model.upper()} N={n} {mode} (processes)"
+            report(w, "neural-tangents", p["median"], p["peak"], None, first=p["first"])
+            report(w, "torchntk auto", t["median"], t["peak"], None,
+                   f"peer/torchntk time {p['median'] / t['median']:.2f}x; ran {t['ran']}; "
+                   f"first/warm {t['first'] / t['median']:.2f}; rel. diff {diff:.1e}", first=t["first"])
+
+
+def _child_env(threads: int) -> dict:
+    """The environment of a contender's process: ``threads`` for torch (OpenMP) and for XLA's
+    multi-threaded Eigen (left on, as is the peer's default)."""
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
+    if threads > 0:
+        env["OMP_NUM_THREADS"] = str(threads)
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=true "
+                            f"intra_op_parallelism_threads={threads}").strip()
+    return env
+
+
+def machine() -> str:
+    """The CPU, the load average and the commit, for the header of every run."""
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or "?"
+    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    return f"CPU {cpu} ({os.cpu_count()} cores), load average {load}, commit {commit}"
 
 
 # -- report ----------------------------------------------------------------------------------------
@@ -334,24 +436,21 @@ def scale_check() -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer repeats, no peer, no scale line")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="threads for torch and XLA (default 1: stable timings on a shared "
-                         "machine; 0 keeps the libraries' defaults)")
+    ap.add_argument("--threads", type=int, default=2,
+                    help="thread budget of every contender: torch's intra-op threads and XLA's "
+                         "multi-threaded Eigen (default 2; 0 keeps the libraries' defaults)")
     ap.add_argument("--tiny", action="store_true", help="small sizes: a smoke test of the script")
-    ap.add_argument("--only", nargs="+", choices=("mlp", "cnn", "bert", "peer", "scale"),
-                    help="run only these parts (default: all); 'peer' is the MLP and CNN rows "
-                         "against neural-tangents")
+    ap.add_argument("--only", nargs="+", choices=("mlp", "cnn", "bert", "peer", "peer-inprocess", "scale"),
+                    help="run only these parts (default: all but peer-inprocess); 'peer' is the MLP "
+                         "and CNN rows against neural-tangents, each contender in its own process; "
+                         "'peer-inprocess' the same in this process")
     ap.add_argument("--scale-check", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)  # contender model n repeats out.npz
     args = ap.parse_args()
     if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None:
         # Make glibc serve every large block by mmap and give it back on free, so that the
         # resident-memory rise of one call is not hidden by memory freed by an earlier one.
-        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
-        if args.threads > 0:
-            env["OMP_NUM_THREADS"] = str(args.threads)
-            env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false "
-                                f"intra_op_parallelism_threads={args.threads}").strip()
-        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+        os.execve(sys.executable, [sys.executable, *sys.argv], _child_env(args.threads))
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     logging.getLogger("torchntk.empirical").addHandler(CHOSEN)
@@ -359,8 +458,13 @@ def main() -> None:
     if args.scale_check:
         scale_check()
         return
+    if args.child:
+        contender, model, n, reps, out = args.child
+        warm_up()
+        child_contender(contender, model, int(n), int(reps), out)
+        return
     reps, rreps = (3, 1) if args.quick else (7, 3)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32; {machine()}")
     print(f"{'workload':<28} {'contender':<22} {'median':>11} {'first call':>11} {'peak':>13} {'vs recipe':>9}")
     X = digits()
     impls = ["auto", "structured", "jacobian", "ntvp"]
@@ -368,7 +472,7 @@ def main() -> None:
     warm_up()
 
     def want(part: str) -> bool:
-        return args.only is None or part in args.only
+        return part in args.only if args.only is not None else part != "peer-inprocess"
 
     mlp = make_mlp((64, 64) if args.tiny else (512, 512))
     cnn = make_cnn()
@@ -391,6 +495,8 @@ def main() -> None:
             bench_torch(workload, net, x, mode, reps, chosen)
 
     if not args.quick and want("peer"):
+        bench_peer_processes(args.threads, reps)
+    if not args.quick and want("peer-inprocess"):
         peer = peer_kernel_fns(mlp)
         if peer is not None:
             fns, jnp = peer

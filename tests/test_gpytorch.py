@@ -92,3 +92,16 @@ def test_bad_arguments():
         NTKKernel("deep")
     with pytest.raises(InvalidArgumentError, match="W_std"):
         NTKKernel(2, hyperparameters={"W_std": -1.0})
+
+
+def test_kernels_pickle_with_their_hyperparameters():
+    import pickle
+
+    x, _ = _data(5)
+    for k in (NTKKernel(3, hyperparameters={"W_std": 1.4, "b_std": 0.3}),
+              NTKKernel(L.serial(L.Dense(1), L.Erf(), L.Dense(1)), kind="nngp")):
+        back = pickle.loads(pickle.dumps(k))
+        # the same object re-read: the same computation on the same values
+        assert torch.equal(back(x).to_dense(), k(x).to_dense())
+        assert {n: float(v) for n, v in back.hyperparameters().items()} == \
+            {n: float(v) for n, v in k.hyperparameters().items()}

@@ -82,13 +82,63 @@ def test_classifier_digits_and_custom_architecture():
 
 
 def test_errors():
+    from torchntk.errors import InvalidArgumentError, ShapeError, SpecError
+
     with pytest.raises(NotFittedError):
         NTKRegressor().predict(np.zeros((2, 3)))
-    with pytest.raises(ValueError, match="t must be"):
-        NTKRegressor(t=-1.0).fit(np.eye(3), np.ones(3))
     reg = NTKRegressor().fit(np.eye(3), np.ones(3))
     with pytest.raises(ValueError, match="features"):
         reg.predict(np.ones((2, 4)))
+    # the estimators' own arguments: torchntk errors naming the argument (still ValueErrors)
+    bad = [(NTKRegressor(t=-1.0), "`t`"), (NTKRegressor(depth=0), "`depth`"), (NTKRegressor(depth=2.5), "`depth`"),
+           (NTKRegressor(diag_reg=-1.0), "`diag_reg`"), (NTKRegressor(W_std=float("nan")), "`W_std`"),
+           (NTKRegressor(input_shape=(0, 3)), "`input_shape`"), (NTKClassifier(t="x"), "`t`"),
+           (NTKRegressor(architecture=L.Dense(1), depth=2), "`architecture`")]
+    for est, name in bad:
+        with pytest.raises(InvalidArgumentError, match=name):
+            est.fit(np.eye(3), np.arange(3.0) % 2)
+    with pytest.raises(InvalidArgumentError, match="2 classes"):
+        NTKClassifier(**FIXED).fit(np.eye(3), np.zeros(3))
+    clf = NTKClassifier(**FIXED, n_features=64).fit(np.eye(4), np.arange(4) % 2)
+    with pytest.raises(InvalidArgumentError, match="n_features=None"):
+        clf.predict_proba(np.eye(4))
+    with pytest.raises(ShapeError, match="input_shape"):
+        NTKRegressor(**FIXED, input_shape=(2, 2)).fit(np.ones((3, 5)), np.ones(3))
+    cnn = L.serial(L.Conv(4, (3, 3), padding="SAME"), L.Relu(), L.GlobalAvgPool(), L.Dense(1))
+    with pytest.raises(SpecError, match="input_shape"):  # flat rows given to a CNN: the error says what to pass
+        NTKClassifier(architecture=cnn, diag_reg=1e-3).fit(np.ones((4, 16)), np.arange(4) % 2)
+
+
+def test_estimators_on_images():
+    """A CNN spec through the estimator equals kernel regression with the same spec's NTK on the
+    images; N-d input with the default architecture is its flattened rows (Flatten's kernel of a
+    dense input is x.x' / d)."""
+    from sklearn.datasets import load_digits
+
+    Xd, yd = load_digits(return_X_y=True)
+    Xd = Xd / 16.0
+    cnn = L.serial(L.Conv(8, (3, 3), padding="SAME", b_std=0.1), L.Relu(), L.GlobalAvgPool(), L.Dense(1, b_std=0.1))
+    tr, te = slice(0, 80), slice(80, 160)
+    clf = NTKClassifier(architecture=cnn, diag_reg=1e-3, input_shape=(1, 8, 8)).fit(Xd[tr], yd[tr])
+    acc = clf.score(Xd[te], yd[te])
+    imgs = torch.from_numpy(Xd).reshape(-1, 1, 8, 8)
+    K = cnn.kernel(imgs[tr]).ntk
+    Kt = cnn.kernel(imgs[te], imgs[tr]).ntk
+    Y = torch.nn.functional.one_hot(torch.from_numpy(yd[tr])).double()
+    Yc = Y - Y.mean(0)
+    f = Kt @ torch.linalg.solve(K + 1e-3 * K.diagonal().mean() * torch.eye(len(K), dtype=K.dtype), Yc)
+    direct = float((f.argmax(1).numpy() == yd[te]).mean())
+    assert acc > 0.6 and abs(acc - direct) <= 0.01
+    # the same classifier on image-shaped arrays
+    nd = NTKClassifier(architecture=cnn, diag_reg=1e-3).fit(Xd[tr].reshape(-1, 1, 8, 8), yd[tr])
+    np.testing.assert_array_equal(nd.predict(Xd[te].reshape(-1, 1, 8, 8)), clf.predict(Xd[te]))
+    # default architecture: N-d examples are flattened
+    rng = np.random.default_rng(3)
+    X, Xq = rng.normal(size=(20, 4)), rng.normal(size=(5, 4))
+    y = np.sin(X[:, 0])
+    Xr = X.reshape(len(X), 1, 1, -1)
+    np.testing.assert_allclose(NTKRegressor(**FIXED).fit(Xr, y).predict(Xq.reshape(len(Xq), 1, 1, -1)),
+                               NTKRegressor(**FIXED).fit(X, y).predict(Xq), rtol=1e-9, atol=1e-12)
 
 
 def _fitted_hyperparameters_maximize_the_likelihood(est, X, Y):

@@ -34,7 +34,7 @@ from . import empirical  # noqa: E402  (finite-width NTK of any model)
 from .empirical import empirical_ntk, linearize  # noqa: E402
 from . import layers  # noqa: E402  (infinite-width architecture specs)
 from .layers import Kernel  # noqa: E402
-from .layers.monte_carlo import monte_carlo_kernel  # noqa: E402  (Monte Carlo NNGP/NTK of any module)
+from .layers.modules.monte_carlo import monte_carlo_kernel  # noqa: E402  (Monte Carlo NNGP/NTK of any module)
 from . import dynamics  # noqa: E402  (training in function space)
 from . import scale  # noqa: E402  (tiled/resumable/distributed kernels, matrix-free solvers; zarr/dask lazy)
 from . import lab  # noqa: E402  (studies, DriftTracker, report; matplotlib/sklearn imported lazily)

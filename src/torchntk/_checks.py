@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from typing import Any, Iterable
 
@@ -58,14 +59,93 @@ def check_batches(x1: object, x2: object = None) -> tuple[torch.Tensor, torch.Te
     return x1, x2
 
 
-def check_choice(name: str, value: object, choices: Iterable[str]) -> str:
-    """Raise InvalidArgumentError unless ``value`` is one of ``choices``."""
+def _prefix(who: str | None) -> str:
+    """``"Who: "`` before a message about one of ``who``'s arguments (nothing for ``None``)."""
+    return f"{who}: " if who else ""
+
+
+def check_choice(name: str, value: object, choices: Iterable[str], *, any_case: bool = False,
+                 who: str | None = None) -> str:
+    """The choice ``value`` names, in the spelling of ``choices``.
+
+    ``any_case``: strings match up to case (CONVENTIONS section 6), and the caller must use the
+    returned spelling; without it ``value`` must be one of ``choices`` exactly (for callers that
+    keep ``value`` itself). Raises InvalidArgumentError naming ``name`` (after ``who``, the layer
+    or function, when given) and listing ``choices`` otherwise.
+    """
     choices = tuple(choices)
-    if value not in choices:
+    if isinstance(value, str):
+        folded = value.casefold() if any_case else value
+        for choice in choices:
+            if (choice.casefold() if any_case else choice) == folded:
+                return choice
+    raise InvalidArgumentError(
+        f"{_prefix(who)}unknown {name}={value!r}; expected one of {', '.join(map(repr, choices))}"
+        + (" (any case)" if any_case else "")
+    )
+
+
+def check_int(name: str, value: object, *, minimum: int | None = None, allow_none: bool = False,
+              who: str | None = None) -> Any:
+    """An integer argument: a Python (or numpy) integer, not a bool, returned as ``int``.
+
+    ``minimum``: lower bound (``value >= minimum``); ``allow_none``: ``None`` is returned as is.
+    Raises InvalidArgumentError naming ``name`` (after ``who`` when given) and the bound.
+    """
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (minimum is not None and value < minimum):
+        kind = "a positive int" if minimum == 1 else ("an int" if minimum is None else f"an int >= {minimum}")
         raise InvalidArgumentError(
-            f"unknown {name}={value!r}; expected one of {', '.join(map(repr, choices))}"
+            f"{_prefix(who)}`{name}` must be {kind}{' or None' if allow_none else ''}, got {value!r}"
         )
-    return value  # type: ignore[return-value]
+    return int(value)
+
+
+def check_ints(name: str, value: object, *, who: str | None = None) -> tuple[int, ...]:
+    """An int or a sequence of ints (Python or numpy integers, not bools) as a tuple of ``int``.
+
+    Raises InvalidArgumentError naming ``name`` (after ``who`` when given) for anything else, e.g. a
+    float entry (never truncated). Bounds on the entries are the caller's.
+    """
+    entries = (value,) if isinstance(value, numbers.Integral) else value
+    try:
+        entries = tuple(entries)  # type: ignore[arg-type]
+    except TypeError:
+        entries = None
+    if entries is None or any(isinstance(e, bool) or not isinstance(e, numbers.Integral) for e in entries):
+        raise InvalidArgumentError(f"{_prefix(who)}`{name}` must be an int or a sequence of ints, got {value!r}")
+    return tuple(int(e) for e in entries)
+
+
+def check_number(name: str, value: object, *, minimum: float | None = None, strict: bool = False,
+                 below: float | None = None, allow_none: bool = False, who: str | None = None) -> Any:
+    """A real argument that is a plain Python (or numpy) number, not a bool: returned as ``float``.
+
+    ``minimum``: lower bound (``value >= minimum``, or ``>`` when ``strict``); ``below``: strict
+    upper bound (``value < below``); ``allow_none``: ``None`` is returned as is. Raises
+    InvalidArgumentError naming ``name`` (after ``who`` when given) unless ``value`` is finite
+    and within the bounds.
+    """
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InvalidArgumentError(
+            f"{_prefix(who)}`{name}` must be a finite number{' or None' if allow_none else ''}, got {value!r}"
+        )
+    return _bounded(name, float(value), minimum, strict, below, who)
+
+
+def _bounded(name: str, number: float, minimum: float | None, strict: bool, below: float | None,
+             who: str | None) -> float:
+    """``number`` if it is finite and within the bounds of :func:`check_number`."""
+    if not math.isfinite(number):
+        raise InvalidArgumentError(f"{_prefix(who)}`{name}` must be finite, got {number!r}")
+    if minimum is not None and (number < minimum or (strict and number == minimum)):
+        raise InvalidArgumentError(f"{_prefix(who)}`{name}` must be {'>' if strict else '>='} {minimum}, got {number!r}")
+    if below is not None and not number < below:
+        raise InvalidArgumentError(f"{_prefix(who)}`{name}` must be < {below}, got {number!r}")
+    return number
 
 
 def renamed(new: str, value: Any, old: str, old_value: Any, default: Any = None) -> Any:
@@ -82,29 +162,33 @@ def renamed(new: str, value: Any, old: str, old_value: Any, default: Any = None)
     warnings.warn(f"`{old}` is deprecated and will be removed in the next release; use `{new}`",
                   DeprecationWarning, stacklevel=3)
     return old_value
-def check_hyper(name: str, value: object, *, minimum: float | None = None, strict: bool = False) -> "float | torch.Tensor":
+
+
+def check_hyper(name: str, value: object, *, minimum: float | None = None, strict: bool = False,
+                allow_none: bool = False, who: str | None = None) -> "float | torch.Tensor | None":
     """A layer hyperparameter: a finite Python number (returned as ``float``) or a real 0-dim
     floating tensor (returned as is, so that kernels stay differentiable in it).
 
     ``minimum``: lower bound (``value >= minimum``, or ``>`` when ``strict``), checked on the
-    tensor's current value.
+    tensor's current value; ``allow_none``: ``None`` is returned as is. Raises
+    InvalidArgumentError naming ``name`` (after ``who``, the layer, when given).
     """
+    if value is None and allow_none:
+        return None
     if isinstance(value, torch.Tensor):
         if value.ndim != 0 or not value.is_floating_point():
             raise InvalidArgumentError(
-                f"`{name}` must be a number or a 0-dim floating tensor, got a {value.dtype} tensor "
-                f"of shape {tuple(value.shape)}"
+                f"{_prefix(who)}`{name}` must be a number or a 0-dim floating tensor, got a {value.dtype} "
+                f"tensor of shape {tuple(value.shape)}"
             )
-        number = float(value.detach())
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        number = float(value)
-    else:
-        raise InvalidArgumentError(f"`{name}` must be a finite number or a 0-dim tensor, got {value!r}")
-    if not math.isfinite(number):
-        raise InvalidArgumentError(f"`{name}` must be finite, got {number!r}")
-    if minimum is not None and (number < minimum or (strict and number == minimum)):
-        raise InvalidArgumentError(f"`{name}` must be {'>' if strict else '>='} {minimum}, got {number!r}")
-    return value if isinstance(value, torch.Tensor) else number
+        _bounded(name, float(value.detach()), minimum, strict, None, who)
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InvalidArgumentError(
+            f"{_prefix(who)}`{name}` must be a finite number{' or None' if allow_none else ''} or a 0-dim "
+            f"tensor, got {value!r}"
+        )
+    return _bounded(name, float(value), minimum, strict, None, who)
 
 
 def is_one(value: "float | torch.Tensor", number: float) -> bool:

@@ -29,6 +29,7 @@ __all__ = [
     "ConvergenceWarning",
     "AccuracyWarning",
     "StabilityWarning",
+    "DriftWarning",
     "BudgetWarning",
 ]
 
@@ -83,6 +84,11 @@ class AccuracyWarning(TorchNTKWarning):
 
 class StabilityWarning(TorchNTKWarning):
     """Gradient descent with a learning rate above ``max_learning_rate``: the iteration diverges."""
+
+
+class DriftWarning(TorchNTKWarning):
+    """A network under training left its kernel regime (``lab.DriftTracker``'s alarm): its
+    empirical NTK drifted, or its outputs left the kernel prediction, beyond a set limit."""
 
 
 class BudgetWarning(TorchNTKWarning):

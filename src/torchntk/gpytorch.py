@@ -17,6 +17,8 @@ Example:
 
 from __future__ import annotations
 
+import functools
+
 from typing import Any, Callable, Mapping
 
 import torch
@@ -34,6 +36,16 @@ from .layers import Layer, mlp
 from ._checks import check_choice
 
 __all__ = ["NTKKernel"]
+
+
+class _Fixed:
+    """The builder of a fixed spec (a module-level class, so that the kernel pickles)."""
+
+    def __init__(self, spec: Layer) -> None:
+        self.spec = spec
+
+    def __call__(self) -> Layer:
+        return self.spec
 
 
 class NTKKernel(gpytorch.kernels.Kernel):
@@ -77,12 +89,12 @@ class NTKKernel(gpytorch.kernels.Kernel):
         if isinstance(spec_or_depth, Layer):
             if hyperparameters:
                 raise InvalidArgumentError("NTKKernel: a fixed spec has no `hyperparameters`; pass a builder")
-            self._build: Callable[..., Layer] = lambda: spec_or_depth
+            self._build: Callable[..., Layer] = _Fixed(spec_or_depth)
             hyperparameters = {}
         elif isinstance(spec_or_depth, int) and not isinstance(spec_or_depth, bool):
             depth = spec_or_depth
             mlp(512, depth)  # validates the depth
-            self._build = lambda **p: mlp(512, depth, **p)
+            self._build = functools.partial(mlp, 512, depth)  # picklable, unlike a closure
             hyperparameters = {"W_std": 1.0, "b_std": 0.1} if hyperparameters is None else hyperparameters
         elif callable(spec_or_depth):
             self._build = spec_or_depth

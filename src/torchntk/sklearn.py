@@ -35,7 +35,8 @@ from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .layers import mlp
+from .errors import InvalidArgumentError, ShapeError, SpecError
+from .layers import Flatten, mlp, serial
 
 __all__ = ["NTKRegressor", "NTKClassifier", "default_architecture"]
 
@@ -69,20 +70,68 @@ def _positive_or_none(name: str, value, *, integer: bool = False, zero: bool = F
     ok = ok and (value >= 0 if zero else value > 0) and (not integer or isinstance(value, int))
     if not ok:
         kind = "an int >= 1" if integer else ("a number >= 0" if zero else "a number > 0")
-        raise ValueError(f"{name} must be None (fitted) or {kind}, got {value!r}")
+        raise InvalidArgumentError(f"`{name}` must be None (fitted) or {kind}, got {value!r}")
+
+
+def _input_shape(value) -> tuple[int, ...] | None:
+    """``input_shape`` as a tuple of positive ints (or None)."""
+    if value is None:
+        return None
+    shape = (value,) if isinstance(value, int) and not isinstance(value, bool) else value
+    try:
+        shape = tuple(shape)
+    except TypeError:
+        shape = None
+    if not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
+        raise InvalidArgumentError(
+            f"`input_shape` must be None or a tuple of positive ints (one example's shape, e.g. "
+            f"(1, 8, 8) for 8x8 grey images), got {value!r}")
+    return shape
 
 
 class _NTKBase(BaseEstimator):
     def _check_params(self) -> None:
         t = self.t
         if not isinstance(t, (int, float)) or isinstance(t, bool) or math.isnan(t) or t < 0:
-            raise ValueError(f"t must be a number >= 0 (or inf), got {t!r}")
+            raise InvalidArgumentError(f"`t` must be a number >= 0 (or inf), got {t!r}")
         _positive_or_none("diag_reg", self.diag_reg, zero=True)
         _positive_or_none("W_std", self.W_std, zero=True)
         _positive_or_none("b_std", self.b_std, zero=True)
         _positive_or_none("depth", self.depth, integer=True)
         if self.architecture is not None and any(v is not None for v in (self.W_std, self.b_std, self.depth)):
-            raise ValueError("give either `architecture` (a fixed spec) or W_std/b_std/depth, not both")
+            raise InvalidArgumentError("give either `architecture` (a fixed spec) or W_std/b_std/depth, not both")
+        _input_shape(self.input_shape)
+
+    def _validate(self, X, y=None, *, reset: bool, **kwargs):
+        """``X`` as float64 examples of the kernel's per-example shape ``(N, *input_shape)``.
+
+        ``X`` is a 2-D array ``(N, d)`` (each row one example, reshaped to ``input_shape`` when that
+        is given: ``d == prod(input_shape)``) or an N-d array ``(N, *shape)`` of whole examples.
+        ``n_features_in_`` counts ``X.shape[1]`` as scikit-learn does.
+        """
+        shape = _input_shape(self.input_shape)
+        args = (X,) if y is None else (X, y)
+        out = validate_data(self, *args, reset=reset, dtype=np.float64, allow_nd=True, **kwargs)
+        X = out if y is None else out[0]
+        if shape is not None:
+            if X.ndim == 2 and X.shape[1] == math.prod(shape):
+                X = X.reshape(len(X), *shape)
+            elif tuple(X.shape[1:]) != shape:
+                raise ShapeError(f"`X` has examples of shape {tuple(X.shape[1:])}, but input_shape={shape} "
+                                 f"was given (flat rows of {math.prod(shape)} values or arrays of that shape)")
+        if not reset and tuple(X.shape[1:]) != self._example_shape:
+            raise ShapeError(f"`X` has examples of shape {tuple(X.shape[1:])}; the estimator was fitted on "
+                             f"examples of shape {self._example_shape}")
+        return X if y is None else (X, out[1])
+
+    def _check_architecture(self, spec, shape: tuple[int, ...]) -> None:
+        """Raise a SpecError that points at ``input_shape`` when ``spec`` cannot take the examples."""
+        try:
+            spec.output_shape(shape)
+        except SpecError as err:
+            hint = ("; pass input_shape=(C, H, W) (or (C, L)) so that flat rows are reshaped into images "
+                    "or sequences" if len(shape) == 1 else "")
+            raise SpecError(f"`architecture` cannot take examples of shape {shape} ({err}){hint}") from None
 
     def _fit_targets(self, X, Y) -> None:
         """Fit the hyperparameters to ``(X, Y)`` (``Y`` ``(N, O)``, already centred) and factor."""
@@ -97,10 +146,17 @@ class _NTKBase(BaseEstimator):
         fixed = {} if user else {n: getattr(self, n) for n in _INIT if getattr(self, n) is not None}
         free = {} if user else {n: v for n, v in _INIT.items() if n not in fixed}
 
+        self._example_shape = tuple(self.X_fit_.shape[1:])
+        flat = len(self._example_shape) > 1  # the default (fully connected) network sees the flattened example
+
         def build(depth=None, **params):
             if user:
                 return self.architecture
-            return default_architecture(self.depth if depth is None else depth, **fixed, **params)
+            spec = default_architecture(self.depth if depth is None else depth, **fixed, **params)
+            return serial(Flatten(), spec) if flat else spec
+
+        if user:
+            self._check_architecture(self.architecture, self._example_shape)
 
         depths = None if user or self.depth is not None else DEPTHS
         if free or self.diag_reg is None or depths is not None:
@@ -147,7 +203,7 @@ class _NTKBase(BaseEstimator):
     def _kernels(self, X):
         """Validated test inputs, in blocks: ``(Theta(x, X_fit), x)`` pairs."""
         check_is_fitted(self, "X_fit_")
-        X = validate_data(self, X, reset=False, dtype=np.float64)
+        X = self._validate(X, reset=False)
         xs = torch.from_numpy(np.array(X, order="C", copy=True))
         train = torch.from_numpy(self.X_fit_)
         for i in range(0, xs.shape[0], _BLOCK):
@@ -161,7 +217,7 @@ class _NTKBase(BaseEstimator):
     def _outputs_and_variance(self, X) -> tuple[np.ndarray, np.ndarray]:
         """Mean outputs ``(M, O)`` and the variance ``(M,)`` of one noisy output (ensemble + noise)."""
         if self._fm is not None:
-            raise ValueError("predict_proba needs the exact kernel: refit with n_features=None")
+            raise InvalidArgumentError("predict_proba needs the exact kernel: refit with n_features=None")
         means, variances = [], []
         for kt, xb in self._kernels(X):
             means.append(self._predictor(self.t_, kt)[1])
@@ -184,6 +240,11 @@ _PARAMS_DOC = """
             random features of :class:`torchntk.features.FeatureMap` (cost ``N m^2``; see
             ``docs/features.md``); ``log_marginal_likelihood_`` is then that of the first 256
             points, and ``predict_proba`` needs the exact kernel.
+        input_shape: one example's shape for the kernel, e.g. ``(1, 8, 8)`` for a CNN spec on
+            8x8 grey images or ``(C, L)`` for sequences: 2-D ``X`` rows are reshaped to it.
+            ``None``: the examples are ``X.shape[1:]`` (N-d arrays are accepted as they are; the
+            default fully connected architecture then sees the flattened example,
+            ``serial(Flatten(), ...)``, whose kernel equals that of the flat rows).
 
     Fitted attributes: ``W_std_``, ``b_std_``, ``depth_`` (``None`` with a user architecture),
     ``diag_reg_``, ``log_marginal_likelihood_`` (of the NTK-GP on all the transformed training
@@ -202,7 +263,8 @@ class NTKRegressor(RegressorMixin, _NTKBase):
 
     def __init__(self, architecture=None, t: float = float("inf"), diag_reg: float | None = None,
                  W_std: float | None = None, b_std: float | None = None, depth: int | None = None,
-                 normalize_y: bool = True, n_features: int | None = None) -> None:
+                 normalize_y: bool = True, n_features: int | None = None,
+                 input_shape: tuple[int, ...] | None = None) -> None:
         self.architecture = architecture
         self.t = t
         self.diag_reg = diag_reg
@@ -211,6 +273,7 @@ class NTKRegressor(RegressorMixin, _NTKBase):
         self.depth = depth
         self.normalize_y = normalize_y
         self.n_features = n_features
+        self.input_shape = input_shape
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -220,7 +283,7 @@ class NTKRegressor(RegressorMixin, _NTKBase):
 
     def fit(self, X, y) -> "NTKRegressor":
         """Fit the hyperparameters and factor the training kernel: ``X`` ``(N, d)``, ``y`` ``(N,)`` or ``(N, O)``."""
-        X, y = validate_data(self, X, y, dtype=np.float64, multi_output=True, y_numeric=True)
+        X, y = self._validate(X, y, reset=True, multi_output=True, y_numeric=True)
         self._ndim_y = np.ndim(y)
         Y = y.reshape(len(y), -1)
         if self.normalize_y:
@@ -253,7 +316,7 @@ class NTKClassifier(ClassifierMixin, _NTKBase):
 
     def __init__(self, architecture=None, t: float = float("inf"), diag_reg: float | None = None,
                  W_std: float | None = None, b_std: float | None = None, depth: int | None = None,
-                 n_features: int | None = None) -> None:
+                 n_features: int | None = None, input_shape: tuple[int, ...] | None = None) -> None:
         self.architecture = architecture
         self.t = t
         self.diag_reg = diag_reg
@@ -261,15 +324,16 @@ class NTKClassifier(ClassifierMixin, _NTKBase):
         self.b_std = b_std
         self.depth = depth
         self.n_features = n_features
+        self.input_shape = input_shape
 
     def fit(self, X, y) -> "NTKClassifier":
         """Fit the hyperparameters on the centred one-hot targets of ``y`` and factor the kernel."""
-        X, y = validate_data(self, X, y, dtype=np.float64)
+        X, y = self._validate(X, y, reset=True)
         check_classification_targets(y)
         self._binarizer = LabelBinarizer().fit(y)
         self.classes_ = self._binarizer.classes_
         if len(self.classes_) < 2:
-            raise ValueError("NTKClassifier needs samples of at least 2 classes, got 1 class")
+            raise InvalidArgumentError("`y` must hold samples of at least 2 classes for NTKClassifier, got 1 class")
         Y = self._binarizer.transform(y).astype(np.float64)
         if Y.shape[1] == 1:                      # two classes: one-hot with both columns
             Y = np.hstack([1.0 - Y, Y])

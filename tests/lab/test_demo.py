@@ -39,10 +39,14 @@ def test_quick_demo_physics(quick_demo):
     assert m["agreement"]["improving_with_width"]
     assert m["agreement"]["cost_non_increasing"]
     assert m["modes"]["learned_in_eigenvalue_order"]
-    assert m["modes"]["max_relative_rate_error"] <= 0.3
+    assert m["modes"]["rates_within_allowance"]
     assert m["generalization"]["kernel_regression_accuracy_t_inf"] >= 0.85
+    assert min(m["generalization"]["network_test_accuracy_final"].values()) >= 0.85
     assert all(c["passed"] for c in res["checks"]), res["checks"]
     assert "PASS" in stdout and "report.html" in stdout
+    # every check's value is printed whole (rounded numbers, no cut): the decay rates' dict closes
+    line = next(ln for ln in stdout.splitlines() if "decay rates" in ln)
+    assert line.rstrip().endswith("]}") and "allowed" in line
 
 
 def test_report_is_self_contained(quick_demo):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
 
 import torchntk
-from torchntk.errors import InvalidArgumentError, ShapeError
+from torchntk.errors import DriftWarning, InvalidArgumentError, ShapeError
 from torchntk.lab import DriftTracker, train_full_batch
 from torchntk.nn import MLP, Linear
 
@@ -81,3 +83,44 @@ def test_tracker_drift_is_zero_when_a_layer_is_frozen_and_nothing_changed():
     tr.record()
     assert tr.history["drift"] == [0.0, 0.0]
     np.testing.assert_allclose(tr.kernels[0].numpy(), torchntk.empirical_ntk(net, x, mode="mean", params=[n for n, _ in net.named_parameters()]).numpy(), rtol=1e-12)
+
+
+def _train_with_tracker(width, lr, steps, seed=0, **kw):
+    """Full-batch gradient descent on C = (1/2N) sum (f - y)^2 with a tracker on the training points,
+    whose prediction is the linearized network (its own empirical NTK at initialization)."""
+    gen = torch.Generator().manual_seed(seed)
+    net = MLP(2, [width, width], 1, generator=gen).double()
+    x = torch.randn(8, 2, dtype=torch.float64, generator=gen)
+    y = torch.randn(8, 1, dtype=torch.float64, generator=gen)
+    with torch.no_grad():
+        f0 = net(x)
+    pred = torchntk.dynamics.mse(torchntk.empirical_ntk(net, x, mode="mean"), y, f0_train=f0, learning_rate=lr)
+    opt = torch.optim.SGD(net.parameters(), lr=lr)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with DriftTracker(net, x, y, every=5, prediction=lambda k: pred(float(k))[0], **kw) as tr:
+            for _ in range(steps):
+                opt.zero_grad()
+                (0.5 * ((net(x) - y) ** 2).sum() / 8).backward()
+                opt.step()
+                tr.step()
+    return tr, [w for w in caught if issubclass(w.category, DriftWarning)]
+
+
+def test_tracker_alarm_flags_the_step_where_the_network_leaves_the_kernel_regime():
+    # wide and gentle: the kernel barely moves and the network follows its linearization
+    wide, warned = _train_with_tracker(1024, 0.5, 40)
+    assert wide.alarm is None and not warned
+    assert wide.history["gap"][0] < 1e-12 and max(wide.history["gap"]) < 0.05
+    # narrow with a large step: the kernel moves by more than the limit
+    narrow, warned = _train_with_tracker(8, 2.0, 60, drift_limit=0.1, gap_limit=10.0)
+    assert narrow.alarm is not None and narrow.alarm["reason"] == "drift" and len(warned) == 1
+    first = next(s for s, d in zip(narrow.history["step"], narrow.history["drift"]) if d > 0.1)
+    assert narrow.alarm["step"] == first and f"step {first}" in str(warned[0].message)
+    # the same run judged by the gap to the prediction only
+    gapped, warned = _train_with_tracker(8, 2.0, 60, drift_limit=None, gap_limit=0.05)
+    assert gapped.alarm is not None and gapped.alarm["reason"] == "gap" and len(warned) == 1
+    first = next(s for s, g in zip(gapped.history["step"], gapped.history["gap"]) if g > 0.05)
+    assert gapped.alarm["step"] == first
+    with pytest.raises(InvalidArgumentError, match="drift_limit"):
+        DriftTracker(MLP(2, [8], 1), torch.randn(4, 2), drift_limit=0)

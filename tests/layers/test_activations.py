@@ -10,7 +10,7 @@ import torch
 
 from torchntk import layers as L
 from torchntk.errors import InvalidArgumentError
-from torchntk.layers._quadrature import gaussian_expectations
+from torchntk.layers.activations._expectations import gaussian_expectations
 
 F64 = torch.float64
 
@@ -113,7 +113,7 @@ def test_polar_is_exact_for_relu_where_hermite_is_not():
 
 def test_auto_uses_the_series_for_smooth_functions_and_polar_for_kinks():
     q11, q12, q22 = _grid()
-    from torchntk.layers import _quadrature as Q
+    from torchntk.layers.activations import _quadrature as Q
 
     assert Q._series(torch.tanh, q11, q12, q22, True, Q.SERIES)[2].all()  # converged at every pair
     assert not Q._series(torch.relu, q11, q12, q22, True, Q.SERIES)[2].any()

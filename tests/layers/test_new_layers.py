@@ -17,7 +17,7 @@ from torch import nn
 
 from torchntk import layers as L
 from torchntk.errors import InvalidArgumentError, SpecError
-from torchntk.layers._quadrature import gaussian_expectations
+from torchntk.layers.activations._expectations import gaussian_expectations
 
 D = torch.float64
 

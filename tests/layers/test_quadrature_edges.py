@@ -8,7 +8,7 @@ import torch
 
 from torchntk import layers as L
 from torchntk.errors import AccuracyWarning
-from torchntk.layers._quadrature import gaussian_expectations
+from torchntk.layers.activations._expectations import gaussian_expectations
 
 F64 = torch.float64
 CORR = torch.tensor([-1.0, -0.999, -0.5, 0.0, 0.3, 0.9, 0.99999, 1.0], dtype=F64)

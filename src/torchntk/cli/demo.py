@@ -12,6 +12,17 @@ from ..lab import STUDIES, LabConfig, run_demo
 from ._common import CLIError, check_writable
 
 
+def _value(value) -> str:
+    """A check's value in full, numbers to 4 significant digits."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_value(v) for v in value) + "]"
+    return json.dumps(value, default=str)
+
+
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "demo",
@@ -53,6 +64,6 @@ def run(args: argparse.Namespace) -> int:
     results = run_demo(out, cfg, progress=not args.no_progress, force=args.force)
     for check in results["checks"]:
         mark = "PASS" if check["passed"] else "FAIL"
-        print(f"  {mark}  {check['check']}: {json.dumps(check['value'], default=str)[:80]}")
+        print(f"  {mark}  {check['check']}: {_value(check['value'])}")
     print(f"metrics: {out / 'metrics.json'}\nreport:  {out / 'report.html'}")
     return 0

@@ -12,5 +12,7 @@ the current parameters. See ``docs/empirical.md``.
 from ._report import EmpiricalNTKReport
 from .api import empirical_ntk, flatten_kernel
 from .linearize import Linearized, linearize
+from .sketch import SketchedKernel, gradient_features, sketched_ntk
 
-__all__ = ["empirical_ntk", "flatten_kernel", "linearize", "Linearized", "EmpiricalNTKReport"]
+__all__ = ["empirical_ntk", "flatten_kernel", "linearize", "Linearized", "gradient_features", "sketched_ntk",
+           "SketchedKernel", "EmpiricalNTKReport"]

@@ -15,11 +15,11 @@ symmetrized, so the result is exactly symmetric.
 from __future__ import annotations
 
 import math
-import sys
 from typing import Protocol
 
 import torch
 
+from .._progress import progress_bar
 from ..errors import InvalidArgumentError
 from ._modes import Accumulator, finalize, mirror, out_shape, transpose
 
@@ -90,7 +90,7 @@ def compute_tiled(
     symmetric = x2 is None
     xs = x1 if symmetric else x2
     n1, n2, o = x1.shape[0], xs.shape[0], backend.out_dim
-    bar = progress_bar(count_tiles(n1, n2, block, symmetric), progress)
+    bar = progress_bar(count_tiles(n1, n2, block, symmetric), "empirical_ntk", progress, unit="tile")
     out: dict[str, torch.Tensor] = {}
     cached = block >= max(n1, n2)
     rows, cols = _tiles(n1, block), _tiles(n2, block)
@@ -129,23 +129,3 @@ def count_tiles(n1: int, n2: int, block: int, symmetric: bool) -> int:
     """Tiles computed for an ``n1 x n2`` kernel in blocks of ``block`` (upper ones if symmetric)."""
     r, c = -(-n1 // block), -(-n2 // block)
     return r * (r + 1) // 2 if symmetric else r * c
-
-
-def progress_bar(total: int, progress: bool | None):
-    """A tqdm bar over the tiles, shown only for calls running over 2 s: ``progress=None``
-    shows it when stderr is a terminal, ``False`` never, ``True`` always."""
-    if not (sys.stderr.isatty() if progress is None else progress):
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="empirical_ntk", unit="tile", delay=2.0, leave=False)
-
-
-class _NoBar:
-    """The bar of a call without progress display."""
-
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def close(self) -> None:
-        pass

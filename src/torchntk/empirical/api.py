@@ -14,12 +14,15 @@ from .._checks import check_batches, check_choice, check_tensor
 from ..errors import BudgetWarning, InvalidArgumentError, ShapeError
 from . import _cost
 from .._memory import format_memory, memory_budget
+from .._progress import check_progress
 from ._blocks import EFFICIENT_BLOCK, block_bytes, compute_tiled, count_tiles, plan_block
 from ._failures import failing_operation, is_capability_error, unsupported
 from ._guards import check_finite_model, check_kernel_finite, check_per_example, in_place_error
 from ._functional import Functional, OutputSelector, ParamSelector, ids_error, make_functional, plain_input
 from ._report import EmpiricalNTKReport, Estimate
 from ._modes import MODES
+from .pseudo import SummedOutput
+from .sketch import sketched_ntk
 
 IMPLEMENTATIONS = ("auto", "jacobian", "ntvp", "structured", "autograd")
 # DEBUG records of the implementation each call runs (what "auto" chose, and any fallback).
@@ -58,6 +61,8 @@ def empirical_ntk(
     block_size: int | None = None,
     memory: int | float | str | None = None,
     accumulate_dtype: torch.dtype | None = None,
+    sketch: int | None = None,
+    seed: int = 0,
     progress: bool | None = None,
     return_report: bool = False,
 ) -> torch.Tensor | dict[str, torch.Tensor] | tuple[torch.Tensor | dict[str, torch.Tensor], EmpiricalNTKReport]:
@@ -79,7 +84,10 @@ def empirical_ntk(
         x2: inputs ``(N2, ...)`` with the same feature shape; ``None`` computes the symmetric
             ``Theta(x1, x1)`` once (upper tiles, mirrored) and makes it exactly symmetric.
         mode: ``"full"`` -> ``(N1, N2, O, O)``; ``"diagonal"`` -> ``(N1, N2, O)`` (entries
-            ``a == b``); ``"mean"`` -> ``(N1, N2)``, ``(1/O) sum_a Theta[i, j, a, a]``.
+            ``a == b``); ``"mean"`` -> ``(N1, N2)``, ``(1/O) sum_a Theta[i, j, a, a]``;
+            ``"pseudo"`` -> ``(N1, N2)``, the pseudo-NTK ``(1/O) sum_ab Theta[i, j, a, b]``, the
+            kernel of ``sum_a f_a / sqrt(O)`` at the cost of one output (see
+            :mod:`torchntk.empirical.pseudo`).
         implementation: ``"jacobian"`` (per-example Jacobians, contracted tensor by tensor),
             ``"ntvp"`` (NTK-vector products, no Jacobian), ``"structured"`` (per-layer
             factorization of Linear/Conv layers, the rest by Jacobians), ``"autograd"`` (a loop
@@ -106,8 +114,13 @@ def empirical_ntk(
             (:class:`~torchntk.errors.BudgetWarning`) with the budget efficient blocks need.
         accumulate_dtype: e.g. ``torch.float64``: cast the features to it before their products
             and accumulate (and return) in it. Default: the model output's dtype.
-        progress: a progress bar over the tiles (tqdm), shown once a call has run 2 s:
-            ``None`` (default) when stderr is a terminal, ``True`` always, ``False`` never.
+        sketch: ``None`` (exact) or an even ``k``: an unbiased estimate from the per-example
+            gradients projected to ``k`` dimensions (:func:`torchntk.empirical.sketched_ntk`,
+            which also returns the estimate's error; relative Frobenius error about
+            ``sqrt((1 + effective rank) / k)``); ``seed`` fixes the projection.
+        progress: a progress bar over the tiles (tqdm, :mod:`torchntk._progress`): ``None``
+            (default) shows it when stderr is a terminal and the call runs over 2 s, ``True``
+            always, ``False`` never.
         return_report: also return an
             :class:`~torchntk.empirical.EmpiricalNTKReport`: the implementation that ran and
             why (the cost model's flop and memory estimates, what was left out or failed), the
@@ -129,13 +142,28 @@ def empirical_ntk(
         >>> report.implementation, report.block
         ('structured', 5)
     """
-    mode = _choice("mode", mode, MODES)
+    mode = _choice("mode", mode, MODES + ("pseudo",))
+    if mode == "pseudo":
+        return empirical_ntk(model, x1, x2, mode="mean", implementation=implementation, params=params,
+                             output=SummedOutput(output), per_layer=per_layer, block_size=block_size,
+                             memory=memory, accumulate_dtype=accumulate_dtype, sketch=sketch, seed=seed,
+                             progress=progress, return_report=return_report)
+    if sketch is not None:
+        if return_report is not False:
+            raise InvalidArgumentError(
+                "`return_report` is for the exact kernel; with `sketch`, call "
+                "torchntk.empirical.sketched_ntk, whose result carries the estimate's error")
+        if per_layer or implementation not in ("auto", "jacobian"):
+            raise InvalidArgumentError(
+                "`sketch` projects the per-example Jacobians: it takes implementation='auto' or "
+                f"'jacobian' and per_layer=False, got implementation={implementation!r}, per_layer={per_layer!r}")
+        return sketched_ntk(model, x1, x2, k=sketch, seed=seed, mode=mode, params=params, output=output,
+                            memory=memory, block_size=block_size, accumulate_dtype=accumulate_dtype).kernel
     implementation = _choice("implementation", implementation, IMPLEMENTATIONS)
     for flag, value in (("per_layer", per_layer), ("return_report", return_report)):
         if not isinstance(value, bool):
             raise InvalidArgumentError(f"`{flag}` must be True or False, got {value!r}")
-    if progress is not None and not isinstance(progress, bool):
-        raise InvalidArgumentError(f"`progress` must be None, True or False, got {progress!r}")
+    check_progress(progress)
     fm = make_functional(model, params, output)
     x1, x2 = _from_numpy("x1", x1, fm), _from_numpy("x2", x2, fm)
     _check_kind("x1", x1)

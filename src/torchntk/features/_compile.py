@@ -14,10 +14,10 @@ import torch
 from .. import layers as L
 from ..errors import SpecError, UnsupportedLayerError
 from ..layers import activations as A
-from ..layers.combinators import Parallel as _SpecParallel
-from ..layers._base import Serial as _SpecSerial
-from ..layers.conv import window_geometry
-from ..layers.pooling import _Pool
+from ..layers._core.combinators import Parallel as _SpecParallel
+from ..layers._core.protocol import Serial as _SpecSerial
+from ..layers.conv.convolution import window_geometry
+from ..layers.pooling.pools import _Pool
 from . import _hermite, _variance
 from . import _steps as S
 from ._sketch import projection

@@ -36,7 +36,7 @@ growing like ``k``.
 Truncation degree: the smallest ``K`` whose relative tail ``tail(q) / E[a(sqrt(q) z)^2]`` (and
 the same for ``a'``) is at most the tolerance on every calibration row, ``K <= MAX_DEGREE``.
 The coefficients are computed per row by Gauss-Hermite quadrature (the projector of
-:mod:`torchntk.layers._quadrature`), so rows of any norm get their own ``a_k(q(x))``; a row whose
+:mod:`torchntk.layers.activations._quadrature`), so rows of any norm get their own ``a_k(q(x))``; a row whose
 tail exceeds ``WARN_FACTOR`` times the tolerance (a larger variance than the calibration's)
 raises an :class:`~torchntk.errors.AccuracyWarning`.
 """
@@ -53,9 +53,9 @@ import torch
 
 from ..errors import AccuracyWarning, UnsupportedLayerError
 from ..layers import activations as A
-from ..layers._elementwise import ElementwiseLayer
-from ..layers._quadrature import _eval, _hermite_projector
-from ..layers.special_activations import RectifiedMonomial
+from ..layers.activations._elementwise import ElementwiseLayer
+from ..layers.activations._quadrature import _eval, _hermite_projector
+from ..layers.activations.special import RectifiedMonomial
 from . import _steps as S
 from ._sketch import TensorSrht, sketch
 

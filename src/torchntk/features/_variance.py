@@ -27,8 +27,8 @@ from typing import Any, Callable
 import torch
 
 from .. import layers as L
-from ..layers.combinators import Parallel as _SpecParallel
-from ..layers._base import Serial as _SpecSerial
+from ..layers._core.combinators import Parallel as _SpecParallel
+from ..layers._core.protocol import Serial as _SpecSerial
 from . import _steps as S
 
 Tensor = torch.Tensor

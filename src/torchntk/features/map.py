@@ -25,7 +25,7 @@ from .._checks import check_choice
 from .._memory import memory_budget
 from ..errors import InvalidArgumentError, ShapeError, SpecError
 from ..layers import Layer
-from ..layers._base import _check_inputs
+from ..layers._core.gram import _check_inputs
 from . import _hermite
 from . import _steps as S
 from ._compile import Context, compile_spec

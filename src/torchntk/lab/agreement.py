@@ -9,7 +9,8 @@ step ``eta``; ``f0`` = the network's own outputs at initialization) from two ker
 
 The RMSE over all recorded times and points falls with the width: the network follows its
 linearization more closely (``~ 1/n``) and ``Theta_inf``'s prediction (``~ n^(-1/2)``).
-The cost ``C`` is non-increasing along training.
+The cost ``C`` is non-increasing along training. The networks that left the kernel regime
+(their tracker's drift passed the sweep's limit, 0.1) are named with the step where it happened.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ EXPLANATION = (
     "training and held-out points. Both fall with the width. Middle: the network (dots) and "
     "the Theta_inf prediction (lines) on the held-out circle at several times for the widest "
     "network. Right: the cost C along training, non-increasing for every width."
+    " Networks whose kernel drifted by more than 10% during training (the DriftTracker alarm) are "
+    "listed with the step where it happened (metrics: left_kernel_regime)."
 )
 
 
@@ -39,6 +42,14 @@ def _predict(kernel, kernel_test, sweep, i, s):
                            f0_train=torch.from_numpy(sweep["f_train"][i, s, 0]), learning_rate=lr)
     f_tr, f_te = pred(steps, torch.from_numpy(kernel_test), torch.from_numpy(sweep["f_test"][i, s, 0]))
     return f_tr.reshape(len(steps), -1).cpu().numpy(), f_te.reshape(len(steps), -1).cpu().numpy()
+
+
+def _alarms(sweep: dict) -> dict:
+    """``{width: [step or None per seed]}``: where each network's kernel drift passed the limit."""
+    steps = sweep.get("alarm_step")
+    if steps is None:  # a sweep recorded before the alarm existed
+        return {}
+    return {str(int(w)): [int(k) if k >= 0 else None for k in row] for w, row in zip(sweep["widths"], steps)}
 
 
 def compute(sweep: dict) -> tuple[dict, dict]:
@@ -76,6 +87,7 @@ def compute(sweep: dict) -> tuple[dict, dict]:
         "max_relative_cost_increase": float(increase),
         "cost_non_increasing": bool(increase <= 1e-9),
         "final_cost_widest": float(costs[-1, :, -1].mean()),
+        "left_kernel_regime": _alarms(sweep),
     }
     arrays = {"widths": widths, "rmse": rmse, "gamma_test": sweep["gamma_test"],
               "gamma_train": sweep["gamma_train"], "y_train": sweep["y_train"],

@@ -10,6 +10,14 @@ Rates are held against the theory only for modes with ``lambda_k / lambda_max >=
 initial component of at least 5 % of the residual, which the leakage cannot swamp): a slow
 mode needs a long time to decay, during which the (slightly) drifting kernel mixes it with the
 fast ones, and its small initial component is soon dominated by that leakage.
+
+The tolerance of each held mode is set by the kernel's own motion: by Weyl's inequality an
+eigenvalue of the kernel during training stays within ``||Theta_T - Theta_0||_2`` of
+``lambda_k`` (``Theta_T`` the kernel after training), so the rate of mode ``k`` may miss
+``lambda_k / N`` by up to ``||Theta_T - Theta_0||_2 / lambda_k`` in relative terms; a further
+``MIXING`` (5%) covers the rotation of the eigenvectors, which leaks other modes' components
+into the projection. A miss beyond ``||Theta_T - Theta_0||_2 / lambda_k + MIXING`` is not
+explained by the drift, and the check fails.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ EXPLANATION = (
 
 THRESHOLD = 0.1
 MIN_SHARE = 0.05
+MIXING = 0.05
 
 
 def _fit_rate(t: np.ndarray, comp: np.ndarray, rate_hint: float) -> float:
@@ -66,6 +75,9 @@ def compute(sweep: dict) -> tuple[dict, dict]:
     theory_gd = -np.log1p(-lr * np.maximum(lam, 0) / N) / lr
     rates = np.array([_fit_rate(t, comp[:, k], max(theory_gd[k], 1e-12)) for k in range(N)])
     err = np.abs(rates[held] - theory_gd[held]) / theory_gd[held]
+    # Weyl: every eigenvalue of the kernel during training is within ||Theta_T - Theta_0||_2 of its start
+    moved = float(np.linalg.norm(sweep["thetaT"][-1, 0] - theta0, 2))
+    allowance = moved / lam[held] + MIXING
     # ordered: a mode with a clearly larger eigenvalue (ratio > 1.25) is learned faster
     ordered = all(rates[a] > rates[b] for a in held for b in held if lam[a] > 1.25 * lam[b])
     lam_inf = np.linalg.eigvalsh(sweep["theta_inf"])[::-1]
@@ -79,6 +91,10 @@ def compute(sweep: dict) -> tuple[dict, dict]:
         "theory_rates_lambda_over_N": theory[held].tolist(),
         "theory_rates_gradient_descent": theory_gd[held].tolist(),
         "max_relative_rate_error": float(err.max()),
+        "relative_rate_errors": err.tolist(),
+        "kernel_motion_spectral": moved,
+        "rate_error_allowance": allowance.tolist(),
+        "rates_within_allowance": bool((err <= allowance).all()),
         "learned_in_eigenvalue_order": bool(ordered),
         "threshold": THRESHOLD,
         "min_component_share": MIN_SHARE,

@@ -6,18 +6,26 @@ ReLU network (from a :mod:`torchntk.layers` spec) is trained by full-batch gradi
 ``C = (1/(2N)) sum ||f - y||^2`` with ``eta = lr_scale * N / lambda_max(Theta_inf)``; recorded:
 outputs over time, the cost at every step, the empirical NTK on the training points at
 initialization and after training (and the held-out/train block at initialization), and a
-:class:`~torchntk.lab.DriftTracker` history on the training points.
+:class:`~torchntk.lab.DriftTracker` history on the training points, with the step of its alarm
+(the first record whose drift passed ``DRIFT_LIMIT``; -1 for none) in ``alarm_step``.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
+from ..errors import DriftWarning
 from ..layers import mlp
 from . import _backend as B
 from .tracker import DriftTracker
 from .training import train_full_batch
+
+
+#: The tracker's drift limit in the sweep (the default of DriftTracker).
+DRIFT_LIMIT = 0.1
 
 
 def target(gamma: np.ndarray) -> np.ndarray:
@@ -52,6 +60,7 @@ def run(cfg, progress) -> dict[str, np.ndarray]:
         "f_train": np.zeros((W, S, T, N, 1)), "f_test": np.zeros((W, S, T, M, 1)),
         "cost": np.zeros((W, S, cfg.steps + 1)),
         "theta0": np.zeros((W, S, N, N)), "theta0_test": np.zeros((W, S, M, N)), "thetaT": np.zeros((W, S, N, N)),
+        "alarm_step": np.full((W, S), -1),
     }
     track_steps, track_drift, track_align = None, [], []
     bar = progress(total=W * S, desc="training sweep")
@@ -63,10 +72,13 @@ def run(cfg, progress) -> dict[str, np.ndarray]:
             net = B.build_module(spec, 2, seed)
             out["theta0"][i, s] = B.empirical_ntk(net, xtr).cpu().numpy()
             out["theta0_test"][i, s] = B.empirical_ntk(net, xte, xtr).cpu().numpy()
-            tracker = DriftTracker(net, xtr, ytr, every=cfg.track_every)
-            with tracker:
+            tracker = DriftTracker(net, xtr, ytr, every=cfg.track_every, drift_limit=DRIFT_LIMIT)
+            with tracker, warnings.catch_warnings():
+                warnings.simplefilter("ignore", DriftWarning)  # the alarm is recorded, and reported by agreement
                 traj = train_full_batch(net, xtr, ytr, learning_rate=lr, steps=cfg.steps,
                                         record_steps=record, x_test=xte, callback=lambda k: tracker.step())
+            if tracker.alarm is not None:
+                out["alarm_step"][i, s] = tracker.alarm["step"]
             out["thetaT"][i, s] = B.empirical_ntk(net, xtr).cpu().numpy()
             out["f_train"][i, s], out["f_test"][i, s], out["cost"][i, s] = traj.f_train, traj.f_test, traj.cost
             track_steps = np.asarray(tracker.history["step"])

@@ -9,24 +9,49 @@ One description gives both the finite network and its infinite-width kernels::
 
 The layer names and arguments follow neural-tangents' ``stax`` (with PyTorch's channels-first
 layout). See ``docs/infinite-width.md``.
+
+The layers live in family subpackages (``dense``, ``conv``, ``pooling``, ``linear_maps``,
+``attention``, ``graph``, ``normalization``, ``activations``, ``modules``) over a private core
+(``_core``: the protocol, the kernel driver, the combinators, the :class:`Kernel` record) and
+private layout modules (``_spatial``, ``_side``, ``_masking``); every public name is re-exported
+here.
 """
 
-from ._base import Layer
-from ._elementwise import ElementwiseLayer
+from ._core.combinators import FanInConcat, FanInProd, FanInSum, FanOut, Identity, parallel, repeat, serial
+from ._core.kernel import Kernel
+from ._core.protocol import Layer
+from .activations import (
+    ABRelu,
+    Abs,
+    Cos,
+    Elementwise,
+    ElementwiseLayer,
+    ElementwiseNumerical,
+    Erf,
+    Exp,
+    ExpNormalized,
+    Gabor,
+    Gaussian,
+    Gelu,
+    Hermite,
+    LeakyRelu,
+    Monomial,
+    Polynomial,
+    Rbf,
+    RectifiedMonomial,
+    Relu,
+    Sigmoid_like,
+    Sign,
+    Sin,
+)
 from .attention import GlobalSelfAttention
-from .conv import Conv
-from .combinators import FanInConcat, FanInProd, FanInSum, FanOut, Identity, parallel, repeat, serial
-from .conv_local import ConvLocal
-from .conv_transpose import ConvTranspose
-from .dense import Dense
-from .kernel import Kernel
-from .from_module import from_module
+from .conv import Conv, ConvLocal, ConvTranspose
+from .dense import Dense, mlp
 from .graph import Aggregate
 from .linear_maps import DotGeneral, ImageResize, Index, Slice
-from .mlp import mlp
+from .modules import MonteCarloKernel, from_module, monte_carlo_kernel, monte_carlo_kernels
 from .normalization import Dropout, LayerNorm
 from .pooling import AvgPool, Flatten, GlobalAvgPool, GlobalSumPool, SumPool
-from .special_activations import ExpNormalized, Gabor, Hermite, RectifiedMonomial
 
 __all__ = [
     "Kernel",
@@ -63,30 +88,24 @@ __all__ = [
     "Dropout",
     "GlobalSelfAttention",
     "from_module",
+    "ABRelu",
+    "Relu",
+    "LeakyRelu",
+    "Abs",
+    "Sign",
+    "Erf",
+    "Sigmoid_like",
+    "Gelu",
+    "Sin",
+    "Cos",
+    "Rbf",
+    "Exp",
+    "Gaussian",
+    "Monomial",
+    "Polynomial",
+    "Elementwise",
+    "ElementwiseNumerical",
+    "MonteCarloKernel",
+    "monte_carlo_kernel",
+    "monte_carlo_kernels",
 ]
-
-# -- nonlinearities and Monte Carlo kernels --------------------------------------------------------
-from . import activations as _activations
-from .activations import (
-    ABRelu,
-    Abs,
-    Cos,
-    Elementwise,
-    ElementwiseNumerical,
-    Erf,
-    Exp,
-    Gaussian,
-    Gelu,
-    LeakyRelu,
-    Monomial,
-    Polynomial,
-    Rbf,
-    Relu,
-    Sigmoid_like,
-    Sign,
-    Sin,
-)
-
-from .monte_carlo import MonteCarloKernel, monte_carlo_kernel, monte_carlo_kernels
-
-__all__ += list(_activations.__all__) + ["MonteCarloKernel", "monte_carlo_kernel", "monte_carlo_kernels"]

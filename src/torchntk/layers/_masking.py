@@ -23,7 +23,7 @@ import math
 
 import torch
 
-from .kernel import Kernel
+from ._core.kernel import Kernel
 
 
 def keep_of(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:

@@ -14,19 +14,13 @@ from typing import Sequence
 
 import torch
 
-from .kernel import Kernel
-
-
-def same_pads(size: int, window: int, stride: int) -> tuple[int, int]:
-    """TensorFlow SAME padding of one axis: output ``ceil(size / stride)``, extra pixel after."""
-    out = -(-size // stride)
-    total = max((out - 1) * stride + window - size, 0)
-    return total // 2, total - total // 2
+from ..nn.conv import same_pads
+from ._core.kernel import Kernel
 
 
 def axis_pads(size: int, window: int, stride: int, padding: str) -> tuple[int, int]:
     """``(before, after)`` padding of one axis for ``padding`` in VALID / SAME / CIRCULAR."""
-    return (0, 0) if padding == "VALID" else same_pads(size, window, stride)
+    return (0, 0) if padding == "VALID" else same_pads([size], [window], [stride])[0]
 
 
 def out_size(size: int, window: int, stride: int, padding: str) -> int:
@@ -41,7 +35,7 @@ def pad_input(x: "torch.Tensor", window: Sequence[int], strides: Sequence[int], 
     zeros for SAME, wrap-around for CIRCULAR (the finite modules then apply a VALID window)."""
     if padding == "VALID":
         return x
-    pads = [same_pads(n, k, s) for n, k, s in zip(x.shape[2:], window, strides)]
+    pads = same_pads(x.shape[2:], window, strides)
     flat = [p for pair in reversed(pads) for p in pair]
     if not any(flat):
         return x
