@@ -156,3 +156,16 @@ def test_integer_input_to_a_float_model_is_a_dtype_error():
     model = nn.Linear(3, 2).to(DT)
     with pytest.raises(InvalidArgumentError, match=r"holds integers \(torch.int64\).*dtype problem.*x1\.to\(torch.float64\)"):
         empirical_ntk(model, torch.randint(0, 5, (4, 3)))
+
+
+def test_the_sketched_kernel_checks_the_model_too():
+    from torchntk.empirical import gradient_features
+
+    model = _net(lambda h: torch.tanh(h - h.mean(0, keepdim=True)))
+    with pytest.raises(ModelStateError, match="mixes the examples"):
+        gradient_features(model, X, 8)
+    model = _net(torch.tanh)
+    with torch.no_grad():
+        model.a.bias[0] = float("inf")
+    with pytest.raises(NonFiniteError, match="'a.bias'"):
+        empirical_ntk(model, X, sketch=8)
