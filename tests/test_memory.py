@@ -7,7 +7,11 @@ import torch
 
 import torchntk
 from torchntk import layers as L
-from torchntk._memory import DEFAULT_MEMORY, memory_budget, parse_memory
+from torchntk import _memory
+from torchntk._memory import (
+    DEFAULT_MEMORY, MAX_DEFAULT, MIN_DEFAULT, available_memory, default_memory, format_memory, memory_budget,
+    parse_memory,
+)
 from torchntk.errors import InvalidArgumentError
 
 
@@ -30,12 +34,38 @@ def test_bad_budgets_raise_naming_the_argument(bad):
         parse_memory(bad)
 
 
-def test_none_is_the_default_of_2_gib():
-    assert memory_budget(None) == DEFAULT_MEMORY == 2 * 2**30
+def test_none_follows_the_available_memory_and_default_memory_stays_2_gib():
+    """``None`` is a quarter of the available memory, a power of two within [512 MiB, 16 GiB]."""
+    assert DEFAULT_MEMORY == 2 * 2**30  # the fixed default of the machine-independent tilings
+    avail = available_memory()
+    assert avail is not None and avail > 0  # /proc/meminfo or sysconf on every test machine
+    got = memory_budget(None)
+    assert got == default_memory() and got & (got - 1) == 0  # a power of two
+    assert MIN_DEFAULT <= got <= MAX_DEFAULT
+    if MIN_DEFAULT < got < MAX_DEFAULT:  # not clamped: the largest power of two <= avail / 4
+        assert got <= avail / 4 < 2 * got
     assert memory_budget("1GiB") == 2**30
     assert torchntk.scale.parse_memory is parse_memory
 
 
+@pytest.mark.parametrize(
+    ("avail", "expected"),
+    [(None, 2 * 2**30), (2**30, 2**29), (10 * 2**30, 2 * 2**30), (33 * 2**30, 8 * 2**30), (2**40, 16 * 2**30)],
+)
+def test_default_memory_rule(monkeypatch, avail, expected):
+    """Unknown: 2 GiB; 1 GiB available: the 512 MiB floor; 10 GiB: 2.5 -> 2 GiB; 33 GiB:
+    8.25 -> 8 GiB; 1 TiB: the 16 GiB cap."""
+    monkeypatch.setattr(_memory, "available_memory", lambda device=None: avail)
+    assert memory_budget(None) == default_memory() == expected
+
+
+def test_format_memory_reads_back():
+    for n in (1, 1000, 1536, 3 * 2**20 + 1, 5 * 2**30):
+        assert parse_memory(format_memory(n, round_up=True)) >= n
+    assert format_memory(1536) == "1.5KiB" and format_memory(2 * 2**30) == "2GiB"
+
+
+@pytest.mark.filterwarnings("ignore::torchntk.errors.BudgetWarning")  # "1 KB" forces tiny blocks
 def test_every_entry_point_accepts_strings_and_rejects_nonsense():
     x = torch.randn(6, 3, dtype=torch.float64)
     spec = L.mlp(16, 2)
@@ -49,5 +79,6 @@ def test_every_entry_point_accepts_strings_and_rejects_nonsense():
     torch.testing.assert_close(torchntk.empirical_ntk(net, x, mode="mean", memory="2G"), full)
     torch.testing.assert_close(torchntk.empirical_ntk(net, x, mode="mean", memory="1 KB"), full,
                                rtol=1e-12, atol=1e-12)
-    assert torchntk.scale.plan_tile(10**6, 10**6, memory=None) == torchntk.scale.plan_tile(10**6, 10**6,
-                                                                                           memory="2GiB")
+    assert torchntk.scale.plan_tile(10**6, 10**6, memory=None) == torchntk.scale.plan_tile(
+        10**6, 10**6, memory=default_memory())
+    assert torchntk.scale.plan_tile(10**6, 10**6) == torchntk.scale.plan_tile(10**6, 10**6, memory="2GiB")

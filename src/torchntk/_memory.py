@@ -12,27 +12,104 @@ unit                          meaning                     example
 ============================  ==========================  =========================
 
 A bare letter is SI, as in Dask's ``parse_bytes`` and Kubernetes quantities; write ``"GiB"``
-(or ``"Gi"``) for powers of two. The default budget, :data:`DEFAULT_MEMORY`, is 2 GiB.
+(or ``"Gi"``) for powers of two.
+
+Two defaults:
+
+* ``memory=None`` (an entry point given neither ``memory`` nor ``block_size``) is
+  :func:`default_memory`: a quarter of the memory available now (RAM, or the free memory of
+  the GPU for CUDA inputs), rounded down to a power of two and clamped to
+  [:data:`MIN_DEFAULT`, :data:`MAX_DEFAULT`] = [512 MiB, 16 GiB];
+* :data:`DEFAULT_MEMORY`, 2 GiB, is the fixed default of the entry points whose blocks must not
+  depend on the machine (``spec.kernel``, ``scale.tiled_kernel``, stores, the CLI): they pass it
+  as their default value and document it as 2 GiB.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import re
+
+import torch
 
 from .errors import InvalidArgumentError
 
-#: Budget used when an entry point is given neither ``memory`` nor ``block_size``: 2 GiB.
+#: The fixed budget of the entry points whose tiling must not depend on the machine: 2 GiB.
 DEFAULT_MEMORY = 2 * 2**30
+#: Bounds of :func:`default_memory`: 512 MiB and 16 GiB.
+MIN_DEFAULT, MAX_DEFAULT = 2**29, 16 * 2**30
+#: The share of the available memory that :func:`default_memory` takes.
+DEFAULT_FRACTION = 0.25
+
+
+def available_memory(device: torch.device | str | None = None) -> int | None:
+    """Bytes of memory available now: free GPU memory for a CUDA ``device``; otherwise the
+    RAM available to this process (``MemAvailable`` of ``/proc/meminfo``, lowered to the
+    cgroup v2 limit left when there is one, else the free pages). ``None`` if unknown."""
+    dev = torch.device(device) if device is not None else None
+    if dev is not None and dev.type == "cuda":
+        try:
+            return int(torch.cuda.mem_get_info(dev)[0])
+        except (RuntimeError, AssertionError):
+            return None
+    found: list[int] = []
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        with open("/sys/fs/cgroup/memory.current") as f:
+            used = int(f.read().strip())
+        if limit != "max":
+            found.append(max(int(limit) - used, 0))
+    except (OSError, ValueError):
+        pass
+    if not found:
+        try:
+            found.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (OSError, ValueError, AttributeError):
+            return None
+    return min(found)
+
+
+def default_memory(device: torch.device | str | None = None) -> int:
+    """The budget of ``memory=None``: :data:`DEFAULT_FRACTION` of :func:`available_memory`,
+    rounded down to a power of two (so small changes of the free memory do not change the
+    blocks), within [:data:`MIN_DEFAULT`, :data:`MAX_DEFAULT`]; :data:`DEFAULT_MEMORY` when
+    the available memory is unknown."""
+    avail = available_memory(device)
+    if avail is None:
+        return DEFAULT_MEMORY
+    share = DEFAULT_FRACTION * avail
+    rounded = 2 ** int(math.floor(math.log2(share))) if share >= 1 else 1
+    return int(min(max(rounded, MIN_DEFAULT), MAX_DEFAULT))
 
 _PREFIX = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
 _SIZE = re.compile(r"\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmgt]?)(i?)(b?)\s*")
 _USAGE = "bytes or a size such as '2GiB', '512MB' or '1e9'"
 
 
-def memory_budget(memory: int | float | str | None, name: str = "memory") -> int:
-    """Bytes in the budget ``memory``, or :data:`DEFAULT_MEMORY` when it is ``None``."""
-    return DEFAULT_MEMORY if memory is None else parse_memory(memory, name)
+def format_memory(n: float, round_up: bool = False) -> str:
+    """``n`` bytes as a budget string of :func:`parse_memory` in binary units, 3 significant
+    digits (``"1.5GiB"``); ``round_up=True`` rounds up to a whole number of the unit, so the
+    string is a budget of at least ``n`` bytes."""
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{math.ceil(n / size)}{unit}" if round_up else f"{n / size:.3g}{unit}"
+    return f"{math.ceil(n)}B"
+
+
+def memory_budget(
+    memory: int | float | str | None, name: str = "memory", device: torch.device | str | None = None
+) -> int:
+    """Bytes in the budget ``memory``, or :func:`default_memory` (of ``device``) when it is ``None``."""
+    return default_memory(device) if memory is None else parse_memory(memory, name)
 
 
 def parse_memory(memory: int | float | str, name: str = "memory") -> int:

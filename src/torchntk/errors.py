@@ -30,6 +30,7 @@ __all__ = [
     "AccuracyWarning",
     "StabilityWarning",
     "DriftWarning",
+    "BudgetWarning",
 ]
 
 
@@ -88,3 +89,8 @@ class StabilityWarning(TorchNTKWarning):
 class DriftWarning(TorchNTKWarning):
     """A network under training left its kernel regime (``lab.DriftTracker``'s alarm): its
     empirical NTK drifted, or its outputs left the kernel prediction, beyond a set limit."""
+
+
+class BudgetWarning(TorchNTKWarning):
+    """A memory budget too small to run efficiently (tiny blocks); the message gives the
+    budget that efficient blocks would need."""

@@ -91,7 +91,13 @@ def test_other_bad_arguments():
     with pytest.raises(InvalidArgumentError, match="`block_size`"):
         empirical_ntk(_net(), X, block_size=0)
     with pytest.raises(InvalidArgumentError, match="`x1`"):
-        empirical_ntk(_net(), X.numpy())
+        empirical_ntk(_net(), X.tolist())
+    with pytest.raises(InvalidArgumentError, match="`x1` is a numpy array of dtype bool"):
+        empirical_ntk(_net(), X.numpy() > 0)
+    with pytest.raises(InvalidArgumentError, match="`progress`"):
+        empirical_ntk(_net(), X, progress="yes")
+    with pytest.raises(InvalidArgumentError, match="`return_report`"):
+        empirical_ntk(_net(), X, return_report=1)
     with pytest.raises(InvalidArgumentError, match="`params`"):
         empirical_ntk(lambda p, x: x, X)  # plain function without a params dict
     with pytest.raises(InvalidArgumentError, match="`accumulate_dtype`"):

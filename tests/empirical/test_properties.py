@@ -20,6 +20,7 @@ def cases():
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("mode", ["full", "diagonal", "mean"])
 @pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.filterwarnings("ignore::torchntk.errors.BudgetWarning")  # the tiny budget is the point
 def test_blocked_equals_unblocked(cases, impl, mode, symmetric):
     model, x1, x2 = cases["cnn"]
     x2 = None if symmetric else x2

@@ -19,6 +19,7 @@ from typing import Protocol
 
 import torch
 
+from .._progress import progress_bar
 from ..errors import InvalidArgumentError
 from ._modes import Accumulator, finalize, mirror, out_shape, transpose
 
@@ -32,6 +33,16 @@ class Backend(Protocol):
     def contract(self, f1: object, f2: object, mode: str, acc: Accumulator) -> None: ...
 
     def take(self, f: object, rows: slice) -> object: ...
+
+
+#: Blocks of fewer examples than this (when there are more) recompute the features of the
+#: column blocks so often that the call slows by a large factor: the planner warns.
+EFFICIENT_BLOCK = 64
+
+
+def block_bytes(b: int, fixed_bytes: float, per_example: float, per_pair: float) -> float:
+    """The planner's peak-memory estimate for blocks of ``b`` examples (see the module doc)."""
+    return fixed_bytes + 2 * b * per_example + b * b * per_pair
 
 
 def plan_block(
@@ -48,7 +59,7 @@ def plan_block(
             raise InvalidArgumentError(f"`block_size` must be a positive int, got {block_size!r}")
         return min(block_size, n)
     free = max(budget - fixed_bytes, 0.0)
-    # largest b with per_pair b^2 + 2 per_example b <= free
+    # largest b with block_bytes(b) <= budget: per_pair b^2 + 2 per_example b <= free
     if per_pair > 0:
         b = (-per_example + math.sqrt(per_example**2 + per_pair * free)) / per_pair
     else:
@@ -68,6 +79,7 @@ def compute_tiled(
     per_layer: bool,
     block: int,
     dtype: torch.dtype | None,
+    progress: bool | None = False,
 ) -> torch.Tensor | dict[str, torch.Tensor]:
     """Assemble ``Theta(x1, x2)`` (``x2=None``: symmetric ``Theta(x1, x1)``) from tiles.
 
@@ -78,6 +90,7 @@ def compute_tiled(
     symmetric = x2 is None
     xs = x1 if symmetric else x2
     n1, n2, o = x1.shape[0], xs.shape[0], backend.out_dim
+    bar = progress_bar(count_tiles(n1, n2, block, symmetric), "empirical_ntk", progress, unit="tile")
     out: dict[str, torch.Tensor] = {}
     cached = block >= max(n1, n2)
     rows, cols = _tiles(n1, block), _tiles(n2, block)
@@ -107,4 +120,12 @@ def compute_tiled(
                 t = finalize(mirror(t, mode) if on_diagonal else t, mode, o)
                 put(name, t, r, c, symmetric and bj != bi)
             del f2, acc
+            bar.update()
+    bar.close()
     return out if per_layer else out[""]
+
+
+def count_tiles(n1: int, n2: int, block: int, symmetric: bool) -> int:
+    """Tiles computed for an ``n1 x n2`` kernel in blocks of ``block`` (upper ones if symmetric)."""
+    r, c = -(-n1 // block), -(-n2 // block)
+    return r * (r + 1) // 2 if symmetric else r * c

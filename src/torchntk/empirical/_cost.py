@@ -43,6 +43,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
+from .._memory import format_memory
 from ._functional import Functional
 from .autograd import AutogradBackend
 from .jacobian import JacobianBackend
@@ -137,6 +138,7 @@ class Entry:
     probe: tuple
     out_dim: int
     failed: set = field(default_factory=set)
+    per_example: bool = False  # the model passed :func:`._guards.check_per_example`
 
 
 def _key(fm: Functional, x1: torch.Tensor) -> tuple:
@@ -268,9 +270,11 @@ def candidates(
     per_layer: bool,
     acc_dtype: torch.dtype | None,
     ent: Entry | None = None,
+    left_out: dict[str, str] | None = None,
 ) -> tuple[list[Plan], Entry]:
     """The plans to try in order (one for an explicit ``implementation``) and the cache entry
-    (``ent``: the :func:`entry` of ``fm`` at ``x1`` when the caller has it)."""
+    (``ent``: the :func:`entry` of ``fm`` at ``x1`` when the caller has it). ``left_out``, a
+    dict, receives the implementations ``"auto"`` does not try, with the reason."""
     ent = entry(fm, x1) if ent is None else ent
     n1 = x1.shape[0]
     s = _itemsize(fm, acc_dtype)
@@ -295,11 +299,19 @@ def candidates(
         plans["autograd"] = Plan(AutogradBackend(fm, o), jac_flops, out_bytes, 2 * o * p * s, 3 * e * s)
     if not auto:
         return [plans[implementation]], ent
-    skip = ent.failed | known_limits(fm, ent.probe[3])
-    fast = [
-        v for k, v in plans.items()
-        if k in ("structured", "jacobian", "ntvp") and k not in skip and (k == "ntvp" or v.min_bytes() <= budget)
-    ]
+    limits = known_limits(fm, ent.probe[3])
+    why: dict[str, str] = {}
+    for k in ("structured", "jacobian", "ntvp"):
+        if k in ent.failed:
+            why[k] = "failed on this model before (remembered)"
+        elif k in limits:
+            why[k] = "cannot handle this model (recurrent layers, or attention without a forward-mode rule)"
+        elif k != "ntvp" and plans[k].min_bytes() > budget:
+            why[k] = (f"needs {format_memory(plans[k].min_bytes())} even in blocks of one example, "
+                      f"over the budget of {format_memory(budget)}")
+    if left_out is not None:
+        left_out.update(why)
+    fast = [v for k, v in plans.items() if k in ("structured", "jacobian", "ntvp") and k not in why]
     order = sorted(fast, key=lambda pl: pl.flops)
     if ent.probe[0] and ent.probe[2] and "structured+autograd" not in ent.failed:
         order.append(structured_plan(fm, ent.probe, n1, n2, o, mode, per_layer, s, budget, loop=True))

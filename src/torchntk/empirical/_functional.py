@@ -101,6 +101,8 @@ class Functional:
             parameters in neither dict are taken from the module as they are.
         raw: the user's function ``(params, x) -> (N, O) or (N,)`` (plain-function models).
         output: the output selector (see :func:`select_output`).
+        slots: for a module, each parameter's name -> the names of the distinct attribute
+            slots holding it (:func:`parameter_slots`; filled in from ``module``).
     """
 
     params: dict[str, torch.Tensor]
@@ -108,11 +110,19 @@ class Functional:
     frozen: dict[str, torch.Tensor] = field(default_factory=dict)
     raw: Callable | None = None
     output: OutputSelector = None
+    slots: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.module is not None and not self.slots:
+            self.slots = parameter_slots(self.module)
 
     def raw_call(self, params: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """The selected output tensor as the model returns it (no reshaping)."""
         if self.module is not None:
-            out = functional_call(self.module, {**self.frozen, **params}, (x,))
+            values = {**self.frozen, **params}
+            slots = self.slots
+            values = {s: v for n, v in values.items() for s in slots.get(n, (n,))}
+            out = functional_call(self.module, values, (x,), tie_weights=False)
         else:
             out = self.raw(dict(params), x)
         return select_output(out, self.output)
@@ -166,6 +176,15 @@ def _input_error(name: str, x: torch.Tensor, fm: Functional, err: Exception) -> 
             f"`{name}` has dtype {x.dtype} but the model's parameters are {dt}; the model failed "
             f"on it ({reason}). Cast one to the other, e.g. {name}.to({dt})"
         )
+    ids = ids_error({name: x}, fm, err)
+    if ids is not None:
+        return ids
+    if not x.is_floating_point() and (_is_dtype_message(str(err)) or not embeddings(fm)):
+        return InvalidArgumentError(
+            f"`{name}` holds integers ({x.dtype}) but the model computes in {dt} and failed on "
+            f"them ({reason}): a dtype problem, not a shape one. Integer inputs are for models "
+            f"that look them up (token ids of an nn.Embedding); for numbers pass {name}.to({dt})"
+        )
     dev = next(iter(fm.params.values())).device
     if x.device != dev:
         return InvalidArgumentError(
@@ -181,6 +200,63 @@ def _input_error(name: str, x: torch.Tensor, fm: Functional, err: Exception) -> 
         f"the model failed on `{name}` of shape {tuple(x.shape)} (examples of shape "
         f"{tuple(x.shape[1:])}): {reason}. Check that the per-example shape is the one the model "
         "expects"
+    )
+
+
+def parameter_slots(module: nn.Module) -> dict[str, tuple[str, ...]]:
+    """Each parameter of ``module`` (by its ``named_parameters()`` name) -> the names of the
+    distinct ``(module, attribute)`` slots that hold it.
+
+    A parameter shared by two modules (``m2.weight = m1.weight``) sits in two slots; a module
+    registered under two names (``Sequential(lin, act, lin)``) gives its parameters two names
+    but one slot each. ``functional_call`` must set every slot once: a slot set twice under two
+    names is restored from the value of the first swap, and the model keeps a plain tensor in
+    place of its parameter.
+    """
+    slots: dict[str, list[str]] = {}
+    first: dict[int, str] = {}
+    seen: set[tuple[int, str]] = set()
+    for mname, m in module.named_modules(remove_duplicate=False):
+        for attr, p in m._parameters.items():
+            if p is None:
+                continue
+            name = f"{mname}.{attr}" if mname else attr
+            canon = first.setdefault(id(p), name)
+            if (id(m), attr) not in seen:
+                seen.add((id(m), attr))
+                slots.setdefault(canon, []).append(name)
+    return {n: tuple(v) for n, v in slots.items()}
+
+
+def _is_dtype_message(msg: str) -> bool:
+    return any(k in msg for k in ("dtype", "scalar type", "Long", "Int", "not implemented for"))
+
+
+def embeddings(fm: Functional) -> list[tuple[str, int]]:
+    """``(name, num_embeddings)`` of every ``nn.Embedding`` of the model (none for a function)."""
+    if fm.module is None:
+        return []
+    return [(n or type(m).__name__, m.num_embeddings) for n, m in fm.module.named_modules() if isinstance(m, nn.Embedding)]
+
+
+def ids_error(inputs: Mapping[str, torch.Tensor | None], fm: Functional, err: BaseException) -> Exception | None:
+    """The error for token ids out of range of the model's embedding (an ``IndexError`` of the
+    lookup), naming the arguments whose ids fall outside; ``None`` if ``err`` is not that."""
+    msg = str(err)
+    ints = {n: x for n, x in inputs.items() if x is not None and not x.is_floating_point()}
+    if not ints or not (isinstance(err, IndexError) or "index out of range" in msg or "out of bounds" in msg):
+        return None
+    embs = embeddings(fm)
+    size = max((k for _, k in embs), default=None)
+    ranges = {n: (int(x.min()), int(x.max())) for n, x in ints.items()}
+    blamed = [n for n, (lo, hi) in ranges.items() if lo < 0 or (size is not None and hi >= size)] or list(ranges)
+    held = "; ".join(f"`{n}` holds ids from {ranges[n][0]} to {ranges[n][1]}" for n in blamed)
+    table = ", ".join(f"{n!r}: num_embeddings={k} (ids 0..{k - 1})" for n, k in embs) or "none found"
+    first = msg.strip().splitlines()[0] if msg.strip() else ""
+    return InvalidArgumentError(
+        f"token ids out of range for the model's embedding: {held}; the model's nn.Embedding "
+        f"layers: {table}. The lookup failed with {type(err).__name__}: {first}. Pass ids in "
+        "range (or enlarge the embedding)"
     )
 
 
@@ -204,8 +280,14 @@ def check_deterministic(module: nn.Module) -> None:
             )
 
 
-def select_names(named: Mapping[str, torch.Tensor], params: ParamSelector) -> list[str]:
-    """The names of ``named`` (in model order) that the selector ``params`` picks."""
+def select_names(
+    named: Mapping[str, torch.Tensor], params: ParamSelector, aliases: Mapping[str, str] | None = None
+) -> list[str]:
+    """The names of ``named`` (in model order) that the selector ``params`` picks.
+
+    ``aliases`` maps every other name of a shared parameter (``model.named_parameters(
+    remove_duplicate=False)``) to its name in ``named``, so a list may use either.
+    """
     if params is None:
         return [n for n, p in named.items() if p.requires_grad]
     if callable(params):
@@ -219,7 +301,8 @@ def select_names(named: Mapping[str, torch.Tensor], params: ParamSelector) -> li
                 raise InvalidArgumentError(
                     f"`params` must list parameter names (str), got an item {key!r}"
                 )
-            hits = [n for n in named if n == key or n.startswith(key + ".")]
+            every = {**{n: n for n in named}, **(aliases or {})}
+            hits = [c for n, c in every.items() if n == key or n.startswith(key + ".")]
             if not hits:
                 raise InvalidArgumentError(
                     f"`params` names {key!r}, which is neither a parameter nor a module of the "
@@ -259,7 +342,9 @@ def make_functional(
                 "an nn.Module pass parameter names or a predicate (name, param) -> bool"
             )
         named = dict(model.named_parameters())
-        names = select_names(named, params)
+        canon = {id(p): n for n, p in named.items()}
+        aliases = {n: canon[id(p)] for n, p in model.named_parameters(remove_duplicate=False) if n not in named}
+        names = select_names(named, params, aliases)
         if not names:
             if params is None:
                 raise ModelStateError(

@@ -124,17 +124,28 @@ class _UsageTracker(TorchFunctionMode):
 
 @dataclass
 class Record:
-    """One layer call: its input (detached) and its output (in the graph)."""
+    """One layer call: its input (detached) and its output (in the graph), with the version
+    counters they had then (a later in-place update of either changes its counter)."""
 
     a: torch.Tensor
     y: torch.Tensor
+    versions: tuple[int, int] = (0, 0)
+
+    def overwritten(self) -> bool:
+        """True when the model updated the recorded input or output in place after the call."""
+        return (self.a._version, self.y._version) != self.versions
 
 
 class Capture:
-    """Context manager: forward hooks recording input and output of each covered layer call."""
+    """Context manager: forward hooks recording input and output of each covered layer call.
 
-    def __init__(self, layers: list[LayerInfo], track: dict[int, str] | None = None) -> None:
-        self.layers = layers
+    With ``copy=True`` the layer's output is passed on as a copy (and its input recorded as
+    one), so a forward that updates them in place (``F.relu(y, inplace=True)``, ``y[:, 0] = 0``)
+    leaves the recorded tensors and the cotangent ``d f / d y`` of the layer's own output intact.
+    """
+
+    def __init__(self, layers: list[LayerInfo], track: dict[int, str] | None = None, copy: bool = False) -> None:
+        self.layers, self.copy = layers, copy
         self.calls: dict[str, list[Record]] = {lay.name: [] for lay in layers}
         self.stack: list[str] = []
         self.tracker = None if track is None else _UsageTracker(track, self.stack)
@@ -164,7 +175,11 @@ class Capture:
     def _post(self, name: str):
         def hook(module, inputs, output):
             self.stack.pop()
-            self.calls[name].append(Record(inputs[0].detach(), output))
+            a = inputs[0].detach()
+            if self.copy:
+                a = a.clone()
+            self.calls[name].append(Record(a, output, (a._version, output._version)))
+            return output.clone() if self.copy else None
 
         return hook
 

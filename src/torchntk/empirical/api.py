@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from typing import Callable
 
@@ -10,12 +11,15 @@ import torch
 from torch import nn
 
 from .._checks import check_batches, check_choice, check_tensor
-from ..errors import InvalidArgumentError, ShapeError
+from ..errors import BudgetWarning, InvalidArgumentError, ShapeError
 from . import _cost
-from .._memory import memory_budget
-from ._blocks import compute_tiled, plan_block
+from .._memory import format_memory, memory_budget
+from .._progress import check_progress
+from ._blocks import EFFICIENT_BLOCK, block_bytes, compute_tiled, count_tiles, plan_block
 from ._failures import failing_operation, is_capability_error, unsupported
-from ._functional import OutputSelector, ParamSelector, make_functional, plain_input
+from ._guards import check_finite_model, check_kernel_finite, check_per_example, in_place_error
+from ._functional import Functional, OutputSelector, ParamSelector, ids_error, make_functional, plain_input
+from ._report import EmpiricalNTKReport, Estimate
 from ._modes import MODES
 from .pseudo import SummedOutput
 from .sketch import sketched_ntk
@@ -59,17 +63,24 @@ def empirical_ntk(
     accumulate_dtype: torch.dtype | None = None,
     sketch: int | None = None,
     seed: int = 0,
-) -> torch.Tensor | dict[str, torch.Tensor]:
+    progress: bool | None = None,
+    return_report: bool = False,
+) -> torch.Tensor | dict[str, torch.Tensor] | tuple[torch.Tensor | dict[str, torch.Tensor], EmpiricalNTKReport]:
     """The empirical NTK ``Theta[i, j, a, b] = sum_p df_a(x1_i)/dtheta_p * df_b(x2_j)/dtheta_p``.
 
     Args:
         model: an ``nn.Module`` mapping a batch ``(N, ...)`` to ``(N, O)`` or ``(N,)`` (``O = 1``),
             or a plain function ``f(params, x)`` of a dict of tensors, with that dict as ``params``.
             The model must be deterministic per example: call ``model.eval()`` when it has
-            BatchNorm or Dropout. A model returning a dict, tuple or output object needs
-            ``output``.
+            BatchNorm or Dropout (a forward that mixes the examples of a batch, or is random,
+            raises :class:`~torchntk.errors.ModelStateError`), with finite parameters
+            (:class:`~torchntk.errors.NonFiniteError` names the first that is not). A
+            parameter shared by several modules or uses counts once (its feature is the sum
+            of its uses' gradients). The model is never modified. A model returning a dict,
+            tuple or output object needs ``output``.
         x1: inputs ``(N1, ...)``: floating point (the dtype of the model's parameters), or
-            integer ids (token ids of an embedding).
+            integer ids (token ids of an embedding); a tensor or a numpy array (floating arrays
+            are converted to the model's dtype and device, integer ones to int64 ids).
         x2: inputs ``(N2, ...)`` with the same feature shape; ``None`` computes the symmetric
             ``Theta(x1, x1)`` once (upper tiles, mirrored) and makes it exactly symmetric.
         mode: ``"full"`` -> ``(N1, N2, O, O)``; ``"diagonal"`` -> ``(N1, N2, O)`` (entries
@@ -96,17 +107,29 @@ def empirical_ntk(
         per_layer: return ``{parameter name: part}`` whose values sum to the kernel.
         block_size: tile the kernel in blocks of this many examples (bounds peak memory).
         memory: a peak-memory budget for the tiling, in bytes or as ``"2GiB"``, ``"500MB"``
-            (units of :mod:`torchntk._memory`; default when neither is given: 2 GiB).
+            (units of :mod:`torchntk._memory`). Default when neither is given:
+            :func:`torchntk._memory.default_memory`, a quarter of the memory available (RAM, or
+            free GPU memory for CUDA inputs) rounded down to a power of two, within
+            [512 MiB, 16 GiB]. A budget that forces blocks of fewer than 64 examples warns
+            (:class:`~torchntk.errors.BudgetWarning`) with the budget efficient blocks need.
         accumulate_dtype: e.g. ``torch.float64``: cast the features to it before their products
             and accumulate (and return) in it. Default: the model output's dtype.
         sketch: ``None`` (exact) or an even ``k``: an unbiased estimate from the per-example
             gradients projected to ``k`` dimensions (:func:`torchntk.empirical.sketched_ntk`,
             which also returns the estimate's error; relative Frobenius error about
             ``sqrt((1 + effective rank) / k)``); ``seed`` fixes the projection.
+        progress: a progress bar over the tiles (tqdm, :mod:`torchntk._progress`): ``None``
+            (default) shows it when stderr is a terminal and the call runs over 2 s, ``True``
+            always, ``False`` never.
+        return_report: also return an
+            :class:`~torchntk.empirical.EmpiricalNTKReport`: the implementation that ran and
+            why (the cost model's flop and memory estimates, what was left out or failed), the
+            blocks, and the budget and estimated peak memory; ``print(report)`` summarizes it.
 
     Returns:
         A tensor of the shape of ``mode`` (dtype and device of the model output), or a dict of
-        such tensors when ``per_layer=True``.
+        such tensors when ``per_layer=True``; with ``return_report=True`` the pair
+        ``(kernel, report)``.
 
     Example:
         >>> net = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
@@ -115,13 +138,21 @@ def empirical_ntk(
         torch.Size([5, 5, 2, 2])
         >>> empirical_ntk(net, x, torch.randn(4, 3), mode="mean").shape
         torch.Size([5, 4])
+        >>> kernel, report = empirical_ntk(net, x, return_report=True)
+        >>> report.implementation, report.block
+        ('structured', 5)
     """
     mode = _choice("mode", mode, MODES + ("pseudo",))
     if mode == "pseudo":
         return empirical_ntk(model, x1, x2, mode="mean", implementation=implementation, params=params,
                              output=SummedOutput(output), per_layer=per_layer, block_size=block_size,
-                             memory=memory, accumulate_dtype=accumulate_dtype, sketch=sketch, seed=seed)
+                             memory=memory, accumulate_dtype=accumulate_dtype, sketch=sketch, seed=seed,
+                             progress=progress, return_report=return_report)
     if sketch is not None:
+        if return_report is not False:
+            raise InvalidArgumentError(
+                "`return_report` is for the exact kernel; with `sketch`, call "
+                "torchntk.empirical.sketched_ntk, whose result carries the estimate's error")
         if per_layer or implementation not in ("auto", "jacobian"):
             raise InvalidArgumentError(
                 "`sketch` projects the per-example Jacobians: it takes implementation='auto' or "
@@ -129,6 +160,12 @@ def empirical_ntk(
         return sketched_ntk(model, x1, x2, k=sketch, seed=seed, mode=mode, params=params, output=output,
                             memory=memory, block_size=block_size, accumulate_dtype=accumulate_dtype).kernel
     implementation = _choice("implementation", implementation, IMPLEMENTATIONS)
+    for flag, value in (("per_layer", per_layer), ("return_report", return_report)):
+        if not isinstance(value, bool):
+            raise InvalidArgumentError(f"`{flag}` must be True or False, got {value!r}")
+    check_progress(progress)
+    fm = make_functional(model, params, output)
+    x1, x2 = _from_numpy("x1", x1, fm), _from_numpy("x2", x2, fm)
     _check_kind("x1", x1)
     _check_kind("x2", x2)
     x1, x2 = check_batches(x1, x2)
@@ -142,42 +179,113 @@ def empirical_ntk(
         raise InvalidArgumentError(
             f"`accumulate_dtype` must be a floating torch.dtype such as torch.float64, got {accumulate_dtype!r}"
         )
-    if not isinstance(per_layer, bool):
-        raise InvalidArgumentError(f"`per_layer` must be True or False, got {per_layer!r}")
-    budget = memory_budget(memory)
+    budget = memory_budget(memory, device=x1.device)
+    source = "block_size" if block_size is not None else ("default" if memory is None else "memory")
+    x1 = plain_input(x1)
+    x2 = None if x2 is None else plain_input(x2)
+    start = time.perf_counter()
+    try:
+        kernel, report = _compute(
+            fm, x1, x2, mode, implementation, per_layer, block_size, budget, source, accumulate_dtype, progress
+        )
+    except IndexError as err:
+        explained = ids_error({"x1": x1, "x2": x2}, fm, err)
+        if explained is None:
+            raise
+        raise explained from err
+    report.seconds = time.perf_counter() - start
+    if _LOG.isEnabledFor(logging.DEBUG):
+        _LOG.debug("%s", report)
+    return (kernel, report) if return_report else kernel
+
+
+def _from_numpy(name: str, x: object, fm: Functional) -> object:
+    """A numpy array as a tensor on the model's device: floating arrays in the model's dtype,
+    integer arrays (token ids) as int64; anything else unchanged (checked later)."""
+    if type(x).__module__ != "numpy" or not hasattr(x, "dtype") or not hasattr(x, "shape"):
+        return x
+    kind = x.dtype.kind
+    dev = next(iter(fm.params.values())).device
+    if kind == "f":
+        return torch.as_tensor(x).to(device=dev, dtype=fm.dtype)
+    if kind in "iu":
+        return torch.as_tensor(x).to(device=dev, dtype=torch.int64)
+    raise InvalidArgumentError(
+        f"`{name}` is a numpy array of dtype {x.dtype}; pass real numbers (converted to the "
+        f"model's {fm.dtype}) or integer token ids"
+    )
+
+
+def _compute(fm, x1, x2, mode, implementation, per_layer, block_size, budget, source, accumulate_dtype,
+             progress) -> tuple[torch.Tensor | dict[str, torch.Tensor], EmpiricalNTKReport]:
+    """:func:`empirical_ntk` after the argument checks: plan, run, fall back, check."""
     # Derivatives are needed even when the caller is in no_grad or inference mode.
     with torch.inference_mode(False), torch.enable_grad():
-        fm = make_functional(model, params, output)
-        x1 = plain_input(x1)
-        x2 = None if x2 is None else plain_input(x2)
+        check_finite_model(fm)
         entry = _cost.entry(fm, x1)  # runs the model on a few examples on a plan-cache miss
-        n2 = x1.shape[0] if x2 is None else x2.shape[0]
+        if not entry.per_example:
+            check_per_example(fm, x1[:2] if x1.shape[0] > 1 or x2 is None else torch.cat([x1, x2[:1]]))
+            entry.per_example = True
+        n1 = x1.shape[0]
+        n2 = n1 if x2 is None else x2.shape[0]
+        left_out: dict[str, str] = {}
         plans, _ = _cost.candidates(
-            fm, x1, n2, entry.out_dim, mode, implementation, budget, per_layer, accumulate_dtype, entry
+            fm, x1, n2, entry.out_dim, mode, implementation, budget, per_layer, accumulate_dtype, entry, left_out
         )
+        estimates = [Estimate(p.backend.name, p.flops, p.min_bytes()) for p in plans]
+        failed: dict[str, str] = {}
         for k, plan in enumerate(plans):
-            block = plan_block(
-                max(x1.shape[0], n2), block_size, budget, plan.fixed_bytes, plan.example_bytes, plan.pair_bytes
-            )
-            if _LOG.isEnabledFor(logging.DEBUG):
-                _LOG.debug("empirical_ntk: implementation %r, blocks of %d examples", plan.backend.name, block)
+            figures = (plan.fixed_bytes, plan.example_bytes, plan.pair_bytes)
+            block = plan_block(max(n1, n2), block_size, budget, *figures)
+            if block_size is None and block < min(max(n1, n2), EFFICIENT_BLOCK):
+                _warn_budget(plan.backend.name, block, budget, max(n1, n2), figures,
+                             count_tiles(n1, n2, block, x2 is None))
             try:
-                return compute_tiled(plan.backend, x1, x2, mode, per_layer, block, accumulate_dtype)
+                kernel = compute_tiled(plan.backend, x1, x2, mode, per_layer, block, accumulate_dtype, progress)
             except Exception as err:
                 if not is_capability_error(err):
                     raise
+                stop = in_place_error(fm, x1, err)
+                if stop is not None:
+                    raise stop from err
                 name = plan.backend.name
                 if implementation != "auto" or k + 1 == len(plans):
                     raise unsupported(name, err) from err
                 entry.failed.add(name)
+                failed[name] = failing_operation(err)
                 warnings.warn(
                     f"empirical_ntk: implementation {name!r} cannot handle this model (it failed at "
-                    f"{failing_operation(err)}); using {plans[k + 1].backend.name!r} instead. "
+                    f"{failed[name]}); using {plans[k + 1].backend.name!r} instead. "
                     "implementation='auto' remembers this for this model.",
                     RuntimeWarning,
-                    stacklevel=2,
+                    stacklevel=3,
                 )
+                continue
+            check_kernel_finite(kernel, fm, x1, x2)
+            report = EmpiricalNTKReport(
+                plan.backend.name, implementation, estimates, left_out, failed, n1, n2,
+                entry.out_dim, block, count_tiles(n1, n2, block, x2 is None), budget, source,
+                block_bytes(block, *figures),
+            )
+            return kernel, report
         raise AssertionError("unreachable: the last plan returns or raises")  # pragma: no cover
+
+
+def _warn_budget(name: str, block: int, budget: int, n: int, figures: tuple[float, float, float], tiles: int) -> None:
+    """The :class:`~torchntk.errors.BudgetWarning` of a budget that forces tiny blocks."""
+    good = min(n, EFFICIENT_BLOCK)
+    need, whole = (format_memory(block_bytes(b, *figures), round_up=True) for b in (good, n))
+    over = (f" (the kernel alone takes {format_memory(figures[0])}, more than the budget)"
+            if figures[0] > budget else "")
+    warnings.warn(
+        f"empirical_ntk: the memory budget of {format_memory(budget)}{over} allows blocks of only "
+        f"{block} example(s) for implementation {name!r}: {tiles} tiles, "
+        f"each computing the features of its blocks again, so the call may run many times "
+        f"slower than with larger blocks. Blocks of {good} examples need memory={need!r}, one "
+        f"block of all {n} examples memory={whole!r}; or pass block_size= to choose the blocks",
+        BudgetWarning,
+        stacklevel=4,
+    )
 
 
 def flatten_kernel(theta: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ from torch import nn
 from torch.func import jvp
 
 from ..errors import InvalidArgumentError
-from ._functional import Functional, OutputSelector, ParamSelector, make_functional
+from ._functional import Functional, OutputSelector, ParamSelector, make_functional, parameter_slots
 
 
 class Linearized(nn.Module):
@@ -46,6 +46,7 @@ class Linearized(nn.Module):
         self._names = list(make_functional(self.model, params).params)
         for n, p in self.model.named_parameters():
             p.requires_grad_(n in self._names)
+        self._slots = parameter_slots(self.model)  # the copy's tied parameters, found once
         self._theta0 = nn.Module()  # buffers p0, p1, ...: theta0, moved by .to() and saved in state_dict
         params = dict(self.model.named_parameters())
         for k, n in enumerate(self._names):
@@ -59,7 +60,7 @@ class Linearized(nn.Module):
         params = dict(self.model.named_parameters())
         theta0 = self.theta0()
         delta = {n: params[n] - theta0[n] for n in self._names}
-        fm = Functional(params=theta0, module=self.model, output=self._output)
+        fm = Functional(params=theta0, module=self.model, output=self._output, slots=self._slots)
         out0, dout = jvp(lambda p: fm.raw_call(p, x), (theta0,), (delta,))
         return out0 + dout
 

@@ -35,6 +35,7 @@ from .._checks import check_batches, check_choice
 from .._memory import memory_budget
 from .._progress import progress_bar
 from ..errors import InvalidArgumentError
+from ._guards import check_finite_model, check_per_example
 from ._functional import Functional, OutputSelector, ParamSelector, make_functional, plain_input
 from ._modes import MODES
 from .jacobian import jacobians
@@ -98,7 +99,8 @@ def gradient_features(
         k: the sketch size (even): the features have ``k`` columns.
         seed: of the buckets and signs; the same seed gives the same projection on every call,
             so features of different batches can be compared.
-        memory: budget of the per-example gradients held at once (default 2 GiB).
+        memory: budget of the per-example gradients held at once (default:
+            :func:`torchntk._memory.default_memory`, a share of the memory available).
         block_size: examples per block (default: as many as ``memory`` allows, at most 64).
         progress: a bar over the blocks (``None``: shown past 2 s on a terminal).
 
@@ -118,7 +120,9 @@ def gradient_features(
     with torch.inference_mode(False), torch.enable_grad():
         fm = make_functional(model, params, output)
         x = plain_input(x)
+        check_finite_model(fm)
         out_dim = fm.probe(x, "x")
+        check_per_example(fm, x)
         item = fm.dtype.itemsize
         total = sum(p.numel() for p in fm.params.values())
         # the Jacobian of a block of b examples and a group of G entries: b * O * G numbers (x3

@@ -154,40 +154,50 @@ class StructuredBackend:
         self.shapes = shapes or {}
         self.loop = loop  # uncovered parameters by the autograd loop instead of vmap
         self.state: dict = {}
+        self.copy = False  # layer outputs passed on as copies (the forward updates them in place)
         if loop:
             self.name = "structured+autograd"
 
     def features(self, x: torch.Tensor) -> tuple[list[_LayerFeat], dict[str, torch.Tensor]]:
-        fm, o = self.fm, self.out_dim
-        feats: list[_LayerFeat] = []
-        if self.layers:
-            params = dict(fm.params)
-            for lay in self.layers:
-                for n in (lay.weight, lay.bias):
-                    if n is not None:
-                        params[n] = params[n].detach().requires_grad_(True)
-            with torch.enable_grad(), Capture(self.layers) as cap:
-                out = fm(params, x)
-                for lay in self.layers:
-                    if len(cap.calls[lay.name]) != 1:  # a RuntimeError: "auto" moves on
-                        raise RuntimeError(
-                            f"the structured plan is stale: layer {lay.name!r} ran "
-                            f"{len(cap.calls[lay.name])} times in this forward pass and once in the "
-                            "planning probe (the model's computation depends on its weights or inputs)"
-                        )
-                recs = [cap.calls[lay.name][0] for lay in self.layers]
-                gs = _cotangents(out, [r.y for r in recs], self.state)
-            del out, params
-            for lay, rec, g in zip(self.layers, recs, gs):
-                if g is None:
-                    g = rec.y.new_zeros((o, *rec.y.shape))
-                feats.append(self._layer_features(lay, rec.a, g.detach()))
-            del recs, gs
+        fm = self.fm
+        feats = self._covered(x) if self.layers else []
         if not self.fallback:
             return feats, {}
         if self.loop:
             return feats, per_example_jacobians(fm, x, self.fallback, self.state)
         return feats, jacobians(fm, x, self.fallback)
+
+    def _covered(self, x: torch.Tensor) -> list[_LayerFeat]:
+        """Features of the covered layers; a forward that updates a recorded layer input or
+        output in place runs again with copies (:class:`._layers.Capture`), once per backend."""
+        fm, o = self.fm, self.out_dim
+        params = dict(fm.params)
+        for lay in self.layers:
+            for n in (lay.weight, lay.bias):
+                if n is not None:
+                    params[n] = params[n].detach().requires_grad_(True)
+        with torch.enable_grad(), Capture(self.layers, copy=self.copy) as cap:
+            out = fm(params, x)
+            for lay in self.layers:
+                if len(cap.calls[lay.name]) != 1:  # a RuntimeError: "auto" moves on
+                    raise RuntimeError(
+                        f"the structured plan is stale: layer {lay.name!r} ran "
+                        f"{len(cap.calls[lay.name])} times in this forward pass and once in the "
+                        "planning probe (the model's computation depends on its weights or inputs)"
+                    )
+            recs = [cap.calls[lay.name][0] for lay in self.layers]
+            retry = not self.copy and any(r.overwritten() for r in recs)
+            gs = None if retry else _cotangents(out, [r.y for r in recs], self.state)
+        del out, params
+        if retry:
+            self.copy = True
+            return self._covered(x)
+        feats = []
+        for lay, rec, g in zip(self.layers, recs, gs):
+            if g is None:
+                g = rec.y.new_zeros((o, *rec.y.shape))
+            feats.append(self._layer_features(lay, rec.a, g.detach()))
+        return feats
 
     def _layer_features(self, lay: LayerInfo, a: torch.Tensor, g: torch.Tensor) -> _LayerFeat:
         method = self.methods[lay.name]
