@@ -15,6 +15,7 @@ from __future__ import annotations
 from .corrections import Corrections, corrections
 from .exact import exact_nngp_moments
 from .sampling import MonteCarloMoments, monte_carlo_moments, sample_networks
+from .velocity import kernel_velocity, predict_kernel_change
 
 __all__ = [
     "Corrections",
@@ -23,4 +24,6 @@ __all__ = [
     "MonteCarloMoments",
     "monte_carlo_moments",
     "sample_networks",
+    "kernel_velocity",
+    "predict_kernel_change",
 ]
