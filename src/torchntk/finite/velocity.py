@@ -40,24 +40,34 @@ __all__ = ["kernel_velocity", "predict_kernel_change"]
 NORMALIZATIONS = ("sum", "mean")
 
 
-def _jacobians(fm, params, direction, x):
-    """Per-example Jacobians ``J (N, O, P)`` and their derivatives along ``direction``."""
-    names = list(params)
+def _jacobian_fn(fm, x):
+    """``params -> J (N, O, P)``: the per-example Jacobians of ``x``, flattened over the parameters."""
+    names = list(fm.params)
 
     def jac_one(p, xi):
         return jacrev(fm.single)(p, xi)
 
-    def batched(p):
-        jac = vmap(jac_one, in_dims=(None, 0))(p, x)
-        return torch.cat([jac[n].reshape(x.shape[0], jac[n].shape[1], -1) for n in names], -1)
+    def jac(p):
+        out = vmap(jac_one, in_dims=(None, 0))(p, x)
+        return torch.cat([out[n].reshape(x.shape[0], out[n].shape[1], -1) for n in names], -1)
 
-    return jvp(batched, (params,), (direction,))
+    return jac
+
+
+def _jacobians(fm, directions, x):
+    """``J (N, O, P)`` and its derivatives along each of the ``T`` stacked ``directions``,
+    ``(T, N, O, P)``: ``H_a(x_i) v_t``, one Hessian-vector product per example, output and
+    direction, by forward mode over the reverse-mode Jacobian (vectorized over the directions)."""
+    jac = _jacobian_fn(fm, x)
+    j = jac(fm.params)
+    dj = vmap(lambda d: jvp(jac, (fm.params,), (d,))[1])(directions)
+    return j, dj
 
 
 def _reduce(full: torch.Tensor, mode: str) -> torch.Tensor:
     if mode == "full":
         return full
-    diag = full.diagonal(dim1=2, dim2=3)
+    diag = full.diagonal(dim1=-2, dim2=-1)
     return diag if mode == "diagonal" else diag.mean(-1)
 
 
@@ -78,15 +88,16 @@ def _setup(model, x, x2, x_train, residual, params, output, normalization):
     return fm, plain_input(x), None if x2 is None else plain_input(x2), plain_input(x_train), residual
 
 
-def _velocity(fm, x, x2, x_train, residual, mode, scale):
+def _velocity(fm, x, x2, x_train, residuals, mode, scale):
+    """The velocities for the ``T`` residuals ``(T, M, O)``: ``(T, *shape of mode)``."""
     params = fm.params
     _, pullback = vjp(lambda p: fm(p, x_train), params)
-    (g,) = pullback(residual.to(fm.dtype))
-    direction = {n: -scale * g[n] for n in params}
-    j1, dj1 = _jacobians(fm, params, direction, x)
-    j2, dj2 = (j1, dj1) if x2 is None else _jacobians(fm, params, direction, x2)
-    # dTheta[i, j, a, b] = dJ1[i, a] . J2[j, b] + J1[i, a] . dJ2[j, b]
-    full = torch.einsum("iap,jbp->ijab", dj1, j2) + torch.einsum("iap,jbp->ijab", j1, dj2)
+    (g,) = vmap(pullback)(residuals.to(fm.dtype))
+    directions = {n: -scale * g[n] for n in params}
+    j1, dj1 = _jacobians(fm, directions, x)
+    j2, dj2 = (j1, dj1) if x2 is None else _jacobians(fm, directions, x2)
+    # dTheta[t, i, j, a, b] = dJ1[t, i, a] . J2[j, b] + J1[i, a] . dJ2[t, j, b]
+    full = torch.einsum("tiap,jbp->tijab", dj1, j2) + torch.einsum("iap,tjbp->tijab", j1, dj2)
     return _reduce(full, mode)
 
 
@@ -128,7 +139,7 @@ def kernel_velocity(
     mode, normalization = _choice("mode", mode, MODES), _choice("normalization", normalization, NORMALIZATIONS)
     fm, x, x2, x_train, residual = _setup(model, x, x2, x_train, residual, params, output, normalization)
     scale = 1.0 if normalization == "sum" else 1.0 / x_train.shape[0]
-    return _velocity(fm, x, x2, x_train, residual, mode, scale)
+    return _velocity(fm, x, x2, x_train, residual[None], mode, scale)[0]
 
 
 def predict_kernel_change(
@@ -171,11 +182,10 @@ def predict_kernel_change(
     lam, q = torch.linalg.eigh(theta)
     lam = lam.clamp(min=0)
     r0 = q.T @ residual.reshape(-1).to(torch.float64)
-    outs = []
-    for ti in times.reshape(-1):
-        tl = ti * lam
-        factor = torch.where(tl > 1e-12, -torch.expm1(-tl) / torch.where(lam > 0, lam, 1.0), ti * (1 - tl / 2))
-        integral = (q @ (factor * r0)).reshape(m, o).to(residual.dtype)
-        outs.append(_velocity(fm, x, x2, x_train, integral, mode, scale))
-    out = torch.stack(outs)
+    tl = times.reshape(-1, 1) * lam
+    # (1 - exp(-t lambda)) / lambda, and its limit t (1 - t lambda / 2) for t lambda -> 0
+    safe = torch.where(lam > 0, lam, torch.ones_like(lam))
+    factor = torch.where(tl > 1e-12, -torch.expm1(-tl) / safe, times.reshape(-1, 1) * (1 - tl / 2))
+    integrals = ((factor * r0) @ q.T).reshape(-1, m, o).to(residual.dtype)
+    out = _velocity(fm, x, x2, x_train, integrals, mode, scale)
     return out if times.ndim == 1 else out[0]
