@@ -169,3 +169,7 @@ def test_errors():
         finite.kernel_velocity(net, x, x_train, torch.zeros(5, 1, dtype=torch.float64), normalization="avg")
     with pytest.raises(InvalidArgumentError):
         finite.predict_kernel_change(net, x, x_train, torch.zeros(5, 1, dtype=torch.float64), -1.0)
+    with pytest.raises(ShapeError):
+        finite.kernel_velocity(net, x, x_train[:0], torch.zeros(0, 1, dtype=torch.float64))
+    with pytest.raises(InvalidArgumentError):
+        finite.kernel_velocity(net, x, x_train.tolist(), torch.zeros(5, 1, dtype=torch.float64))

@@ -59,9 +59,10 @@ def corrections(spec: layers.Layer, x: torch.Tensor, *, width: int | Sequence[in
 
     Returns:
         a :class:`Corrections` of ``(N,)`` float64 tensors. The formulas are in
-        :mod:`torchntk.finite.moments` and :mod:`torchntk.finite.ntk_moments`; they are
-        the first order of an expansion in ``depth / width`` and are accurate to about
-        ``(c L / n)^2`` relative (``c = 5/2`` for the NNGP of ReLU).
+        :mod:`torchntk.finite.moments` and :mod:`torchntk.finite.ntk_moments`. They are the
+        first order of an expansion in ``(L - 1) / n``, so the corrections themselves carry a
+        relative error of order ``(L - 1) / n`` (for the ReLU NNGP about ``2.5 (L - 1) / n``;
+        within 10% of Monte Carlo for ``(L - 1) / n <= 1/20``, see ``docs/finite.md``).
 
     Example:
         >>> from torchntk import layers as L

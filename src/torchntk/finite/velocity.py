@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.func import jacrev, jvp, vjp, vmap
 
-from .._checks import check_batches, check_finite, check_tensor
+from .._checks import check_batches, check_finite, check_nonempty_batch, check_tensor
 from ..empirical import empirical_ntk, flatten_kernel
 from ..empirical._functional import OutputSelector, ParamSelector, make_functional, plain_input
 from ..empirical._modes import MODES
@@ -73,8 +73,8 @@ def _reduce(full: torch.Tensor, mode: str) -> torch.Tensor:
 
 def _setup(model, x, x2, x_train, residual, params, output, normalization):
     x, x2 = check_batches(x, x2)
-    x_train = check_finite("x_train", check_tensor("x_train", x_train))
-    if x_train.ndim == 0 or x_train.shape[1:] != x.shape[1:]:
+    x_train = check_finite("x_train", check_nonempty_batch("x_train", check_tensor("x_train", x_train)))
+    if x_train.shape[1:] != x.shape[1:]:
         raise ShapeError(f"`x_train` must be a batch of inputs like `x` {tuple(x.shape[1:])}, got {tuple(x_train.shape)}")
     residual = check_finite("residual", check_tensor("residual", residual))
     fm = make_functional(model, params, output)
