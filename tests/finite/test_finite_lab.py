@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from torchntk.lab import LabConfig
-from torchntk.lab import finite_width
+from torchntk.lab import LabConfig, finite_width
 from torchntk.lab.studies import REGISTRY
 
 pytest.importorskip("matplotlib")

@@ -8,13 +8,12 @@ import math
 
 import pytest
 import torch
+from _finite_specs import inputs, mlp
 
 from torchntk import finite
 from torchntk import layers as L
 from torchntk.errors import InvalidArgumentError, ShapeError, SpecError
 from torchntk.finite._gauss import moments
-
-from _finite_specs import inputs, mlp
 
 K = torch.tensor([0.05, 0.3, 1.0, 2.5, 40.0], dtype=torch.float64)
 

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _finite_specs import inputs, mlp
 
 import torchntk
 from torchntk import finite
 from torchntk import layers as L
 from torchntk.finite._spec import read_mlp
 from torchntk.finite.sampling import draw_params, forward_backward
-
-from _finite_specs import inputs, mlp
 
 
 @pytest.mark.parametrize("act", [L.Relu, L.Erf])

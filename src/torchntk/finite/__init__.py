@@ -19,11 +19,11 @@ from .velocity import kernel_velocity, predict_kernel_change
 
 __all__ = [
     "Corrections",
+    "MonteCarloMoments",
     "corrections",
     "exact_nngp_moments",
-    "MonteCarloMoments",
-    "monte_carlo_moments",
-    "sample_networks",
     "kernel_velocity",
+    "monte_carlo_moments",
     "predict_kernel_change",
+    "sample_networks",
 ]

@@ -19,7 +19,7 @@ default nodes) for piecewise-analytic ``phi``.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache
 
 import torch
 
@@ -34,7 +34,7 @@ S_MIN, S_MAX, NODES = -39.0, 14.0, 801
 NAMES = ("g", "q4", "h", "r4", "m22")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _rule(nodes: int) -> tuple[torch.Tensor, torch.Tensor]:
     s = torch.linspace(S_MIN, S_MAX, nodes, dtype=torch.float64)
     z = torch.nn.functional.softplus(s)

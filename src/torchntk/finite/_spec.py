@@ -8,8 +8,8 @@ hidden widths ``n_1 .. n_{L-1}`` are the ``out_dim`` of the hidden Dense layers,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from .. import layers
 from .._checks import value_of
@@ -42,7 +42,7 @@ class MLPLayout:
 
 
 def _flatten(spec: layers.Layer) -> list[layers.Layer]:
-    if isinstance(spec, layers.Dense) or isinstance(spec, layers.ElementwiseLayer):
+    if isinstance(spec, (layers.Dense, layers.ElementwiseLayer)):
         return [spec]
     parts = getattr(spec, "layers", None)
     if type(spec).__name__ != "Serial" or parts is None:

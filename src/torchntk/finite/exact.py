@@ -17,7 +17,7 @@ and ``E[f^2] = m1``, ``E[f^4] = 3 m2`` at the readout. For ReLU without bias
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -14,15 +14,15 @@ it is ``delta_i sqrt(C_b)``).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
 from .. import layers
 from .._checks import check_finite, check_nonempty_batch, check_tensor
 from ..errors import InvalidArgumentError, ShapeError
-from ..layers._quadrature import _eval  # phi and phi' as the layers evaluate them (private import)
+from ..layers._quadrature import _eval  # phi, phi' as the layers do (private; update if layers move)
 from ._spec import MLPLayout, read_mlp
 
 __all__ = ["MonteCarloMoments", "monte_carlo_moments", "sample_networks"]

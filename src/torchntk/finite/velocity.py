@@ -22,7 +22,7 @@ returns that. Gradient descent with learning rate ``eta`` on the same cost reach
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -30,7 +30,12 @@ from torch.func import jacrev, jvp, vjp, vmap
 
 from .._checks import check_batches, check_finite, check_nonempty_batch, check_tensor
 from ..empirical import empirical_ntk, flatten_kernel
-from ..empirical._functional import OutputSelector, ParamSelector, make_functional, plain_input
+from ..empirical._functional import (
+    OutputSelector,
+    ParamSelector,
+    make_functional,
+    plain_input,
+)
 from ..empirical._modes import MODES
 from ..empirical.api import _choice  # choices in any case, as empirical_ntk
 from ..errors import InvalidArgumentError, ShapeError

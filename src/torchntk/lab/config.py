@@ -50,8 +50,8 @@ class LabConfig:
     # (f) finite width: Monte Carlo networks per cell (cap, and weight entries drawn per cell), drift runs
     finite_widths: tuple[int, ...] = (32, 64, 128, 256, 512, 1024)
     finite_depths: tuple[int, ...] = (2, 4, 8)
-    finite_samples: int = 4000
-    finite_budget: int = 400_000_000
+    finite_samples: int = 3000
+    finite_budget: int = 150_000_000
     finite_drift_widths: tuple[int, ...] = (64, 256, 1024)
     finite_drift_train: int = 8
     finite_drift_steps: int = 100
