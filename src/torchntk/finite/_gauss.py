@@ -25,7 +25,7 @@ import torch
 
 # the activation and its derivative at the nodes, as the layers' quadrature evaluates them
 # (private import from torchntk.layers; to be updated if the layers' modules move)
-from ..layers._quadrature import _eval
+from ..layers.activations._quadrature import _eval
 
 #: Trapezoid nodes in s on [S_MIN, S_MAX]: z = log(1 + e^s) from about 1e-17 to 14.
 S_MIN, S_MAX, NODES = -39.0, 14.0, 801

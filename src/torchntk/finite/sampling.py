@@ -22,7 +22,7 @@ import torch
 from .. import layers
 from .._checks import check_finite, check_nonempty_batch, check_tensor
 from ..errors import InvalidArgumentError, ShapeError
-from ..layers._quadrature import _eval  # private layers import: update if it moves
+from ..layers.activations._quadrature import _eval  # private import of the layers
 from ._spec import MLPLayout, read_mlp
 
 __all__ = ["MonteCarloMoments", "monte_carlo_moments", "sample_networks"]
