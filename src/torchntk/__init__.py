@@ -36,6 +36,7 @@ from . import layers  # noqa: E402  (infinite-width architecture specs)
 from .layers import Kernel  # noqa: E402
 from .layers.modules.monte_carlo import monte_carlo_kernel  # noqa: E402  (Monte Carlo NNGP/NTK of any module)
 from . import dynamics  # noqa: E402  (training in function space)
+from . import finite  # noqa: E402  (1/n corrections of MLP kernels, the dNTK)
 from . import scale  # noqa: E402  (tiled/resumable/distributed kernels, matrix-free solvers; zarr/dask lazy)
 from . import lab  # noqa: E402  (studies, DriftTracker, report; matplotlib/sklearn imported lazily)
 
@@ -63,6 +64,7 @@ __all__ = [
     "Kernel",
     "monte_carlo_kernel",
     "dynamics",
+    "finite",
     "scale",
     "lab",
 ]

@@ -42,6 +42,7 @@ def test_quick_demo_physics(quick_demo):
     assert m["modes"]["rates_within_allowance"]
     assert m["generalization"]["kernel_regression_accuracy_t_inf"] >= 0.85
     assert min(m["generalization"]["network_test_accuracy_final"].values()) >= 0.85
+    assert m["finite"]["corrected_tracks_monte_carlo"], m["finite"]
     assert all(c["passed"] for c in res["checks"]), res["checks"]
     assert "PASS" in stdout and "report.html" in stdout
     # every check's value is printed whole (rounded numbers, no cut): the decay rates' dict closes
@@ -52,11 +53,12 @@ def test_quick_demo_physics(quick_demo):
 def test_report_is_self_contained(quick_demo):
     out, _, _ = quick_demo
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 5
+    assert html.count("data:image/png;base64,") == 6
     assert "src=\"http" not in html and "<script" not in html
     for name in ("convergence", "drift", "agreement", "modes", "generalization"):
         assert (out / "figures" / f"{name}.png").stat().st_size > 10_000
         assert f"id='{name}'" in html
+    assert (out / "figures" / "finite_width.png").stat().st_size > 10_000 and "id='finite'" in html
 
 
 def _chromium():

@@ -47,6 +47,14 @@ class LabConfig:
     digits_steps: int = 200
     digits_lr_scale: float = 1.0
     digits_record_every: int = 10
+    # (f) finite width: Monte Carlo networks per cell (cap, and weight entries drawn per cell), drift runs
+    finite_widths: tuple[int, ...] = (32, 64, 128, 256, 512, 1024)
+    finite_depths: tuple[int, ...] = (2, 4, 8)
+    finite_samples: int = 3000
+    finite_budget: int = 150_000_000
+    finite_drift_widths: tuple[int, ...] = (64, 256, 1024)
+    finite_drift_train: int = 8
+    finite_drift_steps: int = 100
     studies: tuple[str, ...] = field(default=STUDIES)
 
     @classmethod
@@ -60,6 +68,8 @@ class LabConfig:
                 sweep_widths=(32, 64, 128, 256, 512), sweep_seeds=3, steps=150, track_every=10,
                 n_test=32,
                 digits_train=200, digits_test=300, digits_widths=(256,), digits_steps=150,
+                finite_widths=(32, 64, 128), finite_depths=(2, 4), finite_samples=1000,
+                finite_budget=10_000_000, finite_drift_widths=(64, 256), finite_drift_steps=40,
             )
         base.update(overrides)
         names = {f.name for f in dataclasses.fields(cls)}

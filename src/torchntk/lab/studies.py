@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import ModuleType
 
-from . import agreement, convergence, drift, generalization, modes
+from . import agreement, convergence, drift, finite_width, generalization, modes
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,8 @@ REGISTRY: dict[str, Study] = {
     "generalization": Study(generalization, ("seed", "b_std", "digits_train", "digits_test", "digits_widths",
                                              "digits_depth", "digits_steps", "digits_lr_scale",
                                              "digits_record_every")),
+    "finite": Study(finite_width, ("seed", "b_std", "finite_widths", "finite_depths", "finite_samples",
+                                   "finite_budget", "finite_drift_widths", "finite_drift_train", "finite_drift_steps")),
 }
 
 #: The study names, in the order the demo runs them.
