@@ -75,4 +75,13 @@ def evaluate(metrics: dict[str, dict]) -> list[dict]:
             # the network and its Theta_inf prediction at the same training time: O(n^-1/2) apart
             out.append(_check(f"the widest network's accuracy matches its kernel prediction (n = {widest})",
                               gap <= 0.05, gap, "|network - Theta_inf prediction| held-out accuracy <= 0.05"))
+    m = metrics.get("finite")
+    if m:
+        # the infinite-width theory predicts no fluctuations at all (relative error 1)
+        out.append(_check("1/n corrections track Monte Carlo over finite networks (NTK variance, NNGP kurtosis), "
+                          "where the infinite-width prediction (no fluctuations) misses them",
+                          m["corrected_tracks_monte_carlo"],
+                          {"ntk_variance": m["ntk_relative_variance_max_error_valid"],
+                           "nngp_kurtosis": m["nngp_kurtosis_max_error_valid"], "cells": m["cells_checked"]},
+                          m["track_rule"]))
     return out
