@@ -30,7 +30,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ...errors import InvalidArgumentError
+from ...errors import InvalidArgumentError, NonFiniteError
 from ._elementwise import ElementwiseLayer
 from ..._checks import check_hyper, check_int, is_one
 
@@ -61,16 +61,22 @@ def _records_grad(*ts: Tensor | float) -> bool:
     return torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in ts)
 
 
-#: Variances in ``[2^-480, 2^480]`` (or 0) keep ``q11 q22`` and ``q12^2`` inside float64's range.
-_SAFE_EXPONENT = 480
+def _safe_exponent(dtype: torch.dtype) -> int:
+    """``E`` such that variances in ``[2^-E, 2^E]`` (or 0) keep ``q11 q22``, ``q12^2`` and the
+    closed forms' sums inside the range of ``dtype``: 480 for float64 (largest exponent 1024), 60
+    for float32 and bfloat16 (128), 7 for float16 (16), the same 15/32 of the range."""
+    return (math.frexp(torch.finfo(dtype).max)[1] * 15) // 32
 
 
 def _variance_range(q11: Tensor, q22: Tensor) -> tuple[bool, bool]:
-    """``(in_range, positive)``: whether every nonzero variance lies in ``[2^-480, 2^480]`` (the
-    plain formulas are then free of overflow and underflow; else the scaled forms are used), and
-    whether every variance is > 0 (then, in range, every ``q11 q22`` product is > 0). One pass
-    per tensor (the variances are per point: small next to the pairs)."""
-    hi, lo = 2.0**_SAFE_EXPONENT, 2.0**-_SAFE_EXPONENT
+    """``(in_range, positive)``: whether every nonzero variance lies in ``[2^-E, 2^E]`` with ``E``
+    of :func:`_safe_exponent` (the plain formulas are then free of overflow and underflow; else
+    the scaled forms are used), and whether every variance is > 0 (then, in range, every
+    ``q11 q22`` product is > 0). One pass per tensor (the variances are per point: small next
+    to the pairs). An infinite variance (the covariance overflowed before the layer) raises
+    :class:`~torchntk.errors.NonFiniteError`: no scaling recovers it."""
+    exponent = _safe_exponent(q11.dtype)
+    hi, lo = 2.0**exponent, 2.0**-exponent
     positive = True
     for q in (q11, q22):
         if q.numel() == 0:
@@ -79,12 +85,22 @@ def _variance_range(q11: Tensor, q22: Tensor) -> tuple[bool, bool]:
         q = q.detach()
         bottom, top = torch.aminmax(q)
         bottom, top = float(bottom), float(top)
+        if top == math.inf:
+            raise NonFiniteError(_overflowed(q.dtype))
         if not top <= hi:
             return top != top, False  # NaN: no scaling helps, leave it to the plain formula
         positive = positive and bottom > 0
         if bottom < lo and float(torch.where(q > 0, q, torch.full_like(q, hi)).min()) < lo:
             return False, False
     return True, positive
+
+
+def _overflowed(dtype: torch.dtype, who: str = "a nonlinearity") -> str:
+    """The message for a pre-activation variance that overflowed ``dtype`` before ``who``."""
+    return (
+        f"{who}: a pre-activation variance is inf (beyond {dtype}'s range, {torch.finfo(dtype).max:.3g}); "
+        "the inputs (or the weights) are too large for the kernel to be represented: rescale the inputs"
+    )
 
 
 def _in_range(q11: Tensor, q22: Tensor) -> bool:
@@ -122,7 +138,11 @@ def _root_plus_det(x: Tensor, q11: Tensor, q12: Tensor, q22: Tensor, c: float | 
     finite wherever the result is representable: in the plain form when the variances are in
     range, else as ``2^k sqrt(x / 4^k + c D_s)`` with ``D = 4^k D_s`` from :func:`_scaled`."""
     if _in_range(q11, q22):
-        det = torch.addcmul(q11 * q22, q12, q12, value=-1).clamp(min=0)
+        # two rounded products, then one subtraction (not a fused multiply-add, which some
+        # processors use in addcmul): at correlation 1 (q12 = q11 = q22, as on a kernel's
+        # diagonal) the determinant is then exactly 0, not a rounding error of q^2 that would
+        # swamp x (1 + 4 q for Erf) once q exceeds 1/u
+        det = (q11 * q22 - q12 * q12).clamp(min=0)
         # a tensor c (a differentiable hyperparameter) cannot be torch.add's alpha
         return torch.sqrt(x + c * det if isinstance(c, Tensor) else torch.add(x, det, alpha=c))
     a, b, d, k = _scaled(q11, q12, q22)

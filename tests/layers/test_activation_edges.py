@@ -1,0 +1,61 @@
+"""Nonlinearities at their edges: inputs too large to represent, the diagonal at huge
+variances, parameters at the limits of their ranges, polynomials of high degree."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from torchntk import layers as L
+from torchntk.errors import NonFiniteError, SpecError
+from torchntk.features import FeatureMap
+
+F64, F32 = torch.float64, torch.float32
+X = torch.tensor([[1.0, 0.5], [0.3, -1.0], [2.0, 2.0]], dtype=F64)
+
+
+def _spec(act: L.Layer) -> L.Layer:
+    return L.serial(L.Dense(8, b_std=None), act, L.Dense(1, b_std=None))
+
+
+@pytest.mark.parametrize("act", [L.Relu(), L.LeakyRelu(0.1), L.Erf(), L.Gelu(), L.Sin(), L.RectifiedMonomial(2)], ids=repr)
+@pytest.mark.parametrize("scale,dtype", [(1e160, F64), (1e20, F32)])
+def test_overflowing_input_covariance_raises_naming_the_layer(act, scale, dtype):
+    # x.x'/n0 at input norms 1e160 (float64) or 1e20 (float32) overflows to inf before the
+    # first nonlinearity; Relu, LeakyRelu, Erf and Gelu used to recurse without end
+    # (RecursionError) in the scaled forms, through spec.kernel and FeatureMap alike
+    x = X * scale
+    with pytest.raises(NonFiniteError, match=f"{type(act).__name__}.*inf"):
+        _spec(act).kernel(x, dtype=dtype)
+    if dtype == F64 and isinstance(act, (L.ABRelu, L.Erf, L.Gelu)):  # the rules FeatureMap calls directly
+        with pytest.raises(NonFiniteError, match="inf"):
+            FeatureMap(_spec(act), 32, seed=0)(x)
+
+
+@pytest.mark.parametrize("dtype", [F64, F32])
+@pytest.mark.parametrize("act", [L.Erf(), L.Gelu()], ids=repr)
+def test_diagonal_at_huge_variances_matches_the_closed_form(act, dtype):
+    # On the diagonal q12 = q11 = q22 (the same bits): the determinant q11 q22 - q12^2 must be
+    # exactly 0. A fused multiply-add made it a rounding error of q^2, which swamps 1 + 4 q once
+    # q > 1/u: Erf's NTK diagonal was 3x off at input scale 1e9 (float64) and 2x at 1e4
+    # (float32). Reference: the docstring formulas at correlation 1 in 1000-digit arithmetic.
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 1000  # Gelu's docstring form cancels q^4 against q^4 (q up to 1e200)
+    tol = 1e-12 if dtype == F64 else 1e-5  # a few ulp of each (relative) through two affine maps
+    for scale in ([1e4, 1e9, 1e40, 1e100] if dtype == F64 else [1e2, 1e4, 1e8]):
+        k = _spec(act).kernel(X * scale, dtype=dtype)
+        for i in range(3):
+            q = mpmath.mpf(float(X[i] @ X[i])) * mpmath.mpf(scale) ** 2 / 2
+            if isinstance(act, L.Erf):
+                sigma = (2 / mpmath.pi) * mpmath.asin(2 * q / (1 + 2 * q))
+                sdot = (4 / mpmath.pi) / mpmath.sqrt(1 + 4 * q)
+            else:
+                p, d = 1 + q, 1 + 2 * q
+                orthant = mpmath.mpf(1) / 4 + mpmath.asin(q / p) / (2 * mpmath.pi)
+                sigma = q * orthant + (q * q + q * q * (1 - q * q) / (p * p)) / (2 * mpmath.pi * mpmath.sqrt(d))
+                sdot = orthant + q * (2 / p) / (2 * mpmath.pi * mpmath.sqrt(d)) + q / (2 * mpmath.pi * d * mpmath.sqrt(d))
+            ntk = q * sdot + sigma  # Theta' = Theta * sdot with Theta = q, then the last Dense adds Sigma'
+            assert abs(float(k.ntk[i, i]) / float(ntk) - 1) < tol, (scale, i)
+            assert abs(float(k.nngp[i, i]) / float(sigma) - 1) < tol, (scale, i)
