@@ -104,7 +104,7 @@ def _overflowed(dtype: torch.dtype, who: str = "a nonlinearity") -> str:
 
 
 def _in_range(q11: Tensor, q22: Tensor) -> bool:
-    """Whether every nonzero variance lies in ``[2^-480, 2^480]`` (see :func:`_variance_range`)."""
+    """Whether every nonzero variance lies in the safe range of :func:`_variance_range`."""
     return _variance_range(q11, q22)[0]
 
 
