@@ -59,3 +59,62 @@ def test_diagonal_at_huge_variances_matches_the_closed_form(act, dtype):
             ntk = q * sdot + sigma  # Theta' = Theta * sdot with Theta = q, then the last Dense adds Sigma'
             assert abs(float(k.ntk[i, i]) / float(ntk) - 1) < tol, (scale, i)
             assert abs(float(k.nngp[i, i]) / float(sigma) - 1) < tol, (scale, i)
+
+
+# -- parameters at their edges ---------------------------------------------------------------
+
+
+def test_gaussian_with_positive_b_beyond_convergence_raises_naming_b():
+    # E[exp(b u^2) exp(b v^2)] is infinite once 2 b lambda_max(Q) >= 1: it used to be NaN
+    for b in (1.0, 0.1):
+        with pytest.raises(SpecError, match="`b`"):
+            _spec(L.Gaussian(b=b)).kernel(X)
+    k = _spec(L.Gaussian(b=0.1)).kernel(X * 0.3)  # variances <= 0.36 < 1 / (2 b) = 5: finite
+    assert torch.isfinite(k.ntk).all()
+
+
+@pytest.mark.parametrize("b", [-3.0, -0.2, 0.0, 0.3])
+def test_gaussian_rule_matches_quadrature(b):
+    # scipy's adaptive 2-D quadrature of the Gaussian density (tolerance 1e-10 absolute) on
+    # [-30, 30]^2: for b = 0.3 the integrand decays as exp(-0.15 u^2), below e^-130 beyond
+    integrate = pytest.importorskip("scipy.integrate")
+    import numpy as np
+
+    q11, q12, q22, a = 0.7, 0.3, 1.1, 1.3
+    prec = np.linalg.inv(np.array([[q11, q12], [q12, q22]]))
+    norm = 2 * math.pi * math.sqrt(q11 * q22 - q12 * q12)
+
+    def expect(f):
+        return integrate.dblquad(
+            lambda v, u: f(u) * f(v) * math.exp(-0.5 * (prec[0, 0] * u * u + 2 * prec[0, 1] * u * v + prec[1, 1] * v * v)) / norm,
+            -30, 30, -30, 30, epsabs=1e-10, epsrel=1e-10)[0]
+
+    sigma, sdot = L.Gaussian(a=a, b=b).rule(*(torch.tensor(t, dtype=F64) for t in (q11, q12, q22)))
+    assert abs(float(sigma) - expect(lambda u: a * math.exp(b * u * u))) < 1e-8
+    assert abs(float(sdot) - expect(lambda u: 2 * a * b * u * math.exp(b * u * u))) < 1e-8
+
+
+def test_gaussian_narrow_bump_is_finite_and_matches_the_formula():
+    # b = -1e70: det ~ 4 b^2 D overflows in the docstring's product form (used to be NaN);
+    # the scaled form gives sigma = a^2 / sqrt(det) exactly as a 60-digit evaluation does
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 60
+    for b in (-1e70, -1e3, -1e-3):
+        q11, q12, q22 = 0.7, 0.3, 1.1
+        sigma, sdot = L.Gaussian(b=b).rule(*(torch.tensor(t, dtype=F64) for t in (q11, q12, q22)))
+        bb = mpmath.mpf(b)
+        det = (1 - 2 * bb * q11) * (1 - 2 * bb * q22) - 4 * bb * bb * mpmath.mpf(q12) ** 2
+        assert abs(float(sigma) / float(1 / mpmath.sqrt(det)) - 1) < 1e-13
+        assert abs(float(sdot) / float(4 * bb * bb * q12 / det**1.5) - 1) < 1e-13
+
+
+@pytest.mark.parametrize("make", [
+    lambda: L.Erf(b=1e200), lambda: L.Erf(a=1e76), lambda: L.ABRelu(1e200, 1.0), lambda: L.LeakyRelu(-1e80),
+    lambda: L.Sin(a=1e200), lambda: L.Cos(b=-1e100), lambda: L.Exp(b=-1e200), lambda: L.Gaussian(a=1e200),
+    lambda: L.Rbf(gamma=1e200), lambda: L.Polynomial([1.0, 1e100]),
+])
+def test_parameters_beyond_the_limit_raise_spec_error(make):
+    # their squares (or fourth powers) overflowed Python floats inside the rules: a raw
+    # OverflowError from spec.kernel
+    with pytest.raises(SpecError, match="1e\\+75"):
+        make()

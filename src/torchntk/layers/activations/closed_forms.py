@@ -30,9 +30,9 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ...errors import InvalidArgumentError, NonFiniteError
+from ...errors import InvalidArgumentError, NonFiniteError, SpecError
 from ._elementwise import ElementwiseLayer
-from ..._checks import check_hyper, check_int, is_one
+from ..._checks import check_hyper, check_int, is_one, value_of
 
 __all__ = [
     "Erf",
@@ -49,6 +49,23 @@ __all__ = [
 
 Tensor = torch.Tensor
 _PI = math.pi
+
+
+#: Largest magnitude of an activation's parameter: the rules raise parameters to the fourth
+#: power (Erf's ``b^4``), which must stay inside float64's range.
+PARAMETER_LIMIT = 1e75
+
+
+def _parameter(name: str, value: object, **bounds: object) -> float | Tensor:
+    """An activation's parameter: :func:`~torchntk._checks.check_hyper`'s checks, and a magnitude
+    at most :data:`PARAMETER_LIMIT` (else ``SpecError`` naming ``name``)."""
+    out = check_hyper(name, value, **bounds)
+    if abs(value_of(out)) > PARAMETER_LIMIT:
+        raise SpecError(
+            f"`{name}` = {value_of(out):g} is beyond the range of activation parameters, |{name}| <= "
+            f"{PARAMETER_LIMIT:g} (the kernel rules use its square and fourth power, which must fit float64)"
+        )
+    return out
 
 
 def _math(fn: Callable[[Tensor], Tensor], value: float | Tensor) -> float | Tensor:
@@ -165,7 +182,7 @@ class Erf(ElementwiseLayer):
     """
 
     def __init__(self, a: float = 1.0, b: float = 1.0, c: float = 0.0) -> None:
-        self.a, self.b, self.c = check_hyper("a", a), check_hyper("b", b), check_hyper("c", c)
+        self.a, self.b, self.c = _parameter("a", a), _parameter("b", b), _parameter("c", c)
 
     def __repr__(self) -> str:
         return f"Erf(a={self.a}, b={self.b}, c={self.c})"
@@ -249,7 +266,7 @@ class Sin(ElementwiseLayer):
     """
 
     def __init__(self, a: float = 1.0, b: float = 1.0, c: float = 0.0) -> None:
-        self.a, self.b, self.c = check_hyper("a", a), check_hyper("b", b), check_hyper("c", c)
+        self.a, self.b, self.c = _parameter("a", a), _parameter("b", b), _parameter("c", c)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(a={self.a}, b={self.b}, c={self.c})"
@@ -280,7 +297,7 @@ class Rbf(Sin):
     pre-activations: ``sigma = exp(-gamma (q11 + q22 - 2 q12))``, ``sdot = 2 gamma sigma``."""
 
     def __init__(self, gamma: float = 1.0) -> None:
-        gamma = check_hyper("gamma", gamma, minimum=0.0, strict=True)
+        gamma = _parameter("gamma", gamma, minimum=0.0, strict=True)
         super().__init__(a=math.sqrt(2), b=_math(torch.sqrt, 2 * gamma), c=_PI / 4)
         self.gamma = gamma
 
@@ -298,7 +315,7 @@ class Exp(ElementwiseLayer):
     """
 
     def __init__(self, a: float = 1.0, b: float = 1.0) -> None:
-        self.a, self.b = check_hyper("a", a), check_hyper("b", b)
+        self.a, self.b = _parameter("a", a), _parameter("b", b)
 
     def __repr__(self) -> str:
         return f"Exp(a={self.a}, b={self.b})"
@@ -312,14 +329,20 @@ class Exp(ElementwiseLayer):
 
 
 class Gaussian(ElementwiseLayer):
-    """``phi(x) = a exp(b x^2)`` (``b < 0`` for a bump). With
-    ``det = (1 - 2 b q11)(1 - 2 b q22) - 4 b^2 q12^2`` (which must be > 0, true for ``b <= 0``):
+    """``phi(x) = a exp(b x^2)`` (``b < 0`` for a bump). With ``c = -2 b``, ``S = q11 + q22``,
+    ``D = max(q11 q22 - q12^2, 0)`` and ``det = det(I + c Q) = 1 + c S + c^2 D``:
 
         sigma = a^2 / sqrt(det),     sdot = 4 a^2 b^2 q12 / det^(3/2)
+
+    For ``b <= 0`` every term of ``det`` is >= 0 (no cancellation, also at correlation 1); for
+    ``c >= 1`` both are evaluated as ``det = c^2 (1/c^2 + S/c + D)`` (finite for any ``b``).
+    For ``b > 0`` the expectations are finite only while ``2 b`` times the covariance's largest
+    eigenvalue is below 1 (``1 - 2 b q11 > 0`` and ``det > 0``); beyond, ``E[phi(u)^2]`` is
+    infinite and the rule raises :class:`~torchntk.errors.SpecError` naming ``b``.
     """
 
     def __init__(self, a: float = 1.0, b: float = -1.0) -> None:
-        self.a, self.b = check_hyper("a", a), check_hyper("b", b)
+        self.a, self.b = _parameter("a", a), _parameter("b", b)
 
     def __repr__(self) -> str:
         return f"Gaussian(a={self.a}, b={self.b})"
@@ -328,10 +351,22 @@ class Gaussian(ElementwiseLayer):
         return self.a * torch.exp(self.b * x * x)
 
     def rule(self, q11: Tensor, q12: Tensor, q22: Tensor) -> tuple[Tensor, Tensor]:
-        b = self.b
-        det = (1 - 2 * b * q11) * (1 - 2 * b * q22) - 4 * b * b * q12 * q12
-        root = torch.sqrt(det)
-        return self.a**2 / root, 4 * self.a**2 * b * b * q12 / (det * root)
+        c = -2 * self.b
+        k = torch.clamp(c, min=1.0) if isinstance(c, Tensor) else max(c, 1.0)  # det = k^2 det_s
+        det_s = 1 / k / k + (c / k) * ((q11 + q22) / k) + (c / k) ** 2 * torch.clamp(q11 * q22 - q12 * q12, min=0)
+        if value_of(c) < 0:
+            ok = (1 + c * q11 > 0) & (det_s > 0)
+            if not bool(ok.all()):
+                top = float(torch.maximum(q11, q22).detach().max())
+                raise SpecError(
+                    f"{self!r}: E[exp(b u^2) exp(b v^2)] is infinite for `b` = {value_of(self.b):g} > 0 unless 2 b "
+                    "times the largest eigenvalue of each pair's covariance is below 1 (every variance below "
+                    f"1 / (2 b) = {1 / (2 * value_of(self.b)):.3g}, at least); here the variances reach {top:.3g}: "
+                    "use b <= 0, a smaller b or smaller inputs"
+                )
+        root = torch.sqrt(det_s)
+        a2 = self.a**2
+        return a2 / (k * root), a2 * (c / k) ** 2 * q12 / (k * det_s * root)
 
 
 # -- polynomials --------------------------------------------------------------------------
@@ -390,7 +425,7 @@ class Polynomial(ElementwiseLayer):
                 entries = [c if isinstance(c, Tensor) else float(c) for c in coef]
             except (TypeError, ValueError):
                 raise InvalidArgumentError(f"`coef` must be a sequence of numbers, got {coef!r}") from None
-        values = [check_hyper(f"coef[{i}]", c) for i, c in enumerate(entries)]
+        values = [_parameter(f"coef[{i}]", c) for i, c in enumerate(entries)]
         self.coef = tuple(values)
         self._c = self.coef
         self._dc = tuple(i * c for i, c in enumerate(values))[1:]  # coefficients of phi'

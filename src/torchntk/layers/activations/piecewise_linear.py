@@ -16,10 +16,10 @@ import math
 
 import torch
 
-from ..._checks import check_hyper, is_one
+from ..._checks import is_one
 from ._elementwise import ElementwiseLayer
 from ._quadrature import angle
-from .closed_forms import _ldexp, _records_grad, _scaled, _variance_range
+from .closed_forms import _ldexp, _parameter, _records_grad, _scaled, _variance_range
 
 __all__ = ["ABRelu", "Relu", "LeakyRelu", "Abs", "Sign"]
 
@@ -45,7 +45,7 @@ class ABRelu(ElementwiseLayer):
     """
 
     def __init__(self, a: float, b: float) -> None:
-        self.a, self.b = check_hyper("a", a), check_hyper("b", b)
+        self.a, self.b = _parameter("a", a), _parameter("b", b)
 
     def __repr__(self) -> str:
         return f"ABRelu(a={self.a}, b={self.b})"
