@@ -118,3 +118,84 @@ def test_parameters_beyond_the_limit_raise_spec_error(make):
     # OverflowError from spec.kernel
     with pytest.raises(SpecError, match="1e\\+75"):
         make()
+
+
+# -- polynomials of high degree ----------------------------------------------------------------
+
+
+def _t(*v: float) -> tuple[torch.Tensor, ...]:
+    return tuple(torch.tensor(x, dtype=F64) for x in v)
+
+
+@pytest.mark.parametrize("n", [30, 60])
+def test_hermite_high_degree_matches_exact_quadrature(n):
+    # math.factorial(30) times a tensor used to raise OverflowError. Reference: tensor-product
+    # Gauss-Hermite (numpy's nodes) with n + 2 nodes per axis, exact for the degree-2n
+    # polynomial h_n(u) h_n(v) (u = a z1, v = c z1 + d z2), with h_n by numpy's recurrence in
+    # float64: rounding of order 1e-14 of sum |w h_n h_n|, the Cauchy-Schwarz scale
+    # sqrt(sigma(q11) sigma(q22)) the errors are measured against (1e-10 leaves margin for the
+    # alternating sum over j when (q11 - 1)(q22 - 1) < 0)
+    import numpy as np
+    from numpy.polynomial import hermite_e
+
+    q11, q12, q22 = 0.7, 0.3, 1.3
+    z, w = hermite_e.hermegauss(n + 2)
+    w = w / w.sum()
+    a = math.sqrt(q11)
+    c, d = q12 / a, math.sqrt(q22 - q12 * q12 / q11)
+    u, v = a * z[:, None], c * z[:, None] + d * z[None, :]
+    ww = w[:, None] * w[None, :]
+
+    def h(m, x):  # orthonormal h_m by the three-term recurrence
+        prev, cur = np.zeros_like(x), np.ones_like(x)
+        for k in range(m):
+            prev, cur = cur, (x * cur - math.sqrt(k) * prev) / math.sqrt(k + 1)
+        return cur
+
+    layer = L.Hermite(n)
+    sigma, sdot = layer.rule(*_t(q11, q12, q22))
+    d1, d2 = layer.rule(*_t(q11, q11, q11)), layer.rule(*_t(q22, q22, q22))
+    ref = float((ww * h(n, u) * h(n, v)).sum())
+    dref = n * float((ww * h(n - 1, u) * h(n - 1, v)).sum())
+    assert abs(float(sigma) - ref) < 1e-10 * math.sqrt(float(d1[0] * d2[0]))
+    assert abs(float(sdot) - dref) < 1e-10 * math.sqrt(float(d1[1] * d2[1]))
+
+
+@pytest.mark.parametrize("n", [30, 171, 300])
+def test_hermite_at_unit_variance_is_mehler_and_the_network_is_finite(n):
+    # Hermite(171) used to fail in its constructor (171! is beyond float64); at unit variances
+    # the rule is q12^n and sdot = n q12^(n-1) (Mehler). A few ulp per Horner step: 1e-12.
+    rho = torch.tensor([-0.9, -0.3, 0.0, 0.5, 0.99, 1.0], dtype=F64)
+    one = torch.ones_like(rho)
+    sigma, sdot = L.Hermite(n).rule(one, rho, one)
+    torch.testing.assert_close(sigma, rho**n, rtol=1e-12, atol=1e-300)
+    torch.testing.assert_close(sdot, n * rho ** (n - 1), rtol=1e-12, atol=1e-300)
+    k = L.serial(L.Dense(16), L.LayerNorm(), L.Hermite(n), L.Dense(1)).kernel(X)
+    assert torch.isfinite(k.ntk).all() and torch.isfinite(k.nngp).all()
+    net = L.serial(L.Dense(16), L.Hermite(n), L.Dense(1)).module(2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    assert torch.isfinite(net(X)).all()
+
+
+@pytest.mark.parametrize("n", [30, 100, 150])
+def test_monomial_high_degree_matches_the_moments(n):
+    # E[u^(2n)] = (2n - 1)!! q^n on the diagonal and E[u^n] E[v^n] = ((n - 1)!!)^2 (q11 q22)^(n/2)
+    # (even n) at q12 = 0: Isserlis' theorem, an independent closed form, in 40-digit arithmetic.
+    # Each of the n / 2 + 1 positive terms is exact to a few ulp: 1e-12 relative.
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 40
+    q11, q22 = 0.9, 1.2
+    diag = L.Monomial(n).rule(*_t(q11, q11, q11))[0]
+    assert abs(float(diag) / float(mpmath.fac2(2 * n - 1) * mpmath.mpf(q11) ** n) - 1) < 1e-12
+    zero = L.Monomial(n).rule(*_t(q11, 0.0, q22))[0]
+    assert abs(float(zero) / float(mpmath.fac2(n - 1) ** 2 * (mpmath.mpf(q11) * q22) ** (n // 2)) - 1) < 1e-12
+
+
+def test_polynomial_kernels_beyond_float64_raise_naming_the_layer():
+    # Hermite(6) twice at input scale 1e4: the second layer's variance is ~1e48, its kernel
+    # ~1e288 times 15!!-sized constants: not representable, used to be inf/NaN silently
+    spec = L.serial(L.Dense(8), L.Hermite(6), L.Dense(8), L.Hermite(6), L.Dense(1))
+    with pytest.raises(NonFiniteError, match="Hermite\\(degree=6\\)"):
+        spec.kernel(X * 1e4)
+    for make in (lambda: L.Hermite(301), lambda: L.Monomial(400), lambda: L.Polynomial([1.0] * 302)):
+        with pytest.raises(SpecError, match="300"):
+            make()

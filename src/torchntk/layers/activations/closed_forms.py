@@ -25,14 +25,13 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Callable
 
-import numpy as np
 import torch
 
 from ...errors import InvalidArgumentError, NonFiniteError, SpecError
 from ._elementwise import ElementwiseLayer
-from ..._checks import check_hyper, check_int, is_one, value_of
+from ..._checks import check_hyper, is_one, value_of
 
 __all__ = [
     "Erf",
@@ -43,8 +42,6 @@ __all__ = [
     "Rbf",
     "Exp",
     "Gaussian",
-    "Monomial",
-    "Polynomial",
 ]
 
 Tensor = torch.Tensor
@@ -367,95 +364,3 @@ class Gaussian(ElementwiseLayer):
         root = torch.sqrt(det_s)
         a2 = self.a**2
         return a2 / (k * root), a2 * (c / k) ** 2 * q12 / (k * det_s * root)
-
-
-# -- polynomials --------------------------------------------------------------------------
-
-
-def _hermite_table(degree: int) -> np.ndarray:
-    """``A[i, k]``: ``x^i = sum_k A[i, k] He_k(x)`` (probabilists' Hermite), ``i, k <= degree``."""
-    table = np.zeros((degree + 1, degree + 1))
-    for i in range(degree + 1):
-        c = np.polynomial.hermite_e.poly2herme(np.eye(degree + 1)[i])
-        table[i, : len(c)] = c
-    return table
-
-
-def _polynomial_expectation(coef: Sequence[float | Tensor], q11: Tensor, q12: Tensor, q22: Tensor) -> Tensor:
-    """``E[p(u) p(v)]`` for ``p(x) = sum_i coef[i] x^i``, exactly.
-
-    Uses ``E[u^i v^j] = sum_k A[i,k] A[j,k] k! q12^k q11^((i-k)/2) q22^((j-k)/2)``
-    (``E[He_k(z1) He_l(z2)] = delta_kl k! rho^k`` for unit normals of correlation ``rho``).
-    """
-    n = len(coef)
-    if n == 0:
-        return torch.zeros_like(q12 + q11 + q22)
-    table = _hermite_table(n - 1)
-    total = torch.zeros_like(q12 + q11 + q22)
-    for k in range(n):
-        # b[k] coefficients: sum_i coef[i] A[i, k] q11^((i-k)/2), and the same in q22.
-        left = sum(coef[i] * float(table[i, k]) * q11 ** ((i - k) // 2) for i in range(k, n, 2) if _nonzero(coef[i]))
-        right = sum(coef[j] * float(table[j, k]) * q22 ** ((j - k) // 2) for j in range(k, n, 2) if _nonzero(coef[j]))
-        if isinstance(left, int) or isinstance(right, int):  # no term of this parity
-            continue
-        total = total + math.factorial(k) * q12**k * left * right
-    return total
-
-
-def _nonzero(c: float | Tensor) -> bool:
-    """Whether a coefficient takes part (a tensor always does: its gradient is needed)."""
-    return isinstance(c, Tensor) or c != 0
-
-
-class Polynomial(ElementwiseLayer):
-    """``phi(x) = sum_i coef[i] x^i``: exact expectations through the Hermite expansion.
-
-    ``sigma = sum_{i,j} coef_i coef_j E[u^i v^j]`` with
-    ``E[u^i v^j] = sum_k A_ik A_jk k! q12^k q11^((i-k)/2) q22^((j-k)/2)``, where
-    ``x^i = sum_k A_ik He_k(x)``; ``sdot`` is the same for the derivative polynomial.
-    """
-
-    def __init__(self, coef: Sequence[float] | Tensor) -> None:
-        if isinstance(coef, Tensor):
-            if coef.ndim != 1:
-                raise InvalidArgumentError(f"`coef` must be a 1-D tensor, got shape {tuple(coef.shape)}")
-            entries: list = list(coef.unbind())  # 0-dim views: the kernel stays differentiable in coef
-        else:
-            try:
-                entries = [c if isinstance(c, Tensor) else float(c) for c in coef]
-            except (TypeError, ValueError):
-                raise InvalidArgumentError(f"`coef` must be a sequence of numbers, got {coef!r}") from None
-        values = [_parameter(f"coef[{i}]", c) for i, c in enumerate(entries)]
-        self.coef = tuple(values)
-        self._c = self.coef
-        self._dc = tuple(i * c for i, c in enumerate(values))[1:]  # coefficients of phi'
-
-    def __repr__(self) -> str:
-        return f"Polynomial(coef={list(self.coef)})"
-
-    def fn(self, x: Tensor) -> Tensor:
-        out = torch.zeros_like(x)
-        for c in reversed(self.coef):  # Horner
-            out = out * x + c
-        return out
-
-    def rule(self, q11: Tensor, q12: Tensor, q22: Tensor) -> tuple[Tensor, Tensor]:
-        return (
-            _polynomial_expectation(self._c, q11, q12, q22),
-            _polynomial_expectation(self._dc, q11, q12, q22),
-        )
-
-
-class Monomial(Polynomial):
-    """``phi(x) = x^degree`` (a :class:`Polynomial` with one coefficient)."""
-
-    def __init__(self, degree: int) -> None:
-        degree = check_int("degree", degree, minimum=0, who="Monomial")
-        super().__init__([0.0] * degree + [1.0])
-        self.degree = degree
-
-    def __repr__(self) -> str:
-        return f"Monomial(degree={self.degree})"
-
-    def fn(self, x: Tensor) -> Tensor:
-        return x**self.degree

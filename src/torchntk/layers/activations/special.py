@@ -1,5 +1,6 @@
-"""Four more nonlinearities of neural-tangents' ``stax``: ``Hermite``, ``RectifiedMonomial``,
-``ExpNormalized`` and ``Gabor``, with rules that stay finite where the peer's divide by zero.
+"""Three more nonlinearities of neural-tangents' ``stax``: ``RectifiedMonomial``,
+``ExpNormalized`` and ``Gabor``, with rules that stay finite where the peer's divide by zero
+(``Hermite`` is in :mod:`.polynomials`).
 
 Same contract as :mod:`.activations`: ``rule(q11, q12, q22) -> (sigma, sdot)`` with
 ``sigma = E[phi(u) phi(v)]``, ``sdot = E[phi'(u) phi'(v)]`` for
@@ -29,35 +30,11 @@ from ...errors import InvalidArgumentError
 from .._core.protocol import Shapes, single
 from ._elementwise import ElementwiseLayer
 from ._quadrature import angle
-from .closed_forms import Polynomial
 
-__all__ = ["Hermite", "RectifiedMonomial", "ExpNormalized", "Gabor"]
+__all__ = ["RectifiedMonomial", "ExpNormalized", "Gabor"]
 
 Tensor = torch.Tensor
 _PI = math.pi
-
-
-# -- Hermite ------------------------------------------------------------------------------
-
-
-class Hermite(Polynomial):
-    """``phi(x) = He_degree(x) / sqrt(degree!)``, the normalized probabilists' Hermite polynomial.
-
-    For unit-variance pre-activations (``q11 = q22 = 1``) Mehler's formula gives
-    ``sigma = q12^degree`` and ``sdot = degree q12^(degree - 1)``, which is neural-tangents'
-    rule (it assumes unit variances). torchntk computes the exact expectation for *any*
-    variances (the :class:`Polynomial` rule), so the kernel also matches the finite network when
-    the variances are not 1.
-    """
-
-    def __init__(self, degree: int) -> None:
-        degree = check_int("degree", degree, minimum=0, who="Hermite")
-        coef = np.polynomial.hermite_e.herme2poly([0.0] * degree + [1.0]) / math.sqrt(math.factorial(degree))
-        super().__init__(list(coef))
-        self.degree = degree
-
-    def __repr__(self) -> str:
-        return f"Hermite(degree={self.degree})"
 
 
 # -- RectifiedMonomial ----------------------------------------------------------------------
