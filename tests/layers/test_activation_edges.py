@@ -199,3 +199,64 @@ def test_polynomial_kernels_beyond_float64_raise_naming_the_layer():
     for make in (lambda: L.Hermite(301), lambda: L.Monomial(400), lambda: L.Polynomial([1.0] * 302)):
         with pytest.raises(SpecError, match="300"):
             make()
+
+
+# -- tiny variances ----------------------------------------------------------------------------
+
+
+def _randn(*shape: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(*shape, dtype=F64, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("act", [L.ExpNormalized(), L.ExpNormalized(gamma=0.8, shift=-0.5), L.Gabor()], ids=repr)
+def test_tiny_inputs_match_the_finite_network(act):
+    # input scale 1e-8 (variances ~1e-16): ExpNormalized clamped q11 q22 (~1e-32) at its
+    # tolerance 1e-30 where the network clamps each variance (3.5x off); Gabor's difference of two
+    # exponentials cancelled (35% off, indefinite). Monte Carlo: 24 draws of width 512 with 32
+    # outputs (the NTK's relative error ~0.02, the NNGP's ~0.06: the outputs of a draw share its
+    # hidden layer), bound 0.1
+    x = _randn(3, 3, seed=11) * 1e-8
+    spec = L.serial(L.Dense(512, b_std=None), act, L.Dense(32, b_std=None))
+    k = spec.kernel(x)
+    est = L.monte_carlo_kernel(spec, x, n_samples=24, seed=0)
+    for a, b in ((est.ntk, k.ntk), (est.nngp, k.nngp)):
+        assert float((a - b).norm() / b.norm()) < 0.1
+
+
+@pytest.mark.parametrize("act", [L.ExpNormalized(), L.ExpNormalized(gamma=2.0, shift=0.3, do_clip=True)], ids=repr)
+def test_exp_normalized_is_homogeneous_at_every_scale(act):
+    # Sigma'(c x, c x') = c^2 Sigma'(x, x') (degree 1 in the covariance) for variances above the
+    # clamp 1e-30; with the default shift Sigma'(x, x) = q. Powers of ten round once per
+    # product: 1e-12 relative.
+    x = _randn(4, 3, seed=2)
+    spec = L.serial(L.Dense(8, b_std=None), act, L.Dense(1, b_std=None))
+    ref = spec.kernel(x)
+    for c in (1e-8, 1e-4, 1e4, 1e8):
+        k = spec.kernel(x * c)
+        torch.testing.assert_close(k.nngp / c**2, ref.nngp, rtol=1e-12, atol=0)
+        torch.testing.assert_close(k.ntk / c**2, ref.ntk, rtol=1e-12, atol=0)
+    q = (x * x).mean(1) * 1e-16
+    sigma, _ = L.ExpNormalized().rule(q, q, q)
+    torch.testing.assert_close(sigma, q, rtol=1e-14, atol=0)
+
+
+def test_gabor_matches_high_precision_values_at_tiny_variances():
+    # the docstring's difference form exp(-m_-) - exp(-m_+) in 50-digit arithmetic (and its
+    # derivative in q12 by mpmath.diff) against the sinh form in float64: 1e-12 relative
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 50
+
+    def exact(a, b, c):
+        a, b, c = mpmath.mpf(a), mpmath.mpf(b), mpmath.mpf(c)
+        s, det = a + c, max(a * c - b * b, 0)
+        d = 1 + 2 * s + 4 * det
+        return (mpmath.exp(-(s + 4 * det - 2 * b) / (2 * d)) - mpmath.exp(-(s + 4 * det + 2 * b) / (2 * d))) / (2 * mpmath.sqrt(d))
+
+    for q in (1e-16, 1e-12, 1e-8, 1e-3, 1.0, 30.0):
+        for rho in (-0.9, 0.2, 0.999):
+            q11, q22 = q, 1.7 * q
+            q12 = rho * math.sqrt(q11 * q22)
+            sigma, sdot = L.Gabor().rule(*_t(q11, q12, q22))
+            assert abs(float(sigma) / float(exact(q11, q12, q22)) - 1) < 1e-12, (q, rho)
+            dref = mpmath.diff(lambda b: exact(q11, b, q22), q12)
+            assert abs(float(sdot) / float(dref) - 1) < 1e-10, (q, rho)

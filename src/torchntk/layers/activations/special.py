@@ -140,10 +140,15 @@ class _ExpNormalizedModule(nn.Module):
 class ExpNormalized(ElementwiseLayer):
     """The "Gaussian normalized kernel" (Shankar et al. 2020, neural-tangents' ``ExpNormalized``).
 
-    With ``r = sqrt(max(q11 q22, tol))`` (``tol = 1e-30``) and ``rho = q12 / r`` (clipped to
-    ``[-1, 1]`` when ``do_clip``):
+    With ``v_i = max(q_ii, tol)`` (``tol = 1e-30``, the finite layer's clamp), ``r = sqrt(v1 v2)``,
+    ``rho = q12 / r`` (clipped to ``[-1, 1]`` when ``do_clip``) and
+    ``g = gamma (rho + shift + (q11 / v1 + q22 / v2) / 2 - 1)`` (the last term is 0 unless a
+    variance is below ``tol``):
 
-        Sigma' = r exp(gamma (rho + shift)),      Theta' = gamma exp(gamma (rho + shift)) Theta
+        Sigma' = r exp(g),      Theta' = gamma exp(g) Theta
+
+    For variances above ``tol`` this is ``r exp(gamma (rho + shift))``, homogeneous of degree 1
+    (``Sigma'(x, x) = q`` with the default shift) at every scale.
 
     (``sdot = d Sigma' / d q12``). The finite layer realizing it normalizes each position's
     pre-activations by their mean square over the channels ``v``:
@@ -174,11 +179,16 @@ class ExpNormalized(ElementwiseLayer):
         return _ExpNormalizedModule(self.gamma, self.shift, self._TOL)
 
     def rule(self, q11: Tensor, q12: Tensor, q22: Tensor) -> tuple[Tensor, Tensor]:
-        r = torch.sqrt(torch.clamp(q11 * q22, min=self._TOL))
+        # the finite layer's clamp v >= tol, per variance (not on the product q11 q22, which
+        # reaches tol already at variances of 1e-15, input scales of 1e-8)
+        v1, v2 = torch.clamp(q11, min=self._TOL), torch.clamp(q22, min=self._TOL)
+        r = torch.sqrt(v1) * torch.sqrt(v2)
         rho = q12 / r
         if self.do_clip:
             rho = torch.clamp(rho, -1.0, 1.0)
-        e = torch.exp(self.gamma * (rho + self.shift))
+        # below the clamp, E[exp(sqrt(gamma) u / sqrt(v))] = exp(gamma q / (2 v)), not exp(gamma / 2)
+        below = (q11 / v1 + q22 / v2) / 2 - 1
+        e = torch.exp(self.gamma * (rho + self.shift + below))
         return r * e, self.gamma * e
 
 
@@ -189,17 +199,19 @@ class Gabor(ElementwiseLayer):
     """``phi(x) = exp(-x^2) sin(x)``.
 
     With ``S = q11 + q22``, ``D = max(q11 q22 - q12^2, 0)``, ``d = 1 + 2 S + 4 D``
-    (``= det(I + 2 Q)``) and ``m_- = (S + 4 D - 2 q12) / (2 d)``, ``m_+ = (S + 4 D + 2 q12) / (2 d)``
-    (``E[exp(-u^2 - v^2) cos(u -+ v)] = exp(-m_-+) / sqrt(d)``):
+    (``= det(I + 2 Q)``), ``B = S + 4 D`` and
+    ``E[exp(-u^2 - v^2) cos(u -+ v)] = exp(-(B -+ 2 q12) / (2 d)) / sqrt(d)``:
 
-        sigma = (exp(-m_-) - exp(-m_+)) / (2 sqrt(d))
+        sigma = exp(-B / (2 d)) sinh(q12 / d) / sqrt(d)
         sdot  = d sigma / d q12
-              = (exp(-m_+) m_+' - exp(-m_-) m_-') / (2 sqrt(d)) + 2 q12 (exp(-m_-) - exp(-m_+)) / d^(3/2)
+              = exp(-B / (2 d)) / sqrt(d) * [sinh(q12 / d) 4 q12 ((1 + S) / d^2 + 1 / d)
+                                              + cosh(q12 / d) (d + 8 q12^2) / d^2]
 
-    with ``m_-' = ((-8 q12 - 2) d + 8 q12 (S + 4 D - 2 q12)) / (2 d^2)`` and ``m_+'`` with the
-    signs of ``2`` and ``2 q12`` flipped (``D' = -2 q12``). ``d >= 1`` and
-    ``m_pm >= 0``, so both are finite and bounded everywhere (the clamp on ``D`` keeps rounding
-    from pushing ``d`` below 1 deep in a network).
+    (``D' = -2 q12``). The difference of the two exponentials is written as a ``sinh``: no
+    cancellation at small variances, where ``sigma ~ q12`` (``phi(x) ~ x``) and the difference
+    form lost every digit below variances of about 1e-8. ``d >= 1`` and ``B >= 0``, so both are
+    finite and bounded everywhere (the clamp on ``D`` keeps rounding from pushing ``d`` below 1
+    deep in a network).
     """
 
     def fn(self, x: Tensor) -> Tensor:
@@ -209,13 +221,8 @@ class Gabor(ElementwiseLayer):
         total = q11 + q22
         det = torch.clamp(q11 * q22 - q12 * q12, min=0)
         d = 1 + 2 * total + 4 * det
-        base = total + 4 * det
-        m_minus = (base - 2 * q12) / (2 * d)
-        m_plus = (base + 2 * q12) / (2 * d)
-        e_minus, e_plus = torch.exp(-m_minus), torch.exp(-m_plus)
-        root = torch.sqrt(d)
-        sigma = (e_minus - e_plus) / (2 * root)
-        dm_minus = ((-8 * q12 - 2) * d + 8 * q12 * (base - 2 * q12)) / (2 * d * d)
-        dm_plus = ((-8 * q12 + 2) * d + 8 * q12 * (base + 2 * q12)) / (2 * d * d)
-        sdot = (e_plus * dm_plus - e_minus * dm_minus) / (2 * root) + 2 * q12 * (e_minus - e_plus) / (d * root)
+        scale = torch.exp(-(total + 4 * det) / (2 * d)) / torch.sqrt(d)
+        f = q12 / d
+        sigma = scale * torch.sinh(f)
+        sdot = scale * (torch.sinh(f) * (4 * q12) * ((1 + total) / (d * d) + 1 / d) + torch.cosh(f) * (d + 8 * q12 * q12) / (d * d))
         return sigma, sdot
