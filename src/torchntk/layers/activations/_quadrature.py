@@ -224,11 +224,17 @@ def _halved_error(w: torch.Tensor, f: torch.Tensor, full: torch.Tensor) -> torch
 def _product_hermite(fn: Fn, q11, q12, q22, derivative: bool, degree: int):
     dt = q11.dtype
     z, wz = (torch.as_tensor(a, dtype=dt, device=q11.device) for a in _hermite(degree))
+    z, wz = (z - z.flip(0)) / 2, (wz + wz.flip(0)) / 2  # exactly symmetric about 0
     _, alpha = angle(q11, q12, q22)
-    c, s = torch.cos(alpha)[:, None, None], torch.sin(alpha)[:, None, None]
+    # the symmetric factorization u = sqrt(q11) (c z1 + s z2), v = sqrt(q22) (c z1 - s z2) with
+    # c = cos(alpha / 2), s = sin(alpha / 2) (correlation c^2 - s^2 = cos(alpha)): swapping the
+    # two points maps the nodes onto themselves (z2 -> -z2), so the kernel is symmetric to
+    # rounding even where the rule is inexact (the factorization u = sqrt(q11) z1 was 1e-3
+    # asymmetric for tanh at variance 1, degree 16)
+    c, s = torch.cos(alpha / 2)[:, None, None], torch.sin(alpha / 2)[:, None, None]
     z1, z2 = z[None, :, None], z[None, None, :]
-    u = safe_sqrt(q11)[:, None, None] * z1  # (B, H, 1)
-    v = safe_sqrt(q22)[:, None, None] * (c * z1 + s * z2)  # (B, H, H)
+    u = safe_sqrt(q11)[:, None, None] * (c * z1 + s * z2)  # (B, H, H)
+    v = safe_sqrt(q22)[:, None, None] * (c * z1 - s * z2)
     w = wz[:, None] * wz[None, :]
     fu, du = _eval(fn, u, derivative)
     fv, dv = _eval(fn, v, derivative)

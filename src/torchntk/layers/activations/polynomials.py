@@ -30,9 +30,9 @@ __all__ = ["Polynomial", "Monomial", "Hermite"]
 
 Tensor = torch.Tensor
 
-#: Largest degree: the coefficients of the rules below (at most ``2^degree``, or
-#: ``sqrt(degree!)`` for a monomial) must be finite float64 numbers.
-MAX_DEGREE = 300
+#: Largest degree: the coefficients of the rules below (at most ``2^degree`` for Hermite, up to
+#: ``1e283`` for a monomial of degree 250) must be finite float64 numbers.
+MAX_DEGREE = 250
 
 
 def _degree(value: object, who: str) -> int:
@@ -95,7 +95,7 @@ class Polynomial(ElementwiseLayer):
     ``sigma = sum_k q12^k M_k(q11) M_k(q22)`` with ``M_k(q) = sum_j coef_{k+2j} T_{k+2j,k} q^j``,
     where ``x^i = sum_k T_ik h_k(x)`` in the orthonormal Hermite polynomials
     (``T_ik = i! / (sqrt(k!) j! 2^j)``, ``i - k = 2j``); ``sdot`` is the same for the derivative
-    polynomial. Degree at most 300; coefficients of magnitude at most 1e75.
+    polynomial. Degree at most 250; coefficients of magnitude at most 1e75.
     """
 
     def __init__(self, coef: Sequence[float] | Tensor) -> None:
@@ -132,7 +132,7 @@ class Polynomial(ElementwiseLayer):
 
 
 class Monomial(Polynomial):
-    """``phi(x) = x^degree`` (a :class:`Polynomial` with one coefficient; degree at most 300)."""
+    """``phi(x) = x^degree`` (a :class:`Polynomial` with one coefficient; degree at most 250)."""
 
     def __init__(self, degree: int) -> None:
         degree = _degree(degree, "Monomial")
@@ -194,7 +194,7 @@ class Hermite(ElementwiseLayer):
     (``He_n(sqrt(q) z)`` expanded in ``He_(n-2j)(z)``, then Mehler's formula;
     ``phi' = sqrt(n) h_(n-1)``). The activation is evaluated by the three-term recurrence of the
     orthonormal polynomials, ``h_(k+1) = (x h_k - sqrt(k) h_(k-1)) / sqrt(k + 1)``, so no
-    coefficient of ``He_n`` (alternating, up to ``10^20`` at degree 30) is formed. Degree at most 300.
+    coefficient of ``He_n`` (alternating, up to ``10^20`` at degree 30) is formed. Degree at most 250.
     """
 
     def __init__(self, degree: int) -> None:
