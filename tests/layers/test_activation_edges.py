@@ -4,12 +4,13 @@ variances, parameters at the limits of their ranges, polynomials of high degree.
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
 
 from torchntk import layers as L
-from torchntk.errors import NonFiniteError, SpecError
+from torchntk.errors import AccuracyWarning, NonFiniteError, SpecError
 from torchntk.features import FeatureMap
 
 F64, F32 = torch.float64, torch.float32
@@ -260,3 +261,25 @@ def test_gabor_matches_high_precision_values_at_tiny_variances():
             assert abs(float(sigma) / float(exact(q11, q12, q22)) - 1) < 1e-12, (q, rho)
             dref = mpmath.diff(lambda b: exact(q11, b, q22), q12)
             assert abs(float(sdot) / float(dref) - 1) < 1e-10, (q, rho)
+
+
+@pytest.mark.parametrize("act", [L.Sign(), L.RectifiedMonomial(0), L.RectifiedMonomial(1), L.RectifiedMonomial(2),
+                                 L.Elementwise(torch.sign)], ids=repr)
+@pytest.mark.parametrize("scale", [1e-100, 1e-80, 1e80, 1e100, 1e150])
+def test_angle_rules_homogeneous_beyond_the_safe_range(act, scale):
+    # the angle t = atan2(sqrt(q11 q22 - q12^2), q12) once q11 q22 overflowed (NaN, taken as
+    # 0) or underflowed (0): every angle was 0 and Sign's kernel 0.94 off, silently. The rules
+    # are positively homogeneous (degree n in the covariance; sign and RectifiedMonomial(0) of
+    # degree 0, Elementwise(sign) by quadrature too): the kernel at scale c is c^(2n) times
+    # the kernel at 1. Power-of-two rescaling is exact; powers of ten round once per
+    # product: 1e-12 relative (RectifiedMonomial(2) only where c^4 fits float64)
+    n = act.degree if isinstance(act, L.RectifiedMonomial) else 0
+    if n == 2 and not 1e-75 < scale < 1e75:
+        pytest.skip("the kernel ~ scale^4 is beyond float64 (or subnormal)")
+    x = _randn(5, 3, seed=4)
+    spec = L.serial(L.Dense(8, b_std=None), act, L.Dense(1, b_std=None))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AccuracyWarning)
+        k, ref = spec.kernel(x * scale), spec.kernel(x)
+    c = scale ** (2 * n)
+    torch.testing.assert_close(k.nngp / c, ref.nngp, rtol=1e-12, atol=1e-14)

@@ -61,6 +61,7 @@ import torch
 from scipy import special
 
 from ...errors import InvalidArgumentError
+from ._scaling import _in_range, _ldexp, _scaled
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -93,8 +94,15 @@ def angle(q11: torch.Tensor, q12: torch.Tensor, q22: torch.Tensor) -> tuple[torc
     """``(s, t)``: ``s = sqrt(max(q11 q22 - q12^2, 0))`` and ``t = atan2(s, q12)`` (pi/2 at 0/0).
 
     ``t`` in ``[0, pi]`` is the angle between the two Gaussian variables (``cos t`` is their
-    correlation). Gradients are finite everywhere, including correlation +-1.
+    correlation). Gradients are finite everywhere, including correlation +-1. Variances beyond
+    the safe range (where ``q11 q22`` would overflow or underflow: input scales beyond about
+    1e75 or below 1e-75 made every angle 0) are rescaled exactly first: ``t`` is invariant,
+    ``s`` scales as ``q12``.
     """
+    if not _in_range(q11, q22):
+        a, b, d, k = _scaled(q11, q12, q22)
+        s, t = angle(a, b, d)
+        return _ldexp(s, k), t
     s = safe_sqrt(q11 * q22 - q12 * q12)
     both_zero = (s == 0) & (q12 == 0)
     t = torch.atan2(s, torch.where(both_zero, torch.ones_like(q12), q12))

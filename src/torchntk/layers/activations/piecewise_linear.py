@@ -19,7 +19,8 @@ import torch
 from ..._checks import is_one
 from ._elementwise import ElementwiseLayer
 from ._quadrature import angle
-from .closed_forms import _ldexp, _parameter, _records_grad, _scaled, _variance_range
+from ._scaling import _ldexp, _scaled, _variance_range
+from .closed_forms import _parameter, _records_grad
 
 __all__ = ["ABRelu", "Relu", "LeakyRelu", "Abs", "Sign"]
 

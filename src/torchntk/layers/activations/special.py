@@ -30,6 +30,7 @@ from ...errors import InvalidArgumentError
 from .._core.protocol import Shapes, single
 from ._elementwise import ElementwiseLayer
 from ._quadrature import angle
+from ._scaling import _in_range, _ldexp, _scaled
 
 __all__ = ["RectifiedMonomial", "ExpNormalized", "Gabor"]
 
@@ -107,9 +108,15 @@ class RectifiedMonomial(ElementwiseLayer):
         return torch.clamp(x, min=0) ** self.degree
 
     def rule(self, q11: Tensor, q12: Tensor, q22: Tensor) -> tuple[Tensor, Tensor]:
+        n = self.degree
+        if not _in_range(q11, q22):
+            # homogeneous: sigma(4^k1 q11, 2^(k1+k2) q12, 4^k2 q22) = 2^(n (k1+k2)) sigma, and
+            # sdot = n^2 sigma_(n-1) scales as 2^((n-1)(k1+k2)); p = q11 q22 stays in range
+            a, b, d, k = _scaled(q11, q12, q22)
+            sigma, sdot = self.rule(a, b, d)
+            return _ldexp(sigma, n * k), _ldexp(sdot, max(n - 1, 0) * k)
         s, t = angle(q11, q12, q22)
         p = q11 * q22
-        n = self.degree
         sigma = _rectified_sigma(n, q12, p, s, t)
         if n == 0:
             return sigma, torch.zeros_like(sigma)
