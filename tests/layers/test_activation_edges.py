@@ -283,3 +283,32 @@ def test_angle_rules_homogeneous_beyond_the_safe_range(act, scale):
         k, ref = spec.kernel(x * scale), spec.kernel(x)
     c = scale ** (2 * n)
     torch.testing.assert_close(k.nngp / c, ref.nngp, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("act", [L.RectifiedMonomial(0), L.Sign(), L.RectifiedMonomial(1)], ids=repr)
+@pytest.mark.parametrize("depth", [1, 2])
+def test_degree_zero_arc_cosine_kernels_psd_on_near_duplicates(act, depth):
+    # 5 points, 8 copies each perturbed by 1e-12 (relative): the angle of two copies was the
+    # square root of the determinant's rounding noise (~1e-8, different per pair) and the
+    # kernel indefinite (min eigenvalue -3.6e-10 of the largest, -1.8e-6 through two layers; the
+    # battery's -1.1e-7 against 1.7). With the noise subtracted the copies are exact duplicates:
+    # PSD to rounding, 1e-14 of the largest eigenvalue (40 entries of a few ulp each, Weyl).
+    # RectifiedMonomial(1)'s NTK holds the degree-0 kernel (its sdot).
+    base = _randn(5, 10, seed=7)
+    x = base.repeat(8, 1) * (1 + 1e-12 * _randn(40, 10, seed=8))
+    spec = L.serial(*[m for _ in range(depth) for m in (L.Dense(64), act)], L.Dense(1))
+    k = spec.kernel(x)
+    kernel = k.ntk if isinstance(act, L.RectifiedMonomial) and act.degree == 1 else k.nngp
+    ev = torch.linalg.eigvalsh(kernel)
+    assert float(ev.min()) >= -1e-14 * float(ev.max())
+
+
+def test_degree_zero_arc_cosine_kernel_keeps_small_angles():
+    # the floor moves no angle above 1e-6 by more than f / t^2 ~ 2e-3 relative, and from
+    # 1e-4 on by less than 1e-7 relative (Sign's 1 - 2 t / pi against the unfloored formula)
+    t = torch.tensor([1e-6, 1e-4, 1e-2, 0.5, 3.0], dtype=F64)
+    one = torch.ones_like(t)
+    sigma, _ = L.Sign().rule(one, torch.cos(t), one)
+    got = (1 - sigma) * math.pi / 2
+    assert float(((got - t) / t)[1:].abs().max()) < 1e-7
+    assert float(((got - t) / t).abs().max()) < 5e-3

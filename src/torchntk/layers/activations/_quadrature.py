@@ -90,7 +90,13 @@ def safe_sqrt(x: torch.Tensor) -> torch.Tensor:
     return torch.where(positive, torch.sqrt(torch.where(positive, x, torch.ones_like(x))), torch.zeros_like(x))
 
 
-def angle(q11: torch.Tensor, q12: torch.Tensor, q22: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+#: The determinant floor of :func:`angle` (``floor=True``), in units of the dtype's epsilon.
+DET_FLOOR_EPS = 8
+
+
+def angle(
+    q11: torch.Tensor, q12: torch.Tensor, q22: torch.Tensor, *, floor: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(s, t)``: ``s = sqrt(max(q11 q22 - q12^2, 0))`` and ``t = atan2(s, q12)`` (pi/2 at 0/0).
 
     ``t`` in ``[0, pi]`` is the angle between the two Gaussian variables (``cos t`` is their
@@ -98,12 +104,26 @@ def angle(q11: torch.Tensor, q12: torch.Tensor, q22: torch.Tensor) -> tuple[torc
     the safe range (where ``q11 q22`` would overflow or underflow: input scales beyond about
     1e75 or below 1e-75 made every angle 0) are rescaled exactly first: ``t`` is invariant,
     ``s`` scales as ``q12``.
+
+    ``floor``: subtract the rounding noise of the determinant, ``f q11 q22`` with
+    ``f = 8 eps`` (:data:`DET_FLOOR_EPS`; 16 units of rounding, 1.8e-15 in float64), before the
+    square root. Covariances carry rounding errors of a few units relative (their matmul, the
+    rules before), so near correlation 1 the computed ``q11 q22 - q12^2`` is noise of size
+    ~``4 u q11 q22`` around the true, tiny determinant, and its square root turns that into
+    angles of ~``sqrt(u)`` (1e-8) that differ from pair to pair: the degree-0 arc-cosine kernel
+    (``Sign``, ``RectifiedMonomial(0)``, and ``RectifiedMonomial(1)``'s ``sdot``) of near-duplicate
+    inputs was indefinite (min eigenvalue -3.6e-10 of the largest, -1.8e-6 through two layers).
+    With the floor, pairs within the noise are exact duplicates (angle 0: a consistent PSD
+    block); angles below ``sqrt(2 f)`` (6e-8) become 0 and larger ones move by about
+    ``f / t^2`` relative, the order of what the rounded covariances already leave.
     """
     if not _in_range(q11, q22):
         a, b, d, k = _scaled(q11, q12, q22)
-        s, t = angle(a, b, d)
+        s, t = angle(a, b, d, floor=floor)
         return _ldexp(s, k), t
-    s = safe_sqrt(q11 * q22 - q12 * q12)
+    p = q11 * q22
+    det = p - q12 * q12
+    s = safe_sqrt(det - p * (DET_FLOOR_EPS * torch.finfo(p.dtype).eps) if floor else det)
     both_zero = (s == 0) & (q12 == 0)
     t = torch.atan2(s, torch.where(both_zero, torch.ones_like(q12), q12))
     return s, torch.where(both_zero, torch.full_like(t, math.pi / 2), t)

@@ -155,6 +155,6 @@ class Sign(ElementwiseLayer):
         return torch.sign(x)
 
     def rule(self, q11: Tensor, q12: Tensor, q22: Tensor) -> tuple[Tensor, Tensor]:
-        _, t = angle(q11, q12, q22)
+        _, t = angle(q11, q12, q22, floor=True)  # near-duplicates: a PSD kernel (see angle)
         sigma = 1 - 2 * t / _PI
         return sigma, torch.zeros_like(sigma)

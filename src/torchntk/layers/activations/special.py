@@ -115,7 +115,7 @@ class RectifiedMonomial(ElementwiseLayer):
             a, b, d, k = _scaled(q11, q12, q22)
             sigma, sdot = self.rule(a, b, d)
             return _ldexp(sigma, n * k), _ldexp(sdot, max(n - 1, 0) * k)
-        s, t = angle(q11, q12, q22)
+        s, t = angle(q11, q12, q22, floor=True)  # near-duplicates: a PSD kernel (see angle)
         p = q11 * q22
         sigma = _rectified_sigma(n, q12, p, s, t)
         if n == 0:
