@@ -218,18 +218,31 @@ class Gabor(ElementwiseLayer):
     cancellation at small variances, where ``sigma ~ q12`` (``phi(x) ~ x``) and the difference
     form lost every digit below variances of about 1e-8. ``d >= 1`` and ``B >= 0``, so both are
     finite and bounded everywhere (the clamp on ``D`` keeps rounding from pushing ``d`` below 1
-    deep in a network).
+    deep in a network); they are evaluated in units of ``m^2``, ``m = max(1, q11, q22)``, so that
+    ``q11 q22`` cannot overflow at huge variances.
     """
 
     def fn(self, x: Tensor) -> Tensor:
         return torch.exp(-x * x) * torch.sin(x)
 
     def rule(self, q11: Tensor, q12: Tensor, q22: Tensor) -> tuple[Tensor, Tensor]:
-        total = q11 + q22
-        det = torch.clamp(q11 * q22 - q12 * q12, min=0)
-        d = 1 + 2 * total + 4 * det
-        scale = torch.exp(-(total + 4 * det) / (2 * d)) / torch.sqrt(d)
-        f = q12 / d
+        # everything in units of m^2, m = max(1, q11, q22) (held constant for autograd: the
+        # forms below are exact identities for any m), so that q11 q22 cannot overflow:
+        # d = m^2 d_s, D = m^2 D_s, S = m^2 S_s; for variances <= 1, m = 1 and nothing changes
+        with torch.no_grad():
+            m = torch.clamp(torch.maximum(q11, q22), min=1.0)
+        a11, a12, a22 = q11 / m, q12 / m, q22 / m  # each divided by m twice: m^2 may overflow
+        inv = 1 / m / m
+        s_s = (a11 + a22) / m
+        det_s = torch.clamp(a11 * a22 - a12 * a12, min=0)
+        d_s = inv + 2 * s_s + 4 * det_s
+        c_s = a12 / m
+        scale = torch.exp(-(s_s + 4 * det_s) / (2 * d_s)) / (m * torch.sqrt(d_s))
+        f = c_s / d_s  # q12 / d
         sigma = scale * torch.sinh(f)
-        sdot = scale * (torch.sinh(f) * (4 * q12) * ((1 + total) / (d * d) + 1 / d) + torch.cosh(f) * (d + 8 * q12 * q12) / (d * d))
+        # the docstring's sdot with q12 / d = f, (1 + S) / d = (m^-2 + S_s) / d_s and
+        # 1 / d = (1 / m) / (m d_s): no d^2 (which underflows or overflows at huge variances)
+        sdot = scale * (
+            torch.sinh(f) * (4 * f) * ((inv + s_s) / d_s + 1) + torch.cosh(f) * ((1 / m) / (m * d_s) + 8 * f * f)
+        )
         return sigma, sdot
