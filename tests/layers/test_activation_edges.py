@@ -96,8 +96,9 @@ def test_gaussian_rule_matches_quadrature(b):
 
 
 def test_gaussian_narrow_bump_is_finite_and_matches_the_formula():
-    # b = -1e70: det ~ 4 b^2 D overflows in the docstring's product form (used to be NaN);
-    # the scaled form gives sigma = a^2 / sqrt(det) exactly as a 60-digit evaluation does
+    # the scaled form c^2 (1/c^2 + S/c + D) against a 60-digit evaluation of the docstring's
+    # product form, from a narrow bump (b = -1e70, near the parameter limit, where the product
+    # form is ~1e140) to a wide one: a few roundings, 1e-13 relative
     mpmath = pytest.importorskip("mpmath")
     mpmath.mp.dps = 60
     for b in (-1e70, -1e3, -1e-3):
