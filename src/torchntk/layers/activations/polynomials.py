@@ -6,11 +6,10 @@ Same contract as :mod:`.closed_forms`: ``rule(q11, q12, q22) -> (sigma, sdot)`` 
 ``sigma = E[phi(u) phi(v)]``, ``sdot = E[phi'(u) phi'(v)]`` for
 ``(u, v) ~ N(0, [[q11, q12], [q12, q22]])``.
 
-Example:
-    >>> from torchntk import layers as L
-    >>> spec = L.serial(L.Dense(512), L.Hermite(40), L.Dense(1))
-    >>> spec.kernel(torch.randn(3, 4)).ntk.shape
-    torch.Size([3, 3])
+Example (Mehler's formula at unit variances, ``sigma = q12^n``):
+    >>> one = torch.tensor(1.0, dtype=torch.float64)
+    >>> round(float(Hermite(40).rule(one, 0.5 * one, one)[0] / 0.5**40), 12)
+    1.0
 """
 
 from __future__ import annotations
