@@ -120,7 +120,7 @@ class LeakyRelu(ABRelu):
     """``phi(x) = x`` for ``x >= 0`` and ``alpha x`` otherwise (``ABRelu(alpha, 1)``)."""
 
     def __init__(self, alpha: float) -> None:
-        super().__init__(alpha, 1.0)
+        super().__init__(_parameter("alpha", alpha), 1.0)  # errors name `alpha`, not `a`
         self.alpha = self.a
 
     def __repr__(self) -> str:
