@@ -27,7 +27,7 @@ from torch import nn
 from .._checks import check_tensor
 from ..errors import InvalidArgumentError, ShapeError
 
-__all__ = ["SideModule", "call", "side_pair", "check_mask", "check_pattern", "zero_masked"]
+__all__ = ["SideModule", "call", "side_pair", "check_mask", "check_pattern", "readable", "zero_masked"]
 
 
 class SideModule(nn.Module):
@@ -67,11 +67,18 @@ def check_mask(name: str, mask: Any, x: torch.Tensor) -> torch.Tensor:
     return mask.to(x.device)
 
 
-def check_pattern(name: str, pattern: Any, x: torch.Tensor) -> torch.Tensor:
+def check_pattern(name: str, pattern: Any, x: torch.Tensor, *, values: bool = True) -> torch.Tensor:
     """Validate a graph pattern of the batch ``x`` ``(N, C, V)``.
 
-    Dense: floating ``(N, V, V)``; sparse: integer ``(N, E, 2)`` with entries in ``[0, V)``
-    (negative entries mark unused edge slots and are kept as they are).
+    Dense: floating ``(N, V, V)`` finite weights. Sparse: integer ``(N, E, 2)`` edge lists of
+    ``(tail, head)`` with both entries in ``[0, V)``; the only padding is an unused slot
+    ``(-1, -1)`` (both entries -1), so that edge lists of different lengths stack. Any other
+    negative entry, and a half-used slot such as ``(i, -1)``, is refused.
+
+    ``values=False`` skips the checks that read the entries (finite weights, node indices in
+    range): they cannot run inside ``torch.func`` transforms (``vmap``), which see the shapes only.
+    Raises ``ShapeError`` for shapes and indices that do not fit ``x``, ``InvalidArgumentError``
+    for dtypes, non-finite weights and malformed padding slots, each naming ``name``.
     """
     pattern = check_tensor(name, pattern)
     if x.ndim != 3:
@@ -88,18 +95,45 @@ def check_pattern(name: str, pattern: Any, x: torch.Tensor) -> torch.Tensor:
     if pattern.is_floating_point():
         if tuple(pattern.shape[1:]) != (v, v):
             raise ShapeError(f"`{name}`: a dense pattern must have shape (N, V, V) = ({n}, {v}, {v}), got {tuple(pattern.shape)}")
-        if not bool(torch.isfinite(pattern).all()):
+        if values and not bool(torch.isfinite(pattern).all()):
             raise InvalidArgumentError(f"`{name}` contains non-finite weights")
     elif pattern.dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8):
         if pattern.shape[2] != 2:
             raise ShapeError(f"`{name}`: a sparse pattern must have shape (N, E, 2) of (tail, head), got {tuple(pattern.shape)}")
-        if pattern.numel() and int(pattern.max()) >= v:
-            raise InvalidArgumentError(f"`{name}`: a node index {int(pattern.max())} is out of range for V = {v} nodes")
+        if values:
+            _check_edges(name, pattern, v)
     else:
         raise InvalidArgumentError(
             f"`{name}` must be floating (dense weights) or integer (sparse edge list), got {pattern.dtype}"
         )
     return pattern.to(x.device)
+
+
+def readable(t: torch.Tensor) -> bool:
+    """Whether the entries of ``t`` can be read (``t`` is not a ``torch.func`` transform's
+    wrapper, e.g. a ``vmap`` batch, whose data-dependent reads raise)."""
+    return not torch._C._functorch.is_functorch_wrapped_tensor(t)
+
+
+def _check_edges(name: str, pattern: torch.Tensor, v: int) -> None:
+    """Node indices of a sparse pattern ``(N, E, 2)``: in ``[0, V)``, or ``(-1, -1)`` (an unused slot)."""
+    if pattern.numel() == 0:
+        return
+    top = int(pattern.max())
+    if top >= v:
+        where = tuple(int(i) for i in torch.nonzero(pattern == top)[0])
+        raise ShapeError(
+            f"`{name}`: the node index {top} at {where} is out of range for V = {v} nodes (indices run from 0 to {v - 1})"
+        )
+    unused = (pattern == -1).all(dim=-1, keepdim=True)
+    bad = (pattern < 0) & ~unused
+    if bool(bad.any()):
+        where = tuple(int(i) for i in torch.nonzero(bad)[0])
+        edge = tuple(int(i) for i in pattern[where[0], where[1]])
+        raise InvalidArgumentError(
+            f"`{name}`: edge {edge} at (sample, edge) = {where[:2]} has a negative node index; node indices run "
+            f"from 0 to {v - 1}, and the only padding of an edge list is an unused slot (-1, -1)"
+        )
 
 
 def side_pair(

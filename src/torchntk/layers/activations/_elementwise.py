@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...errors import SpecError, UnsupportedLayerError
+from ...errors import NonFiniteError, SpecError, UnsupportedLayerError
 from .. import _spatial
 from .._core.protocol import Layer, Shapes, single
 from .._core.kernel import Kernel
@@ -39,6 +39,14 @@ def _chunked(q11: torch.Tensor, q12: torch.Tensor, q22: torch.Tensor, ntk: torch
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q11, q12, q22, ntk)):
         return False
     return q11.shape[0] == q12.shape[0] and q22.shape[0] == 1 and (ntk is None or ntk.shape == q12.shape)
+
+
+def _finite(t: torch.Tensor | None) -> bool:
+    """Whether every entry of ``t`` is finite (``None``: True); one sum in the common case."""
+    if t is None or t.numel() == 0:
+        return True
+    t = t.detach()
+    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
 
 
 class _Activation(nn.Module):
@@ -137,6 +145,13 @@ class ElementwiseLayer(Layer):
                 "pre-activations: put a Dense or Conv layer before this nonlinearity"
             )
         q11, q22 = _spatial.pair_variances(k)
+        for q in (q11, q22):
+            if q.numel() and float(q.detach().max()) == float("inf"):
+                raise NonFiniteError(
+                    f"{self!r}: a pre-activation variance is inf (beyond {q.dtype}'s range, "
+                    f"{torch.finfo(q.dtype).max:.3g}): the inputs (or the weights) are too large for the "
+                    "kernel to be represented; rescale the inputs"
+                )
         with_ntk = self.has_ntk and k.ntk is not None
         if _chunked(q11, k.nngp, q22, k.ntk):
             sigma, ntk = self._rows_in_cache(q11, k.nngp, q22, k.ntk if with_ntk else None)
@@ -146,6 +161,12 @@ class ElementwiseLayer(Layer):
             if with_ntk and sdot is not None:
                 ntk = k.ntk * sdot
         cov1, cov2 = self._self_covs(k)
+        if not all(_finite(t) for t in (sigma, ntk, cov1, cov2)) and all(_finite(t) for t in (k.nngp, k.ntk, k.cov1, k.cov2)):
+            top = max(float(q.detach().abs().max()) for q in (q11, q22) if q.numel())
+            raise NonFiniteError(
+                f"{self!r}: the kernel after this layer is not representable in {sigma.dtype} (its "
+                f"pre-activation variances reach {top:.3g}); rescale the inputs or the weights"
+            )
         return k.replace(
             nngp=sigma,
             ntk=ntk,

@@ -61,6 +61,7 @@ import torch
 from scipy import special
 
 from ...errors import InvalidArgumentError
+from ._scaling import _in_range, _ldexp, _scaled
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -89,13 +90,40 @@ def safe_sqrt(x: torch.Tensor) -> torch.Tensor:
     return torch.where(positive, torch.sqrt(torch.where(positive, x, torch.ones_like(x))), torch.zeros_like(x))
 
 
-def angle(q11: torch.Tensor, q12: torch.Tensor, q22: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+#: The determinant floor of :func:`angle` (``floor=True``), in units of the dtype's epsilon.
+DET_FLOOR_EPS = 8
+
+
+def angle(
+    q11: torch.Tensor, q12: torch.Tensor, q22: torch.Tensor, *, floor: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(s, t)``: ``s = sqrt(max(q11 q22 - q12^2, 0))`` and ``t = atan2(s, q12)`` (pi/2 at 0/0).
 
     ``t`` in ``[0, pi]`` is the angle between the two Gaussian variables (``cos t`` is their
-    correlation). Gradients are finite everywhere, including correlation +-1.
+    correlation). Gradients are finite everywhere, including correlation +-1. Variances beyond
+    the safe range (where ``q11 q22`` would overflow or underflow: input scales beyond about
+    1e75 or below 1e-75 made every angle 0) are rescaled exactly first: ``t`` is invariant,
+    ``s`` scales as ``q12``.
+
+    ``floor``: subtract the rounding noise of the determinant, ``f q11 q22`` with
+    ``f = 8 eps`` (:data:`DET_FLOOR_EPS`; 16 units of rounding, 1.8e-15 in float64), before the
+    square root. Covariances carry rounding errors of a few units relative (their matmul, the
+    rules before), so near correlation 1 the computed ``q11 q22 - q12^2`` is noise of size
+    ~``4 u q11 q22`` around the true, tiny determinant, and its square root turns that into
+    angles of ~``sqrt(u)`` (1e-8) that differ from pair to pair: the degree-0 arc-cosine kernel
+    (``Sign``, ``RectifiedMonomial(0)``, and ``RectifiedMonomial(1)``'s ``sdot``) of near-duplicate
+    inputs was indefinite (min eigenvalue -3.6e-10 of the largest, -1.8e-6 through two layers).
+    With the floor, pairs within the noise are exact duplicates (angle 0: a consistent PSD
+    block); angles below ``sqrt(2 f)`` (6e-8) become 0 and larger ones move by about
+    ``f / t^2`` relative, the order of what the rounded covariances already leave.
     """
-    s = safe_sqrt(q11 * q22 - q12 * q12)
+    if not _in_range(q11, q22):
+        a, b, d, k = _scaled(q11, q12, q22)
+        s, t = angle(a, b, d, floor=floor)
+        return _ldexp(s, k), t
+    p = q11 * q22
+    det = p - q12 * q12
+    s = safe_sqrt(det - p * (DET_FLOOR_EPS * torch.finfo(p.dtype).eps) if floor else det)
     both_zero = (s == 0) & (q12 == 0)
     t = torch.atan2(s, torch.where(both_zero, torch.ones_like(q12), q12))
     return s, torch.where(both_zero, torch.full_like(t, math.pi / 2), t)
@@ -224,11 +252,17 @@ def _halved_error(w: torch.Tensor, f: torch.Tensor, full: torch.Tensor) -> torch
 def _product_hermite(fn: Fn, q11, q12, q22, derivative: bool, degree: int):
     dt = q11.dtype
     z, wz = (torch.as_tensor(a, dtype=dt, device=q11.device) for a in _hermite(degree))
+    z, wz = (z - z.flip(0)) / 2, (wz + wz.flip(0)) / 2  # exactly symmetric about 0
     _, alpha = angle(q11, q12, q22)
-    c, s = torch.cos(alpha)[:, None, None], torch.sin(alpha)[:, None, None]
+    # the symmetric factorization u = sqrt(q11) (c z1 + s z2), v = sqrt(q22) (c z1 - s z2) with
+    # c = cos(alpha / 2), s = sin(alpha / 2) (correlation c^2 - s^2 = cos(alpha)): swapping the
+    # two points maps the nodes onto themselves (z2 -> -z2), so the kernel is symmetric to
+    # rounding even where the rule is inexact (the factorization u = sqrt(q11) z1 was 1e-3
+    # asymmetric for tanh at variance 1, degree 16)
+    c, s = torch.cos(alpha / 2)[:, None, None], torch.sin(alpha / 2)[:, None, None]
     z1, z2 = z[None, :, None], z[None, None, :]
-    u = safe_sqrt(q11)[:, None, None] * z1  # (B, H, 1)
-    v = safe_sqrt(q22)[:, None, None] * (c * z1 + s * z2)  # (B, H, H)
+    u = safe_sqrt(q11)[:, None, None] * (c * z1 + s * z2)  # (B, H, H)
+    v = safe_sqrt(q22)[:, None, None] * (c * z1 - s * z2)
     w = wz[:, None] * wz[None, :]
     fu, du = _eval(fn, u, derivative)
     fv, dv = _eval(fn, v, derivative)

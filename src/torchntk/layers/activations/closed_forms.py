@@ -25,14 +25,14 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Callable
 
-import numpy as np
 import torch
 
-from ...errors import InvalidArgumentError
+from ...errors import InvalidArgumentError, SpecError
 from ._elementwise import ElementwiseLayer
-from ..._checks import check_hyper, check_int, is_one
+from ._scaling import _in_range, _ldexp, _scaled
+from ..._checks import check_hyper, is_one, value_of
 
 __all__ = [
     "Erf",
@@ -43,12 +43,27 @@ __all__ = [
     "Rbf",
     "Exp",
     "Gaussian",
-    "Monomial",
-    "Polynomial",
 ]
 
 Tensor = torch.Tensor
 _PI = math.pi
+
+
+#: Largest magnitude of an activation's parameter: the rules raise parameters to the fourth
+#: power (Erf's ``b^4``), which must stay inside float64's range.
+PARAMETER_LIMIT = 1e75
+
+
+def _parameter(name: str, value: object, **bounds: object) -> float | Tensor:
+    """An activation's parameter: :func:`~torchntk._checks.check_hyper`'s checks, and a magnitude
+    at most :data:`PARAMETER_LIMIT` (else ``SpecError`` naming ``name``)."""
+    out = check_hyper(name, value, **bounds)
+    if abs(value_of(out)) > PARAMETER_LIMIT:
+        raise SpecError(
+            f"`{name}` = {value_of(out):g} is beyond the range of activation parameters, |{name}| <= "
+            f"{PARAMETER_LIMIT:g} (the kernel rules use its square and fourth power, which must fit float64)"
+        )
+    return out
 
 
 def _math(fn: Callable[[Tensor], Tensor], value: float | Tensor) -> float | Tensor:
@@ -61,68 +76,16 @@ def _records_grad(*ts: Tensor | float) -> bool:
     return torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in ts)
 
 
-#: Variances in ``[2^-480, 2^480]`` (or 0) keep ``q11 q22`` and ``q12^2`` inside float64's range.
-_SAFE_EXPONENT = 480
-
-
-def _variance_range(q11: Tensor, q22: Tensor) -> tuple[bool, bool]:
-    """``(in_range, positive)``: whether every nonzero variance lies in ``[2^-480, 2^480]`` (the
-    plain formulas are then free of overflow and underflow; else the scaled forms are used), and
-    whether every variance is > 0 (then, in range, every ``q11 q22`` product is > 0). One pass
-    per tensor (the variances are per point: small next to the pairs)."""
-    hi, lo = 2.0**_SAFE_EXPONENT, 2.0**-_SAFE_EXPONENT
-    positive = True
-    for q in (q11, q22):
-        if q.numel() == 0:
-            positive = False
-            continue
-        q = q.detach()
-        bottom, top = torch.aminmax(q)
-        bottom, top = float(bottom), float(top)
-        if not top <= hi:
-            return top != top, False  # NaN: no scaling helps, leave it to the plain formula
-        positive = positive and bottom > 0
-        if bottom < lo and float(torch.where(q > 0, q, torch.full_like(q, hi)).min()) < lo:
-            return False, False
-    return True, positive
-
-
-def _in_range(q11: Tensor, q22: Tensor) -> bool:
-    """Whether every nonzero variance lies in ``[2^-480, 2^480]`` (see :func:`_variance_range`)."""
-    return _variance_range(q11, q22)[0]
-
-
-def _half_exponent(q: Tensor) -> Tensor:
-    """``k`` with ``q / 4^k`` in ``[1, 4)`` for ``q > 0`` (0 elsewhere), as a float tensor."""
-    q = q.detach()
-    _, e = torch.frexp(torch.where(q > 0, q, torch.ones_like(q)))
-    return torch.where(q > 0, torch.div(e - 1, 2, rounding_mode="floor"), torch.zeros_like(e)).to(q.dtype)
-
-
-def _ldexp(x: Tensor, e: Tensor) -> Tensor:
-    """``x * 2^e`` for integer-valued ``e`` up to +-2100, exactly (``torch.ldexp`` forms ``2^e``
-    first, which overflows or underflows beyond +-1023): three exact power-of-two factors,
-    applied in turn so that no intermediate leaves the range between ``x`` and the result."""
-    third = torch.trunc(e / 3)
-    for part in (third, third, e - 2 * third):
-        x = x * torch.pow(2.0, part)
-    return x
-
-
-def _scaled(q11: Tensor, q12: Tensor, q22: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Exact power-of-two rescaling of a covariance: ``(q11 / 4^k1, q12 / 2^(k1+k2), q22 / 4^k2,
-    k1 + k2)`` with each variance in ``[1, 4)`` (multiplying by powers of two rounds nothing)."""
-    k1, k2 = _half_exponent(q11), _half_exponent(q22)
-    k = k1 + k2
-    return _ldexp(q11, -2 * k1), _ldexp(q12, -k), _ldexp(q22, -2 * k2), k
-
-
 def _root_plus_det(x: Tensor, q11: Tensor, q12: Tensor, q22: Tensor, c: float | Tensor = 1.0) -> Tensor:
     """``sqrt(x + c D)`` (for ``x >= 1``) with ``D = max(q11 q22 - q12^2, 0)`` the determinant of the covariance,
     finite wherever the result is representable: in the plain form when the variances are in
     range, else as ``2^k sqrt(x / 4^k + c D_s)`` with ``D = 4^k D_s`` from :func:`_scaled`."""
     if _in_range(q11, q22):
-        det = torch.addcmul(q11 * q22, q12, q12, value=-1).clamp(min=0)
+        # two rounded products, then one subtraction (not a fused multiply-add, which some
+        # processors use in addcmul): at correlation 1 (q12 = q11 = q22, as on a kernel's
+        # diagonal) the determinant is then exactly 0, not a rounding error of q^2 that would
+        # swamp x (1 + 4 q for Erf) once q exceeds 1/u
+        det = (q11 * q22 - q12 * q12).clamp(min=0)
         # a tensor c (a differentiable hyperparameter) cannot be torch.add's alpha
         return torch.sqrt(x + c * det if isinstance(c, Tensor) else torch.add(x, det, alpha=c))
     a, b, d, k = _scaled(q11, q12, q22)
@@ -145,7 +108,7 @@ class Erf(ElementwiseLayer):
     """
 
     def __init__(self, a: float = 1.0, b: float = 1.0, c: float = 0.0) -> None:
-        self.a, self.b, self.c = check_hyper("a", a), check_hyper("b", b), check_hyper("c", c)
+        self.a, self.b, self.c = _parameter("a", a), _parameter("b", b), _parameter("c", c)
 
     def __repr__(self) -> str:
         return f"Erf(a={self.a}, b={self.b}, c={self.c})"
@@ -229,7 +192,7 @@ class Sin(ElementwiseLayer):
     """
 
     def __init__(self, a: float = 1.0, b: float = 1.0, c: float = 0.0) -> None:
-        self.a, self.b, self.c = check_hyper("a", a), check_hyper("b", b), check_hyper("c", c)
+        self.a, self.b, self.c = _parameter("a", a), _parameter("b", b), _parameter("c", c)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(a={self.a}, b={self.b}, c={self.c})"
@@ -260,7 +223,7 @@ class Rbf(Sin):
     pre-activations: ``sigma = exp(-gamma (q11 + q22 - 2 q12))``, ``sdot = 2 gamma sigma``."""
 
     def __init__(self, gamma: float = 1.0) -> None:
-        gamma = check_hyper("gamma", gamma, minimum=0.0, strict=True)
+        gamma = _parameter("gamma", gamma, minimum=0.0, strict=True)
         super().__init__(a=math.sqrt(2), b=_math(torch.sqrt, 2 * gamma), c=_PI / 4)
         self.gamma = gamma
 
@@ -278,7 +241,7 @@ class Exp(ElementwiseLayer):
     """
 
     def __init__(self, a: float = 1.0, b: float = 1.0) -> None:
-        self.a, self.b = check_hyper("a", a), check_hyper("b", b)
+        self.a, self.b = _parameter("a", a), _parameter("b", b)
 
     def __repr__(self) -> str:
         return f"Exp(a={self.a}, b={self.b})"
@@ -292,14 +255,20 @@ class Exp(ElementwiseLayer):
 
 
 class Gaussian(ElementwiseLayer):
-    """``phi(x) = a exp(b x^2)`` (``b < 0`` for a bump). With
-    ``det = (1 - 2 b q11)(1 - 2 b q22) - 4 b^2 q12^2`` (which must be > 0, true for ``b <= 0``):
+    """``phi(x) = a exp(b x^2)`` (``b < 0`` for a bump). With ``c = -2 b``, ``S = q11 + q22``,
+    ``D = max(q11 q22 - q12^2, 0)`` and ``det = det(I + c Q) = 1 + c S + c^2 D``:
 
         sigma = a^2 / sqrt(det),     sdot = 4 a^2 b^2 q12 / det^(3/2)
+
+    For ``b <= 0`` every term of ``det`` is >= 0 (no cancellation, also at correlation 1); for
+    ``c >= 1`` both are evaluated as ``det = c^2 (1/c^2 + S/c + D)`` (finite for any ``b``).
+    For ``b > 0`` the expectations are finite only while ``2 b`` times the covariance's largest
+    eigenvalue is below 1 (``1 - 2 b q11 > 0`` and ``det > 0``); beyond, ``E[phi(u)^2]`` is
+    infinite and the rule raises :class:`~torchntk.errors.SpecError` naming ``b``.
     """
 
     def __init__(self, a: float = 1.0, b: float = -1.0) -> None:
-        self.a, self.b = check_hyper("a", a), check_hyper("b", b)
+        self.a, self.b = _parameter("a", a), _parameter("b", b)
 
     def __repr__(self) -> str:
         return f"Gaussian(a={self.a}, b={self.b})"
@@ -308,99 +277,19 @@ class Gaussian(ElementwiseLayer):
         return self.a * torch.exp(self.b * x * x)
 
     def rule(self, q11: Tensor, q12: Tensor, q22: Tensor) -> tuple[Tensor, Tensor]:
-        b = self.b
-        det = (1 - 2 * b * q11) * (1 - 2 * b * q22) - 4 * b * b * q12 * q12
-        root = torch.sqrt(det)
-        return self.a**2 / root, 4 * self.a**2 * b * b * q12 / (det * root)
-
-
-# -- polynomials --------------------------------------------------------------------------
-
-
-def _hermite_table(degree: int) -> np.ndarray:
-    """``A[i, k]``: ``x^i = sum_k A[i, k] He_k(x)`` (probabilists' Hermite), ``i, k <= degree``."""
-    table = np.zeros((degree + 1, degree + 1))
-    for i in range(degree + 1):
-        c = np.polynomial.hermite_e.poly2herme(np.eye(degree + 1)[i])
-        table[i, : len(c)] = c
-    return table
-
-
-def _polynomial_expectation(coef: Sequence[float | Tensor], q11: Tensor, q12: Tensor, q22: Tensor) -> Tensor:
-    """``E[p(u) p(v)]`` for ``p(x) = sum_i coef[i] x^i``, exactly.
-
-    Uses ``E[u^i v^j] = sum_k A[i,k] A[j,k] k! q12^k q11^((i-k)/2) q22^((j-k)/2)``
-    (``E[He_k(z1) He_l(z2)] = delta_kl k! rho^k`` for unit normals of correlation ``rho``).
-    """
-    n = len(coef)
-    if n == 0:
-        return torch.zeros_like(q12 + q11 + q22)
-    table = _hermite_table(n - 1)
-    total = torch.zeros_like(q12 + q11 + q22)
-    for k in range(n):
-        # b[k] coefficients: sum_i coef[i] A[i, k] q11^((i-k)/2), and the same in q22.
-        left = sum(coef[i] * float(table[i, k]) * q11 ** ((i - k) // 2) for i in range(k, n, 2) if _nonzero(coef[i]))
-        right = sum(coef[j] * float(table[j, k]) * q22 ** ((j - k) // 2) for j in range(k, n, 2) if _nonzero(coef[j]))
-        if isinstance(left, int) or isinstance(right, int):  # no term of this parity
-            continue
-        total = total + math.factorial(k) * q12**k * left * right
-    return total
-
-
-def _nonzero(c: float | Tensor) -> bool:
-    """Whether a coefficient takes part (a tensor always does: its gradient is needed)."""
-    return isinstance(c, Tensor) or c != 0
-
-
-class Polynomial(ElementwiseLayer):
-    """``phi(x) = sum_i coef[i] x^i``: exact expectations through the Hermite expansion.
-
-    ``sigma = sum_{i,j} coef_i coef_j E[u^i v^j]`` with
-    ``E[u^i v^j] = sum_k A_ik A_jk k! q12^k q11^((i-k)/2) q22^((j-k)/2)``, where
-    ``x^i = sum_k A_ik He_k(x)``; ``sdot`` is the same for the derivative polynomial.
-    """
-
-    def __init__(self, coef: Sequence[float] | Tensor) -> None:
-        if isinstance(coef, Tensor):
-            if coef.ndim != 1:
-                raise InvalidArgumentError(f"`coef` must be a 1-D tensor, got shape {tuple(coef.shape)}")
-            entries: list = list(coef.unbind())  # 0-dim views: the kernel stays differentiable in coef
-        else:
-            try:
-                entries = [c if isinstance(c, Tensor) else float(c) for c in coef]
-            except (TypeError, ValueError):
-                raise InvalidArgumentError(f"`coef` must be a sequence of numbers, got {coef!r}") from None
-        values = [check_hyper(f"coef[{i}]", c) for i, c in enumerate(entries)]
-        self.coef = tuple(values)
-        self._c = self.coef
-        self._dc = tuple(i * c for i, c in enumerate(values))[1:]  # coefficients of phi'
-
-    def __repr__(self) -> str:
-        return f"Polynomial(coef={list(self.coef)})"
-
-    def fn(self, x: Tensor) -> Tensor:
-        out = torch.zeros_like(x)
-        for c in reversed(self.coef):  # Horner
-            out = out * x + c
-        return out
-
-    def rule(self, q11: Tensor, q12: Tensor, q22: Tensor) -> tuple[Tensor, Tensor]:
-        return (
-            _polynomial_expectation(self._c, q11, q12, q22),
-            _polynomial_expectation(self._dc, q11, q12, q22),
-        )
-
-
-class Monomial(Polynomial):
-    """``phi(x) = x^degree`` (a :class:`Polynomial` with one coefficient)."""
-
-    def __init__(self, degree: int) -> None:
-        degree = check_int("degree", degree, minimum=0, who="Monomial")
-        super().__init__([0.0] * degree + [1.0])
-        self.degree = degree
-
-    def __repr__(self) -> str:
-        return f"Monomial(degree={self.degree})"
-
-    def fn(self, x: Tensor) -> Tensor:
-        return x**self.degree
+        c = -2 * self.b
+        k = torch.clamp(c, min=1.0) if isinstance(c, Tensor) else max(c, 1.0)  # det = k^2 det_s
+        det_s = 1 / k / k + (c / k) * ((q11 + q22) / k) + (c / k) ** 2 * torch.clamp(q11 * q22 - q12 * q12, min=0)
+        if value_of(c) < 0:
+            ok = (1 + c * q11 > 0) & (det_s > 0)
+            if not bool(ok.all()):
+                top = float(torch.maximum(q11, q22).detach().max())
+                raise SpecError(
+                    f"{self!r}: E[exp(b u^2) exp(b v^2)] is infinite for `b` = {value_of(self.b):g} > 0 unless 2 b "
+                    "times the largest eigenvalue of each pair's covariance is below 1 (every variance below "
+                    f"1 / (2 b) = {1 / (2 * value_of(self.b)):.3g}, at least); here the variances reach {top:.3g}: "
+                    "use b <= 0, a smaller b or smaller inputs"
+                )
+        root = torch.sqrt(det_s)
+        a2 = self.a**2
+        return a2 / (k * root), a2 * (c / k) ** 2 * q12 / (k * det_s * root)

@@ -16,10 +16,11 @@ import math
 
 import torch
 
-from ..._checks import check_hyper, is_one
+from ..._checks import is_one
 from ._elementwise import ElementwiseLayer
 from ._quadrature import angle
-from .closed_forms import _ldexp, _records_grad, _scaled, _variance_range
+from ._scaling import _ldexp, _scaled, _variance_range
+from .closed_forms import _parameter, _records_grad
 
 __all__ = ["ABRelu", "Relu", "LeakyRelu", "Abs", "Sign"]
 
@@ -45,7 +46,7 @@ class ABRelu(ElementwiseLayer):
     """
 
     def __init__(self, a: float, b: float) -> None:
-        self.a, self.b = check_hyper("a", a), check_hyper("b", b)
+        self.a, self.b = _parameter("a", a), _parameter("b", b)
 
     def __repr__(self) -> str:
         return f"ABRelu(a={self.a}, b={self.b})"
@@ -119,7 +120,7 @@ class LeakyRelu(ABRelu):
     """``phi(x) = x`` for ``x >= 0`` and ``alpha x`` otherwise (``ABRelu(alpha, 1)``)."""
 
     def __init__(self, alpha: float) -> None:
-        super().__init__(alpha, 1.0)
+        super().__init__(_parameter("alpha", alpha), 1.0)  # errors name `alpha`, not `a`
         self.alpha = self.a
 
     def __repr__(self) -> str:
@@ -154,6 +155,6 @@ class Sign(ElementwiseLayer):
         return torch.sign(x)
 
     def rule(self, q11: Tensor, q12: Tensor, q22: Tensor) -> tuple[Tensor, Tensor]:
-        _, t = angle(q11, q12, q22)
+        _, t = angle(q11, q12, q22, floor=True)  # near-duplicates: a PSD kernel (see angle)
         sigma = 1 - 2 * t / _PI
         return sigma, torch.zeros_like(sigma)

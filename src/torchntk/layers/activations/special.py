@@ -1,5 +1,6 @@
-"""Four more nonlinearities of neural-tangents' ``stax``: ``Hermite``, ``RectifiedMonomial``,
-``ExpNormalized`` and ``Gabor``, with rules that stay finite where the peer's divide by zero.
+"""Three more nonlinearities of neural-tangents' ``stax``: ``RectifiedMonomial``,
+``ExpNormalized`` and ``Gabor``, with rules that stay finite where the peer's divide by zero
+(``Hermite`` is in :mod:`.polynomials`).
 
 Same contract as :mod:`.activations`: ``rule(q11, q12, q22) -> (sigma, sdot)`` with
 ``sigma = E[phi(u) phi(v)]``, ``sdot = E[phi'(u) phi'(v)]`` for
@@ -29,35 +30,12 @@ from ...errors import InvalidArgumentError
 from .._core.protocol import Shapes, single
 from ._elementwise import ElementwiseLayer
 from ._quadrature import angle
-from .closed_forms import Polynomial
+from ._scaling import _in_range, _ldexp, _scaled
 
-__all__ = ["Hermite", "RectifiedMonomial", "ExpNormalized", "Gabor"]
+__all__ = ["RectifiedMonomial", "ExpNormalized", "Gabor"]
 
 Tensor = torch.Tensor
 _PI = math.pi
-
-
-# -- Hermite ------------------------------------------------------------------------------
-
-
-class Hermite(Polynomial):
-    """``phi(x) = He_degree(x) / sqrt(degree!)``, the normalized probabilists' Hermite polynomial.
-
-    For unit-variance pre-activations (``q11 = q22 = 1``) Mehler's formula gives
-    ``sigma = q12^degree`` and ``sdot = degree q12^(degree - 1)``, which is neural-tangents'
-    rule (it assumes unit variances). torchntk computes the exact expectation for *any*
-    variances (the :class:`Polynomial` rule), so the kernel also matches the finite network when
-    the variances are not 1.
-    """
-
-    def __init__(self, degree: int) -> None:
-        degree = check_int("degree", degree, minimum=0, who="Hermite")
-        coef = np.polynomial.hermite_e.herme2poly([0.0] * degree + [1.0]) / math.sqrt(math.factorial(degree))
-        super().__init__(list(coef))
-        self.degree = degree
-
-    def __repr__(self) -> str:
-        return f"Hermite(degree={self.degree})"
 
 
 # -- RectifiedMonomial ----------------------------------------------------------------------
@@ -130,9 +108,15 @@ class RectifiedMonomial(ElementwiseLayer):
         return torch.clamp(x, min=0) ** self.degree
 
     def rule(self, q11: Tensor, q12: Tensor, q22: Tensor) -> tuple[Tensor, Tensor]:
-        s, t = angle(q11, q12, q22)
-        p = q11 * q22
         n = self.degree
+        if not _in_range(q11, q22):
+            # homogeneous: sigma(4^k1 q11, 2^(k1+k2) q12, 4^k2 q22) = 2^(n (k1+k2)) sigma, and
+            # sdot = n^2 sigma_(n-1) scales as 2^((n-1)(k1+k2)); p = q11 q22 stays in range
+            a, b, d, k = _scaled(q11, q12, q22)
+            sigma, sdot = self.rule(a, b, d)
+            return _ldexp(sigma, n * k), _ldexp(sdot, max(n - 1, 0) * k)
+        s, t = angle(q11, q12, q22, floor=True)  # near-duplicates: a PSD kernel (see angle)
+        p = q11 * q22
         sigma = _rectified_sigma(n, q12, p, s, t)
         if n == 0:
             return sigma, torch.zeros_like(sigma)
@@ -163,10 +147,15 @@ class _ExpNormalizedModule(nn.Module):
 class ExpNormalized(ElementwiseLayer):
     """The "Gaussian normalized kernel" (Shankar et al. 2020, neural-tangents' ``ExpNormalized``).
 
-    With ``r = sqrt(max(q11 q22, tol))`` (``tol = 1e-30``) and ``rho = q12 / r`` (clipped to
-    ``[-1, 1]`` when ``do_clip``):
+    With ``v_i = max(q_ii, tol)`` (``tol = 1e-30``, the finite layer's clamp), ``r = sqrt(v1 v2)``,
+    ``rho = q12 / r`` (clipped to ``[-1, 1]`` when ``do_clip``) and
+    ``g = gamma (rho + shift + (q11 / v1 + q22 / v2) / 2 - 1)`` (the last term is 0 unless a
+    variance is below ``tol``):
 
-        Sigma' = r exp(gamma (rho + shift)),      Theta' = gamma exp(gamma (rho + shift)) Theta
+        Sigma' = r exp(g),      Theta' = gamma exp(g) Theta
+
+    For variances above ``tol`` this is ``r exp(gamma (rho + shift))``, homogeneous of degree 1
+    (``Sigma'(x, x) = q`` with the default shift) at every scale.
 
     (``sdot = d Sigma' / d q12``). The finite layer realizing it normalizes each position's
     pre-activations by their mean square over the channels ``v``:
@@ -197,11 +186,16 @@ class ExpNormalized(ElementwiseLayer):
         return _ExpNormalizedModule(self.gamma, self.shift, self._TOL)
 
     def rule(self, q11: Tensor, q12: Tensor, q22: Tensor) -> tuple[Tensor, Tensor]:
-        r = torch.sqrt(torch.clamp(q11 * q22, min=self._TOL))
+        # the finite layer's clamp v >= tol, per variance (not on the product q11 q22, which
+        # reaches tol already at variances of 1e-15, input scales of 1e-8)
+        v1, v2 = torch.clamp(q11, min=self._TOL), torch.clamp(q22, min=self._TOL)
+        r = torch.sqrt(v1) * torch.sqrt(v2)
         rho = q12 / r
         if self.do_clip:
             rho = torch.clamp(rho, -1.0, 1.0)
-        e = torch.exp(self.gamma * (rho + self.shift))
+        # below the clamp, E[exp(sqrt(gamma) u / sqrt(v))] = exp(gamma q / (2 v)), not exp(gamma / 2)
+        below = (q11 / v1 + q22 / v2) / 2 - 1
+        e = torch.exp(self.gamma * (rho + self.shift + below))
         return r * e, self.gamma * e
 
 
@@ -212,33 +206,43 @@ class Gabor(ElementwiseLayer):
     """``phi(x) = exp(-x^2) sin(x)``.
 
     With ``S = q11 + q22``, ``D = max(q11 q22 - q12^2, 0)``, ``d = 1 + 2 S + 4 D``
-    (``= det(I + 2 Q)``) and ``m_- = (S + 4 D - 2 q12) / (2 d)``, ``m_+ = (S + 4 D + 2 q12) / (2 d)``
-    (``E[exp(-u^2 - v^2) cos(u -+ v)] = exp(-m_-+) / sqrt(d)``):
+    (``= det(I + 2 Q)``), ``B = S + 4 D`` and
+    ``E[exp(-u^2 - v^2) cos(u -+ v)] = exp(-(B -+ 2 q12) / (2 d)) / sqrt(d)``:
 
-        sigma = (exp(-m_-) - exp(-m_+)) / (2 sqrt(d))
+        sigma = exp(-B / (2 d)) sinh(q12 / d) / sqrt(d)
         sdot  = d sigma / d q12
-              = (exp(-m_+) m_+' - exp(-m_-) m_-') / (2 sqrt(d)) + 2 q12 (exp(-m_-) - exp(-m_+)) / d^(3/2)
+              = exp(-B / (2 d)) / sqrt(d) * [sinh(q12 / d) 4 q12 ((1 + S) / d^2 + 1 / d)
+                                              + cosh(q12 / d) (d + 8 q12^2) / d^2]
 
-    with ``m_-' = ((-8 q12 - 2) d + 8 q12 (S + 4 D - 2 q12)) / (2 d^2)`` and ``m_+'`` with the
-    signs of ``2`` and ``2 q12`` flipped (``D' = -2 q12``). ``d >= 1`` and
-    ``m_pm >= 0``, so both are finite and bounded everywhere (the clamp on ``D`` keeps rounding
-    from pushing ``d`` below 1 deep in a network).
+    (``D' = -2 q12``). The difference of the two exponentials is written as a ``sinh``: no
+    cancellation at small variances, where ``sigma ~ q12`` (``phi(x) ~ x``) and the difference
+    form lost every digit below variances of about 1e-8. ``d >= 1`` and ``B >= 0``, so both are
+    finite and bounded everywhere (the clamp on ``D`` keeps rounding from pushing ``d`` below 1
+    deep in a network); they are evaluated in units of ``m^2``, ``m = max(1, q11, q22)``, so that
+    ``q11 q22`` cannot overflow at huge variances.
     """
 
     def fn(self, x: Tensor) -> Tensor:
         return torch.exp(-x * x) * torch.sin(x)
 
     def rule(self, q11: Tensor, q12: Tensor, q22: Tensor) -> tuple[Tensor, Tensor]:
-        total = q11 + q22
-        det = torch.clamp(q11 * q22 - q12 * q12, min=0)
-        d = 1 + 2 * total + 4 * det
-        base = total + 4 * det
-        m_minus = (base - 2 * q12) / (2 * d)
-        m_plus = (base + 2 * q12) / (2 * d)
-        e_minus, e_plus = torch.exp(-m_minus), torch.exp(-m_plus)
-        root = torch.sqrt(d)
-        sigma = (e_minus - e_plus) / (2 * root)
-        dm_minus = ((-8 * q12 - 2) * d + 8 * q12 * (base - 2 * q12)) / (2 * d * d)
-        dm_plus = ((-8 * q12 + 2) * d + 8 * q12 * (base + 2 * q12)) / (2 * d * d)
-        sdot = (e_plus * dm_plus - e_minus * dm_minus) / (2 * root) + 2 * q12 * (e_minus - e_plus) / (d * root)
+        # everything in units of m^2, m = max(1, q11, q22) (held constant for autograd: the
+        # forms below are exact identities for any m), so that q11 q22 cannot overflow:
+        # d = m^2 d_s, D = m^2 D_s, S = m^2 S_s; for variances <= 1, m = 1 and nothing changes
+        with torch.no_grad():
+            m = torch.clamp(torch.maximum(q11, q22), min=1.0)
+        a11, a12, a22 = q11 / m, q12 / m, q22 / m  # each divided by m twice: m^2 may overflow
+        inv = 1 / m / m
+        s_s = (a11 + a22) / m
+        det_s = torch.clamp(a11 * a22 - a12 * a12, min=0)
+        d_s = inv + 2 * s_s + 4 * det_s
+        c_s = a12 / m
+        scale = torch.exp(-(s_s + 4 * det_s) / (2 * d_s)) / (m * torch.sqrt(d_s))
+        f = c_s / d_s  # q12 / d
+        sigma = scale * torch.sinh(f)
+        # the docstring's sdot with q12 / d = f, (1 + S) / d = (m^-2 + S_s) / d_s and
+        # 1 / d = (1 / m) / (m d_s): no d^2 (which underflows or overflows at huge variances)
+        sdot = scale * (
+            torch.sinh(f) * (4 * f) * ((inv + s_s) / d_s + 1) + torch.cosh(f) * ((1 / m) / (m * d_s) + 8 * f * f)
+        )
         return sigma, sdot

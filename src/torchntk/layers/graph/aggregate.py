@@ -7,7 +7,9 @@ pattern=(p1, p2))`` and ``module(x, pattern=p)``:
 - dense: weights ``p (N, V, V)``, ``p[n, i, j]`` the weight of the arc from node ``i`` to node
   ``j``;
 - sparse: integer edge lists ``(N, E, 2)`` of ``(tail, head)``, each edge of weight 1 (repeated
-  edges add up; an edge with a negative entry is an unused slot).
+  edges add up). Node indices run from 0 to ``V - 1``; the one padding is an unused slot
+  ``(-1, -1)`` (so that edge lists of different lengths stack); any other negative index, or a
+  half-used slot such as ``(i, -1)``, is refused (``InvalidArgumentError`` naming ``pattern``).
 
 Every node receives the weighted sum of its predecessors, ``y[c, j] = sum_i p[i, j] x[c, i]``,
 so with ``A = p^T`` (``A[j, i] = p[i, j]``) the kernels map as
@@ -33,8 +35,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..._checks import check_choice
-from ...errors import InvalidArgumentError, SpecError
+from ..._checks import check_choice, check_tensor as _check_tensor
+from ...errors import InvalidArgumentError, NonFiniteError, SpecError
 from .. import _side
 from ..linear_maps import _spatial_map
 from .._core.protocol import Layer, Shapes, single
@@ -73,10 +75,10 @@ class _AggregateModule(_side.SideModule):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, pattern: torch.Tensor | None = None) -> torch.Tensor:
         if pattern is None:
             raise SpecError("Aggregate needs the graph: call the module as module(x, pattern=p)")
-        # shape checks only: data-dependent ones would break torch.func transforms (vmap)
-        if pattern.ndim != 3 or pattern.shape[0] != x.shape[0]:
-            raise SpecError(f"Aggregate: `pattern` must be (N, V, V) or (N, E, 2) for inputs {tuple(x.shape)}, got {tuple(pattern.shape)}")
-        _check_kind(self.implementation, pattern, "pattern")
+        _check_kind(self.implementation, _check_tensor("pattern", pattern), "pattern")
+        # inside torch.func transforms (vmap) only the shapes can be checked: reading the
+        # entries there raises
+        pattern = _side.check_pattern("pattern", pattern, x, values=_side.readable(pattern))
         if self.implementation == "dense":
             return torch.bmm(x, _dense_map(pattern, mask, x.dtype).transpose(1, 2))
         tails, heads, keep = _edges(pattern, mask)
@@ -95,6 +97,24 @@ def _check_kind(implementation: str, pattern: torch.Tensor, name: str) -> None:
         raise InvalidArgumentError(
             f"Aggregate(implementation='sparse'): `{name}` must be an integer (N, E, 2) edge list, got {pattern.dtype}"
         )
+
+
+def _check_range(before: Kernel, after: Kernel, p1: torch.Tensor, p2: torch.Tensor) -> Kernel:
+    """``after``, or a ``NonFiniteError`` naming ``pattern`` when the aggregation of a finite
+    kernel overflowed: the covariances scale as the square of the arc weights, so weights of
+    about ``sqrt(1.8e308 / |Sigma|)`` (1e154 for unit covariances) leave float64's range."""
+    fields = ("nngp", "ntk", "cov1", "cov2")
+    if all(bool(torch.isfinite(t).all()) for t in (getattr(after, f) for f in fields) if t is not None):
+        return after
+    if not all(bool(torch.isfinite(t).all()) for t in (getattr(before, f) for f in fields) if t is not None):
+        return after  # a non-finite input kernel is not the pattern's doing
+    top = max(float(p.detach().abs().max()) if p.numel() else 0.0 for p in (p1, p2))
+    scale = max((float(t.detach().abs().max()) for t in (getattr(before, f) for f in fields) if t is not None and t.numel()), default=0.0)
+    raise NonFiniteError(
+        f"Aggregate: the arc weights of `pattern` (largest |weight| {top:.3g}) take the covariances "
+        f"(largest {scale:.3g}) beyond float64's range ({torch.finfo(after.nngp.dtype).max:.3g}): "
+        "they scale as the square of the weights; rescale the pattern"
+    )
 
 
 def _sparse_pair(t: torch.Tensor, e1: tuple, e2: tuple, lead: int) -> torch.Tensor:
@@ -157,7 +177,7 @@ class Aggregate(Layer):
             dt = k.nngp.dtype
             a1 = _dense_map(p1, m1, dt)
             a2 = None if k.same_inputs else _dense_map(p2, m2, dt)
-            return _spatial_map.apply_map(k, a1, a2, k.shape[1:])
+            return _check_range(k, _spatial_map.apply_map(k, a1, a2, k.shape[1:]), p1, p2)
         e1 = _edges(p1, m1)
         e2 = e1 if k.same_inputs else _edges(p2, m2)
 
