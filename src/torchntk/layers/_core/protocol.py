@@ -199,7 +199,8 @@ class Layer:
                 inputs'.
             block_size: rows/columns per block. By default a block whose kernel tensors hold
                 about 2^15 entries (2^16 in the full spatial layout; 181 rows for flat
-                inputs; at least 4), within ``memory``: they stay in the processor's cache
+                inputs; at least 4; the environment variable ``TORCHNTK_CACHE_BYTES``,
+                default 256 KiB, scales them), within ``memory``: they stay in the processor's cache
                 through the passes each layer makes, each pass runs on one or two threads,
                 and the blocks are shared among
                 ``torch.get_num_threads()`` worker threads (when no input requires grad). On a
