@@ -198,14 +198,16 @@ def eigh_psd(name: str, mat: torch.Tensor, source_dtype: torch.dtype) -> tuple[t
     return check_eigenvalues(name, lam, source_dtype), q
 
 
-def pinv_eigenvalues(lam: torch.Tensor) -> torch.Tensor:
+def pinv_eigenvalues(lam: torch.Tensor, cut: float | None = None) -> torch.Tensor:
     """``1 / lam`` on the modes of the pseudo-inverse, 0 on the others, shape of ``lam``.
 
     ``lam`` (D,) are the eigenvalues of a PSD kernel in ascending order; a mode is kept when
-    ``lam > lam_max * D * eps`` (``eps`` of ``lam``'s dtype), the rank cut of ``numpy.linalg.pinv``.
+    ``lam > lam_max * D * eps`` (``eps`` of ``lam``'s dtype), the rank cut of ``numpy.linalg.pinv``
+    (:func:`pinv_cut`). ``cut`` replaces that threshold (e.g. the cut of the unshifted
+    eigenvalues for ``lam + ridge``, of any shape).
     """
-    cut = pinv_cut(lam)
-    return torch.where(lam > cut, 1.0 / lam.clamp_min(cut), torch.zeros_like(lam))
+    cut = pinv_cut(lam) if cut is None else cut
+    return torch.where(lam > cut, 1.0 / lam.clamp_min(cut or 1e-300), torch.zeros_like(lam))
 
 
 def pinv_cut(lam: torch.Tensor) -> float:
