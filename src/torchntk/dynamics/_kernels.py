@@ -166,8 +166,7 @@ def ridge(diag_reg: float, diag_reg_mode: str, mean_diagonal: Callable[[], float
 
     ``mean_diagonal`` is called only in ``"relative"`` mode with ``diag_reg > 0``.
     """
-    diag_reg_mode = check_choice("diag_reg_mode", diag_reg_mode.lower() if isinstance(diag_reg_mode, str)
-                                 else diag_reg_mode, ("relative", "absolute"))
+    diag_reg_mode = check_choice("diag_reg_mode", diag_reg_mode, ("relative", "absolute"), any_case=True)
     if isinstance(diag_reg, bool) or not isinstance(diag_reg, (int, float)) or not math.isfinite(diag_reg) \
             or diag_reg < 0:
         raise InvalidArgumentError(f"`diag_reg` must be a finite float >= 0, got {diag_reg!r}")
