@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ...errors import NonFiniteError
+
 __all__ = ["Kernel"]
 
 
@@ -130,3 +132,24 @@ class Kernel:
             f"shape={self.shape}, layout={layout!r}, is_gaussian={self.is_gaussian}, "
             f"dtype={self.nngp.dtype}, device={self.nngp.device})"
         )
+
+
+def finite_kernel(k: Kernel, spec: object) -> Kernel:
+    """``k`` if its ``nngp`` and ``ntk`` are finite; else ``NonFiniteError`` naming the entry and
+    the spec (a kernel of finite inputs is finite unless a layer's rule overflowed or left its
+    domain: the inputs' scale or a hyperparameter at an edge). One pass over each tensor."""
+    for name in ("nngp", "ntk"):
+        t = getattr(k, name)
+        if t is None:
+            continue
+        bad = ~torch.isfinite(t.detach())
+        if bool(bad.any()):
+            first = tuple(int(i) for i in bad.nonzero()[0][:2])
+            text = repr(spec)
+            raise NonFiniteError(
+                f"spec.kernel gave {int(bad.sum())} non-finite (NaN or Inf) value(s) in `{name}` for "
+                f"finite inputs (first at the pair of inputs {first}): a layer's rule overflowed or "
+                f"left its domain (inputs' scale or a hyperparameter at an edge) in "
+                f"{text if len(text) <= 300 else text[:297] + '...'}"
+            )
+    return k

@@ -26,7 +26,7 @@ from ..._memory import DEFAULT_MEMORY, memory_budget
 from ...errors import InvalidArgumentError, ShapeError, SpecError, UnsupportedLayerError
 from .. import _side, _spatial
 from .gram import _check_inputs, input_kernel
-from .kernel import Kernel
+from .kernel import Kernel, finite_kernel
 from .planner import _block_size
 from .threads import _blocked
 
@@ -284,14 +284,14 @@ class Layer:
 
         everything = slice(None)
         if n1 <= b and n2 <= b:
-            return run(everything, None if same else everything)
+            return finite_kernel(run(everything, None if same else everything), self)
         grad = torch.is_grad_enabled() and (x1.requires_grad or xb.requires_grad)
         # One thread on an accelerator: its blocks are large and queue on one stream anyway.
         out = _blocked(run, n1, n2, same, b, grad or x1.device.type != "cpu")
-        return out.replace(
+        return finite_kernel(out.replace(
             mask1=self.mask_out(m1, in_shape), mask2=None if same else self.mask_out(m2, in_shape),
             pattern1=p1, pattern2=p2,
-        )
+        ), self)
 
     # convenience -------------------------------------------------------------------------
 
