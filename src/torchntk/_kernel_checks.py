@@ -39,7 +39,7 @@ from ._checks import check_finite
 from .errors import InvalidArgumentError, ShapeError
 
 __all__ = ["SYM_RTOL", "PSD_RTOL", "as_tensor", "check_kernel", "check_eigenvalues", "eigh_psd",
-           "pinv_eigenvalues"]
+           "eigvalsh_psd", "pinv_cut", "pinv_eigenvalues"]
 
 DEFAULT_DTYPE = torch.float64
 
@@ -196,6 +196,12 @@ def eigh_psd(name: str, mat: torch.Tensor, source_dtype: torch.dtype) -> tuple[t
     else:
         lam, q = torch.linalg.eigh(mat)
     return check_eigenvalues(name, lam, source_dtype), q
+
+
+def eigvalsh_psd(name: str, mat: torch.Tensor, source_dtype: torch.dtype) -> torch.Tensor:
+    """Ascending eigenvalues of a symmetric kernel ``mat`` (no eigenvectors), checked by
+    :func:`check_eigenvalues` (round-off negatives set to 0)."""
+    return check_eigenvalues(name, torch.linalg.eigvalsh(mat.detach()), source_dtype)
 
 
 def pinv_eigenvalues(lam: torch.Tensor, cut: float | None = None) -> torch.Tensor:

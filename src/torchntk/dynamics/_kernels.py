@@ -20,13 +20,13 @@ from typing import Any, Callable
 import torch
 
 from .._checks import check_choice
-from .._kernel_checks import as_tensor, check_eigenvalues, check_kernel, eigh_psd, pinv_eigenvalues
+from .._kernel_checks import as_tensor, check_eigenvalues, check_kernel, eigh_psd, eigvalsh_psd, pinv_eigenvalues
 from ..empirical import flatten_kernel
 from ..errors import InvalidArgumentError, ShapeError
 
 # The kernel checks of the package's floor, used through this module by every dynamics function.
 __all__ = ["DEFAULT_DTYPE", "TrainKernel", "as_tensor", "check_eigenvalues", "check_kernel", "cross_kernel",
-           "eigh_psd", "outputs_like", "pinv_eigenvalues", "regularize", "ridge", "targets", "times",
+           "eigh_psd", "eigvalsh_psd", "outputs_like", "pinv_eigenvalues", "regularize", "ridge", "targets", "times",
            "train_kernel"]
 
 DEFAULT_DTYPE = torch.float64

@@ -70,8 +70,7 @@ class EnsemblePredictor:
     def _check_prior(self) -> None:
         """The NNGP prior of the covariance must be PSD (its eigenvalues, once)."""
         if not self._prior_checked:
-            K.check_eigenvalues("nngp_train_train", torch.linalg.eigvalsh(self._nngp.matrix),
-                                self._nngp.source_dtype)
+            K.eigvalsh_psd("nngp_train_train", self._nngp.matrix, self._nngp.source_dtype)
             self._prior_checked = True
 
     def _decomp(self, get: str):
@@ -236,7 +235,7 @@ def gp_posterior(
     reg = K.regularize(kt.matrix, diag_reg, diag_reg_mode)
     chol, info = torch.linalg.cholesky_ex(reg)
     if int(info) != 0:
-        K.check_eigenvalues("kernel_train_train", torch.linalg.eigvalsh(reg), kt.source_dtype)
+        K.eigvalsh_psd("kernel_train_train", reg, kt.source_dtype)
         raise InvalidArgumentError("`kernel_train_train` is singular: add `diag_reg` > 0")
     m = kx.shape[0] // (o if kt.full else 1)
     y_state = y.reshape(-1, 1) if kt.full else y

@@ -47,7 +47,7 @@ def max_learning_rate(
     if not isinstance(momentum, (int, float)) or not 0 <= momentum < 1:
         raise InvalidArgumentError(f"`momentum` must be a float in [0, 1), got {momentum!r}")
     kt = K.train_kernel("ntk_train_train", ntk_train_train, dtype=dtype)
-    lam = K.check_eigenvalues("ntk_train_train", torch.linalg.eigvalsh(kt.matrix), kt.source_dtype)
+    lam = K.eigvalsh_psd("ntk_train_train", kt.matrix, kt.source_dtype)
     return critical_rate(float(lam[-1]), kt.n, momentum)
 
 

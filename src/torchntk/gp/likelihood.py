@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from .._checks import check_tensor
-from .._kernel_checks import check_eigenvalues, check_kernel
+from .._kernel_checks import check_kernel, eigvalsh_psd
 from ..dynamics import _kernels
 from ..errors import InvalidArgumentError, ShapeError
 
@@ -87,7 +87,7 @@ def cholesky(kernel: Any, noise: Any = 0.0) -> tuple[torch.Tensor, float]:
         chol, info = torch.linalg.cholesky_ex(ky + jitter * eye if jitter else ky)
         if int(info) == 0:
             return chol, jitter
-    check_eigenvalues("kernel", torch.linalg.eigvalsh(k.detach()), kernel.dtype)
+    eigvalsh_psd("kernel", k, kernel.dtype)
     raise InvalidArgumentError(
         f"`kernel + noise I` is not positive definite even with a jitter of {JITTERS[-1]:g} x its mean "
         "diagonal: raise `noise`"
