@@ -19,6 +19,7 @@ from typing import Protocol
 
 import torch
 
+from .._tiles import TilePlan
 from ..errors import InvalidArgumentError
 from ._modes import Accumulator, finalize, mirror, out_shape, transpose
 
@@ -56,10 +57,6 @@ def plan_block(
     return int(max(1, min(n, math.floor(b))))
 
 
-def _tiles(n: int, b: int) -> list[slice]:
-    return [slice(s, min(s + b, n)) for s in range(0, n, b)]
-
-
 def compute_tiled(
     backend: Backend,
     x1: torch.Tensor,
@@ -80,7 +77,7 @@ def compute_tiled(
     n1, n2, o = x1.shape[0], xs.shape[0], backend.out_dim
     out: dict[str, torch.Tensor] = {}
     cached = block >= max(n1, n2)
-    rows, cols = _tiles(n1, block), _tiles(n2, block)
+    plan = TilePlan(n1, n2, block, symmetric)
     f_all1 = backend.features(x1) if cached else None
     f_all2 = f_all1 if (symmetric or not cached) else backend.features(xs)
 
@@ -91,20 +88,21 @@ def compute_tiled(
         if mirror:
             out[name][c, r] = transpose(part, mode)
 
-    for bi, r in enumerate(rows):
-        f1 = backend.take(f_all1, r) if cached else backend.features(x1[r])
-        for bj, c in enumerate(cols):
-            if symmetric and bj < bi:
-                continue
-            if symmetric and bj == bi:
-                f2 = f1
-            else:
-                f2 = backend.take(f_all2, c) if cached else backend.features(xs[c])
-            on_diagonal = symmetric and bj == bi
-            acc = Accumulator(per_layer, dtype, symmetric=on_diagonal)
-            backend.contract(f1, f2, mode, acc)
-            for name, t in acc.parts.items():
-                t = finalize(mirror(t, mode) if on_diagonal else t, mode, o)
-                put(name, t, r, c, symmetric and bj != bi)
-            del f2, acc
+    row, f1 = None, None
+    for bi, bj in plan.tiles():  # row-major: the features of a row block are computed once
+        r, c = plan.rows(bi), plan.cols(bj)
+        if bi != row:
+            f1 = None  # free the previous row block first
+            f1, row = (backend.take(f_all1, r) if cached else backend.features(x1[r])), bi
+        on_diagonal = symmetric and bj == bi
+        if on_diagonal:
+            f2 = f1
+        else:
+            f2 = backend.take(f_all2, c) if cached else backend.features(xs[c])
+        acc = Accumulator(per_layer, dtype, symmetric=on_diagonal)
+        backend.contract(f1, f2, mode, acc)
+        for name, t in acc.parts.items():
+            t = finalize(mirror(t, mode) if on_diagonal else t, mode, o)
+            put(name, t, r, c, symmetric and bj != bi)
+        del f2, acc
     return out if per_layer else out[""]
