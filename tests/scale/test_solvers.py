@@ -101,7 +101,7 @@ def test_kernel_regression_matches_closed_form(problem):
 
 
 def test_spectral_dynamics_error_within_the_stated_bound(small):
-    k, kt, y = small["k"].numpy(), small["kt"].numpy(), small["y"].numpy()
+    kt, y = small["kt"].numpy(), small["y"].numpy()
     N = small["n"]
     lam, q = top_eigh(small["k"], 30)
     dyn = SpectralDynamics(lam, q, small["y"])
@@ -127,7 +127,6 @@ def test_spectral_dynamics_error_within_the_stated_bound(small):
 def test_spectral_dynamics_gradient_descent_bound(small):
     k, y = small["k"].numpy(), small["y"].numpy()
     N = small["n"]
-    w, v = small["w"], small["v"]
     lam, q = top_eigh(small["k"], 20)
     eta = 1.0 * N / lam[0]
     dyn = SpectralDynamics(lam, q, small["y"], learning_rate=eta)

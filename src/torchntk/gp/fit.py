@@ -64,7 +64,7 @@ def spec_kernel(spec: Layer, x1: torch.Tensor, x2: torch.Tensor | None = None, *
     k = spec.kernel(x1, x2)
     out = k.nngp if kind == "nngp" else k.ntk
     if out is None:
-        raise InvalidArgumentError(f"the spec has no NTK (a layer without a derivative rule): use kind='nngp'")
+        raise InvalidArgumentError("the spec has no NTK (a layer without a derivative rule): use kind='nngp'")
     if out.ndim != 2:
         raise InvalidArgumentError(
             f"the spec's output is still spatial (kernel shape {tuple(out.shape)}): end it with Flatten or "
