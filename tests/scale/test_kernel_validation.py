@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from torchntk.errors import InvalidArgumentError, NonFiniteError
+from torchntk.errors import InvalidArgumentError, NonFiniteError, StoreError
 from torchntk.scale import KernelOperator, KernelStore, cg_solve, kernel_regression, tiled_kernel, top_eigh
 from torchntk.scale.functions import with_identity
 
@@ -81,3 +81,27 @@ def test_operator_refuses_a_cross_kernel_store(tmp_path):
     store = tiled_kernel(fn, x, x.clone(), out=tmp_path / "c.zarr", block_size=8, progress=False)
     with pytest.raises(InvalidArgumentError, match="cross kernel"):
         KernelOperator.from_store(store)
+
+
+def test_resume_on_another_cpu_accepts_a_probe_within_rounding(tmp_path):
+    # the probe block, recomputed on another CPU, may differ by the rounding of another code
+    # path (up to ~1.5e-8 of its scale on its diagonal, where the arc-cosine meets correlation 1)
+    pytest.importorskip("zarr")
+    import json
+
+    from ._reference import ReluFCKernel
+
+    x = torch.randn(64, 5, dtype=DT, generator=torch.Generator().manual_seed(4))
+    path = tmp_path / "k.zarr"
+    tiled_kernel(ReluFCKernel(depth=2), x, out=path, block_size=32, progress=False)
+    meta = path / "zarr.json"
+    doc = json.loads(meta.read_text())
+    probe = doc["attributes"]["torchntk"]["probe"]["ntk"]
+    original = list(probe)
+    probe[0] *= 1 + 2e-8  # as another CPU's rounding at correlation 1
+    meta.write_text(json.dumps(doc))
+    assert tiled_kernel(ReluFCKernel(depth=2), x, out=path, progress=False).last_run["computed"] == 0
+    probe[:] = [v * (1 + 1e-4) for v in original]  # another kernel
+    meta.write_text(json.dumps(doc))
+    with pytest.raises(StoreError, match="probe block"):
+        tiled_kernel(ReluFCKernel(depth=2), x, out=path, progress=False)
