@@ -26,7 +26,7 @@ from ..._memory import DEFAULT_MEMORY, memory_budget
 from ...errors import InvalidArgumentError, ShapeError, SpecError, UnsupportedLayerError
 from .. import _side, _spatial
 from .gram import _check_inputs, input_kernel
-from .kernel import Kernel, finite_kernel
+from .kernel import LOCATING, Kernel, check_layer_output, finite_kernel
 from .planner import _block_size
 from .threads import _blocked
 
@@ -282,16 +282,19 @@ class Layer:
                 raise SpecError("the spec ends with several branches")
             return k if out_full else _spatial.to_diagonal(k)
 
+        def locate(i: int, j: int) -> Kernel:
+            return run(slice(i, i + 1), None if same and i == j else slice(j, j + 1))
+
         everything = slice(None)
         if n1 <= b and n2 <= b:
-            return finite_kernel(run(everything, None if same else everything), self)
+            return finite_kernel(run(everything, None if same else everything), self, locate)
         grad = torch.is_grad_enabled() and (x1.requires_grad or xb.requires_grad)
         # One thread on an accelerator: its blocks are large and queue on one stream anyway.
         out = _blocked(run, n1, n2, same, b, grad or x1.device.type != "cpu")
         return finite_kernel(out.replace(
             mask1=self.mask_out(m1, in_shape), mask2=None if same else self.mask_out(m2, in_shape),
             pattern1=p1, pattern2=p2,
-        ), self)
+        ), self, locate)
 
     # convenience -------------------------------------------------------------------------
 
@@ -361,6 +364,8 @@ class Serial(Layer):
             if not any_full(layer.needs_full(shapes[i], flags[i])):
                 k = _downconvert(k)
             k = layer._kernel(k, flags[i])
+            if LOCATING.get():  # only while a non-finite kernel is traced back (finite_kernel)
+                check_layer_output(k, i, layer)
         return k
 
     def kernel_rule(self, k: Kernels) -> Kernels:
