@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 PEER   ?= .peer-venv
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: venv demo test test-all peer test-peer bench clean
+.PHONY: venv demo test test-all test-codepaths peer test-peer bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,19 @@ test: venv
 
 test-all: venv
 	$(PY) -m pytest -n 2 -q --runslow $(PYTEST_ARGS)
+
+# The float-sensitive tests (tiles and stores, blocked analytic kernels, empirical blocking,
+# features, kernel checks) again on other CPU code paths: torch's scalar kernels and MKL's AVX2
+# path, then with small cache-sized blocks (TORCHNTK_CACHE_BYTES), so that a test assuming the
+# rounding or the blocks of one machine fails here too.
+FLOAT_TESTS ?= tests/scale/test_tiled.py tests/scale/test_store_integrity.py \
+	tests/scale/test_budget_tiles.py tests/scale/test_solvers.py tests/layers/test_fast_paths.py \
+	tests/layers/test_core.py tests/layers/test_masking.py tests/empirical/test_properties.py \
+	tests/features/test_map.py tests/features/test_solvers.py tests/test_kernel_checks.py \
+	tests/test_memory.py
+test-codepaths: venv
+	ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=AVX2 $(PY) -m pytest -n 2 -q $(FLOAT_TESTS) $(PYTEST_ARGS)
+	TORCHNTK_CACHE_BYTES=16KiB $(PY) -m pytest -n 2 -q $(FLOAT_TESTS) $(PYTEST_ARGS)
 
 # The peer (neural-tangents, JAX) in its own environment, beside torchntk.
 $(PEER)/.installed: pyproject.toml

@@ -88,3 +88,24 @@ def test_pseudo_inverse_cut_is_numpys():
     pinv = (q * pinv_eigenvalues(lam)) @ q.T
     # numpy's pinv keeps the same 3 modes: the two agree to the conditioning of those modes
     np.testing.assert_allclose(pinv.numpy(), np.linalg.pinv(k, hermitian=True), rtol=1e-9, atol=1e-9)
+
+
+def test_spec_kernel_never_returns_a_non_finite_kernel_silently():
+    # W_std = 1e120 twice: Sigma = W^2 (W^2 q / 2) overflows float64 (1e480) for finite inputs
+    spec = L.serial(L.Dense(4, W_std=1e120), L.Relu(), L.Dense(1, W_std=1e120))
+    x = torch.randn(5, 3, dtype=DT, generator=torch.Generator().manual_seed(0))
+    # the first Dense gives 1e240 q, the ReLU halves it, the second Dense overflows: it is named
+    named = r"layer 2 of the serial spec, Dense\(1, W_std=1e\+120.* non-finite .* in `nngp`"
+    with pytest.raises(NonFiniteError, match=named):
+        spec.kernel(x)
+    with pytest.raises(NonFiniteError, match=named):
+        spec.kernel(x, torch.randn(40, 3, dtype=DT), block_size=8)  # the blocked path too
+    # a spec that is no serial: the entry and the spec are named
+    lone = L.serial(L.Dense(4, W_std=1e120), L.Relu(), L.Dense(1, W_std=1e120)).layers[-1]
+    with pytest.raises(NonFiniteError, match=r"25 non-finite .* in `nngp` .* pair of inputs \(0, 0\).*Dense\(1"):
+        lone.kernel(x * 1e160)
+    # the same spec at a representable scale is finite and equals its closed form's scaling
+    # (Dense and ReLU are positively homogeneous: Sigma scales with W_std^4 exactly)
+    small = L.serial(L.Dense(4, W_std=1e10), L.Relu(), L.Dense(1, W_std=1e10)).kernel(x)
+    unit = L.serial(L.Dense(4), L.Relu(), L.Dense(1)).kernel(x)
+    torch.testing.assert_close(small.nngp, 1e40 * unit.nngp, rtol=1e-13, atol=0)

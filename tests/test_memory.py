@@ -82,3 +82,34 @@ def test_every_entry_point_accepts_strings_and_rejects_nonsense():
     assert torchntk.scale.plan_tile(10**6, 10**6, memory=None) == torchntk.scale.plan_tile(
         10**6, 10**6, memory=default_memory())
     assert torchntk.scale.plan_tile(10**6, 10**6) == torchntk.scale.plan_tile(10**6, 10**6, memory="2GiB")
+
+
+def test_cache_bytes_environment_variable_sets_the_analytic_blocks(monkeypatch):
+    from torchntk import layers as L
+    from torchntk._memory import cache_entries
+    from torchntk.layers._core.planner import _block_size
+
+    monkeypatch.delenv("TORCHNTK_CACHE_BYTES", raising=False)
+    assert cache_entries() == 2**15  # the constant default, whatever the processor
+    cpu = torch.device("cpu")
+    default = _block_size((3, 8, 8), False, torch.float64, None, 2**31, cpu), \
+        _block_size((5,), False, torch.float64, None, 2**31, cpu)
+    assert default == (int((2**15 / 64) ** 0.5), 181)
+    monkeypatch.setenv("TORCHNTK_CACHE_BYTES", "16KiB")
+    assert cache_entries() == 2048
+    assert (_block_size((3, 8, 8), False, torch.float64, None, 2**31, cpu),
+            _block_size((5,), False, torch.float64, None, 2**31, cpu)) == (5, 45)
+    # smaller blocks and row slices are the same kernel up to the rounding of other block shapes
+    # (1e-12 off the diagonal; on it the arc-cosine turns an ulp of q12 into ~sqrt(eps) = 1.5e-8)
+    spec = L.serial(L.Conv(8, (3, 3), padding="SAME", b_std=0.1), L.Relu(), L.Flatten(), L.Dense(1))
+    x = torch.randn(30, 2, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    small = spec.kernel(x)
+    monkeypatch.delenv("TORCHNTK_CACHE_BYTES")
+    big = spec.kernel(x)
+    off = ~torch.eye(30, dtype=torch.bool)
+    scale = float(big.ntk.abs().max())
+    torch.testing.assert_close(small.ntk[off], big.ntk[off], rtol=1e-12, atol=1e-12 * scale)
+    torch.testing.assert_close(small.ntk, big.ntk, rtol=1e-7, atol=1e-7 * scale)
+    monkeypatch.setenv("TORCHNTK_CACHE_BYTES", "lots")
+    with pytest.raises(InvalidArgumentError, match="TORCHNTK_CACHE_BYTES"):
+        cache_entries()

@@ -39,7 +39,7 @@ from ._checks import check_finite
 from .errors import InvalidArgumentError, ShapeError
 
 __all__ = ["SYM_RTOL", "PSD_RTOL", "as_tensor", "check_kernel", "check_eigenvalues", "eigh_psd",
-           "pinv_eigenvalues"]
+           "eigvalsh_psd", "pinv_cut", "pinv_eigenvalues"]
 
 DEFAULT_DTYPE = torch.float64
 
@@ -198,14 +198,22 @@ def eigh_psd(name: str, mat: torch.Tensor, source_dtype: torch.dtype) -> tuple[t
     return check_eigenvalues(name, lam, source_dtype), q
 
 
-def pinv_eigenvalues(lam: torch.Tensor) -> torch.Tensor:
+def eigvalsh_psd(name: str, mat: torch.Tensor, source_dtype: torch.dtype) -> torch.Tensor:
+    """Ascending eigenvalues of a symmetric kernel ``mat`` (no eigenvectors), checked by
+    :func:`check_eigenvalues` (round-off negatives set to 0)."""
+    return check_eigenvalues(name, torch.linalg.eigvalsh(mat.detach()), source_dtype)
+
+
+def pinv_eigenvalues(lam: torch.Tensor, cut: float | None = None) -> torch.Tensor:
     """``1 / lam`` on the modes of the pseudo-inverse, 0 on the others, shape of ``lam``.
 
     ``lam`` (D,) are the eigenvalues of a PSD kernel in ascending order; a mode is kept when
-    ``lam > lam_max * D * eps`` (``eps`` of ``lam``'s dtype), the rank cut of ``numpy.linalg.pinv``.
+    ``lam > lam_max * D * eps`` (``eps`` of ``lam``'s dtype), the rank cut of ``numpy.linalg.pinv``
+    (:func:`pinv_cut`). ``cut`` replaces that threshold (e.g. the cut of the unshifted
+    eigenvalues for ``lam + ridge``, of any shape).
     """
-    cut = pinv_cut(lam)
-    return torch.where(lam > cut, 1.0 / lam.clamp_min(cut), torch.zeros_like(lam))
+    cut = pinv_cut(lam) if cut is None else cut
+    return torch.where(lam > cut, 1.0 / lam.clamp_min(cut or 1e-300), torch.zeros_like(lam))
 
 
 def pinv_cut(lam: torch.Tensor) -> float:

@@ -23,6 +23,15 @@ Two defaults:
 * :data:`DEFAULT_MEMORY`, 2 GiB, is the fixed default of the entry points whose blocks must not
   depend on the machine (``spec.kernel``, ``scale.tiled_kernel``, stores, the CLI): they pass it
   as their default value and document it as 2 GiB.
+
+**Cache-sized blocks.** The analytic kernels (``spec.kernel``) cut their work into blocks of about
+:func:`cache_entries` kernel entries, and the elementwise rules into row slices of that size, so
+that a block's temporaries stay in a processor cache. The size is a constant,
+:data:`DEFAULT_CACHE_BYTES` (256 KiB: 2^15 float64 entries), never read from the processor, so the
+blocks (and so the rounding) are the same on every CPU. The environment variable
+``TORCHNTK_CACHE_BYTES`` (a size in the units above, e.g. ``"16KiB"``) replaces it: smaller blocks
+for tests of the blocked code paths, or a tuning for a processor with another cache. The tiles of
+``empirical_ntk`` and ``scale`` are sized by the memory budget alone.
 """
 
 from __future__ import annotations
@@ -90,6 +99,10 @@ def default_memory(device: torch.device | str | None = None) -> int:
     rounded = 2 ** int(math.floor(math.log2(share))) if share >= 1 else 1
     return int(min(max(rounded, MIN_DEFAULT), MAX_DEFAULT))
 
+#: Bytes a cache-sized block is planned for unless ``TORCHNTK_CACHE_BYTES`` says otherwise.
+DEFAULT_CACHE_BYTES = 1 << 18
+CACHE_ENV = "TORCHNTK_CACHE_BYTES"
+
 _PREFIX = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
 _SIZE = re.compile(r"\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmgt]?)(i?)(b?)\s*")
 _USAGE = "bytes or a size such as '2GiB', '512MB' or '1e9'"
@@ -135,3 +148,11 @@ def parse_memory(memory: int | float | str, name: str = "memory") -> int:
     if not math.isfinite(value) or value < 1:
         raise InvalidArgumentError(f"`{name}` must be a positive size of at least one byte, got {memory!r}")
     return int(value)
+
+
+def cache_entries() -> int:
+    """Entries of 8 bytes per cache-sized block: ``TORCHNTK_CACHE_BYTES / 8`` (read at each call;
+    default :data:`DEFAULT_CACHE_BYTES` / 8 = 2^15), at least 16."""
+    raw = os.environ.get(CACHE_ENV, "").strip()
+    size = parse_memory(raw, CACHE_ENV) if raw else DEFAULT_CACHE_BYTES
+    return max(16, size // 8)

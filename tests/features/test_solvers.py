@@ -8,7 +8,7 @@ import torch
 
 from torchntk import dynamics
 from torchntk import layers as L
-from torchntk.errors import InvalidArgumentError, ShapeError
+from torchntk.errors import InvalidArgumentError, NonFiniteError, ShapeError
 from torchntk.features import FeatureMap, FeatureRows, gram, mse, ridge_regression
 
 D64 = torch.float64
@@ -186,3 +186,36 @@ def test_sklearn_estimators_take_n_features():
     ridge = ridge_regression(fm.rows(torch.from_numpy(x)), torch.from_numpy(np.sin(x[:, 0])), 1e-3)
     np.testing.assert_allclose(fm_pred, ridge.predict(fm.rows(torch.from_numpy(x[:5])))[0].numpy(), rtol=1e-8,
                                atol=1e-10)
+
+
+def test_non_finite_features_and_targets_are_named():
+    # the Gram of features with a NaN is NaN everywhere: refused before any decomposition
+    phi = torch.randn(30, 6, dtype=torch.float64)
+    phi[4, 2] = float("nan")
+    y = torch.randn(30, dtype=torch.float64)
+    with pytest.raises(NonFiniteError, match="`phi_train`"):
+        mse(phi, y)
+    with pytest.raises(NonFiniteError, match="`phi_train`"):
+        ridge_regression(phi, y, 1e-3)
+    # rows given batch by batch (as a map streams them): each batch is checked as the Gram sums it
+    streamed = FeatureRows(None, phi, "given", 16, 6)
+    with pytest.raises(NonFiniteError, match=r"`phi_train\[0:16\]`"):
+        mse(streamed, y)
+    with pytest.raises(NonFiniteError, match="`phi_train`"):
+        ridge_regression(phi[:5], y[:5], 1e-3)  # fewer rows than features: the dual
+    with pytest.raises(NonFiniteError, match="`y_train`"):
+        mse(phi.nan_to_num(), torch.full((30,), float("inf"), dtype=torch.float64))
+
+
+def test_rank_deficient_features_use_dynamics_pseudo_inverse_and_ridge():
+    # Phi (N=12, D=4): Theta = Phi Phi^T of rank 4; t = inf without a ridge is the pseudo-inverse
+    # fit, equal to dynamics.mse on the explicit kernel to the conditioning of its 4 modes
+    g = torch.Generator().manual_seed(2)
+    phi = torch.randn(12, 4, dtype=torch.float64, generator=g)
+    y, x_test = torch.randn(12, 2, dtype=torch.float64, generator=g), torch.randn(5, 4, dtype=torch.float64, generator=g)
+    for reg, mode in ((0.0, "relative"), (0.3, "RELATIVE"), (0.2, "Absolute")):
+        got = mse(phi, y, diag_reg=reg, diag_reg_mode=mode)(torch.tensor([0.5, float("inf")]), x_test)
+        ref = dynamics.mse(phi @ phi.T, y, diag_reg=reg, diag_reg_mode=mode)(
+            torch.tensor([0.5, float("inf")]), x_test @ phi.T)
+        for a, b in zip(got, ref):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)

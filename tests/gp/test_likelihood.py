@@ -69,7 +69,7 @@ def test_jitter_rescues_a_singular_kernel_and_is_reported():
     assert jitter == 1e-12 * float(k.diagonal().mean()) and bool(torch.isfinite(chol).all())
     torch.testing.assert_close(chol @ chol.T, k + jitter * torch.eye(7, dtype=F64), rtol=0, atol=1e-13)
     assert math.isfinite(float(gp.log_marginal_likelihood(k, torch.randn(7, dtype=F64))))
-    with pytest.raises(InvalidArgumentError, match="positive definite"):
+    with pytest.raises(InvalidArgumentError, match="not positive semi-definite"):
         gp.cholesky(torch.tensor([[1.0, 2.0], [2.0, 1.0]], dtype=F64))  # eigenvalues 3 and -1
 
 

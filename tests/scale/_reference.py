@@ -89,3 +89,24 @@ def relu_fc_recursion(
     sigma = w2 * sigma + b2
     theta = w2 * theta + sigma
     return {"nngp": sigma, "ntk": theta}
+
+
+def assert_same_kernel(got: torch.Tensor, ref: torch.Tensor, *, symmetric: bool = True) -> None:
+    """``got`` equals ``ref`` up to the rounding of two code paths (other tilings, processes,
+    SIMD code paths or BLAS kernels computing the same recursion).
+
+    The input Gram ``x . x' / n0`` is rounded differently by BLAS calls of other shapes (a few
+    ulp of ``|x| |x'| / n0``); the recursion carries such a gap with a modest factor, except where
+    the arc-cosine meets correlation 1 (the diagonal of a symmetric kernel): there
+    ``s = sqrt(q11 q22 - q12^2)`` turns a relative gap ``delta ~ eps`` into ``sqrt(delta) ~ 1.5e-8``,
+    which reaches Theta through ``Sdot = (pi - t) / (2 pi)``, ``t ~ s / q12``, once per layer.
+    So: ``1e-12`` of the kernel's scale off the diagonal, ``1e-7`` on it.
+    """
+    assert got.shape == ref.shape and got.dtype == ref.dtype, (got.shape, ref.shape, got.dtype, ref.dtype)
+    scale = float(ref.abs().max())
+    if symmetric and got.ndim == 2 and got.shape[0] == got.shape[1]:
+        off = ~torch.eye(got.shape[0], dtype=torch.bool)
+        torch.testing.assert_close(got[off], ref[off], rtol=1e-12, atol=1e-12 * scale)
+        torch.testing.assert_close(got.diagonal(), ref.diagonal(), rtol=1e-7, atol=1e-7 * scale)
+    else:
+        torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12 * scale)

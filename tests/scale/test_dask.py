@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from torchntk.scale import KernelStore, tiled_kernel
-from ._reference import ReluFCKernel
+from ._reference import ReluFCKernel, assert_same_kernel
 
 distributed = pytest.importorskip("dask.distributed")
 
@@ -39,8 +39,13 @@ def test_local_cluster_two_workers_equals_inprocess(tmp_path, cluster):
                        progress=False)
     store = tiled_kernel(fn, x, x2, block_size=64, executor="dask", scheduler=cluster.scheduler_address,
                          out=tmp_path / "d.zarr", progress=False)
-    assert all(torch.equal(got[k], ref[k]) for k in ref)
-    assert store.is_complete and all(torch.equal(store.to_tensor(k), ref2[k]) for k in ref2)
+    # the workers run the same tile calls in other processes with one thread each (another BLAS
+    # code path): equal up to rounding
+    for k in ref:
+        assert_same_kernel(got[k], ref[k])
+    assert store.is_complete
+    for k in ref2:
+        assert_same_kernel(store.to_tensor(k), ref2[k], symmetric=False)
 
 
 def test_long_lived_cluster_writes_a_recreated_store_with_its_own_layout(tmp_path, cluster):
@@ -56,7 +61,7 @@ def test_long_lived_cluster_writes_a_recreated_store_with_its_own_layout(tmp_pat
                          progress=False)
     again = KernelStore.open(path)
     assert again.plan.tile == 48 and again.is_complete and again.damaged_tiles() == []
-    assert torch.equal(again.to_tensor("ntk"), tiled_kernel(fn, x, block_size=48, progress=False)["ntk"])
+    assert_same_kernel(again.to_tensor("ntk"), tiled_kernel(fn, x, block_size=48, progress=False)["ntk"])
     assert store.store_id == again.store_id
 
 
@@ -65,7 +70,7 @@ def test_embedded_cluster_started_by_the_engine(tmp_path):
     x = _x(128)
     fn = ReluFCKernel(depth=2)
     got = tiled_kernel(fn, x, block_size=64, executor="dask", n_workers=2, progress=False)
-    assert torch.equal(got["ntk"], tiled_kernel(fn, x, block_size=64, progress=False)["ntk"])
+    assert_same_kernel(got["ntk"], tiled_kernel(fn, x, block_size=64, progress=False)["ntk"])
 
 
 @pytest.mark.slow
@@ -98,4 +103,6 @@ def test_killing_a_worker_mid_run_still_gives_identical_results(tmp_path, cluste
     assert store.is_complete
     ref = tiled_kernel(ReluFCKernel(depth=3), x, block_size=64, out=tmp_path / "ref.zarr", progress=False)
     for name in ("nngp", "ntk"):
-        np.testing.assert_array_equal(KernelStore.open(path)._array(name)[:], ref._array(name)[:])
+        raw, want = KernelStore.open(path)._array(name)[:], ref._array(name)[:]
+        np.testing.assert_array_equal(np.isnan(raw), np.isnan(want))  # the same tiles written
+        assert_same_kernel(KernelStore.open(path).to_tensor(name), ref.to_tensor(name))

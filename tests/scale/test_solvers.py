@@ -54,7 +54,11 @@ def small():
 def test_store_operator_streams_the_same_products(problem):
     op = KernelOperator.from_store(problem["store"], "ntk", diag_reg=0.5)
     V = np.random.default_rng(0).standard_normal((N, 3))
-    np.testing.assert_allclose(op @ V, problem["k"].numpy() @ V + 0.5 * V, rtol=1e-12)
+    # tile by tile against one product: the sums of N = 2000 terms differ by their rounding,
+    # at most N eps |K| |V| (entrywise); an entry that cancels to 3e-3 has no relative accuracy
+    ref = problem["k"].numpy() @ V + 0.5 * V
+    bound = N * np.finfo(np.float64).eps * (np.abs(problem["k"].numpy()) @ np.abs(V))
+    assert np.all(np.abs(op @ V - ref) <= bound + 1e-300)
     np.testing.assert_allclose(op.diagonal(), np.diagonal(problem["k"].numpy()) + 0.5, rtol=1e-14)
 
 
@@ -97,7 +101,7 @@ def test_kernel_regression_matches_closed_form(problem):
 
 
 def test_spectral_dynamics_error_within_the_stated_bound(small):
-    k, kt, y = small["k"].numpy(), small["kt"].numpy(), small["y"].numpy()
+    kt, y = small["kt"].numpy(), small["y"].numpy()
     N = small["n"]
     lam, q = top_eigh(small["k"], 30)
     dyn = SpectralDynamics(lam, q, small["y"])
@@ -123,7 +127,6 @@ def test_spectral_dynamics_error_within_the_stated_bound(small):
 def test_spectral_dynamics_gradient_descent_bound(small):
     k, y = small["k"].numpy(), small["y"].numpy()
     N = small["n"]
-    w, v = small["w"], small["v"]
     lam, q = top_eigh(small["k"], 20)
     eta = 1.0 * N / lam[0]
     dyn = SpectralDynamics(lam, q, small["y"], learning_rate=eta)

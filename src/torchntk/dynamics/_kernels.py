@@ -20,13 +20,13 @@ from typing import Any, Callable
 import torch
 
 from .._checks import check_choice
-from .._kernel_checks import as_tensor, check_eigenvalues, check_kernel, eigh_psd, pinv_eigenvalues
+from .._kernel_checks import as_tensor, check_eigenvalues, check_kernel, eigh_psd, eigvalsh_psd, pinv_eigenvalues
 from ..empirical import flatten_kernel
 from ..errors import InvalidArgumentError, ShapeError
 
 # The kernel checks of the package's floor, used through this module by every dynamics function.
 __all__ = ["DEFAULT_DTYPE", "TrainKernel", "as_tensor", "check_eigenvalues", "check_kernel", "cross_kernel",
-           "eigh_psd", "outputs_like", "pinv_eigenvalues", "regularize", "ridge", "targets", "times",
+           "eigh_psd", "eigvalsh_psd", "outputs_like", "pinv_eigenvalues", "regularize", "ridge", "targets", "times",
            "train_kernel"]
 
 DEFAULT_DTYPE = torch.float64
@@ -166,7 +166,7 @@ def ridge(diag_reg: float, diag_reg_mode: str, mean_diagonal: Callable[[], float
 
     ``mean_diagonal`` is called only in ``"relative"`` mode with ``diag_reg > 0``.
     """
-    check_choice("diag_reg_mode", diag_reg_mode, ("relative", "absolute"))
+    diag_reg_mode = check_choice("diag_reg_mode", diag_reg_mode, ("relative", "absolute"), any_case=True)
     if isinstance(diag_reg, bool) or not isinstance(diag_reg, (int, float)) or not math.isfinite(diag_reg) \
             or diag_reg < 0:
         raise InvalidArgumentError(f"`diag_reg` must be a finite float >= 0, got {diag_reg!r}")

@@ -61,10 +61,17 @@ class EnsemblePredictor:
         self.learning_rate = learning_rate
         self._reg = (diag_reg, diag_reg_mode)
         self._eig: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._prior_checked = False
 
     def _dyn(self, get: str) -> torch.Tensor:
         base = self._ntk.matrix if get == "ntk" else self._nngp.matrix
         return K.regularize(base, *self._reg)
+
+    def _check_prior(self) -> None:
+        """The NNGP prior of the covariance must be PSD (its eigenvalues, once)."""
+        if not self._prior_checked:
+            K.eigvalsh_psd("nngp_train_train", self._nngp.matrix, self._nngp.source_dtype)
+            self._prior_checked = True
 
     def _decomp(self, get: str):
         if get not in self._eig:
@@ -122,13 +129,13 @@ class EnsemblePredictor:
                 if nngp_test_test is None:
                     raise InvalidArgumentError("`nngp_test_test` is needed for the covariance "
                                                "(or pass compute_cov=False)")
-                k_xx = K.as_tensor("nngp_test_test", nngp_test_test, dtype=dt, device=dev)
+                k_xx = K.as_tensor("nngp_test_test", nngp_test_test, dtype=None, device=dev)
                 want = (m, m, self.o, self.o) if self.full else (m, m)
                 if tuple(k_xx.shape) != want:
                     raise ShapeError(f"`nngp_test_test` must have shape {want}, got "
                                      f"{tuple(k_xx.shape)}")
-                if self.full:
-                    k_xx = flatten_kernel(k_xx)
+                k_xx = K.check_kernel("nngp_test_test", flatten_kernel(k_xx) if self.full else k_xx,
+                                      dtype=dt)
         lam, q = self._decomp(get)
         fin = torch.isfinite(ts)
         g = torch.empty(ts.shape[0], lam.shape[0], dtype=dt, device=dev)
@@ -145,6 +152,8 @@ class EnsemblePredictor:
             mean = mean[..., 0]
         cov = None
         if compute_cov:
+            if get == "ntk":
+                self._check_prior()  # (get="nngp" decomposes it above)
             k_prior = self._nngp.matrix if get == "ntk" else self._dyn(get)
             b = q.T @ k_x.T                           # (D, M')
             c = q.T @ k_prior @ q                     # (D, D)
@@ -226,6 +235,7 @@ def gp_posterior(
     reg = K.regularize(kt.matrix, diag_reg, diag_reg_mode)
     chol, info = torch.linalg.cholesky_ex(reg)
     if int(info) != 0:
+        K.eigvalsh_psd("kernel_train_train", reg, kt.source_dtype)
         raise InvalidArgumentError("`kernel_train_train` is singular: add `diag_reg` > 0")
     m = kx.shape[0] // (o if kt.full else 1)
     y_state = y.reshape(-1, 1) if kt.full else y
@@ -235,9 +245,11 @@ def gp_posterior(
         mean = mean[..., 0]
     cov = None
     if kernel_test_test is not None:
-        kxx = K.as_tensor("kernel_test_test", kernel_test_test, dtype=dtype, device=dev)
-        if kt.full:
-            kxx = flatten_kernel(kxx)
+        kxx = K.as_tensor("kernel_test_test", kernel_test_test, dtype=None, device=dev)
+        want = (m, m, o, o) if kt.full else (m, m)
+        if tuple(kxx.shape) != want:
+            raise ShapeError(f"`kernel_test_test` must have shape {want}, got {tuple(kxx.shape)}")
+        kxx = K.check_kernel("kernel_test_test", flatten_kernel(kxx) if kt.full else kxx, dtype=dtype)
         cov = kxx - kx @ sol
         cov = 0.5 * (cov + cov.T)
         if kt.full:

@@ -254,7 +254,7 @@ def ode(
     if not isinstance(method, str) or method.lower() not in {m.lower() for m in METHODS}:
         check_choice("method", method, METHODS)
     method = next(m for m in METHODS if m.lower() == method.lower())
-    lam_max = float(K.check_eigenvalues("ntk_train_train", torch.linalg.eigvalsh(kt.matrix), kt.source_dtype)[-1])
+    lam_max = float(K.eigvalsh_psd("ntk_train_train", kt.matrix, kt.source_dtype)[-1])
     # the loss's curvature bounds the stable step: 1 for squared and Huber loss, at most
     # max_i sum_a y_ia / 2 for softmax cross-entropy
     curvature = 0.5 * float(y.sum(-1).abs().max()) if loss_fn is cross_entropy_loss else 1.0

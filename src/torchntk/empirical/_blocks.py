@@ -20,6 +20,7 @@ from typing import Protocol
 import torch
 
 from .._progress import progress_bar
+from .._tiles import TilePlan
 from ..errors import InvalidArgumentError
 from ._modes import Accumulator, finalize, mirror, out_shape, transpose
 
@@ -67,10 +68,6 @@ def plan_block(
     return int(max(1, min(n, math.floor(b))))
 
 
-def _tiles(n: int, b: int) -> list[slice]:
-    return [slice(s, min(s + b, n)) for s in range(0, n, b)]
-
-
 def compute_tiled(
     backend: Backend,
     x1: torch.Tensor,
@@ -93,7 +90,7 @@ def compute_tiled(
     bar = progress_bar(count_tiles(n1, n2, block, symmetric), "empirical_ntk", progress, unit="tile")
     out: dict[str, torch.Tensor] = {}
     cached = block >= max(n1, n2)
-    rows, cols = _tiles(n1, block), _tiles(n2, block)
+    plan = TilePlan(n1, n2, block, symmetric)
     f_all1 = backend.features(x1) if cached else None
     f_all2 = f_all1 if (symmetric or not cached) else backend.features(xs)
 
@@ -104,28 +101,28 @@ def compute_tiled(
         if mirror:
             out[name][c, r] = transpose(part, mode)
 
-    for bi, r in enumerate(rows):
-        f1 = backend.take(f_all1, r) if cached else backend.features(x1[r])
-        for bj, c in enumerate(cols):
-            if symmetric and bj < bi:
-                continue
-            if symmetric and bj == bi:
-                f2 = f1
-            else:
-                f2 = backend.take(f_all2, c) if cached else backend.features(xs[c])
-            on_diagonal = symmetric and bj == bi
-            acc = Accumulator(per_layer, dtype, symmetric=on_diagonal)
-            backend.contract(f1, f2, mode, acc)
-            for name, t in acc.parts.items():
-                t = finalize(mirror(t, mode) if on_diagonal else t, mode, o)
-                put(name, t, r, c, symmetric and bj != bi)
-            del f2, acc
-            bar.update()
+    row, f1 = None, None
+    for bi, bj in plan.tiles():  # row-major: the features of a row block are computed once
+        r, c = plan.rows(bi), plan.cols(bj)
+        if bi != row:
+            f1 = None  # free the previous row block first
+            f1, row = (backend.take(f_all1, r) if cached else backend.features(x1[r])), bi
+        on_diagonal = symmetric and bj == bi
+        if on_diagonal:
+            f2 = f1
+        else:
+            f2 = backend.take(f_all2, c) if cached else backend.features(xs[c])
+        acc = Accumulator(per_layer, dtype, symmetric=on_diagonal)
+        backend.contract(f1, f2, mode, acc)
+        for name, t in acc.parts.items():
+            t = finalize(mirror(t, mode) if on_diagonal else t, mode, o)
+            put(name, t, r, c, symmetric and bj != bi)
+        del f2, acc
+        bar.update()
     bar.close()
     return out if per_layer else out[""]
 
 
 def count_tiles(n1: int, n2: int, block: int, symmetric: bool) -> int:
     """Tiles computed for an ``n1 x n2`` kernel in blocks of ``block`` (upper ones if symmetric)."""
-    r, c = -(-n1 // block), -(-n2 // block)
-    return r * (r + 1) // 2 if symmetric else r * c
+    return TilePlan(n1, n2, block, symmetric).n_tiles

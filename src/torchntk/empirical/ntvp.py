@@ -37,27 +37,12 @@ class NtvpBackend:
 
     def _columns(self, x1: torch.Tensor, x2: torch.Tensor, names: list[str]) -> torch.Tensor:
         """``C[j, b, i, a] = sum_{p in names} J_p(x1)[i, a] . J_p(x2)[j, b]`` as (N2, O, N1, O)."""
-        fm, o = self.fm, self.out_dim
+        o = self.out_dim
         n1, n2 = x1.shape[0], x2.shape[0]
-        rest = {n: t for n, t in fm.params.items() if n not in names}
-        primal = {n: fm.params[n] for n in names}
-
-        def f1(p):
-            return fm({**rest, **p}, x1)
-
-        def f2(p):
-            return fm({**rest, **p}, x2)
-
-        _, pull = vjp(f2, primal)
-
-        def column(ct: torch.Tensor) -> torch.Tensor:
-            (tangent,) = pull(ct)
-            return jvp(f1, (primal,), (tangent,))[1]
-
-        eye = torch.eye(n2 * o, dtype=fm_dtype(fm), device=x2.device)
+        eye = torch.eye(n2 * o, dtype=fm_dtype(self.fm), device=x2.device)
         basis = eye.view(n2 * o, n2, o)
         chunk = self.chunk or n2 * o
-        cols = [vmap(column)(basis[s : s + chunk]) for s in range(0, n2 * o, chunk)]
+        cols = [ntk_products(self.fm, x1, x2, basis[s : s + chunk], names) for s in range(0, n2 * o, chunk)]
         return torch.cat(cols).view(n2, o, n1, o)
 
     def contract(self, f1: torch.Tensor, f2: torch.Tensor, mode: str, acc: Accumulator) -> None:
@@ -70,6 +55,42 @@ class NtvpBackend:
                 d = torch.diagonal(c, dim1=1, dim2=3)  # (N2, N1, O)
                 t = d.permute(2, 1, 0) if mode == "diagonal" else d.sum(-1).T
             acc.add(names[0] if acc.per_layer else "", t.contiguous())
+
+
+def ntk_products(fm: Functional, x_out: torch.Tensor, x_in: torch.Tensor, cotangents: torch.Tensor,
+                 names: list[str] | None = None, rows: int | None = None) -> torch.Tensor:
+    """``J(x_out) (J(x_in)^T c)`` for each of ``m`` cotangents ``c``: ``(m, N_in, O) -> (m, N_out, O)``.
+
+    ``J`` is the Jacobian in the parameters ``names`` (default: all of ``fm.params``); the others
+    stay fixed. ``J(x_in)^T c`` is a vector-Jacobian product (``torch.func.vjp``) summed over
+    blocks of ``rows`` inputs, ``J(x_out) t`` a Jacobian-vector product (``torch.func.jvp``) per
+    block (``rows=None``: each batch at once); both are ``vmap``-ed over the ``m`` cotangents.
+    The one NTK-vector-product engine: the ``"ntvp"`` implementation's kernel columns and
+    ``scale.KernelOperator.from_model``'s products.
+    """
+    names = list(fm.params) if names is None else names
+    rest = {n: t for n, t in fm.params.items() if n not in names}
+    primal = {n: fm.params[n] for n in names}
+
+    def call(p: dict, xb: torch.Tensor) -> torch.Tensor:
+        return fm({**rest, **p}, xb)
+
+    n_in, n_out = x_in.shape[0], x_out.shape[0]
+    step_in, step_out = rows or max(n_in, 1), rows or max(n_out, 1)
+    tangents = None
+    for s in range(0, n_in, step_in):
+        _, pull = vjp(lambda p, xb=x_in[s : s + step_in]: call(p, xb), primal)
+        (g,) = vmap(pull)(cotangents[:, s : s + step_in])
+        tangents = g if tangents is None else {k: tangents[k] + g[k] for k in tangents}
+    parts = []
+    for s in range(0, n_out, step_out):
+        xb = x_out[s : s + step_out]
+
+        def push(t: dict, xb: torch.Tensor = xb) -> torch.Tensor:
+            return jvp(lambda p: call(p, xb), (primal,), (t,))[1]
+
+        parts.append(vmap(push)(tangents))
+    return torch.cat(parts, 1)
 
 
 def fm_dtype(fm: Functional) -> torch.dtype:

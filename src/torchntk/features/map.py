@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from .._checks import check_choice
+from .._checks import check_choice, check_finite
 from .._memory import memory_budget
 from ..errors import InvalidArgumentError, ShapeError, SpecError
 from ..layers import Layer
@@ -304,8 +304,7 @@ class FeatureRows:
             raise ShapeError(f"`{name}` must be a feature matrix (N, D) with N >= 1, got shape {tuple(phi.shape)}")
         if not phi.is_floating_point():
             phi = phi.to(torch.float64)
-        if not bool(torch.isfinite(phi).all()):
-            raise InvalidArgumentError(f"`{name}` contains non-finite values")
+        check_finite(name, phi)
         return cls(None, phi, "given", batch_size, phi.shape[1])
 
     def __len__(self) -> int:

@@ -23,10 +23,11 @@ import contextlib
 import math
 from typing import Any, Iterator
 
-import numpy as np
 import torch
 
-from .._checks import check_choice
+from .._checks import check_choice, check_finite
+from .._kernel_checks import as_tensor, check_kernel, eigh_psd, pinv_cut, pinv_eigenvalues
+from ..dynamics._kernels import ridge, times
 from ..dynamics._spectral import factors
 from ..errors import InvalidArgumentError, ShapeError
 from .map import FeatureRows, rows_of
@@ -35,17 +36,12 @@ __all__ = ["FeatureGram", "gram", "FeatureMSE", "mse", "FeatureRidge", "ridge_re
 
 
 def _targets(name: str, y: Any, n: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, bool]:
-    if isinstance(y, np.ndarray):
-        y = torch.from_numpy(y)
-    if not isinstance(y, torch.Tensor):
-        raise InvalidArgumentError(f"`{name}` must be a tensor or numpy array (N,) or (N, O), got {type(y).__name__}")
+    """``y`` (tensor or array, finite) as ``(n, O)`` in ``dtype`` on ``device``, and whether it was 1-D."""
+    y = as_tensor(name, y, dtype=dtype, device=device)
     squeeze = y.ndim == 1
     y = y.reshape(-1, 1) if squeeze else y
     if y.ndim != 2 or y.shape[0] != n:
         raise ShapeError(f"`{name}` must have shape ({n},) or ({n}, O) to match the {n} feature rows, got {tuple(y.shape)}")
-    y = y.to(dtype=dtype, device=device)
-    if not bool(torch.isfinite(y).all()):
-        raise InvalidArgumentError(f"`{name}` contains non-finite values")
     return y, squeeze
 
 
@@ -80,7 +76,7 @@ def _bfloat16_products(on: bool) -> Iterator[None]:
         flags.fp32_precision = old
 
 
-def gram(phi: Any, targets: Any = None) -> FeatureGram:
+def gram(phi: Any, targets: Any = None, *, name: str = "phi") -> FeatureGram:
     """One streaming pass over the rows: ``Phi^T Phi`` and ``Phi^T targets`` (float64).
 
     Each batch's products are formed in the features' dtype and summed in float64. Rows of a
@@ -91,8 +87,9 @@ def gram(phi: Any, targets: Any = None) -> FeatureGram:
     Args:
         phi: :meth:`FeatureMap.rows` or a feature matrix ``(N, D)``.
         targets: ``(N,)`` or ``(N, O)`` or None.
+        name: the argument's name in errors (a non-finite feature raises ``NonFiniteError``).
     """
-    rows = rows_of(phi, "phi")
+    rows = rows_of(phi, name)
     acc = torch.float64
     g = torch.zeros(rows.dim, rows.dim, dtype=acc, device=rows.device)
     t = None
@@ -103,6 +100,7 @@ def gram(phi: Any, targets: Any = None) -> FeatureGram:
             and rows.device.type == "cpu")
     buf = None
     for lo, hi, p in rows:
+        check_finite(f"{name}[{lo}:{hi}]", p)
         if p.dtype != acc and (buf is None or buf.dtype != p.dtype):
             buf = p.new_empty(rows.dim, rows.dim)
         with _bfloat16_products(fast):
@@ -132,19 +130,10 @@ def _add_upper_gram(g: torch.Tensor, p: torch.Tensor, buf: torch.Tensor | None) 
         g[lo:hi, lo:].add_(block)
 
 
-def _ridge_value(diag_reg: Any, mode: str, gram_: FeatureGram) -> float:
-    if isinstance(diag_reg, bool) or not isinstance(diag_reg, (int, float)) or not math.isfinite(diag_reg) \
-            or diag_reg < 0:
-        raise InvalidArgumentError(f"`diag_reg` must be a finite number >= 0, got {diag_reg!r}")
-    if not isinstance(mode, str):
-        raise InvalidArgumentError(f"`diag_reg_mode` must be 'relative' or 'absolute', got {mode!r}")
-    mode = check_choice("diag_reg_mode", mode.lower(), ("relative", "absolute"))
-    return float(diag_reg) * (gram_.mean_diagonal if mode == "relative" else 1.0)
-
-
-def _eigh(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    lam, v = torch.linalg.eigh(g)
-    return lam.clamp_min(0.0), v
+def _gram_eigh(name: str, g: torch.Tensor, source_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``G = V diag(lam) V^T`` by dynamics' decomposition and PSD check: a Gram is PSD by
+    construction, so a refusal means features the accumulation lost (non-finite rows)."""
+    return eigh_psd(f"{name} (its Gram Phi^T Phi)", check_kernel(name, g, psd=False), source_dtype)
 
 
 class FeatureMSE:
@@ -158,10 +147,9 @@ class FeatureMSE:
                  learning_rate: float | None, ridge: float, gram_: FeatureGram) -> None:
         self.rows, self.y, self.f0, self._squeeze = rows, y, f0, squeeze
         self.learning_rate, self.ridge, self.n = learning_rate, ridge, rows.n
-        self.eigenvalues, self.eigenvectors = _eigh(gram_.matrix)
+        self.eigenvalues, self.eigenvectors = _gram_eigh("phi_train", gram_.matrix, rows.dtype)
         self._coef = self.eigenvectors.T @ gram_.rhs  # V^T Phi^T r0, (D, O)
-        lam = self.eigenvalues
-        self._cut = float(lam[-1]) * lam.shape[0] * torch.finfo(lam.dtype).eps if lam.numel() else 0.0
+        self._cut = pinv_cut(self.eigenvalues)
 
     def _factors(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per time and mode: test factor ``g``, train factor ``h`` (``(T, D)``) and ``e(c_reg)`` ``(T,)``."""
@@ -179,7 +167,7 @@ class FeatureMSE:
         else:
             h = g
         # t = inf: kernel regression; without a ridge, the pseudo-inverse (zero modes keep r0)
-        inv = torch.where(shifted > self._cut, 1.0 / shifted.clamp_min(self._cut or 1e-300), torch.zeros_like(lam))
+        inv = pinv_eigenvalues(shifted, cut=self._cut)
         g = torch.where(fin[:, None], g, inv[None, :])
         h_inf = torch.zeros_like(lam) if self.ridge > 0 else torch.where(pos, inv, torch.zeros_like(inv))
         h = torch.where(fin[:, None], h, h_inf[None, :])
@@ -194,8 +182,6 @@ class FeatureMSE:
 
     def __call__(self, t: Any, phi_test: Any = None, f0_test: Any = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Train and test outputs at time(s) ``t`` (scalar or 1-D; ``inf``: kernel regression)."""
-        from ..dynamics._kernels import times
-
         ts, keep_t = times("t", t, integer=self.learning_rate is not None)
         ts = ts.to(dtype=self.eigenvalues.dtype, device=self.eigenvalues.device)
         g, h, e_c, _ = self._factors(ts)
@@ -254,9 +240,9 @@ def mse(
     if learning_rate is not None and (isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float))
                                       or not math.isfinite(learning_rate) or learning_rate <= 0):
         raise InvalidArgumentError(f"`learning_rate` must be a finite float > 0 or None, got {learning_rate!r}")
-    g = gram(rows, f0 - y)
-    ridge = _ridge_value(diag_reg, diag_reg_mode, g)
-    return FeatureMSE(rows, y, f0, squeeze, None if learning_rate is None else float(learning_rate), ridge, g)
+    g = gram(rows, f0 - y, name="phi_train")
+    mu = ridge(diag_reg, diag_reg_mode, lambda: g.mean_diagonal)
+    return FeatureMSE(rows, y, f0, squeeze, None if learning_rate is None else float(learning_rate), mu, g)
 
 
 class FeatureRidge:
@@ -274,7 +260,7 @@ class FeatureRidge:
     def __init__(self, rows: FeatureRows, y: torch.Tensor, ridges: list[float], squeeze: bool) -> None:
         self._squeeze, self.ridges = squeeze, ridges
         if rows.n > rows.dim:
-            g = gram(rows, y)
+            g = gram(rows, y, name="phi_train")
             self.trace = g.trace
             self.ridges = ridges = [r * (g.mean_diagonal if rel else 1.0) for r, rel in ridges]
             ws = []
@@ -289,16 +275,14 @@ class FeatureRidge:
                 del a, chol
             self.weights = torch.stack(ws)
             return
-        phi = rows.materialize().to(torch.float64)
-        k = phi @ phi.T
+        phi = check_finite("phi_train", rows.materialize()).to(torch.float64)
+        k = check_kernel("phi_train (its kernel Phi Phi^T)", phi @ phi.T, psd=False)
         mean_diag = float(torch.diagonal(k).mean())
         self.ridges = ridges = [r * (mean_diag if rel else 1.0) for r, rel in ridges]
-        lam, v = _eigh(0.5 * (k + k.T))
+        lam, v = eigh_psd("phi_train (its kernel Phi Phi^T)", k, rows.dtype)
         coef = v.T @ y
-        cut = float(lam[-1]) * lam.shape[0] * torch.finfo(lam.dtype).eps
         c = torch.tensor(ridges, dtype=lam.dtype, device=lam.device)
-        shifted = lam[None, :] + c[:, None]
-        inv = torch.where(shifted > cut, 1.0 / shifted.clamp_min(cut or 1e-300), torch.zeros_like(shifted))
+        inv = pinv_eigenvalues(lam[None, :] + c[:, None], cut=pinv_cut(lam))
         alpha = torch.einsum("ij,rjo->rio", v, inv[:, :, None] * coef[None])  # (R, N, O)
         self.weights = torch.einsum("nd,rno->rdo", phi, alpha)
 

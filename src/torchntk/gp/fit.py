@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 import torch
 
-from .._checks import check_choice, check_hyper, check_tensor, value_of
+from .._checks import check_choice, check_finite, check_hyper, check_tensor, value_of
 from ..errors import InvalidArgumentError
 from ..layers import Layer
 from .likelihood import _as_targets, cholesky, log_marginal_likelihood, loo
@@ -64,7 +64,7 @@ def spec_kernel(spec: Layer, x1: torch.Tensor, x2: torch.Tensor | None = None, *
     k = spec.kernel(x1, x2)
     out = k.nngp if kind == "nngp" else k.ntk
     if out is None:
-        raise InvalidArgumentError(f"the spec has no NTK (a layer without a derivative rule): use kind='nngp'")
+        raise InvalidArgumentError("the spec has no NTK (a layer without a derivative rule): use kind='nngp'")
     if out.ndim != 2:
         raise InvalidArgumentError(
             f"the spec's output is still spatial (kernel shape {tuple(out.shape)}): end it with Flatten or "
@@ -194,7 +194,7 @@ def fit(
     """
     if not callable(build):
         raise InvalidArgumentError(f"`build` must be a callable returning a spec, got {build!r}")
-    x = check_tensor("x", x)
+    x = check_finite("x", check_tensor("x", x))  # else every start fails in spec.kernel, unexplained
     if not isinstance(init, Mapping) or not (init or fit_noise):
         raise InvalidArgumentError(f"`init` must be a dict name -> initial value (non-empty unless the noise is fitted), got {init!r}")
     init = {str(k): _positive(f"init[{k!r}]", v) for k, v in init.items()}

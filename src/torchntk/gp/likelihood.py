@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from .._checks import check_tensor
+from .._kernel_checks import check_kernel, eigvalsh_psd
 from ..dynamics import _kernels
 from ..errors import InvalidArgumentError, ShapeError
 
@@ -48,12 +49,9 @@ def _as_targets(y: Any, n: int, device: torch.device) -> tuple[torch.Tensor, boo
 
 
 def _as_kernel(kernel: Any) -> torch.Tensor:
-    kernel = check_tensor("kernel", kernel)
-    if kernel.ndim != 2 or kernel.shape[0] != kernel.shape[1] or kernel.shape[0] == 0:
-        raise ShapeError(f"`kernel` must be a square (N, N) train-train kernel, got shape {tuple(kernel.shape)}")
-    if not bool(torch.isfinite(kernel.detach()).all()):
-        raise InvalidArgumentError("`kernel` holds non-finite values (the hyperparameters overflow the recursion)")
-    return kernel.to(torch.float64)
+    """The train-train kernel checked by :func:`torchntk._kernel_checks.check_kernel` (square,
+    finite, symmetric, the O(N^2) conditions of PSD), float64 and symmetrized (differentiable)."""
+    return check_kernel("kernel", check_tensor("kernel", kernel), dtype=torch.float64)
 
 
 def _noise(noise: Any) -> torch.Tensor | float:
@@ -89,6 +87,7 @@ def cholesky(kernel: Any, noise: Any = 0.0) -> tuple[torch.Tensor, float]:
         chol, info = torch.linalg.cholesky_ex(ky + jitter * eye if jitter else ky)
         if int(info) == 0:
             return chol, jitter
+    eigvalsh_psd("kernel", k, kernel.dtype)
     raise InvalidArgumentError(
         f"`kernel + noise I` is not positive definite even with a jitter of {JITTERS[-1]:g} x its mean "
         "diagonal: raise `noise`"

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
-from ..errors import InvalidArgumentError, ShapeError, StoreError
+from ..errors import InvalidArgumentError, NonFiniteError, ShapeError, StoreError
 from ._optional import require_distributed
 from .store import KernelStore
 from .tiles import TilePlan
@@ -62,6 +62,13 @@ def compute_tile(
             raise ShapeError(
                 f"`kernel_fn` returned {name!r} of shape {tuple(block.shape)} for blocks of "
                 f"{r} and {c} inputs; expected ({r}, {c}, ...)"
+            )
+        if not bool(torch.isfinite(block).all()):
+            rows, cols = plan.rows(bi), plan.cols(bj)
+            raise NonFiniteError(
+                f"`kernel_fn` returned {int((~torch.isfinite(block)).sum())} non-finite value(s) in "
+                f"tile ({bi}, {bj}) of array {name!r} (rows {rows.start}:{rows.stop}, columns "
+                f"{cols.start}:{cols.stop}); the tile is not stored"
             )
     return {name: block.detach().to("cpu") for name, block in blocks.items()}
 

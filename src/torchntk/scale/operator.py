@@ -29,6 +29,7 @@ import torch
 from scipy.sparse.linalg import LinearOperator
 
 from .._checks import renamed
+from .._kernel_checks import PSD_RTOL, check_kernel
 from ..empirical import flatten_kernel
 from ..errors import InvalidArgumentError, ShapeError
 from ._ntvp import ModelNtvp
@@ -85,12 +86,17 @@ class KernelOperator(LinearOperator):
 
     # -- constructors ------------------------------------------------------------------------
     @classmethod
-    def from_tensor(cls, kernel: torch.Tensor | np.ndarray, *, diag_reg: float = 0.0) -> "KernelOperator":
-        """From a kernel ``(N, N)`` or a full ``(N, N, O, O)`` one (flattened) in memory."""
-        k = kernel.detach().cpu().numpy() if isinstance(kernel, torch.Tensor) else np.asarray(kernel)
-        k = _flatten(k).astype(np.float64, copy=False)
-        if k.shape[0] != k.shape[1]:
-            raise ShapeError(f"the kernel must be square, got shape {k.shape}")
+    def from_tensor(cls, kernel: torch.Tensor | np.ndarray, *, diag_reg: float = 0.0,
+                    name: str = "kernel") -> "KernelOperator":
+        """From a kernel ``(N, N)`` or a full ``(N, N, O, O)`` one (flattened) in memory, checked
+        by :func:`torchntk._kernel_checks.check_kernel` (finite, symmetric, the O(N^2)
+        conditions of PSD; errors name the argument ``name``) and symmetrized."""
+        t = kernel.detach().cpu() if isinstance(kernel, torch.Tensor) else torch.as_tensor(np.asarray(kernel))
+        if t.ndim not in (2, 4) or (t.ndim == 4 and t.shape[2] != t.shape[3]):
+            raise ShapeError(f"`{name}` must be a kernel (N, N) or (N, N, O, O), got shape {tuple(t.shape)}")
+        source = t.dtype if t.is_floating_point() else torch.float64
+        flat = t if t.ndim == 2 else flatten_kernel(t)
+        k = check_kernel(name, flat, dtype=torch.float64, source_dtype=source).numpy()
         return cls(lambda V: k @ V, k.shape[0], diag_reg=diag_reg, diagonal=lambda: np.diagonal(k).copy())
 
     @classmethod
@@ -104,7 +110,16 @@ class KernelOperator(LinearOperator):
         missing = store.missing_tiles()
         if missing:
             raise InvalidArgumentError(f"the store {store.path!r} misses {len(missing)} tiles; resume it first")
+        if not store.plan.symmetric:
+            raise InvalidArgumentError(
+                f"the store {store.path!r} holds a cross kernel K(x1, x2); an operator needs the "
+                "symmetric train-train kernel K(x, x) (tiled_kernel with x2=None)")
         o = _outputs(store.shape(name))
+        diag = _flat_diag(store.diagonal(name))
+        if not np.all(np.isfinite(diag)) or diag.min() < -PSD_RTOL[torch.float64] * max(np.abs(diag).max(), 1e-300):
+            raise InvalidArgumentError(
+                f"the store's kernel {name!r} is not positive semi-definite: its diagonal (variances "
+                f"K(x, x)) reaches {diag.min():.3g}")
         return cls(lambda V: store_matmat(store, name, V), store.plan.n1 * o, diag_reg=diag_reg,
                    diagonal=lambda: _flat_diag(store.diagonal(name)))
 
@@ -167,14 +182,15 @@ def _flat_diag(d: np.ndarray) -> np.ndarray:
     return np.diagonal(d, axis1=1, axis2=2).reshape(-1)
 
 
-def as_operator(kernel: Any, diag_reg: float | None = None) -> KernelOperator:
-    """A tensor, array, store or operator as a :class:`KernelOperator` (ridge ``diag_reg``)."""
+def as_operator(kernel: Any, diag_reg: float | None = None, name: str = "kernel") -> KernelOperator:
+    """A tensor, array, store or operator as a :class:`KernelOperator` (ridge ``diag_reg``); a
+    tensor is checked as :meth:`KernelOperator.from_tensor` does (errors naming ``name``)."""
     if isinstance(kernel, KernelOperator):
         return kernel if diag_reg is None else kernel.shifted(diag_reg)
     if isinstance(kernel, KernelStore):
         return KernelOperator.from_store(kernel, diag_reg=diag_reg or 0.0)
     if isinstance(kernel, (torch.Tensor, np.ndarray)):
-        return KernelOperator.from_tensor(kernel, diag_reg=diag_reg or 0.0)
+        return KernelOperator.from_tensor(kernel, diag_reg=diag_reg or 0.0, name=name)
     raise InvalidArgumentError(
         f"expected a kernel tensor, a KernelStore or a KernelOperator, got {type(kernel).__name__}"
     )

@@ -203,7 +203,7 @@ def kernel_regression(ntk_train_train: Any = None, y_train: torch.Tensor = None,
     y = torch.as_tensor(y_train, dtype=torch.float64)
     y2 = y.reshape(y.shape[0], -1)
     f0 = torch.zeros_like(y2) if f0_train is None else torch.as_tensor(f0_train, dtype=torch.float64).reshape(y2.shape)
-    op = as_operator(ntk_train_train)
+    op = as_operator(ntk_train_train, name="ntk_train_train")
     if diag_reg is not None:
         if diag_reg_mode is None:
             if diag_reg:

@@ -17,10 +17,14 @@ only ``h = h', w = w'``. ``cov1[i]`` is the kernel of ``x1_i`` with itself in th
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
+
+from ...errors import NonFiniteError
 
 __all__ = ["Kernel"]
 
@@ -130,3 +134,56 @@ class Kernel:
             f"shape={self.shape}, layout={layout!r}, is_gaussian={self.is_gaussian}, "
             f"dtype={self.nngp.dtype}, device={self.nngp.device})"
         )
+
+
+#: Set while the driver recomputes one pair of inputs to find the layer that made a kernel
+#: non-finite (:func:`finite_kernel`); ``serial`` then checks every layer's output.
+LOCATING: contextvars.ContextVar[bool] = contextvars.ContextVar("torchntk_locating", default=False)
+
+
+def _first_bad(k: Kernel) -> tuple[str, torch.Tensor] | None:
+    for name in ("nngp", "ntk"):
+        t = getattr(k, name)
+        if t is not None:
+            bad = ~torch.isfinite(t.detach())
+            if bool(bad.any()):
+                return name, bad
+    return None
+
+
+def check_layer_output(k: object, index: int, layer: object) -> None:
+    """While :data:`LOCATING`: ``NonFiniteError`` naming layer ``index`` of a serial if its output
+    kernel ``k`` (a Kernel or a list of branch Kernels) is not finite."""
+    for part in k if isinstance(k, list) else [k]:
+        found = _first_bad(part)
+        if found is not None:
+            raise NonFiniteError(
+                f"spec.kernel: layer {index} of the serial spec, {layer!r}, gave non-finite (NaN or "
+                f"Inf) values in `{found[0]}` for finite inputs: its rule overflowed or left its domain "
+                "(the inputs' scale or a hyperparameter at an edge)"
+            )
+
+
+def finite_kernel(k: Kernel, spec: object, locate: Callable[[int, int], object] | None = None) -> Kernel:
+    """``k`` if its ``nngp`` and ``ntk`` are finite; else ``NonFiniteError``. One pass over each
+    tensor. On failure ``locate(i, j)`` recomputes the first non-finite pair of inputs with
+    :data:`LOCATING` set, so that the layer that made it is named; otherwise the error names the
+    entry and the spec."""
+    found = _first_bad(k)
+    if found is None:
+        return k
+    name, bad = found
+    first = tuple(int(i) for i in bad.nonzero()[0][:2])
+    if locate is not None:
+        token = LOCATING.set(True)
+        try:
+            locate(*first)
+        finally:
+            LOCATING.reset(token)
+    text = repr(spec)
+    raise NonFiniteError(
+        f"spec.kernel gave {int(bad.sum())} non-finite (NaN or Inf) value(s) in `{name}` for "
+        f"finite inputs (first at the pair of inputs {first}): a layer's rule overflowed or "
+        f"left its domain (inputs' scale or a hyperparameter at an edge) in "
+        f"{text if len(text) <= 300 else text[:297] + '...'}"
+    )

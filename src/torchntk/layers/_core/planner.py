@@ -2,7 +2,8 @@
 
 :meth:`~torchntk.layers.Layer.kernel` computes a kernel in ``(b x b)`` blocks of pairs of inputs;
 :func:`_block_size` chooses ``b`` from the per-sample shape, the layout, the dtype, the device and
-the memory budget (:mod:`torchntk._memory`), unless the caller fixes it.
+the memory budget and the cache size (:mod:`torchntk._memory`, ``TORCHNTK_CACHE_BYTES``), unless
+the caller fixes it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..._checks import check_int
+from ..._memory import cache_entries
 
 if TYPE_CHECKING:
     from .protocol import Shape
@@ -20,20 +22,19 @@ if TYPE_CHECKING:
 
 # Live kernel-sized tensors per block (nngp, ntk, the rule's temporaries, the padded copies...).
 _WORK_FACTOR = 12
-# Default block: about this many entries per kernel tensor, so that a block's working set stays
+# Default block: about ``cache_entries()`` entries per kernel tensor (2^15 unless
+# TORCHNTK_CACHE_BYTES says otherwise; a constant, not read from the processor, so the blocks
+# are the same on every CPU), so that a block's working set stays
 # in the processor's cache (each layer makes tens of elementwise passes over it) and each pass
 # stays below torch's parallel grain (32768 elements): every op runs on one thread, and the
 # blocks are spread over ``torch.get_num_threads()`` Python threads instead (torch releases the
 # GIL in its kernels). On a loaded machine this avoids a scheduler wait per parallel op.
-_CACHE_ENTRIES = 1 << 15
-# The same for kernels in the full spatial layout, ``P^2`` entries per pair of inputs: twice as
+# Kernels in the full spatial layout, ``P^2`` entries per pair of inputs, get twice as
 # many, so that fewer blocks pay the per-block costs (the ops' dispatch, and the per-input
 # covariances every block recomputes for its rows and columns, 2/b of its work), which there
 # outweigh the cache (a graph network's 16-node kernel: 16 x 16 pairs per block instead of 11 x 11,
 # a quarter less time on 2 threads); a pass over 2^16 entries may run on two threads.
-_CACHE_ENTRIES_FULL = 1 << 16
-# Default block of flat kernels (rows and columns): 181^2 < 2^15.
-_FLAT_BLOCK = 181
+# Flat kernels: square blocks of isqrt(cache_entries()) rows and columns (181^2 < 2^15).
 
 
 
@@ -48,6 +49,6 @@ def _block_size(in_shape: Shape, full: bool, dtype: torch.dtype, block_size: int
     if device.type != "cpu":  # an accelerator wants few large blocks: the memory budget alone
         return max(1, by_memory)
     if len(in_shape) == 1:  # flat kernels (the symmetric case skips the blocks below the diagonal)
-        return max(1, min(by_memory, _FLAT_BLOCK))
-    by_cache = int(math.sqrt((_CACHE_ENTRIES_FULL if full else _CACHE_ENTRIES) / entries))
+        return max(1, min(by_memory, math.isqrt(cache_entries())))
+    by_cache = int(math.sqrt((2 if full else 1) * cache_entries() / entries))
     return max(1, min(by_memory, max(by_cache, 4)))

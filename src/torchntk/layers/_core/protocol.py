@@ -27,7 +27,7 @@ from ..._progress import check_progress
 from ...errors import InvalidArgumentError, ShapeError, SpecError, UnsupportedLayerError
 from .. import _side, _spatial
 from .gram import _check_inputs, input_kernel
-from .kernel import Kernel
+from .kernel import LOCATING, Kernel, check_layer_output, finite_kernel
 from .planner import _block_size
 from .threads import _blocked
 
@@ -201,7 +201,8 @@ class Layer:
                 inputs'.
             block_size: rows/columns per block. By default a block whose kernel tensors hold
                 about 2^15 entries (2^16 in the full spatial layout; 181 rows for flat
-                inputs; at least 4), within ``memory``: they stay in the processor's cache
+                inputs; at least 4; the environment variable ``TORCHNTK_CACHE_BYTES``,
+                default 256 KiB, scales them), within ``memory``: they stay in the processor's cache
                 through the passes each layer makes, each pass runs on one or two threads,
                 and the blocks are shared among
                 ``torch.get_num_threads()`` worker threads (when no input requires grad). On a
@@ -286,16 +287,19 @@ class Layer:
                 raise SpecError("the spec ends with several branches")
             return k if out_full else _spatial.to_diagonal(k)
 
+        def locate(i: int, j: int) -> Kernel:
+            return run(slice(i, i + 1), None if same and i == j else slice(j, j + 1))
+
         everything = slice(None)
         if n1 <= b and n2 <= b:
-            return run(everything, None if same else everything)
+            return finite_kernel(run(everything, None if same else everything), self, locate)
         grad = torch.is_grad_enabled() and (x1.requires_grad or xb.requires_grad)
         # One thread on an accelerator: its blocks are large and queue on one stream anyway.
         out = _blocked(run, n1, n2, same, b, grad or x1.device.type != "cpu", progress)
-        return out.replace(
+        return finite_kernel(out.replace(
             mask1=self.mask_out(m1, in_shape), mask2=None if same else self.mask_out(m2, in_shape),
             pattern1=p1, pattern2=p2,
-        )
+        ), self, locate)
 
     # convenience -------------------------------------------------------------------------
 
@@ -365,6 +369,8 @@ class Serial(Layer):
             if not any_full(layer.needs_full(shapes[i], flags[i])):
                 k = _downconvert(k)
             k = layer._kernel(k, flags[i])
+            if LOCATING.get():  # only while a non-finite kernel is traced back (finite_kernel)
+                check_layer_output(k, i, layer)
         return k
 
     def kernel_rule(self, k: Kernels) -> Kernels:

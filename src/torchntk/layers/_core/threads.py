@@ -1,7 +1,8 @@
 """Blocks of the kernel driver on a thread pool (private), assembled into one kernel.
 
 The symmetric kernel (``x2=None``) computes the blocks on and above the diagonal and mirrors the
-others (:func:`torchntk.layers._spatial.transpose_pairs`).
+others (:func:`torchntk.layers._spatial.transpose_pairs`); the blocks are those of
+:class:`torchntk._tiles.TilePlan`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 import torch
 
 from ..._progress import progress_bar
+from ..._tiles import TilePlan
 from .. import _spatial
 from .kernel import Kernel
 
@@ -25,9 +27,10 @@ def _blocked(run: Any, n1: int, n2: int, same: bool, b: int, serial: bool, progr
     (when autograd records, or on an accelerator); ``progress``: a bar over the blocks
     (:func:`torchntk._progress.progress_bar`).
     """
-    r1 = [(i, min(i + b, n1)) for i in range(0, n1, b)]
-    r2 = [(j, min(j + b, n2)) for j in range(0, n2, b)]
-    pairs = [(bi, bj) for bi in range(len(r1)) for bj in range(len(r2)) if not (same and bj < bi)]
+    plan = TilePlan(n1, n2, b, same)
+    r1 = [(s.start, s.stop) for s in map(plan.rows, range(plan.grid[0]))]
+    r2 = [(s.start, s.stop) for s in map(plan.cols, range(plan.grid[1]))]
+    pairs = plan.tiles()
 
     grad_mode = torch.is_grad_enabled()  # thread-local: carried into the worker threads
 

@@ -21,20 +21,21 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..._memory import cache_entries
 from ...errors import NonFiniteError, SpecError, UnsupportedLayerError
 from .. import _spatial
 from .._core.protocol import Layer, Shapes, single
 from .._core.kernel import Kernel
 
 
-#: Entries of the kernel per slice of rows that the rule gets at once without autograd (its
-#: few temporaries then fit in a processor cache: a large speed-up over memory-bound passes).
-_CHUNK_ENTRIES = 1 << 15
+# Entries of the kernel per slice of rows that the rule gets at once without autograd (its
+# few temporaries then fit in a processor cache: a large speed-up over memory-bound passes):
+# ``cache_entries()``, 2^15 unless TORCHNTK_CACHE_BYTES says otherwise.
 
 
 def _chunked(q11: torch.Tensor, q12: torch.Tensor, q22: torch.Tensor, ntk: torch.Tensor | None) -> bool:
     """Whether to apply the rule slice by slice: large kernels, no autograd, rows of q11 aligned."""
-    if q12.numel() <= 2 * _CHUNK_ENTRIES or q12.ndim < 2:
+    if q12.numel() <= 2 * cache_entries() or q12.ndim < 2:
         return False
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q11, q12, q22, ntk)):
         return False
@@ -108,7 +109,7 @@ class ElementwiseLayer(Layer):
         the processor's cache (no autograd; elementwise, so the values are the same)."""
         sigma = torch.empty_like(q12)
         ntk_out = None if ntk is None else torch.empty_like(ntk)
-        rows = max(1, _CHUNK_ENTRIES // max(1, q12[0].numel()))
+        rows = max(1, cache_entries() // max(1, q12[0].numel()))
         for i in range(0, q12.shape[0], rows):
             j = min(i + rows, q12.shape[0])
             sig, sdot = self.rule(q11[i:j], q12[i:j], q22)
@@ -130,7 +131,7 @@ class ElementwiseLayer(Layer):
         if k.cov2 is None:
             return self._self_cov(k.cov1, k), None
         n1 = k.cov1.shape[0]
-        if k.cov1.numel() + k.cov2.numel() > _CHUNK_ENTRIES or k.cov1.shape[1:] != k.cov2.shape[1:]:
+        if k.cov1.numel() + k.cov2.numel() > cache_entries() or k.cov1.shape[1:] != k.cov2.shape[1:]:
             return self._self_cov(k.cov1, k), self._self_cov(k.cov2, k)
         both = self._self_cov(torch.cat((k.cov1, k.cov2)), k)
         return both[:n1], both[n1:]
