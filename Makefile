@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 PEER   ?= .peer-venv
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: venv demo test test-all test-codepaths peer test-peer bench clean
+.PHONY: venv demo test test-all test-codepaths lint peer test-peer bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ FLOAT_TESTS ?= tests/scale/test_tiled.py tests/scale/test_store_integrity.py \
 	tests/layers/test_core.py tests/layers/test_masking.py tests/empirical/test_properties.py \
 	tests/features/test_map.py tests/features/test_solvers.py tests/test_kernel_checks.py \
 	tests/test_memory.py
+# ruff, with the configuration in pyproject.toml
+lint: venv
+	$(PY) -m ruff check src tests benchmarks examples
+
 test-codepaths: venv
 	ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=AVX2 $(PY) -m pytest -n 2 -q $(FLOAT_TESTS) $(PYTEST_ARGS)
 	TORCHNTK_CACHE_BYTES=16KiB $(PY) -m pytest -n 2 -q $(FLOAT_TESTS) $(PYTEST_ARGS)

@@ -117,7 +117,7 @@ def _ours(workload: str, n: int, repeats: int, threads: int) -> dict:
 
 def _peer(workload: str, n: int, repeats: int, threads: int) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + f" --xla_cpu_multi_thread_eigen=true"
+    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=true"
     import jax
 
     jax.config.update("jax_enable_x64", True)

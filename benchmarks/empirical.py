@@ -400,7 +400,7 @@ def bench_recipes(recipe_repeats: int) -> None:
     for workload, (net, x, mode, rows) in PENDING.items():
         fresh = copy.deepcopy(net)
         t_ref, peak, ref, first = measure(lambda: recipe_ntk(fresh, x, x, mode), recipe_repeats)
-        del fresh
+        fresh = None  # the copy is given back before the torchntk rows are reported
         report(workload, "torch.func recipe", t_ref, peak, None, first=first)
         for impl, chosen, t, peak, theta, first in rows:
             runs = f"ran {chosen}; " if impl == "auto" else ""

@@ -4,7 +4,6 @@ that hold: each printed figure is checked against an independent computation or 
 from __future__ import annotations
 
 import importlib.util
-import math
 import os
 import re
 import subprocess

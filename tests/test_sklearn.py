@@ -190,8 +190,10 @@ def test_classifier_probabilities_and_decision_function():
     s = np.sqrt(v)
     for i in range(4):
         for c in range(3):
-            f = lambda u, i=i, c=c: stats.norm.pdf(u) * np.prod(
-                [stats.norm.cdf((m[i, c] - m[i, d]) / s[i] + u) for d in range(3) if d != c])
+            def f(u, i=i, c=c):
+                return stats.norm.pdf(u) * np.prod(
+                    [stats.norm.cdf((m[i, c] - m[i, d]) / s[i] + u) for d in range(3) if d != c])
+
             ref = integrate.quad(f, -12, 12, epsabs=1e-13)[0]
             assert abs(p[i, c] - ref) < 1e-9
     np.testing.assert_allclose(clf.decision_function(X[:4]), m, rtol=1e-10)

@@ -10,7 +10,7 @@ import torch
 import torchntk
 from torchntk.dynamics import max_learning_rate, mse, ode
 
-from ._helpers import flat, random_kernels
+from ._helpers import random_kernels
 
 D = torch.float64
 

@@ -7,7 +7,6 @@ import functools
 import pytest
 import torch
 
-import torchntk
 from torchntk.empirical import empirical_ntk
 
 from ._models import assert_close, brute_ntk, models

@@ -89,7 +89,10 @@ def _moments(cfg, bar) -> tuple[dict, dict]:
     err = np.abs(rho_th - rho_mc) / rho_mc
     kerr = np.abs(kurt_th - kurt_mc) / np.maximum(kurt_mc, 1e-300)
     k_resolved = valid & (kurt_mc > 3 * kurt_se)
-    within = lambda e, se_rel: e <= TRACK_TOLERANCE + 2 * se_rel
+
+    def within(e, se_rel):
+        return e <= TRACK_TOLERANCE + 2 * se_rel
+
     ok = bool(np.all(within(err[resolved], (rho_se / rho_mc)[resolved]))) and bool(
         np.all(within(kerr[k_resolved], (kurt_se / np.maximum(kurt_mc, 1e-300))[k_resolved])))
     metrics = {

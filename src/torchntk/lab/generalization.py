@@ -110,7 +110,7 @@ def plot(arrays: dict, metrics: dict, fig_dir) -> list:
     ts = np.maximum(t, t[1] / 2)  # log time axis: step 0 drawn at half the first recorded time
     for i, w in enumerate(arrays["widths"]):
         ax1.plot(ts, arrays["net_err"][i], "o", ms=3, color=f"C{i}", label=f"network n = {int(w)}")
-        ax1.plot(ts, arrays["pred_err"][i], "-", color=f"C{i}", label=rf"$\Theta_\infty$ prediction, its $f_0$")
+        ax1.plot(ts, arrays["pred_err"][i], "-", color=f"C{i}", label=r"$\Theta_\infty$ prediction, its $f_0$")
         ax2.plot(ts[1:], arrays["rmse"][i][1:], "-", color=f"C{i}", label=f"n = {int(w)}")  # 0 at t = 0
     ax1.plot(ts, arrays["mean_err"], "k-", lw=1, alpha=0.6, label=r"$\Theta_\infty$ prediction, $f_0 = 0$")
     ax1.axhline(1 - float(arrays["acc_inf"]), color="k", ls="--", label=r"kernel regression, $t=\infty$")
