@@ -81,3 +81,17 @@ def test_cli_tile_flag_and_config_key_are_block_size(tmp_path):
         path = tmp_path / f"{key}.toml"
         path.write_text(f"{key} = 5\n")
         assert config_defaults(str(path), subs["kernel"], "kernel") == {"block_size": 5}
+
+
+def test_ensemble_get_is_kind():
+    from torchntk.dynamics import ensemble
+
+    x = _x()
+    k, th, y = x @ x.T / 3 + 1, 2 * (x @ x.T / 3) + 1, torch.sin(x[:, :1])
+    pred = ensemble(k, th, y, diag_reg=1e-3)
+    new = pred(2.0, kind="NNGP")  # choices in any case
+    with pytest.warns(DeprecationWarning, match="`get` is deprecated.*`kind`"):
+        old = pred(2.0, get="nngp")
+    assert torch.equal(new.mean, old.mean) and torch.equal(new.covariance, old.covariance)
+    with pytest.raises(InvalidArgumentError, match="kind"):
+        pred(2.0, kind="ntk", get="nngp")

@@ -31,7 +31,7 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
 
 from .errors import InvalidArgumentError
 from .gp import spec_kernel
-from .gp.fit import KINDS
+from .gp.fitting import KINDS
 from .layers import Layer, mlp
 from ._checks import check_choice
 

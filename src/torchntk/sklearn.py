@@ -222,7 +222,7 @@ class _NTKBase(BaseEstimator):
         for kt, xb in self._kernels(X):
             means.append(self._predictor(self.t_, kt)[1])
             kbb = self.spec_.kernel(xb).ntk
-            g = self._ensemble(self.t_, get="ntk", nngp_test_train=kt, ntk_test_train=kt, nngp_test_test=kbb)
+            g = self._ensemble(self.t_, kind="ntk", nngp_test_train=kt, ntk_test_train=kt, nngp_test_test=kbb)
             variances.append(torch.diagonal(g.covariance).clamp_min(0.0) + self._noise)
         return torch.cat(means).numpy(), torch.cat(variances).numpy()
 

@@ -64,7 +64,7 @@ def test_infinite_time_posteriors():
     th_tt, th_xt, _ = random_kernels(n, m, seed=36)
     y = torch.randn(n, dtype=D)
     pred = ensemble(k_tt, th_tt, y)
-    nngp = pred(float("inf"), get="nngp", nngp_test_train=k_xt, nngp_test_test=k_xx)
+    nngp = pred(float("inf"), kind="nngp", nngp_test_train=k_xt, nngp_test_test=k_xx)
     kinv = torch.linalg.inv(k_tt)
     torch.testing.assert_close(nngp.mean, k_xt @ kinv @ y)
     torch.testing.assert_close(nngp.covariance, k_xx - k_xt @ kinv @ k_xt.T)
@@ -153,8 +153,8 @@ def test_ensemble_bad_inputs():
     with pytest.raises(torchntk.ShapeError, match="must have the same shape"):
         ensemble(k, torch.eye(5, dtype=D), torch.randn(5))
     pred = ensemble(k, k, y)
-    with pytest.raises(torchntk.InvalidArgumentError, match="get"):
-        pred(1.0, get="both")
+    with pytest.raises(torchntk.InvalidArgumentError, match="kind"):
+        pred(1.0, kind="both")
     with pytest.raises(torchntk.InvalidArgumentError, match="nngp_test_test"):
         pred(1.0, nngp_test_train=kx, ntk_test_train=kx)
     with pytest.raises(torchntk.InvalidArgumentError, match="ntk_test_train"):

@@ -33,7 +33,7 @@ def test_ensemble_refuses_an_indefinite_nngp_prior():
     with pytest.raises(InvalidArgumentError, match="`nngp_train_train` is not positive semi-definite"):
         pred(1.0)
     with pytest.raises(InvalidArgumentError, match="`nngp_train_train` is not positive semi-definite"):
-        pred(1.0, get="nngp")
+        pred(1.0, kind="nngp")
     # the mean alone does not use the prior covariance: still available
     assert pred(1.0, compute_cov=False).mean.shape == (6,)
     # a PSD prior gives a PSD covariance on test points (to the rounding of the products of

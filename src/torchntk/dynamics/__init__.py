@@ -15,11 +15,11 @@ Time unit: neural-tangents' ``predict`` divides the cost by ``N*O``: ``t_nt = O 
 
 from __future__ import annotations
 
-from .ensemble import EnsemblePredictor, Gaussian, ensemble, gp_posterior
+from .ensembles import EnsemblePredictor, Gaussian, ensemble, gp_posterior
 from .learning_rate import max_learning_rate
-from .modes import Modes, modes
-from .mse import MSEPredictor, mse
-from .ode import ODEPredictor, cross_entropy_loss, huber_loss, ode, squared_loss
+from .eigenmodes import Modes, modes
+from .closed_form import MSEPredictor, mse
+from .integrate import ODEPredictor, cross_entropy_loss, huber_loss, ode, squared_loss
 
 __all__ = [
     "mse",

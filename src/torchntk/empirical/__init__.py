@@ -11,8 +11,8 @@ the current parameters. See ``docs/empirical.md``.
 
 from ._report import EmpiricalNTKReport
 from .api import empirical_ntk, flatten_kernel
-from .attribution import attribution
-from .linearize import Linearized, linearize
+from .influence import attribution
+from .taylor import Linearized, linearize
 from .sketch import SketchedKernel, gradient_features, sketched_ntk
 
 __all__ = ["empirical_ntk", "flatten_kernel", "linearize", "Linearized", "gradient_features", "sketched_ntk",

@@ -3,7 +3,7 @@
 With train features ``Phi`` ``(N, D)`` the train kernel is ``Theta = Phi Phi^T``. Its nonzero
 eigenvalues are those of the ``D x D`` Gram ``G = Phi^T Phi = V diag(lam) V^T`` (the
 eigenvectors in sample space are ``Phi V diag(lam)^(-1/2)``), so every formula of
-:mod:`torchntk.dynamics.mse` (CONVENTIONS section 4) becomes, with ``r0 = f0(X) - y``,
+:func:`torchntk.dynamics.mse` (CONVENTIONS section 4) becomes, with ``r0 = f0(X) - y``,
 ``c = V^T Phi^T r0`` and the per-mode factors ``e(lam, t)``, ``g(lam, t) = (1 - e) / lam`` of
 the training rule (gradient flow or descent):
 

@@ -12,7 +12,7 @@ See ``docs/finite.md``.
 
 from __future__ import annotations
 
-from .corrections import Corrections, corrections
+from .expansion import Corrections, corrections
 from .exact import exact_nngp_moments
 from .sampling import MonteCarloMoments, monte_carlo_moments, sample_networks
 from .velocity import kernel_velocity, predict_kernel_change

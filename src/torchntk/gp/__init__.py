@@ -10,7 +10,7 @@ See ``docs/gp.md``.
 
 from __future__ import annotations
 
-from .fit import FitResult, fit, posterior, spec_kernel
+from .fitting import FitResult, fit, posterior, spec_kernel
 from .likelihood import LeaveOneOut, cholesky, log_marginal_likelihood, loo
 
 __all__ = [

@@ -11,9 +11,9 @@ so over the ensemble of initializations ``f_t(x)`` is Gaussian with
     mean  = T_t(x) y
     cov   = K(x, x') - T_t(x) K(X, x') - K(x, X) T_t(x')^T + T_t(x) K(X, X) T_t(x')^T
 
-(gradient descent: ``(I - eta Theta/N)^t``). ``get="nngp"`` replaces Theta by K everywhere (only
+(gradient descent: ``(I - eta Theta/N)^t``). ``kind="nngp"`` replaces Theta by K everywhere (only
 the readout layer trained); at ``t = inf`` it is the exact GP posterior
-``K(x, X) K^{-1} y``, ``K(x, x') - K(x, X) K^{-1} K(X, x')``. ``get="ntk"`` at ``t = inf`` is
+``K(x, X) K^{-1} y``, ``K(x, x') - K(x, X) K^{-1} K(X, x')``. ``kind="ntk"`` at ``t = inf`` is
 the NTK-GP of the same paper (mean ``Theta(x, X) Theta^{-1} y``).
 
 Computed in ``Theta``'s eigenbasis (``Theta = Q diag(lam) Q^T``): ``T_t(x) = A diag(g_t) Q^T``
@@ -28,12 +28,12 @@ from typing import Any
 
 import torch
 
-from .._checks import check_choice
+from .._checks import check_choice, renamed
 from ..empirical import flatten_kernel
 from ..errors import InvalidArgumentError, ShapeError
 from . import _kernels as K
 from ._spectral import factors
-from .mse import _check_rate
+from .closed_form import _check_rate
 
 __all__ = ["ensemble", "gp_posterior", "EnsemblePredictor", "Gaussian"]
 
@@ -83,24 +83,28 @@ class EnsemblePredictor:
         self,
         t: Any,
         *,
-        get: str = "ntk",
+        kind: str | None = None,
         nngp_test_train: Any = None,
         ntk_test_train: Any = None,
         nngp_test_test: Any = None,
         compute_cov: bool = True,
+        get: str | None = None,
     ) -> Gaussian:
         """The ensemble's Gaussian at time(s) ``t`` on the test points (train points if no test
         kernels are given).
 
         Args:
             t: scalar or 1-D times (``inf`` allowed); steps when a learning rate was given.
-            get: ``"ntk"`` (all layers trained) or ``"nngp"`` (readout only; Theta := K).
+            kind: ``"ntk"`` (default: all layers trained) or ``"nngp"`` (readout only; Theta := K),
+                in any case; the same name as in :mod:`torchntk.gp` and :mod:`torchntk.features`.
             nngp_test_train: ``K(x, X)``, (M, N) or (M, N, O, O).
-            ntk_test_train: ``Theta(x, X)``, same shape (not needed for ``get="nngp"``).
+            ntk_test_train: ``Theta(x, X)``, same shape (not needed for ``kind="nngp"``).
             nngp_test_test: ``K(x, x)``, (M, M) or (M, M, O, O); needed for the covariance.
             compute_cov: False for the mean only.
+            get: deprecated name of ``kind`` (neural-tangents' name), kept for one release.
         """
-        check_choice("get", get, ("ntk", "nngp"))
+        kind = renamed("kind", kind, "get", get)
+        get = check_choice("kind", "ntk" if kind is None else kind, ("ntk", "nngp"), any_case=True)
         ts, keep = K.times("t", t, integer=self.learning_rate is not None)
         kxx_train = self._nngp.matrix
         dev, dt = kxx_train.device, kxx_train.dtype
@@ -116,7 +120,7 @@ class EnsemblePredictor:
                                  dtype=dt, device=dev)
             if get == "ntk":
                 if ntk_test_train is None:
-                    raise InvalidArgumentError("`ntk_test_train` is needed for get='ntk'")
+                    raise InvalidArgumentError("`ntk_test_train` is needed for kind='ntk'")
                 th_x = K.cross_kernel("ntk_test_train", ntk_test_train, self._ntk, self.o,
                                       dtype=dt, device=dev)
             else:
@@ -153,7 +157,7 @@ class EnsemblePredictor:
         cov = None
         if compute_cov:
             if get == "ntk":
-                self._check_prior()  # (get="nngp" decomposes it above)
+                self._check_prior()  # (kind="nngp" decomposes it above)
             k_prior = self._nngp.matrix if get == "ntk" else self._dyn(get)
             b = q.T @ k_x.T                           # (D, M')
             c = q.T @ k_prior @ q                     # (D, D)
@@ -189,7 +193,7 @@ def ensemble(
 
     Returns:
         An :class:`EnsemblePredictor`:
-        ``pred(t, get="ntk", nngp_test_train=..., ntk_test_train=..., nngp_test_test=...)``
+        ``pred(t, kind="ntk", nngp_test_train=..., ntk_test_train=..., nngp_test_test=...)``
         returns a :class:`Gaussian`.
 
     Example:
@@ -225,7 +229,7 @@ def gp_posterior(
     """Exact GP posterior with prior kernel ``k``: ``k(x,X) k_reg^{-1} y`` and
     ``k(x,x) - k(x,X) k_reg^{-1} k(X,x)``, ``k_reg = k(X,X) + diag_reg * s * I`` (Cholesky).
 
-    With the NNGP kernel this is the ``get="nngp"``, ``t = inf`` ensemble.
+    With the NNGP kernel this is the ``kind="nngp"``, ``t = inf`` ensemble.
     """
     kt = K.train_kernel("kernel_train_train", kernel_train_train, dtype=dtype)
     dev = kt.matrix.device

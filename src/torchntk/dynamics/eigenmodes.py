@@ -24,7 +24,7 @@ import torch
 from ..errors import InvalidArgumentError
 from . import _kernels as K
 from ._spectral import factors
-from .mse import MSEPredictor, mse
+from .closed_form import MSEPredictor, mse
 
 __all__ = ["modes", "Modes"]
 

@@ -44,7 +44,7 @@ from .._checks import check_choice
 from ..errors import InvalidArgumentError, SolverError
 from . import _kernels as K
 from .learning_rate import warn_if_unstable
-from .mse import _check_rate
+from .closed_form import _check_rate
 
 __all__ = ["ode", "ODEPredictor", "squared_loss", "cross_entropy_loss", "huber_loss"]
 
