@@ -57,6 +57,17 @@ SPATIAL_SPECS = {
     "conv_circular_sumpool": L.serial(L.Conv(3, 3, padding="CIRCULAR", W_std=0.8), L.SumPool((2, 2), padding="SAME"),
                                       L.Flatten(), L.Dense(1, b_std=0.1)),
     "conv1d_layernorm": L.serial(L.Conv(4, 3, padding="SAME"), L.LayerNorm(axis=(1, 2)), L.Flatten(), L.Dense(1)),
+    # regressions: these inherited the rule of their parent class (GlobalAvgPool's mean, Conv's window)
+    "conv_global_sum_pool": L.serial(L.Conv(4, (2, 2), b_std=0.3), L.GlobalSumPool(), L.Dense(1, b_std=0.1)),
+    "conv1d_global_sum_pool": L.serial(L.Conv(3, 2, padding="SAME"), L.GlobalSumPool(), L.Dense(1)),
+    "conv_transpose_valid_strided": L.serial(L.ConvTranspose(3, (3, 2), strides=2, b_std=0.2), L.Flatten(), L.Dense(1)),
+    "conv_transpose_same_gap": L.serial(L.ConvTranspose(3, 3, strides=(2, 1), padding="SAME"), L.GlobalAvgPool(),
+                                        L.Dense(1)),
+    "conv_transpose_circular_sumpool": L.serial(L.ConvTranspose(2, 3, strides=2, padding="CIRCULAR", b_std=0.1),
+                                                L.SumPool((2, 2)), L.Flatten(), L.Dense(1)),
+    "conv_transpose_explicit_pads": L.serial(L.ConvTranspose(2, 3, strides=2, padding=((1, -1), (0, 2))),
+                                             L.GlobalSumPool(), L.Dense(1)),
+    "conv1d_transpose_strided": L.serial(L.ConvTranspose(3, 3, strides=3), L.GlobalAvgPool(), L.Dense(1)),
 }
 
 
@@ -81,6 +92,19 @@ def test_conv_and_pooling_rules_are_exact(name):
     k = spec.kernel(x)
     torch.testing.assert_close(f.nngp @ f.nngp.T, k.nngp, rtol=1e-11, atol=1e-12)
     torch.testing.assert_close(f.ntk @ f.ntk.T, k.ntk, rtol=1e-11, atol=1e-12)
+
+
+@pytest.mark.parametrize("pool", [L.GlobalAvgPool, L.GlobalSumPool])
+def test_conv_local_decorrelates_positions(pool):
+    # ConvLocal: independent weights per position, so Sigma'(o, o') = 0 for o != o'; the
+    # features' cross-position products vanish only in expectation (random signs per position,
+    # after a rotation to d_p >= m' = 2048 columns): their error is ~ d_p^(-1/2) per pair, and
+    # the pooled kernel sums P^2 pairs, P = 9 here, so about sqrt(P^2) / P / sqrt(2048) ~ 0.02
+    # relative; 0.1 is five times that. The old rule (Conv's, shared weights) is > 0.5 off.
+    spec = L.serial(L.ConvLocal(4, 2, b_std=0.5), pool(), L.Dense(1, b_std=0.1))
+    x = torch.randn(6, 2, 4, 4, dtype=D64)
+    nngp, ntk = _errors(spec, x, 2048)
+    assert nngp < 0.1 and ntk < 0.1, (nngp, ntk)
 
 
 def test_compressed_flatten_is_unbiased_sketch():

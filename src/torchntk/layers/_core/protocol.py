@@ -26,6 +26,7 @@ from ..._memory import DEFAULT_MEMORY, memory_budget
 from ...errors import InvalidArgumentError, ShapeError, SpecError, UnsupportedLayerError
 from .. import _side, _spatial
 from .gram import _check_inputs, input_kernel
+from .supports import Supports
 from .kernel import Kernel
 from .planner import _block_size
 from .threads import _blocked
@@ -318,6 +319,8 @@ def _downconvert(k: Kernels) -> Kernels:
 
 class Serial(Layer):
     """Layers applied one after the other (built by :func:`serial` or ``a >> b``)."""
+
+    supports = Supports(masks=True, features="serial")
 
     def __init__(self, *layers: Layer) -> None:
         flat: list[Layer] = []
