@@ -327,3 +327,14 @@ def test_output_features_compress_without_bias():
     assert relative_error(sum(ests) / len(ests), k) < single / 2  # unbiased: averages converge
     with pytest.raises(InvalidArgumentError, match="output_features"):
         FeatureMap(spec, 8, output_features=0)
+
+
+def test_from_module_adaptive_pool_keeps_its_feature_rule():
+    # nn.AdaptiveAvgPool2d(1) becomes a global mean that keeps size-1 axes; it declares the
+    # global pool's feature rule for itself (a subclass inherits no rule). Monte Carlo error of
+    # one ReLU layer at m = 4096: about 2 / sqrt(4096) = 0.03; 0.1 leaves three times that.
+    net = torch.nn.Sequential(torch.nn.Conv2d(2, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(8, 1))
+    spec = L.from_module(net)
+    nngp, ntk = _errors(spec, torch.randn(5, 2, 5, 5, dtype=D64), 4096)
+    assert nngp < 0.1 and ntk < 0.1, (nngp, ntk)

@@ -183,7 +183,7 @@ def _pool(layer: Any, d: Any, ctx: Context) -> tuple[S.Step, Any]:
 def _global_pool(layer: Any, d: Any, ctx: Context) -> tuple[S.Step, Any]:
     out = layer.output_shape(d.shape)
     scale = float(d.pixels) if layer.sum else 1.0  # the sum over D positions is D times the mean
-    return S.GlobalMean(scale), S.Dims(out, d.dphi, d.dpsi, d.gaussian, False)
+    return S.GlobalMean(scale, keep=len(out) > 1), S.Dims(out, d.dphi, d.dpsi, d.gaussian, False)
 
 
 @_rule_of("flatten")

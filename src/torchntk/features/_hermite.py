@@ -95,8 +95,12 @@ def expandable(layer: Any) -> bool:
 def preferred(layer: Any) -> bool:
     """Whether ``method="auto"`` tries the expansion: smooth activations, not the kinked ReLU
     family (whose derivative, a step, has coefficients decaying like ``k^(-3/4)``: the
-    arc-cosine features are exact in distribution there)."""
-    return expandable(layer) and not isinstance(layer, (A.ABRelu, A.Sign, RectifiedMonomial))
+    arc-cosine features are exact in distribution there). By exact type: a subclass with a
+    ``fn`` of its own is tried (``"auto"`` falls back to Monte Carlo when it misses)."""
+    return expandable(layer) and type(layer) not in _KINKED
+
+
+_KINKED = (A.ABRelu, A.Relu, A.LeakyRelu, A.Abs, A.Sign, RectifiedMonomial)
 
 
 def coefficients(

@@ -258,16 +258,16 @@ class Pool(Step):
 
 class GlobalMean(Step):
     """Global pooling: ``scale`` times the mean of the features over the pixels (exact; the
-    global sum over ``D`` pixels is ``scale = D``)."""
+    global sum over ``D`` pixels is ``scale = D``); ``keep``: size-1 spatial axes stay."""
 
-    def __init__(self, scale: float = 1.0) -> None:
-        self.scale = float(scale)
+    def __init__(self, scale: float = 1.0, keep: bool = False) -> None:
+        self.scale, self.keep = float(scale), keep
 
     def __call__(self, s: State) -> State:
         def m(t: Tensor | None) -> Tensor | None:
             if t is None:
                 return None
-            t = t.mean(dim=tuple(range(1, t.ndim - 1)))
+            t = t.mean(dim=tuple(range(1, t.ndim - 1)), keepdim=self.keep)
             return t * self.scale if self.scale != 1.0 else t
 
         return replace(s, phi=m(s.phi), psi=m(s.psi), is_input=False)
