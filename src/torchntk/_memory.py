@@ -58,3 +58,14 @@ def parse_memory(memory: int | float | str, name: str = "memory") -> int:
     if not math.isfinite(value) or value < 1:
         raise InvalidArgumentError(f"`{name}` must be a positive size of at least one byte, got {memory!r}")
     return int(value)
+
+
+def format_memory(nbytes: int | float) -> str:
+    """A byte count in the largest IEC unit below it, rounded up to two decimals, e.g.
+    ``"1.5GiB"`` (:func:`parse_memory` reads it back as at least ``nbytes``)."""
+    value, unit = float(nbytes), "B"
+    for next_unit in ("KiB", "MiB", "GiB", "TiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, next_unit
+    return f"{math.ceil(value * 100) / 100:g}{unit}" if unit != "B" else f"{math.ceil(value)}B"

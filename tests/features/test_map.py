@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -213,9 +216,12 @@ def test_draws_belong_to_the_map_and_batches_do_not_matter():
     assert a.nngp.shape == (11, 65) and a.ntk.shape == (11, 129) and fm.dims(4) == (65, 129)
     rows = fm.rows(x, "NNGP", batch_size=3)
     torch.testing.assert_close(rows.materialize(), a.nngp)
-    tiny = FeatureMap(spec, 64, seed=3, memory="1 KB")  # one row per batch
+    need = fm._held[(4,)] + fm._row_bytes(fm._plan((4,))[2])  # the draws and one row
+    tiny = FeatureMap(spec, 64, seed=3, memory=need)  # one row per batch
     assert tiny.batch_rows(4) == 1
     torch.testing.assert_close(tiny(x).ntk, a.ntk, rtol=1e-12, atol=1e-13)
+    with pytest.raises(InvalidArgumentError, match="memory="):
+        FeatureMap(spec, 64, seed=3, memory="1 KB")(x)
     with pytest.raises(InvalidArgumentError, match="memory"):
         FeatureMap(spec, 64, memory="lots")
 
@@ -338,3 +344,70 @@ def test_from_module_adaptive_pool_keeps_its_feature_rule():
     spec = L.from_module(net)
     nngp, ntk = _errors(spec, torch.randn(5, 2, 5, 5, dtype=D64), 4096)
     assert nngp < 0.1 and ntk < 0.1, (nngp, ntk)
+
+
+# -- budgets (issues 19 and 24) ----------------------------------------------------------------
+
+
+def test_a_budget_too_small_for_one_row_is_refused_before_drawing():
+    # was: the budget ignored (443 s at m = 10^7), or a raw allocator error at m = 10^12
+    spec = _fc(1, L.Relu)
+    x = torch.randn(3, 4, dtype=D64)
+    for m, memory in ((10**7, "10MiB"), (10**12, None)):
+        with pytest.raises(InvalidArgumentError, match=r"need at least memory='[0-9.]+[KMGT]iB'"):
+            FeatureMap(spec, m, memory=memory)(x)
+
+
+@pytest.mark.parametrize("m", [2, 3, 4])
+def test_tiny_maps_need_no_hermite_tolerance(m):
+    # was: "`hermite_tolerance` must be a number in (0, 1), got 2.0" for an argument not given
+    fm = FeatureMap(L.serial(L.Dense(4), L.Erf(), L.Dense(1)), m)
+    assert 0 < fm.hermite_tolerance < 1
+    f = fm(torch.randn(3, 2, dtype=D64))
+    assert f.nngp.shape[0] == 3 and torch.isfinite(f.ntk).all()
+
+
+_RSS_SCRIPT = """
+import resource, sys, torch
+from torchntk import layers as L
+from torchntk.errors import InvalidArgumentError
+from torchntk.features import FeatureMap
+spec = L.serial(L.Dense(64, b_std=0.1), L.Relu(), L.Dense(64, b_std=0.1), L.Relu(), L.Dense(1, b_std=0.1))
+x = torch.randn({n}, 5, dtype=torch.float64)
+FeatureMap(spec, 256)(x[:2])  # torch's own first-use buffers, outside the measure
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    fm = FeatureMap(spec, {m}, memory={memory})
+    total = 0.0
+    for lo, hi, phi in fm.rows(x, "ntk"):  # the rows a batch at a time, none kept
+        total += float(phi.sum())
+except InvalidArgumentError:
+    print("refused", 0)
+    sys.exit(0)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(fm.batch_rows(5), (after - before) * 1024)  # ru_maxrss is in KiB on Linux
+"""
+
+
+def _peak_rss(m: int, memory: int, n: int) -> tuple[str, float]:
+    code = _RSS_SCRIPT.format(m=m, memory=memory, n=n)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows, grown = out.stdout.split()
+    return rows, float(grown)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ru_maxrss in KiB (Linux)")
+def test_measured_peak_memory_stays_within_the_budget():
+    # issue 24: FeatureMap(m=10^6, memory="10MiB") ran ~730 MB over budget. The peak RSS of a
+    # fresh process while it streams the rows must stay within 1.5x the budget (the budget
+    # counts the map's draws and a batch's working set; 1.5x leaves room for the allocator).
+    budget = 24 * 2**20
+    rows, grown = _peak_rss(16384, budget, 96)
+    assert 1 < int(rows) < 96  # the budget, not the data, set the batches
+    assert grown <= 1.5 * budget, (grown / 2**20, budget / 2**20)
+    # one row of m = 2^17 does not fit 8 MiB: refused (it used to run one row, ~60 MiB, anyway)
+    budget = 8 * 2**20
+    rows, grown = _peak_rss(2**17, budget, 2)
+    assert rows == "refused" or grown <= 1.5 * budget, (grown / 2**20, budget / 2**20)

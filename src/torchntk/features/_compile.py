@@ -19,7 +19,7 @@ from ..layers.conv.convolution import window_geometry
 from . import _hermite, _variance
 from . import _conv_steps as CS
 from . import _steps as S
-from ._sketch import projection
+from ._sketch import next_pow2, projection
 
 Tensor = torch.Tensor
 
@@ -30,12 +30,20 @@ class Context:
     Hermite truncation tolerance."""
 
     def __init__(self, gen: torch.Generator, width: int, kind: str, nonlinear: str = "monte_carlo",
-                 tolerance: float = _hermite.TOLERANCE) -> None:
+                 tolerance: float = _hermite.TOLERANCE, budget: Callable[[int], None] | None = None) -> None:
         self.gen, self.width, self.kind = gen, width, kind
         self.nonlinear, self.tolerance = nonlinear, tolerance
+        self.budget = budget
         self.peak = 0  # largest number of feature entries per input seen while compiling
 
+    def need(self, entries: int) -> None:
+        """Check, before drawing a step, that one input's ``entries`` feature entries fit the
+        map's memory budget (``budget`` raises otherwise)."""
+        if self.budget is not None:
+            self.budget(int(entries))
+
     def seen(self, entries: int) -> None:
+        self.need(entries)
         self.peak = max(self.peak, int(entries))
 
 
@@ -152,6 +160,7 @@ def _conv(layer: Any, d: Any, ctx: Context) -> tuple[S.Step, Any]:
 @_rule_of("conv_local")
 def _conv_local(layer: Any, d: Any, ctx: Context) -> tuple[S.Step, Any]:
     window, aff, out = _conv_window(layer, d)
+    ctx.need(math.prod(out[1:]) * 2 * (next_pow2(ctx.width) + d.entries))  # its rotated features
     step = CS.Local(S.Conv(window, d, aff, out, ctx.width, ctx.gen), ctx.width, ctx.gen)
     ctx.seen(step.peak)
     return step, step.dims
@@ -226,6 +235,7 @@ def _elementwise(layer: Any, d: Any, ctx: Context) -> tuple[S.Step, Any]:
             f"{layer!r} is applied to {where}; the infinite-width rule needs Gaussian "
             "pre-activations: put a Dense or Conv layer before this nonlinearity"
         )
+    ctx.need(d.entries + 3 * d.pixels * ctx.width)  # before the draws of width m'
     step = _nonlinearity(layer, d, ctx)
     ctx.seen(d.entries + 3 * step.dims.entries)
     return step, step.dims

@@ -82,9 +82,14 @@ _ZERO = 1e-14
 _MIN_TERMS = 16
 
 
+#: The largest default tolerance (a map of fewer than ``SAMPLING / MAX_DEFAULT`` columns).
+MAX_DEFAULT = 0.5
+
+
 def default_tolerance(width: int) -> float:
-    """``max(TOLERANCE, SAMPLING / width)``: the truncation tolerance of a map of ``width`` columns."""
-    return max(TOLERANCE, SAMPLING / width)
+    """``min(max(TOLERANCE, SAMPLING / width), MAX_DEFAULT)``: the truncation tolerance of a map
+    of ``width`` columns (a valid ``hermite_tolerance`` in ``(0, 1)`` for every width >= 2)."""
+    return min(max(TOLERANCE, SAMPLING / width), MAX_DEFAULT)
 
 
 def expandable(layer: Any) -> bool:
