@@ -297,22 +297,19 @@ def _check_mc(case: Case, width: int, n: int, bias: float) -> None:
         assert err <= allowed, f"{name}: |MC - exact| = {err:.3g} > {allowed:.3g} (se {se:.3g}, |K| {float(exact.norm()):.3g})"
 
 
+#: ``(width, draws, finite-width bias)``: the default run at width 128 (a bias of O(1 / 128) per
+#: layer, 4 / 128 = 3% covers it), and under ``--runslow`` at width 512 with more draws.
+_MC_SIZES = [pytest.param((128, 24, 4 / 128), id="fast"),
+             pytest.param((512, 128, 4 / 512), id="slow", marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("size", _MC_SIZES)
 @pytest.mark.parametrize("which", IDS, ids=_id)
-def test_analytic_kernel_matches_monte_carlo_fast(which):
+def test_analytic_kernel_matches_monte_carlo(which, size):
     case = CASES[which[0]][which[1]]
     if not case.mc:
         pytest.skip(case.why)
-    # width 128: a finite-width bias of O(1 / 128) per layer; 4 / 128 = 3% covers it
-    _check_mc(case, 128, 24, 4 / 128)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("which", IDS, ids=_id)
-def test_analytic_kernel_matches_monte_carlo(which):
-    case = CASES[which[0]][which[1]]
-    if not case.mc:
-        pytest.skip(case.why)
-    _check_mc(case, 512, 128, 4 / 512)
+    _check_mc(case, *size)
 
 
 def _check_features(case: Case, m: int, bound: float) -> None:
@@ -335,16 +332,17 @@ def _check_features(case: Case, m: int, bound: float) -> None:
             assert err < bound, f"{method} {name}: relative error {err:.3f} >= {bound}"
 
 
-@pytest.mark.parametrize("which", IDS, ids=_id)
-def test_features_match_or_refuse_fast(which):
-    _check_features(CASES[which[0]][which[1]], 1024, 0.2 * math.sqrt(8192 / 1024))
+#: ``(m, bound)``: the acceptance point under ``--runslow`` (every layer and method, m = 8192,
+#: 0.2 relative Frobenius error), and by default m = 1024 with the bound scaled by the m^(-1/2)
+#: law of the error: 0.2 sqrt(8192 / 1024) = 0.57.
+_FEATURE_SIZES = [pytest.param((1024, 0.2 * math.sqrt(8192 / 1024)), id="m1024"),
+                  pytest.param((8192, 0.2), id="m8192", marks=pytest.mark.slow)]
 
 
-@pytest.mark.slow
+@pytest.mark.parametrize("size", _FEATURE_SIZES)
 @pytest.mark.parametrize("which", IDS, ids=_id)
-def test_features_match_or_refuse_at_8192(which):
-    # the acceptance point: every layer and method, m = 8192, 0.2 relative Frobenius error
-    _check_features(CASES[which[0]][which[1]], 8192, 0.2)
+def test_features_match_or_refuse(which, size):
+    _check_features(CASES[which[0]][which[1]], *size)
 
 
 def _masked_spec(layer: Any, shape: tuple[int, ...]) -> L.Layer:
