@@ -93,7 +93,7 @@ def _graph(w: int) -> L.Layer:
 
 
 _IDX = L.Index(L.Slice[:, :, 1:4])
-_RESIZE = L.ImageResize((-1, -1, 9), "linear")
+_RESIZE = L.ImageResize((-1, -1, 8), "linear")
 _DOT = L.DotGeneral(rhs=2.0)
 
 #: One or more cases per public name of ``torchntk.layers``.
@@ -408,3 +408,19 @@ def test_patterns_read_only_where_declared(which):
     # the same computation with an unused side input
     torch.testing.assert_close(with_p.nngp, ref.nngp, rtol=1e-12, atol=0)
     torch.testing.assert_close(with_p.ntk, ref.ntk, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("which", IDS, ids=_id)
+def test_full_layout_as_declared(which):
+    # the declaration says whether the kernel rule may need every pixel pair of its input (for
+    # some instances: DotGeneral only when it contracts spatial axes); the driver asks each
+    # instance (needs_full), which must not need more than its type declares
+    layer = CASES[which[0]][which[1]].layer
+    if hasattr(layer, "layers") or type(layer) in (L.FanOut, L.FanInSum, L.FanInProd, L.FanInConcat):
+        pytest.skip("a combinator: its parts decide")
+    try:
+        layer.output_shape((8, 6))
+    except SpecError:
+        pytest.skip(f"{layer!r} does not apply to (C, L) positions")
+    if layer.needs_full((8, 6), False):
+        assert supports_of(layer).full_layout, f"{layer!r} needs the full layout but does not declare it"

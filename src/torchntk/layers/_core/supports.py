@@ -32,8 +32,9 @@ class Supports:
             such as a 1x1 convolution with stride 1).
         patterns: graph patterns are read by the layer (False: the layer's kernel does not
             depend on them; they pass through it to the layers that read them).
-        full_layout: the kernel rule needs every pixel pair of its input (pooling,
-            attention, graph aggregation...), rather than only the per-pixel diagonal.
+        full_layout: the kernel rule may need every pixel pair of its input (pooling,
+            attention, graph aggregation...; some instances only, e.g. a ``DotGeneral`` that
+            contracts spatial axes), rather than only the per-pixel diagonal.
         features: the name of the random-feature rule in ``torchntk.features`` (None: none).
     """
 

@@ -112,7 +112,7 @@ class Index(Layer):
             :data:`Slice`: ``Index(Slice[:, :, 1:9:2])``.
     """
 
-    supports = Supports(masks=True, full_layout=True)
+    supports = Supports(masks=True)
 
     def __init__(self, idx: Any) -> None:
         _normalize_index(idx, 64, "Index")  # validates the entries' types
