@@ -191,7 +191,7 @@ def _pool(layer: Any, d: Any, ctx: Context) -> tuple[S.Step, Any]:
 @_rule_of("global_pool")
 def _global_pool(layer: Any, d: Any, ctx: Context) -> tuple[S.Step, Any]:
     out = layer.output_shape(d.shape)
-    scale = float(d.pixels) if layer.sum else 1.0  # the sum over D positions is D times the mean
+    scale = float(d.pixels) if layer._sum else 1.0  # the sum over D positions is D times the mean
     return S.GlobalMean(scale, keep=len(out) > 1), S.Dims(out, d.dphi, d.dpsi, d.gaussian, False)
 
 

@@ -145,12 +145,12 @@ def _spatial_input(layer: Layer, input_shape: Shapes) -> tuple[int, ...]:
 
 class _GlobalPool(Layer):
     """The global pool over all spatial positions, ``(C, *spatial) -> (C,)`` (private):
-    the mean (``sum = False``) or the sum (``sum = True``). Kernel: the mean over all pixel
+    the mean (``_sum = False``) or the sum (``_sum = True``). Kernel: the mean over all pixel
     pairs, times ``D^2`` for the sum (``D`` positions). With a padding mask the mean runs over
     the kept positions (see :mod:`._masking`), and the sum is ``c c'`` times that masked mean
     (``c``, ``c'`` kept positions of the two inputs)."""
 
-    sum = False
+    _sum = False
 
     def output_shape(self, input_shape: Shapes) -> Shapes:
         return (_spatial_input(self, input_shape)[0],)
@@ -160,7 +160,7 @@ class _GlobalPool(Layer):
 
     def kernel_rule(self, k: Kernel) -> Kernel:
         out = self._mean_rule(k)
-        if not self.sum:
+        if not self._sum:
             return out
         size = math.prod(k.shape[1:])
 
@@ -198,7 +198,7 @@ class _GlobalPool(Layer):
 
     def make_module(self, input_shape: Shapes, generator: Any, dtype: Any, device: Any) -> nn.Module:
         self.output_shape(input_shape)
-        return _GlobalSumPoolModule() if self.sum else _GlobalAvgPoolModule()
+        return _GlobalSumPoolModule() if self._sum else _GlobalAvgPoolModule()
 
 
 class GlobalAvgPool(_GlobalPool):
@@ -216,7 +216,7 @@ class GlobalSumPool(_GlobalPool):
     mask, the sum over the kept positions: ``c c'`` times the masked mean (``c``, ``c'`` kept
     positions of the two inputs)."""
 
-    sum = True
+    _sum = True
     supports = Supports(masks=True, full_layout=True, features="global_pool")
 
 
