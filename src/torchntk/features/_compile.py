@@ -35,6 +35,7 @@ class Context:
         self.nonlinear, self.tolerance = nonlinear, tolerance
         self.budget = budget
         self.peak = 0  # largest number of feature entries per input seen while compiling
+        self.hermite = False  # whether a Hermite step was drawn (the map then calibrates)
 
     def need(self, entries: int) -> None:
         """Check, before drawing a step, that one input's ``entries`` feature entries fit the
@@ -279,6 +280,7 @@ def _nonlinearity(layer: L.ElementwiseLayer, d: S.Dims, ctx: Context) -> S.Step:
         if not hermite:
             return fallback
     seed = int(torch.randint(0, 2**62, (1,), generator=ctx.gen))
+    ctx.hermite = True
     return _hermite.HermiteActivation(layer, d, ctx.width, seed, ctx.tolerance, fallback)
 
 

@@ -45,7 +45,7 @@ STRUCTURED_FROM = 1024
 #: Arithmetic of the map's projections and of the solvers' Gram products (see ``FeatureMap``).
 PRECISIONS = ("full", "bfloat16")
 # Live feature-sized tensors per entry of the widest step (inputs, projections, outputs...).
-_WORK_FACTOR = 6
+_WORK_FACTOR = 9
 
 
 @dataclass
@@ -193,9 +193,12 @@ class FeatureMap:
             step, dims = compile_spec(self.spec, shape, ctx)
             if self.output_features is not None:
                 step, dims = S.output_sketch(step, dims, self.output_features, gen)
-            if self.nonlinear != "monte_carlo":  # fit the Hermite steps (a no-op without any)
+            if ctx.hermite:  # fit the Hermite steps: the calibration rows at once, in float64
+                rows = self._calibration_rows(shape)
+                self._fits(held_bytes(step), ctx.peak * rows.shape[0] * 64 // torch.finfo(self.dtype).bits,
+                           f"the {rows.shape[0]} calibration rows of the Hermite steps (float64)")
                 with torch.no_grad():
-                    step(S.input_state(self._calibration_rows(shape)))
+                    step(S.input_state(rows))
             held = held_bytes(step)
             if self.dtype != torch.float64:  # the cast copy the calls use (of ``dtype``)
                 held += held * torch.finfo(self.dtype).bits // 64
@@ -208,13 +211,13 @@ class FeatureMap:
         """The working set of one input whose widest step holds ``entries`` feature entries."""
         return max(1, int(entries)) * (torch.finfo(self.dtype).bits // 8) * _WORK_FACTOR
 
-    def _fits(self, held: int, entries: int) -> None:
-        """Raise when the draws (``held`` bytes) and one row do not fit ``memory``."""
+    def _fits(self, held: int, entries: int, what: str = "one input's features") -> None:
+        """Raise when the draws (``held`` bytes) and one row (``entries``) do not fit ``memory``."""
         need = held + self._row_bytes(entries)
         if need > self.memory:
             draws = f"the random draws ({format_memory(held)}) and " if held else ""
             raise InvalidArgumentError(
-                f"FeatureMap(n_features={self.n_features}): {draws}one input's features "
+                f"FeatureMap(n_features={self.n_features}): {draws}{what} "
                 f"({format_memory(self._row_bytes(entries))}) need at least "
                 f"memory={format_memory(need)!r}, more than the budget memory={format_memory(self.memory)!r}; "
                 "give a larger `memory` or a smaller `n_features`"
