@@ -298,9 +298,9 @@ def _check_mc(case: Case, width: int, n: int, bias: float) -> None:
 
 
 #: ``(width, draws, finite-width bias)``: the default run at width 128 (a bias of O(1 / 128) per
-#: layer, 4 / 128 = 3% covers it), and under ``--runslow`` at width 512 with more draws.
+#: layer, 4 / 128 = 3% covers it), and under ``--runslow`` at width 256 with four times the draws.
 _MC_SIZES = [pytest.param((128, 24, 4 / 128), id="fast"),
-             pytest.param((512, 128, 4 / 512), id="slow", marks=pytest.mark.slow)]
+             pytest.param((256, 96, 4 / 256), id="slow", marks=pytest.mark.slow)]
 
 
 @pytest.mark.parametrize("size", _MC_SIZES)
