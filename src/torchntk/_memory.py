@@ -156,3 +156,4 @@ def cache_entries() -> int:
     raw = os.environ.get(CACHE_ENV, "").strip()
     size = parse_memory(raw, CACHE_ENV) if raw else DEFAULT_CACHE_BYTES
     return max(16, size // 8)
+

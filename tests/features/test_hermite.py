@@ -297,3 +297,25 @@ def test_cnn_with_pooling_before_an_expanded_nonlinearity():
     k = spec.kernel(x)
     nngp, ntk = relative_error(f.nngp @ f.nngp.T, k.nngp), relative_error(f.ntk @ f.ntk.T, k.ntk)
     assert nngp < 0.2 and ntk < 0.2, (nngp, ntk)
+
+
+def test_hermite_on_relu_is_checked_against_its_tail():
+    # issue 19, defect 5: method="hermite" on ReLU. Its expansion's relative tail at degree 32
+    # is 0.035 (of a', a step), so with the default tolerance max(1e-3, 4/m) it is refused from
+    # m = 128 on, naming the tail; below, 4/m exceeds the tail: the truncation bias (~0.035)
+    # is smaller than the sampling error (~1/sqrt(m) per layer), and the features must then be
+    # no worse than the Monte Carlo ones (mean of 3 seeds, the same draws for both sides' data).
+    spec = _fc(2, L.Relu, width=16)
+    x = _inputs(12)
+    with pytest.raises(UnsupportedLayerError, match="Relu.*tail of a' is 0.03"):
+        FeatureMap(spec, 1024, method="hermite")(x)
+    k = spec.kernel(x)
+
+    def err(method: str) -> float:
+        out = []
+        for seed in range(3):
+            f = FeatureMap(spec, 64, seed=seed, method=method)(x)
+            out.append(float((f.ntk @ f.ntk.T - k.ntk).norm() / k.ntk.norm()))
+        return sum(out) / len(out)
+
+    assert err("hermite") < err("monte_carlo")

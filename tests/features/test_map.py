@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -57,6 +60,17 @@ SPATIAL_SPECS = {
     "conv_circular_sumpool": L.serial(L.Conv(3, 3, padding="CIRCULAR", W_std=0.8), L.SumPool((2, 2), padding="SAME"),
                                       L.Flatten(), L.Dense(1, b_std=0.1)),
     "conv1d_layernorm": L.serial(L.Conv(4, 3, padding="SAME"), L.LayerNorm(axis=(1, 2)), L.Flatten(), L.Dense(1)),
+    # regressions: these inherited the rule of their parent class (GlobalAvgPool's mean, Conv's window)
+    "conv_global_sum_pool": L.serial(L.Conv(4, (2, 2), b_std=0.3), L.GlobalSumPool(), L.Dense(1, b_std=0.1)),
+    "conv1d_global_sum_pool": L.serial(L.Conv(3, 2, padding="SAME"), L.GlobalSumPool(), L.Dense(1)),
+    "conv_transpose_valid_strided": L.serial(L.ConvTranspose(3, (3, 2), strides=2, b_std=0.2), L.Flatten(), L.Dense(1)),
+    "conv_transpose_same_gap": L.serial(L.ConvTranspose(3, 3, strides=(2, 1), padding="SAME"), L.GlobalAvgPool(),
+                                        L.Dense(1)),
+    "conv_transpose_circular_sumpool": L.serial(L.ConvTranspose(2, 3, strides=2, padding="CIRCULAR", b_std=0.1),
+                                                L.SumPool((2, 2)), L.Flatten(), L.Dense(1)),
+    "conv_transpose_explicit_pads": L.serial(L.ConvTranspose(2, 3, strides=2, padding=((1, -1), (0, 2))),
+                                             L.GlobalSumPool(), L.Dense(1)),
+    "conv1d_transpose_strided": L.serial(L.ConvTranspose(3, 3, strides=3), L.GlobalAvgPool(), L.Dense(1)),
 }
 
 
@@ -81,6 +95,19 @@ def test_conv_and_pooling_rules_are_exact(name):
     k = spec.kernel(x)
     torch.testing.assert_close(f.nngp @ f.nngp.T, k.nngp, rtol=1e-11, atol=1e-12)
     torch.testing.assert_close(f.ntk @ f.ntk.T, k.ntk, rtol=1e-11, atol=1e-12)
+
+
+@pytest.mark.parametrize("pool", [L.GlobalAvgPool, L.GlobalSumPool])
+def test_conv_local_decorrelates_positions(pool):
+    # ConvLocal: independent weights per position, so Sigma'(o, o') = 0 for o != o'; the
+    # features' cross-position products vanish only in expectation (random signs per position,
+    # after a rotation to d_p >= m' = 2048 columns): their error is ~ d_p^(-1/2) per pair, and
+    # the pooled kernel sums P^2 pairs, P = 9 here, so about sqrt(P^2) / P / sqrt(2048) ~ 0.02
+    # relative; 0.1 is five times that. The old rule (Conv's, shared weights) is > 0.5 off.
+    spec = L.serial(L.ConvLocal(4, 2, b_std=0.5), pool(), L.Dense(1, b_std=0.1))
+    x = torch.randn(6, 2, 4, 4, dtype=D64)
+    nngp, ntk = _errors(spec, x, 2048)
+    assert nngp < 0.1 and ntk < 0.1, (nngp, ntk)
 
 
 def test_compressed_flatten_is_unbiased_sketch():
@@ -189,9 +216,12 @@ def test_draws_belong_to_the_map_and_batches_do_not_matter():
     assert a.nngp.shape == (11, 65) and a.ntk.shape == (11, 129) and fm.dims(4) == (65, 129)
     rows = fm.rows(x, "NNGP", batch_size=3)
     torch.testing.assert_close(rows.materialize(), a.nngp)
-    tiny = FeatureMap(spec, 64, seed=3, memory="1 KB")  # one row per batch
+    need = fm._held[(4,)] + fm._row_bytes(fm._plan((4,))[2])  # the draws and one row
+    tiny = FeatureMap(spec, 64, seed=3, memory=need)  # one row per batch
     assert tiny.batch_rows(4) == 1
     torch.testing.assert_close(tiny(x).ntk, a.ntk, rtol=1e-12, atol=1e-13)
+    with pytest.raises(InvalidArgumentError, match="memory="):
+        FeatureMap(spec, 64, seed=3, memory="1 KB")(x)
     with pytest.raises(InvalidArgumentError, match="memory"):
         FeatureMap(spec, 64, memory="lots")
 
@@ -303,3 +333,85 @@ def test_output_features_compress_without_bias():
     assert relative_error(sum(ests) / len(ests), k) < single / 2  # unbiased: averages converge
     with pytest.raises(InvalidArgumentError, match="output_features"):
         FeatureMap(spec, 8, output_features=0)
+
+
+def test_from_module_adaptive_pool_keeps_its_feature_rule():
+    # nn.AdaptiveAvgPool2d(1) becomes a global mean that keeps size-1 axes; it declares the
+    # global pool's feature rule for itself (a subclass inherits no rule). Monte Carlo error of
+    # one ReLU layer at m = 4096: about 2 / sqrt(4096) = 0.03; 0.1 leaves three times that.
+    net = torch.nn.Sequential(torch.nn.Conv2d(2, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(8, 1))
+    spec = L.from_module(net)
+    nngp, ntk = _errors(spec, torch.randn(5, 2, 5, 5, dtype=D64), 4096)
+    assert nngp < 0.1 and ntk < 0.1, (nngp, ntk)
+
+
+# -- budgets (issues 19 and 24) ----------------------------------------------------------------
+
+
+def test_a_budget_too_small_for_one_row_is_refused_before_drawing():
+    # was: the budget ignored (443 s at m = 10^7), or a raw allocator error at m = 10^12
+    spec = _fc(1, L.Relu)
+    x = torch.randn(3, 4, dtype=D64)
+    for m, memory in ((10**7, "10MiB"), (10**12, None)):
+        with pytest.raises(InvalidArgumentError, match=r"need at least memory='[0-9.]+[KMGT]iB'"):
+            FeatureMap(spec, m, memory=memory)(x)
+
+
+@pytest.mark.parametrize("m", [2, 3, 4])
+def test_tiny_maps_need_no_hermite_tolerance(m):
+    # was: "`hermite_tolerance` must be a number in (0, 1), got 2.0" for an argument not given
+    fm = FeatureMap(L.serial(L.Dense(4), L.Erf(), L.Dense(1)), m)
+    assert 0 < fm.hermite_tolerance < 1
+    f = fm(torch.randn(3, 2, dtype=D64))
+    assert f.nngp.shape[0] == 3 and torch.isfinite(f.ntk).all()
+
+
+_RSS_SCRIPT = """
+import resource, sys, torch
+from torchntk import layers as L
+from torchntk.errors import InvalidArgumentError
+from torchntk.features import FeatureMap
+if {conv}:
+    spec = L.serial(L.Conv(32, 3, padding="SAME", b_std=0.1), L.Relu(), L.Conv(32, 3, padding="SAME"), L.Relu(),
+                    L.GlobalAvgPool(), L.Dense(1))
+    x = torch.randn({n}, 3, 8, 8, dtype=torch.float64)
+else:
+    spec = L.serial(L.Dense(64, b_std=0.1), L.Relu(), L.Dense(64, b_std=0.1), L.Relu(), L.Dense(1, b_std=0.1))
+    x = torch.randn({n}, 5, dtype=torch.float64)
+FeatureMap(spec, 64)(x[:2])  # torch's own first-use buffers, outside the measure
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    fm = FeatureMap(spec, {m}, memory={memory}, dtype=torch.{dtype})
+    total = 0.0
+    for lo, hi, phi in fm.rows(x, "ntk"):  # the rows a batch at a time, none kept
+        total += float(phi.sum())
+except InvalidArgumentError:
+    print("refused", 0)
+    sys.exit(0)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(fm.batch_rows(tuple(x.shape[1:])), (after - before) * 1024)  # ru_maxrss is in KiB on Linux
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ru_maxrss in KiB (Linux)")
+@pytest.mark.parametrize("config", [
+    # m, budget (MiB), rows, conv, dtype, whether the budget must set the batches
+    (4096, 12, 48, False, "float64", True),
+    (2**17, 8, 2, False, "float64", False),  # one row does not fit: refused (it used to run, ~80 MiB)
+    (1024, 64, 16, True, "float32", False),  # was 2.7x: the calibration pass of 3 float64 rows
+], ids=["mlp", "one-row-too-big", "cnn-float32"])
+def test_measured_peak_memory_stays_within_the_budget(config):
+    # issue 24: FeatureMap(m=10^6, memory="10MiB") ran ~730 MB over budget. The peak RSS of a
+    # fresh process while it streams the rows must stay within 1.5x the budget (the budget
+    # counts the map's draws and a batch's working set; 1.5x leaves room for the allocator).
+    m, mib, n, conv, dtype, batched = config
+    budget = mib * 2**20
+    code = _RSS_SCRIPT.format(m=m, memory=budget, n=n, conv=conv, dtype=dtype)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows, grown = out.stdout.split()
+    if batched:
+        assert 1 < int(rows) < n  # the budget, not the data, set the batches
+    assert rows == "refused" or float(grown) <= 1.5 * budget, (float(grown) / 2**20, mib)

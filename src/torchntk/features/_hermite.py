@@ -82,9 +82,14 @@ _ZERO = 1e-14
 _MIN_TERMS = 16
 
 
+#: The largest default tolerance (a map of fewer than ``SAMPLING / MAX_DEFAULT`` columns).
+MAX_DEFAULT = 0.5
+
+
 def default_tolerance(width: int) -> float:
-    """``max(TOLERANCE, SAMPLING / width)``: the truncation tolerance of a map of ``width`` columns."""
-    return max(TOLERANCE, SAMPLING / width)
+    """``min(max(TOLERANCE, SAMPLING / width), MAX_DEFAULT)``: the truncation tolerance of a map
+    of ``width`` columns (a valid ``hermite_tolerance`` in ``(0, 1)`` for every width >= 2)."""
+    return min(max(TOLERANCE, SAMPLING / width), MAX_DEFAULT)
 
 
 def expandable(layer: Any) -> bool:
@@ -95,8 +100,12 @@ def expandable(layer: Any) -> bool:
 def preferred(layer: Any) -> bool:
     """Whether ``method="auto"`` tries the expansion: smooth activations, not the kinked ReLU
     family (whose derivative, a step, has coefficients decaying like ``k^(-3/4)``: the
-    arc-cosine features are exact in distribution there)."""
-    return expandable(layer) and not isinstance(layer, (A.ABRelu, A.Sign, RectifiedMonomial))
+    arc-cosine features are exact in distribution there). By exact type: a subclass with a
+    ``fn`` of its own is tried (``"auto"`` falls back to Monte Carlo when it misses)."""
+    return expandable(layer) and type(layer) not in _KINKED
+
+
+_KINKED = (A.ABRelu, A.Relu, A.LeakyRelu, A.Abs, A.Sign, RectifiedMonomial)
 
 
 def coefficients(

@@ -297,3 +297,29 @@ class TensorSrht(Projection):
 
     def __call__(self, x: Tensor, y: Tensor) -> Tensor:  # type: ignore[override]
         return self.s1(x) * self.s2(y) * math.sqrt(self.d_out)
+
+
+def held_bytes(obj: object) -> int:
+    """Bytes of the tensors held by ``obj``, a feature map's steps and projections (their
+    attributes, lists, tuples and dicts, walked once; a storage shared by several tensors is
+    counted once). Objects from outside ``torchntk.features`` (the spec's layers) are not walked."""
+    seen, storages, total = set(), set(), 0
+    stack = [obj]
+    while stack:
+        o = stack.pop()
+        if id(o) in seen:
+            continue
+        seen.add(id(o))
+        if isinstance(o, Tensor):
+            storage = o.untyped_storage()
+            key = (storage.data_ptr(), str(o.device))
+            if key not in storages:
+                storages.add(key)
+                total += storage.nbytes()
+        elif isinstance(o, (list, tuple)):
+            stack.extend(o)
+        elif isinstance(o, dict):
+            stack.extend(o.values())
+        elif type(o).__module__.startswith("torchntk.features") and hasattr(o, "__dict__"):
+            stack.extend(vars(o).values())
+    return total

@@ -20,7 +20,8 @@ kernel recursion of CONVENTIONS section 2:
   ``E[<psi', psi'>] = Theta * E[a'(u) a'(v)] = Theta * Sdot``: the arc-cosine random features for
   the ReLU family, and Monte Carlo features of the Gaussian expectations for any other ``a``;
   the product with ``S psi`` is the TensorSRHT sketch of the tensor product ``psi (x) a'(u)``;
-- average/sum pooling, global average pooling: the same linear map on the features (exact);
+- average/sum pooling, global average/sum pooling: the same linear map on the features (exact);
+- transposed and locally connected convolutions: :mod:`torchntk.features._conv_steps`;
 - flatten: ``[phi(p)]_p / sqrt(P)`` (exact), compressed when wider than ``2 m'``;
 - LayerNorm: ``phi / sqrt(eps + |phi|^2)`` per pixel (mean over normalized spatial axes), the
   same factor on ``psi``;
@@ -256,11 +257,18 @@ class Pool(Step):
 
 
 class GlobalMean(Step):
-    """Global average pooling: the mean of the features over the pixels (exact)."""
+    """Global pooling: ``scale`` times the mean of the features over the pixels (exact; the
+    global sum over ``D`` pixels is ``scale = D``); ``keep``: size-1 spatial axes stay."""
+
+    def __init__(self, scale: float = 1.0, keep: bool = False) -> None:
+        self.scale, self.keep = float(scale), keep
 
     def __call__(self, s: State) -> State:
         def m(t: Tensor | None) -> Tensor | None:
-            return None if t is None else t.mean(dim=tuple(range(1, t.ndim - 1)))
+            if t is None:
+                return None
+            t = t.mean(dim=tuple(range(1, t.ndim - 1)), keepdim=self.keep)
+            return t * self.scale if self.scale != 1.0 else t
 
         return replace(s, phi=m(s.phi), psi=m(s.psi), is_input=False)
 

@@ -7,7 +7,8 @@ it from the (random) features:
 
     input          q = |x[p]|^2 / C
     Dense          q' = W_std^2 q + b_std^2                    (both parameterizations)
-    Conv           q' = W_std^2 mean_{d in window} q(s p + d) + b_std^2   (padding counts as 0)
+    Conv           q' = W_std^2 mean_{d in window} q(s p + d) + b_std^2   (padding counts as 0;
+                   ConvLocal the same; ConvTranspose on the dilated q, unknown after a fold)
     nonlinearity   q' = E[a(u)^2], u ~ N(0, q)                 (the layer's own rule at q12 = q)
     Flatten        q' = mean_p q[p]
     LayerNorm      q' = q / (mean_{normalized axes} q + eps)
@@ -26,9 +27,7 @@ from typing import Any, Callable
 
 import torch
 
-from .. import layers as L
-from ..layers._core.combinators import Parallel as _SpecParallel
-from ..layers._core.protocol import Serial as _SpecSerial
+from ..layers._core.supports import supports_of
 from . import _steps as S
 
 Tensor = torch.Tensor
@@ -51,35 +50,50 @@ class Tracked(S.Step):
 
 def track(layer: Any, step: S.Step, d: Any) -> S.Step:
     """``step`` with the exact variance rule of ``layer`` (composites pass their parts' on)."""
-    if isinstance(layer, (_SpecSerial, _SpecParallel, L.FanOut)):
+    name = supports_of(layer).features
+    if name in ("serial", "parallel", "fan_out"):
         return step
-    return Tracked(step, _rule(layer, step, d))
+    make = _RULES.get(name)
+    return Tracked(step, None if make is None else make(layer, step))
 
 
-def _rule(layer: Any, step: S.Step, d: Any) -> Rule | None:
-    if isinstance(layer, (L.Identity, L.Dropout)):
-        return lambda q: q
-    if isinstance(layer, L.Dense):
-        return _affine(layer)
-    if isinstance(layer, L.Conv):
-        window, affine = step.window, _affine(layer)
+def _conv(layer: Any, step: Any) -> Rule | None:
+    window, affine = step.window, _affine(layer)
+    if getattr(window, "fold", None) is not None:
+        return None  # a CIRCULAR transposed convolution sums pixels: it needs their covariances
 
-        def conv(q: Tensor) -> Tensor:
-            cols = window(q.unsqueeze(-1))  # (N, *out, k) / sqrt(k)
-            return affine(cols.sum(-1) * (1.0 / math.sqrt(cols.shape[-1])))
+    def conv(q: Tensor) -> Tensor:
+        cols = window(q.unsqueeze(-1))  # (N, *out, k) / sqrt(k)
+        return affine(cols.sum(-1) * (1.0 / math.sqrt(cols.shape[-1])))
 
-        return conv
-    if isinstance(layer, L.ElementwiseLayer):
-        return lambda q: layer.rule(q, q, q)[0]
-    if isinstance(layer, L.Flatten):
-        return lambda q: q if q.ndim == 1 else q.flatten(1).mean(-1)
-    if isinstance(layer, L.LayerNorm):
-        axes = tuple(1 + a for a in step.axes)
-        return lambda q: q / ((q.mean(dim=axes, keepdim=True) if axes else q) + step.eps)
-    if isinstance(layer, (L.FanInSum, L.FanInConcat)):
-        weights = [w * w for w in step.weights]
-        return lambda qs: sum(w * q for w, q in zip(weights, qs))
-    return None  # pooling (and anything else): the exact diagonal needs more than q
+    return conv
+
+
+def _layer_norm(layer: Any, step: Any) -> Rule:
+    axes = tuple(1 + a for a in step.axes)
+    return lambda q: q / ((q.mean(dim=axes, keepdim=True) if axes else q) + step.eps)
+
+
+def _fan_in(layer: Any, step: Any) -> Rule:
+    weights = [w * w for w in step.weights]
+    return lambda qs: sum(w * q for w, q in zip(weights, qs))
+
+
+#: The variance rule of each feature rule, by its name (pooling and anything absent: none,
+#: the exact diagonal needs more than ``q``). ``ConvLocal``'s diagonal is Conv's.
+_RULES: dict[str, Callable[[Any, Any], Rule | None]] = {
+    "identity": lambda layer, step: (lambda q: q),
+    "dropout": lambda layer, step: (lambda q: q),
+    "dense": lambda layer, step: _affine(layer),
+    "conv": _conv,
+    "conv_local": _conv,
+    "conv_transpose": _conv,
+    "elementwise": lambda layer, step: (lambda q: layer.rule(q, q, q)[0]),
+    "flatten": lambda layer, step: (lambda q: q if q.ndim == 1 else q.flatten(1).mean(-1)),
+    "layer_norm": _layer_norm,
+    "fan_in_sum": _fan_in,
+    "fan_in_concat": _fan_in,
+}
 
 
 def _affine(layer: Any) -> Rule:

@@ -22,13 +22,14 @@ import numpy as np
 import torch
 
 from .._checks import check_choice, check_finite
-from .._memory import memory_budget
+from .._memory import format_memory, memory_budget
 from ..errors import InvalidArgumentError, ShapeError, SpecError
 from ..layers import Layer
 from ..layers._core.gram import _check_inputs
 from . import _hermite
 from . import _steps as S
 from ._compile import Context, compile_spec
+from ._sketch import held_bytes
 
 __all__ = ["FeatureMap", "Features", "FeatureRows", "METHODS", "PRECISIONS"]
 
@@ -44,7 +45,7 @@ STRUCTURED_FROM = 1024
 #: Arithmetic of the map's projections and of the solvers' Gram products (see ``FeatureMap``).
 PRECISIONS = ("full", "bfloat16")
 # Live feature-sized tensors per entry of the widest step (inputs, projections, outputs...).
-_WORK_FACTOR = 6
+_WORK_FACTOR = 9
 
 
 @dataclass
@@ -82,8 +83,11 @@ class FeatureMap:
             rows are Gaussian below ``m = 1024`` and structured from there on;
             ``"gaussian"`` / ``"structured"`` force that kind (and Monte Carlo features).
         dtype: of the features (float64 by default); the device is the inputs'.
-        memory: approximate budget of one batch of rows: bytes or a size such as ``"1GiB"``
-            (``None``: the package default, ``torchntk._memory.DEFAULT_MEMORY``).
+        memory: budget of the map: its random draws plus the working set of one batch of
+            rows, in bytes or a size such as ``"1GiB"`` (``None``: the package default,
+            ``torchntk._memory.DEFAULT_MEMORY``). The rows per batch are chosen within it; a map
+            whose draws and single row do not fit raises ``InvalidArgumentError`` with the
+            budget it needs (before drawing).
         output_features: None (default) or a number of columns ``c``: the NTK (and NNGP)
             features wider than ``c`` are compressed by a last SRHT to ``c`` columns (unbiased;
             it adds about one random layer's error and divides the solvers' ``D^2`` cost by
@@ -91,7 +95,8 @@ class FeatureMap:
         hermite_tolerance: the largest relative truncation tail of a Hermite expansion
             (``sum_{k > K} a_k(q)^2 / E[a(sqrt(q) z)^2]``, and the same for ``a'``) at the
             calibration rows; it fixes each expansion's degree ``K``. Default (None):
-            ``max(1e-3, 4 / n_features)`` (below ``4 / m`` the sampling error dominates the tail).
+            ``max(1e-3, 4 / n_features)``, at most 0.5 (below ``4 / m`` the sampling error
+            dominates the tail).
         calibration: inputs ``(n, *input shape)`` whose pre-activation variances the Hermite
             expansions are fitted to (degree and column split), drawn from the data the map will
             see; default: constant inputs with ``|x[p]|^2 / C`` in ``(0.5, 1, 2)``. Rows whose
@@ -162,6 +167,7 @@ class FeatureMap:
         self.output_features = None if output_features is None else int(output_features)
         self.method, self.dtype, self.memory = method, dtype, float(memory)
         self._plans: dict[tuple, tuple[S.Step, S.Dims, int]] = {}
+        self._held: dict[tuple, int] = {}  # bytes of each plan's draws (and their cast copy)
         self._cast: dict[tuple, S.Step] = {}
 
     def __repr__(self) -> str:
@@ -182,15 +188,41 @@ class FeatureMap:
                     "(end the spec with Flatten, GlobalAvgPool or Dense on flat features)"
                 )
             gen = torch.Generator().manual_seed(self.seed)
-            ctx = Context(gen, self.width, self.method, self.nonlinear, self.hermite_tolerance)
+            ctx = Context(gen, self.width, self.method, self.nonlinear, self.hermite_tolerance,
+                          budget=lambda entries: self._fits(0, entries))
             step, dims = compile_spec(self.spec, shape, ctx)
             if self.output_features is not None:
                 step, dims = S.output_sketch(step, dims, self.output_features, gen)
-            if self.nonlinear != "monte_carlo":  # fit the Hermite steps (a no-op without any)
+            if ctx.hermite:  # fit the Hermite steps: the calibration rows at once, in float64
+                rows = self._calibration_rows(shape)
+                self._fits(held_bytes(step), ctx.peak * rows.shape[0] * 64 // torch.finfo(self.dtype).bits,
+                           f"the {rows.shape[0]} calibration rows of the Hermite steps (float64)")
                 with torch.no_grad():
-                    step(S.input_state(self._calibration_rows(shape)))
+                    step(S.input_state(rows))
+            held = held_bytes(step)
+            if self.dtype != torch.float64:  # the cast copy the calls use (of ``dtype``)
+                held += held * torch.finfo(self.dtype).bits // 64
+            self._fits(held, ctx.peak)
             self._plans[shape] = (step, dims, ctx.peak)
+            self._held[shape] = held
         return self._plans[shape]
+
+    def _row_bytes(self, entries: int) -> int:
+        """The working set of one input whose widest step holds ``entries`` feature entries."""
+        return max(1, int(entries)) * (torch.finfo(self.dtype).bits // 8) * _WORK_FACTOR
+
+    def _fits(self, held: int, entries: int, what: str = "one input's features") -> None:
+        """Raise when the draws (``held`` bytes) and one row (``entries``) do not fit ``memory``."""
+        need = held + self._row_bytes(entries)
+        if need > self.memory:
+            draws = f"the random draws ({format_memory(held)}) and " if held else ""
+            raise InvalidArgumentError(
+                f"FeatureMap(n_features={self.n_features}): {draws}{what} "
+                f"({format_memory(self._row_bytes(entries))}) need at least "
+                f"memory={format_memory(need, round_up=True)!r}, more than the budget "
+                f"memory={format_memory(self.memory)!r}; "
+                "give a larger `memory` or a smaller `n_features`"
+            )
 
     def _calibration_rows(self, shape: tuple[int, ...]) -> torch.Tensor:
         """The inputs the Hermite expansions are fitted to (float64, CPU)."""
@@ -218,9 +250,8 @@ class FeatureMap:
     def batch_rows(self, input_shape: Any) -> int:
         """Rows per batch under the memory budget (from the widest step of the map)."""
         shape = (input_shape,) if isinstance(input_shape, int) else tuple(int(s) for s in input_shape)
-        peak = max(1, self._plan(shape)[2])
-        per_row = peak * torch.finfo(self.dtype).bits // 8 * _WORK_FACTOR
-        return max(1, int(self.memory // per_row))
+        peak = self._plan(shape)[2]
+        return max(1, int((self.memory - self._held[shape]) // self._row_bytes(peak)))
 
     # -- features -----------------------------------------------------------------------------
     def _check(self, x: Any, name: str = "x") -> torch.Tensor:

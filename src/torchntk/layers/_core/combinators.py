@@ -30,6 +30,7 @@ from ..._checks import check_int
 from ...errors import InvalidArgumentError, SpecError
 from .. import _side, _spatial
 from .protocol import Kernels, Layer, Shapes, any_full, check_layers, serial, shape_of, single
+from .supports import Supports
 from .kernel import Kernel
 
 __all__ = ["serial", "repeat", "parallel", "FanOut", "FanInSum", "FanInProd", "FanInConcat", "Identity"]
@@ -58,6 +59,8 @@ class _ParallelModule(nn.ModuleList, _side.SideModule):
 
 class Parallel(Layer):
     """One layer per branch (built by :func:`parallel`)."""
+
+    supports = Supports(masks=True, features="parallel")
 
     def __init__(self, *layers: Layer) -> None:
         self.layers = check_layers(layers, "parallel")
@@ -117,6 +120,8 @@ class _FanOutModule(nn.Module):
 
 class FanOut(Layer):
     """Copy the activation into ``num`` branches (a list), to be merged by a ``FanIn*`` layer."""
+
+    supports = Supports(masks=True, features="fan_out")
 
     def __init__(self, num: int) -> None:
         self.num = check_int("num", num, minimum=1, who="FanOut")
@@ -186,6 +191,8 @@ class _SumModule(nn.Module):
 class FanInSum(_FanIn):
     """Sum of the branches: ``Sigma = sum_b Sigma_b``, ``Theta = sum_b Theta_b`` (equal shapes)."""
 
+    supports = Supports(masks=True, features="fan_in_sum")
+
     def output_shape(self, input_shape: Shapes) -> Shapes:
         return self._check_equal(self._branches(input_shape))
 
@@ -226,6 +233,8 @@ class FanInProd(_FanIn):
     """Elementwise product of the branches: ``Sigma = prod_b Sigma_b``,
     ``Theta = sum_b Theta_b prod_{c != b} Sigma_c`` (equal shapes; the result is not Gaussian)."""
 
+    supports = Supports(masks=True)
+
     def output_shape(self, input_shape: Shapes) -> Shapes:
         return self._check_equal(self._branches(input_shape))
 
@@ -259,6 +268,8 @@ class _ConcatModule(nn.Module):
 class FanInConcat(_FanIn):
     """Concatenate the branches along the channel (feature) axis 1:
     ``Sigma = sum_b (C_b / sum_c C_c) Sigma_b`` (the other axes must agree)."""
+
+    supports = Supports(masks=True, features="fan_in_concat")
 
     def __init__(self, axis: int = 1) -> None:
         if axis != 1:
@@ -317,6 +328,8 @@ def _same_kernels(ks: list[Kernel]) -> bool:
 
 class Identity(Layer):
     """The identity: kernel and activations unchanged."""
+
+    supports = Supports(masks=True, features="identity")
 
     def output_shape(self, input_shape: Shapes) -> Shapes:
         return input_shape

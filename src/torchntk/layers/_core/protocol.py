@@ -28,6 +28,7 @@ from ...errors import InvalidArgumentError, ShapeError, SpecError, UnsupportedLa
 from .. import _side, _spatial
 from .gram import _check_inputs, input_kernel
 from .kernel import LOCATING, Kernel, check_layer_output, finite_kernel
+from .supports import Supports
 from .planner import _block_size
 from .threads import _blocked
 
@@ -327,6 +328,8 @@ def _downconvert(k: Kernels) -> Kernels:
 
 class Serial(Layer):
     """Layers applied one after the other (built by :func:`serial` or ``a >> b``)."""
+
+    supports = Supports(masks=True, features="serial")
 
     def __init__(self, *layers: Layer) -> None:
         flat: list[Layer] = []

@@ -26,6 +26,7 @@ from ...errors import NonFiniteError, SpecError, UnsupportedLayerError
 from .. import _spatial
 from .._core.protocol import Layer, Shapes, single
 from .._core.kernel import Kernel
+from .._core.supports import Supports
 
 
 # Entries of the kernel per slice of rows that the rule gets at once without autograd (its
@@ -81,6 +82,8 @@ class ElementwiseLayer(Layer):
         ...         t = torch.atan2(s, q12)
         ...         return (s + (math.pi - t) * q12) / (2 * math.pi), (math.pi - t) / (2 * math.pi)
     """
+
+    supports = Supports(masks=True, features="elementwise")
 
     has_ntk: bool = True
 

@@ -56,6 +56,7 @@ from .._spatial import from_positions, to_positions
 from .._core.protocol import Layer, Shapes, single
 from .._side import SideModule
 from .._core.kernel import Kernel
+from .._core.supports import Supports
 
 __all__ = ["GlobalSelfAttention"]
 
@@ -94,6 +95,8 @@ class GlobalSelfAttention(Layer):
         >>> spec.kernel(torch.randn(3, 5, 7)).ntk.shape
         torch.Size([3, 3])
     """
+
+    supports = Supports(masks=True, full_layout=True)
 
     def __init__(
         self,

@@ -28,6 +28,7 @@ from .. import _spatial
 from .._core.protocol import Layer, Shapes, single
 from ..dense.fully_connected import affine, check_affine_args
 from .._core.kernel import Kernel
+from .._core.supports import Supports
 
 __all__ = ["Conv"]
 
@@ -107,27 +108,10 @@ def window_mean_kernel(
     return k.replace(nngp=apply(k.nngp, 2), ntk=apply(k.ntk, 2), cov1=apply(k.cov1, 1), cov2=apply(k.cov2, 1))
 
 
-class Conv(Layer):
-    """Convolution with ``out_chan`` channels over 1-D ``(C, L)`` or 2-D ``(C, H, W)`` inputs.
-
-    ``z = (W_std / sqrt(C_in * prod(filter_shape))) conv(pad(x), W) + b_std b`` (NTK
-    parameterization; :class:`torchntk.nn.Conv1d`/:class:`~torchntk.nn.Conv2d` in the finite
-    network).
-
-    Args:
-        out_chan: channels of the finite network's layer.
-        filter_shape: ``(k,)`` or ``(kh, kw)`` (an int for 1-D).
-        strides: per axis, default 1.
-        padding: ``"VALID"``, ``"SAME"`` (TensorFlow's: output ``ceil(n / stride)``, the odd
-            pixel after) or ``"CIRCULAR"`` (SAME with wrap-around).
-        W_std, b_std, parameterization: as :class:`~torchntk.layers.Dense`.
-
-    Example:
-        >>> from torchntk import layers as L
-        >>> spec = L.serial(L.Conv(64, (3, 3), padding="SAME"), L.Relu(), L.Flatten(), L.Dense(1))
-        >>> spec.kernel(torch.randn(2, 1, 5, 5)).ntk.shape
-        torch.Size([2, 2])
-    """
+class _ConvBase(Layer):
+    """The arguments, geometry and mask handling shared by :class:`Conv`, ``ConvTranspose`` and
+    ``ConvLocal`` (private). The three are siblings, not subclasses of one another: their
+    kernels differ, and each declares its own rules (``supports``)."""
 
     def __init__(
         self,
@@ -139,7 +123,7 @@ class Conv(Layer):
         b_std: float | None = None,
         parameterization: str = "ntk",
     ) -> None:
-        who = type(self).__name__  # also ConvLocal, ConvTranspose
+        who = type(self).__name__
         out_chan = check_int("out_chan", out_chan, minimum=1, who=who)
         W_std, b_std, parameterization = check_affine_args(who, W_std, b_std, parameterization)
         self.out_chan = out_chan
@@ -173,6 +157,31 @@ class Conv(Layer):
             f"{self!r} mixes neighbouring positions and does not support padding masks (only 1x1 filters with "
             "stride 1 do); masks are honoured by GlobalSelfAttention, GlobalAvgPool, Flatten and LayerNorm"
         )
+
+
+class Conv(_ConvBase):
+    """Convolution with ``out_chan`` channels over 1-D ``(C, L)`` or 2-D ``(C, H, W)`` inputs.
+
+    ``z = (W_std / sqrt(C_in * prod(filter_shape))) conv(pad(x), W) + b_std b`` (NTK
+    parameterization; :class:`torchntk.nn.Conv1d`/:class:`~torchntk.nn.Conv2d` in the finite
+    network).
+
+    Args:
+        out_chan: channels of the finite network's layer.
+        filter_shape: ``(k,)`` or ``(kh, kw)`` (an int for 1-D).
+        strides: per axis, default 1.
+        padding: ``"VALID"``, ``"SAME"`` (TensorFlow's: output ``ceil(n / stride)``, the odd
+            pixel after) or ``"CIRCULAR"`` (SAME with wrap-around).
+        W_std, b_std, parameterization: as :class:`~torchntk.layers.Dense`.
+
+    Example:
+        >>> from torchntk import layers as L
+        >>> spec = L.serial(L.Conv(64, (3, 3), padding="SAME"), L.Relu(), L.Flatten(), L.Dense(1))
+        >>> spec.kernel(torch.randn(2, 1, 5, 5)).ntk.shape
+        torch.Size([2, 2])
+    """
+
+    supports = Supports(masks=False, features="conv")
 
     def kernel_rule(self, k: Kernel) -> Kernel:
         filt, strides, sizes = self._geometry(k.shape)

@@ -20,9 +20,10 @@ from torch import nn
 from ...nn import _init
 from .. import _spatial
 from .._core.protocol import Shapes, single
-from .convolution import Conv, window_mean_kernel
+from .convolution import _ConvBase, window_mean_kernel
 from ..dense.fully_connected import affine
 from .._core.kernel import Kernel
+from .._core.supports import Supports
 
 __all__ = ["ConvLocal"]
 
@@ -68,7 +69,7 @@ class _ConvLocalModule(nn.Module):
         return y if self.bias is None else y + self.bias * self.bias_scale
 
 
-class ConvLocal(Conv):
+class ConvLocal(_ConvBase):
     """Locally connected layer: a convolution whose filters and biases differ at every output
     position (neural-tangents' ``ConvLocal``; same arguments as :class:`~torchntk.layers.Conv`).
 
@@ -78,6 +79,8 @@ class ConvLocal(Conv):
         >>> spec.kernel(torch.randn(2, 1, 6)).ntk.shape
         torch.Size([2, 2])
     """
+
+    supports = Supports(masks=False, features="conv_local")
 
     def kernel_rule(self, k: Kernel) -> Kernel:
         filt, strides, sizes = self._geometry(k.shape)

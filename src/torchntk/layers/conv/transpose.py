@@ -31,9 +31,10 @@ from ...errors import InvalidArgumentError, SpecError
 from ...nn import _init
 from .. import _spatial
 from .._core.protocol import Shapes, single
-from .convolution import Conv, check_padding
+from .convolution import _ConvBase, check_padding
 from ..dense.fully_connected import affine
 from .._core.kernel import Kernel
+from .._core.supports import Supports
 
 __all__ = ["ConvTranspose"]
 
@@ -113,7 +114,7 @@ class _ConvTransposeModule(nn.Module):
         return y if bias is None else y + bias.reshape(-1, *([1] * len(self.filt)))
 
 
-class ConvTranspose(Conv):
+class ConvTranspose(_ConvBase):
     """Transposed convolution with ``out_chan`` channels over ``(C, L)`` or ``(C, H, W)`` inputs.
 
     Args:
@@ -133,6 +134,8 @@ class ConvTranspose(Conv):
         >>> spec.kernel(torch.randn(2, 1, 4, 4)).ntk.shape
         torch.Size([2, 2])
     """
+
+    supports = Supports(masks=False, features="conv_transpose")
 
     def __init__(
         self,

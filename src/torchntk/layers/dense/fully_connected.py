@@ -25,6 +25,7 @@ from ...nn import _init
 from ..._checks import check_choice, check_hyper, check_int, is_one, value_of
 from .._core.protocol import Layer, Shapes, single
 from .._core.kernel import Kernel
+from .._core.supports import Supports
 
 __all__ = ["Dense"]
 
@@ -130,6 +131,8 @@ class Dense(Layer):
         >>> round(float(k.nngp[0, 1]), 4)  # 1.5**2 * 1 + 0.1**2
         2.26
     """
+
+    supports = Supports(masks=True, features="dense")
 
     def __init__(
         self, out_dim: int, W_std: float = 1.0, b_std: float | None = None, parameterization: str = "ntk"

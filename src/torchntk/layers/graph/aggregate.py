@@ -41,6 +41,7 @@ from .. import _side
 from ..linear_maps import _spatial_map
 from .._core.protocol import Layer, Shapes, single
 from .._core.kernel import Kernel
+from .._core.supports import Supports
 
 __all__ = ["Aggregate"]
 
@@ -146,6 +147,8 @@ class Aggregate(Layer):
             pair of samples) or ``"sparse"`` (``(N, E, 2)`` integer edge lists; gathers and
             scatter-adds, ``O(E^2 + V E)`` per pair), any case.
     """
+
+    supports = Supports(masks=True, patterns=True, full_layout=True)
 
     def __init__(self, implementation: str = "dense") -> None:
         self.implementation = check_choice("implementation", implementation, IMPLEMENTATIONS, any_case=True, who="Aggregate")

@@ -22,6 +22,7 @@ from torch import nn
 
 from ..._checks import check_choice, check_ints
 from ...errors import InvalidArgumentError, SpecError
+from .._core.supports import Supports
 from . import _spatial_map
 from .._core.protocol import Layer, Shapes, single
 from .._core.kernel import Kernel
@@ -110,6 +111,8 @@ class Index(Layer):
         idx: an int, a slice, or a tuple of them with at most one ``...``; write it with
             :data:`Slice`: ``Index(Slice[:, :, 1:9:2])``.
     """
+
+    supports = Supports(masks=True)
 
     def __init__(self, idx: Any) -> None:
         _normalize_index(idx, 64, "Index")  # validates the entries' types
@@ -245,6 +248,8 @@ class ImageResize(_LinearMap):
     ``R Sigma R^T`` on each pair of axes.
     """
 
+    supports = Supports(masks=False, full_layout=True)
+
     def __init__(self, shape: Sequence[int], method: str, antialias: bool = True) -> None:
         self.shape = check_ints("shape", shape, who="ImageResize")
         if any(s < 1 and s != -1 for s in self.shape):
@@ -296,6 +301,8 @@ class DotGeneral(_LinearMap):
     ``(N, C, lhs's free axes, input's free spatial axes)``. A scalar ``lhs``/``rhs`` multiplies.
     At most 2 spatial axes may remain. With neither, the layer is the identity.
     """
+
+    supports = Supports(masks=False, full_layout=True)
 
     def __init__(
         self,

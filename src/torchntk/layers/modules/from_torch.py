@@ -39,6 +39,7 @@ from ..activations import Elementwise, Erf, Gelu, LeakyRelu, Relu
 from ..conv.convolution import Conv
 from ..conv.transpose import ConvTranspose
 from ..dense.fully_connected import Dense, check_affine_args
+from .._core.supports import Supports
 from ..normalization.normalizers import Dropout, LayerNorm
 from ..pooling.pools import AvgPool, Flatten, GlobalAvgPool
 from ._fx import GraphSpec
@@ -102,6 +103,8 @@ class _PadModule(nn.Module):
 
 class _GlobalAvgPoolKeep(GlobalAvgPool):
     """``nn.AdaptiveAvgPool(1)``: the global mean, keeping size-1 spatial axes."""
+
+    supports = Supports(masks=True, full_layout=True, features="global_pool")
 
     def output_shape(self, input_shape: Shapes) -> Shapes:
         shape = single(self, input_shape)

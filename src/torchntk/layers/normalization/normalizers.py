@@ -31,6 +31,7 @@ from .. import _masking, _spatial
 from .._core.protocol import Layer, Shapes, single
 from .._side import SideModule
 from .._core.kernel import Kernel
+from .._core.supports import Supports
 
 __all__ = ["LayerNorm", "Dropout"]
 
@@ -60,6 +61,8 @@ class LayerNorm(Layer):
             the channel axis 1 (the default), may add spatial axes (2, 3 or negative indices).
         eps: added to the variance (a number or a 0-dim tensor).
     """
+
+    supports = Supports(masks=True, features="layer_norm")
 
     def __init__(self, axis: int | Sequence[int] = 1, eps: float = 1e-12) -> None:
         axes = check_ints("axis", axis, who="LayerNorm")
@@ -154,6 +157,8 @@ class Dropout(Layer):
         mode: ``"train"`` (the kernel of the randomly masked network, as neural-tangents) or
             ``"test"`` (identity).
     """
+
+    supports = Supports(masks=True, features="dropout")
 
     def __init__(self, rate: float, mode: str = "train") -> None:
         self.rate = check_number("rate", rate, minimum=0.0, below=1.0, who="Dropout")

@@ -33,6 +33,7 @@ from .._core.protocol import Layer, Shapes, single
 from .._side import SideModule
 from ..conv.convolution import as_tuple, check_padding, window_geometry, window_mean_kernel
 from .._core.kernel import Kernel
+from .._core.supports import Supports
 
 __all__ = ["AvgPool", "SumPool", "GlobalAvgPool", "GlobalSumPool", "Flatten"]
 
@@ -111,11 +112,14 @@ class AvgPool(_Pool):
     CIRCULAR; padded pixels count as zeros in the mean, as neural-tangents'
     ``normalize_edges=False``)."""
 
+    supports = Supports(masks=False, full_layout=True, features="pool")
+
 
 class SumPool(_Pool):
     """Sum pooling: ``prod(window_shape)`` times :class:`AvgPool`."""
 
     _sum = True
+    supports = Supports(masks=False, full_layout=True, features="pool")
 
 
 class _GlobalAvgPoolModule(SideModule):
@@ -139,11 +143,12 @@ def _spatial_input(layer: Layer, input_shape: Shapes) -> tuple[int, ...]:
     return shape
 
 
-class GlobalAvgPool(Layer):
-    """Mean over all spatial positions: ``(C, *spatial) -> (C,)``; kernel: mean over all pixel pairs.
-
-    With a padding mask, the means run over the kept positions (see :mod:`._masking`).
-    """
+class _GlobalPool(Layer):
+    """The global pool over all spatial positions, ``(C, *spatial) -> (C,)`` (private):
+    the mean (``_sum = False``) or the sum (``_sum = True``). Kernel: the mean over all pixel
+    pairs, times ``D^2`` for the sum (``D`` positions). With a padding mask the mean runs over
+    the kept positions (see :mod:`._masking`), and the sum is ``c c'`` times that masked mean
+    (``c``, ``c'`` kept positions of the two inputs)."""
 
     _sum = False
 
@@ -154,6 +159,25 @@ class GlobalAvgPool(Layer):
         return True
 
     def kernel_rule(self, k: Kernel) -> Kernel:
+        out = self._mean_rule(k)
+        if not self._sum:
+            return out
+        size = math.prod(k.shape[1:])
+
+        def kept(m: Any, n: int) -> torch.Tensor:
+            if m is None:
+                return torch.full((n,), float(size), dtype=k.nngp.dtype, device=k.nngp.device)
+            return (~m).flatten(1).sum(1).to(k.nngp.dtype)
+
+        m1, m2 = k.masks
+        c1, c2 = kept(m1, k.nngp.shape[0]), kept(m2, k.nngp.shape[1])
+        pair = c1[:, None] * c2[None, :]
+        return out.replace(
+            nngp=out.nngp * pair, ntk=None if out.ntk is None else out.ntk * pair, cov1=out.cov1 * c1 * c1,
+            cov2=None if out.cov2 is None else out.cov2 * c2 * c2,
+        )
+
+    def _mean_rule(self, k: Kernel) -> Kernel:
         out = self.output_shape(k.shape)
         if not k.full_spatial:
             raise SpecError(f"{self!r} needs the full spatial covariance; call it through spec.kernel")
@@ -161,13 +185,8 @@ class GlobalAvgPool(Layer):
         if k.mask1 is not None or k.mask2 is not None:
             return _masking.global_avg_pool(k).replace(shape=out, diagonal_spatial=True, is_input=False)
 
-        f = float(math.prod(k.shape[1:])) ** 2 if self._sum else 1.0
-
         def m(t: Any, lead: int) -> Any:
-            if t is None:
-                return None
-            t = _spatial.spatial_mean(t, lead, True, nsp, diagonal_only=False)
-            return t * f if self._sum else t
+            return None if t is None else _spatial.spatial_mean(t, lead, True, nsp, diagonal_only=False)
 
         return k.replace(
             nngp=m(k.nngp, 2), ntk=m(k.ntk, 2), cov1=m(k.cov1, 1), cov2=m(k.cov2, 1),
@@ -182,32 +201,23 @@ class GlobalAvgPool(Layer):
         return _GlobalSumPoolModule() if self._sum else _GlobalAvgPoolModule()
 
 
-class GlobalSumPool(GlobalAvgPool):
+class GlobalAvgPool(_GlobalPool):
+    """Mean over all spatial positions: ``(C, *spatial) -> (C,)``; kernel: mean over all pixel pairs.
+
+    With a padding mask, the means run over the kept positions (see :mod:`._masking`).
+    """
+
+    supports = Supports(masks=True, full_layout=True, features="global_pool")
+
+
+class GlobalSumPool(_GlobalPool):
     """Sum over all spatial positions: ``(C, *spatial) -> (C,)``; kernel: ``D^2`` times
     :class:`GlobalAvgPool`'s (``D`` positions), i.e. the sum over all pixel pairs. With a padding
     mask, the sum over the kept positions: ``c c'`` times the masked mean (``c``, ``c'`` kept
     positions of the two inputs)."""
 
     _sum = True
-
-    def kernel_rule(self, k: Kernel) -> Kernel:
-        if k.mask1 is None and k.mask2 is None:
-            return super().kernel_rule(k)
-        m1, m2 = k.masks
-        size = math.prod(k.shape[1:])
-
-        def kept(m: Any, n: int) -> torch.Tensor:
-            if m is None:
-                return torch.full((n,), float(size), dtype=k.nngp.dtype, device=k.nngp.device)
-            return (~m).flatten(1).sum(1).to(k.nngp.dtype)
-
-        c1, c2 = kept(m1, k.nngp.shape[0]), kept(m2, k.nngp.shape[1])
-        out = super().kernel_rule(k)  # the masked mean (GlobalAvgPool's rule)
-        pair = c1[:, None] * c2[None, :]
-        return out.replace(
-            nngp=out.nngp * pair, ntk=None if out.ntk is None else out.ntk * pair, cov1=out.cov1 * c1 * c1,
-            cov2=None if out.cov2 is None else out.cov2 * c2 * c2,
-        )
+    supports = Supports(masks=True, full_layout=True, features="global_pool")
 
 
 class Flatten(Layer):
@@ -216,6 +226,8 @@ class Flatten(Layer):
     A no-op on flat inputs. With a padding mask, padded positions are left out and the sum
     over kept positions is divided by ``sqrt(n_i n_j)`` (see :mod:`._masking`).
     """
+
+    supports = Supports(masks=True, features="flatten")
 
     def output_shape(self, input_shape: Shapes) -> Shapes:
         shape = single(self, input_shape)
