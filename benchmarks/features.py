@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                     output_features=args.output_features or None, precision=precision)
     print(f"N = {args.n:,} rows, depth-{args.depth} ReLU NTK, m = {args.features} ({fm.method} rows), "
           f"D = {fm.dims(64)[1]} NTK features, {args.dtype}, precision {precision}, "
-          f"{torch.get_num_threads()} threads, batch {fm.batch_rows(64)} rows")
+          f"{torch.get_num_threads()} threads, batch {fm.block_rows(64)} rows")
     t0 = time.perf_counter()
     fm(x[:1])  # draws the map (and, in bfloat16, forms its dense matrices): counted in the fit below
     t_draw = time.perf_counter() - t0

@@ -95,3 +95,23 @@ def test_ensemble_get_is_kind():
     assert torch.equal(new.mean, old.mean) and torch.equal(new.covariance, old.covariance)
     with pytest.raises(InvalidArgumentError, match="kind"):
         pred(2.0, kind="ntk", get="nngp")
+
+
+def test_feature_map_batch_size_is_block_size():
+    from torchntk.features import FeatureMap
+    from torchntk.features.map import FeatureRows
+
+    fm = FeatureMap(L.serial(L.Dense(8), L.Relu(), L.Dense(1)), 64, seed=0)
+    x = _x(10)
+    new = fm(x, block_size=3)
+    with pytest.warns(DeprecationWarning, match="`batch_size` is deprecated.*`block_size`"):
+        old = fm(x, batch_size=3)
+    assert torch.equal(new.ntk, old.ntk)
+    with pytest.warns(DeprecationWarning, match="batch_size"):
+        assert fm.rows(x, batch_size=4).block_size == 4
+    with pytest.warns(DeprecationWarning, match="batch_size"):
+        assert FeatureRows.from_tensor(torch.ones(5, 2), batch_size=2).block_size == 2
+    with pytest.warns(DeprecationWarning, match="block_rows"):
+        assert fm.batch_rows((3,)) == fm.block_rows((3,))
+    with pytest.raises(InvalidArgumentError, match="block_size"):
+        fm(x, block_size=3, batch_size=2)

@@ -208,17 +208,17 @@ def test_draws_belong_to_the_map_and_batches_do_not_matter():
     spec = _fc(2, L.Relu)
     x = torch.randn(11, 4, dtype=D64)
     fm = FeatureMap(spec, 64, seed=3)
-    a, b = fm(x), fm(x, batch_size=4)
+    a, b = fm(x), fm(x, block_size=4)
     torch.testing.assert_close(a.ntk, b.ntk, rtol=1e-12, atol=1e-13)
     torch.testing.assert_close(fm(x[:5]).nngp, a.nngp[:5], rtol=1e-12, atol=1e-13)
     torch.testing.assert_close(FeatureMap(spec, 64, seed=3)(x).ntk, a.ntk)
     assert not torch.allclose(FeatureMap(spec, 64, seed=4)(x).ntk, a.ntk)
     assert a.nngp.shape == (11, 65) and a.ntk.shape == (11, 129) and fm.dims(4) == (65, 129)
-    rows = fm.rows(x, "NNGP", batch_size=3)
+    rows = fm.rows(x, "NNGP", block_size=3)
     torch.testing.assert_close(rows.materialize(), a.nngp)
     need = fm._held[(4,)] + fm._row_bytes(fm._plan((4,))[2])  # the draws and one row
     tiny = FeatureMap(spec, 64, seed=3, memory=need)  # one row per batch
-    assert tiny.batch_rows(4) == 1
+    assert tiny.block_rows(4) == 1
     torch.testing.assert_close(tiny(x).ntk, a.ntk, rtol=1e-12, atol=1e-13)
     with pytest.raises(InvalidArgumentError, match="memory="):
         FeatureMap(spec, 64, seed=3, memory="1 KB")(x)
@@ -390,7 +390,7 @@ except InvalidArgumentError:
     print("refused", 0)
     sys.exit(0)
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(fm.batch_rows(tuple(x.shape[1:])), (after - before) * 1024)  # ru_maxrss is in KiB on Linux
+print(fm.block_rows(tuple(x.shape[1:])), (after - before) * 1024)  # ru_maxrss is in KiB on Linux
 """
 
 

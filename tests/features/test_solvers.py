@@ -30,7 +30,7 @@ def test_feature_dynamics_equal_exact_dynamics_of_phi_phi_t(n, d, learning_rate,
     f0x = 0.1 * torch.randn(7, 2, generator=gen, dtype=D64)
     ts = torch.tensor([0.0, 1.0, 10.0, 300.0]) if learning_rate is None else torch.tensor([0.0, 1.0, 10.0, 50.0])
     exact = dynamics.mse(phi @ phi.T, y, f0_train=f0, learning_rate=learning_rate, diag_reg=diag_reg)
-    feat = mse(FeatureRows.from_tensor(phi, batch_size=6), y, f0_train=f0, learning_rate=learning_rate,
+    feat = mse(FeatureRows.from_tensor(phi, block_size=6), y, f0_train=f0, learning_rate=learning_rate,
                diag_reg=diag_reg)
     a, b = exact(ts, px @ phi.T, f0x), feat(ts, px, f0x)
     _close(b[0], a[0])
@@ -48,7 +48,7 @@ def test_dynamics_streamed_from_a_feature_map():
     y = torch.sin(x[:, 0])
     phi = fm(x).ntk
     exact = dynamics.mse(phi @ phi.T, y)
-    f_train, f_test = mse(fm.rows(x, batch_size=7), y)(torch.tensor([0.5, 5.0]), fm.rows(xt))
+    f_train, f_test = mse(fm.rows(x, block_size=7), y)(torch.tensor([0.5, 5.0]), fm.rows(xt))
     a_train, a_test = exact(torch.tensor([0.5, 5.0]), fm(xt).ntk @ phi.T)
     assert f_train.shape == (2, 30) and f_test.shape == (2, 5)
     _close(f_train, a_train)
@@ -61,7 +61,7 @@ def test_ridge_regression_primal_and_dual(n, d):
     phi = torch.randn(n, d, generator=gen, dtype=D64)
     px = torch.randn(5, d, generator=gen, dtype=D64)
     y = torch.randn(n, 3, generator=gen, dtype=D64)
-    model = ridge_regression(FeatureRows.from_tensor(phi, batch_size=7), y, [1e-2, 0.1])
+    model = ridge_regression(FeatureRows.from_tensor(phi, block_size=7), y, [1e-2, 0.1])
     k = phi @ phi.T
     s = float(k.diagonal().mean())
     pred = model.predict(px)
@@ -75,12 +75,12 @@ def test_ridge_regression_primal_and_dual(n, d):
 
 def test_gram_streams_in_float64():
     phi = torch.randn(23, 6, dtype=D64)
-    g = gram(FeatureRows.from_tensor(phi, batch_size=5), torch.ones(23))
+    g = gram(FeatureRows.from_tensor(phi, block_size=5), torch.ones(23))
     _close(g.matrix, phi.T @ phi)
     _close(g.rhs[:, 0], phi.sum(0))
     assert g.matrix.dtype == D64 and g.n == 23
     # float32 features: each batch's product in float32 (float32 speed), summed in float64
-    g32 = gram(FeatureRows.from_tensor(phi.float(), batch_size=5))
+    g32 = gram(FeatureRows.from_tensor(phi.float(), block_size=5))
     assert g32.matrix.dtype == D64
     p = phi.float().double()
     _close(g32.matrix, p.T @ p, tol=1e-5)
@@ -90,7 +90,7 @@ def test_gram_upper_blocks_match_the_full_product():
     # D >= 1024: the Gram is formed from its upper column blocks only, then mirrored
     gen = torch.Generator().manual_seed(5)
     phi = torch.randn(70, 1100, generator=gen, dtype=D64)
-    g = gram(FeatureRows.from_tensor(phi.float(), batch_size=32))
+    g = gram(FeatureRows.from_tensor(phi.float(), block_size=32))
     p = phi.float().double()
     ref = p.T @ p
     # float32 sums of 32 products per batch: relative error ~ 1e-7 * sqrt(32) of each entry's scale
@@ -106,7 +106,7 @@ def test_gram_of_bfloat16_rows_is_exact_up_to_float32_sums():
     fm = FeatureMap(spec, 600, seed=0, dtype=torch.float32, precision="bfloat16")
     phi = fm(x).ntk  # (50, 1201): the upper-block path
     assert torch.equal(phi.bfloat16().float(), phi)
-    g = gram(fm.rows(x, batch_size=20), torch.ones(50))
+    g = gram(fm.rows(x, block_size=20), torch.ones(50))
     p = phi.double()
     ref = p.T @ p
     assert float((g.matrix - ref).abs().max()) <= 1e-5 * float(ref.abs().max())

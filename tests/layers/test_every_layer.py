@@ -219,14 +219,9 @@ def _kernel(case: Case, x: torch.Tensor, width: int = 8) -> Any:
 
 # Known defect outside this suite: the Hermite-series rule of Elementwise(fn, method="hermite")
 # (ElementwiseNumerical) is not symmetric in its two inputs (about 1e-4 relative).
-_ASYMMETRIC = {("ElementwiseNumerical", 0)}
-
-
 @pytest.mark.parametrize("which", IDS, ids=_id)
-def test_kernels_are_symmetric_psd(which, request):
+def test_kernels_are_symmetric_psd(which):
     case = CASES[which[0]][which[1]]
-    if which in _ASYMMETRIC:
-        request.applymarker(pytest.mark.xfail(reason="the Hermite-series rule is not symmetric", strict=False))
     k = _kernel(case, _inputs(case, 6))
     for t in (k.nngp, k.ntk):
         if t is None:

@@ -15,13 +15,15 @@ ones, so cross kernels come from separate calls.
 
 from __future__ import annotations
 
+import warnings
+
 from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
 import torch
 
-from .._checks import check_choice, check_finite
+from .._checks import check_choice, check_finite, check_int, renamed
 from .._memory import format_memory, memory_budget
 from ..errors import InvalidArgumentError, ShapeError, SpecError
 from ..layers import Layer
@@ -247,13 +249,18 @@ class FeatureMap:
         d = self._plan(shape)[1]
         return d.dphi, d.dpsi
 
-    def batch_rows(self, input_shape: Any) -> int:
+    def block_rows(self, input_shape: Any) -> int:
         """Rows per batch under the memory budget (from the widest step of the map)."""
         shape = (input_shape,) if isinstance(input_shape, int) else tuple(int(s) for s in input_shape)
         peak = self._plan(shape)[2]
         return max(1, int((self.memory - self._held[shape]) // self._row_bytes(peak)))
 
     # -- features -----------------------------------------------------------------------------
+
+    def batch_rows(self, input_shape: Any) -> int:
+        """Deprecated name of :meth:`block_rows` (kept for one release)."""
+        warnings.warn("`FeatureMap.batch_rows` is deprecated; use `block_rows`", DeprecationWarning, stacklevel=2)
+        return self.block_rows(input_shape)
     def _check(self, x: Any, name: str = "x") -> torch.Tensor:
         if isinstance(x, np.ndarray):
             x = torch.from_numpy(x)
@@ -273,10 +280,15 @@ class FeatureMap:
 
         return S.State(cast(s.phi, "nngp"), cast(s.psi, "ntk"), s.gaussian, s.is_input)
 
-    def __call__(self, x: Any, *, batch_size: int | None = None) -> Features:
-        """The features of ``x`` ``(N, n0)``, ``(N, C, L)`` or ``(N, C, H, W)``: a :class:`Features`."""
+    def __call__(self, x: Any, *, block_size: int | None = None, batch_size: int | None = None) -> Features:
+        """The features of ``x`` ``(N, n0)``, ``(N, C, L)`` or ``(N, C, H, W)``: a :class:`Features`.
+
+        ``block_size``: rows computed at once (default: as many as ``memory`` allows,
+        :meth:`block_rows`); ``batch_size`` is its deprecated name.
+        """
         x = self._check(x)
-        b = _batch_size(batch_size, self.batch_rows(tuple(x.shape[1:])))
+        b = _block_size(renamed("block_size", block_size, "batch_size", batch_size),
+                        self.block_rows(tuple(x.shape[1:])))
         parts = [self._batch(x[i:i + b]) for i in range(0, x.shape[0], b)]
         nngp = torch.cat([p.phi for p in parts]) if len(parts) > 1 else parts[0].phi
         ntk = None
@@ -284,25 +296,26 @@ class FeatureMap:
             ntk = torch.cat([p.psi for p in parts]) if len(parts) > 1 else parts[0].psi
         return Features(nngp, ntk)
 
-    def rows(self, x: Any, kind: str = "ntk", *, batch_size: int | None = None) -> "FeatureRows":
-        """The ``kind`` (``"ntk"`` or ``"nngp"``) features of ``x``, computed lazily in batches."""
+    def rows(self, x: Any, kind: str = "ntk", *, block_size: int | None = None,
+             batch_size: int | None = None) -> "FeatureRows":
+        """The ``kind`` (``"ntk"`` or ``"nngp"``) features of ``x``, computed lazily in blocks of
+        ``block_size`` rows (``batch_size``: its deprecated name)."""
         if not isinstance(kind, str):
             raise InvalidArgumentError(f"`kind` must be 'ntk' or 'nngp', got {kind!r}")
         kind = check_choice("kind", kind.lower(), ("ntk", "nngp"))
         x = self._check(x)
-        b = _batch_size(batch_size, self.batch_rows(tuple(x.shape[1:])))
+        b = _block_size(renamed("block_size", block_size, "batch_size", batch_size),
+                        self.block_rows(tuple(x.shape[1:])))
         dphi, dpsi = self.dims(tuple(x.shape[1:]))
         if kind == "ntk" and dpsi is None:
             raise SpecError(f"{self.spec!r} has no NTK (a nonlinearity without a derivative)")
         return FeatureRows(self, x, kind, b, dpsi if kind == "ntk" else dphi)
 
 
-def _batch_size(batch_size: Any, default: int) -> int:
-    if batch_size is None:
+def _block_size(block_size: Any, default: int) -> int:
+    if block_size is None:
         return default
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InvalidArgumentError(f"`batch_size` must be a positive int or None, got {batch_size!r}")
-    return batch_size
+    return check_int("block_size", block_size, minimum=1)
 
 
 class FeatureRows:
@@ -314,15 +327,18 @@ class FeatureRows:
     Attributes: ``n`` (rows), ``dim`` (columns), ``dtype``, ``device``.
     """
 
-    def __init__(self, fm: FeatureMap | None, x: torch.Tensor, kind: str, batch_size: int, dim: int) -> None:
-        self.fm, self.x, self.kind, self.batch_size, self.dim = fm, x, kind, batch_size, int(dim)
+    def __init__(self, fm: FeatureMap | None, x: torch.Tensor, kind: str, block_size: int, dim: int) -> None:
+        self.fm, self.x, self.kind, self.block_size, self.dim = fm, x, kind, block_size, int(dim)
         self.n = int(x.shape[0])
         self.device = x.device
         self.dtype = fm.dtype if fm is not None else x.dtype
 
     @classmethod
-    def from_tensor(cls, phi: Any, name: str = "phi", batch_size: int = 65536) -> "FeatureRows":
-        """Rows of an in-memory feature matrix ``(N, D)`` (float64 unless already floating)."""
+    def from_tensor(cls, phi: Any, name: str = "phi", block_size: int | None = None,
+                    batch_size: int | None = None) -> "FeatureRows":
+        """Rows of an in-memory feature matrix ``(N, D)`` (float64 unless already floating), read
+        in blocks of ``block_size`` rows (default 65536; ``batch_size``: its deprecated name)."""
+        block_size = _block_size(renamed("block_size", block_size, "batch_size", batch_size), 65536)
         if isinstance(phi, FeatureRows):
             return phi
         if isinstance(phi, np.ndarray):
@@ -336,14 +352,14 @@ class FeatureRows:
         if not phi.is_floating_point():
             phi = phi.to(torch.float64)
         check_finite(name, phi)
-        return cls(None, phi, "given", batch_size, phi.shape[1])
+        return cls(None, phi, "given", block_size, phi.shape[1])
 
     def __len__(self) -> int:
         return self.n
 
     def __iter__(self) -> Iterator[tuple[int, int, torch.Tensor]]:
-        for lo in range(0, self.n, self.batch_size):
-            hi = min(lo + self.batch_size, self.n)
+        for lo in range(0, self.n, self.block_size):
+            hi = min(lo + self.block_size, self.n)
             if self.fm is None:
                 yield lo, hi, self.x[lo:hi]
             else:

@@ -297,17 +297,21 @@ class FanInConcat(_FanIn):
             return sum((wi * t for wi, t in zip(w[1:], ts[1:])), w[0] * ts[0])
 
         ntk = None if any(x.ntk is None for x in ks) else mix([x.ntk for x in ks])
+        # Each channel is Gaussian with its own branch's covariance: the concatenation is one
+        # Gaussian field only when the branches' kernels agree. Otherwise the branches' kernels
+        # ride along (``parts``): a nonlinearity of the mixture is sum_b w_b phi(Sigma_b), not
+        # phi(sum_b w_b Sigma_b).
+        gaussian = all(x.is_gaussian for x in ks)
+        same = gaussian and _same_kernels(ks)
         return ks[0].replace(
             nngp=mix([x.nngp for x in ks]),
             ntk=ntk,
             cov1=mix([x.cov1 for x in ks]),
             cov2=None if ks[0].cov2 is None else mix([x.cov2 for x in ks]),
             shape=out,
-            # Each channel is Gaussian with its own branch's covariance: the concatenation is one
-            # Gaussian field only when the branches' kernels agree (a nonlinearity of the mixture
-            # is sum_b w_b phi(Sigma_b), not phi(sum_b w_b Sigma_b)).
-            is_gaussian=all(x.is_gaussian for x in ks) and _same_kernels(ks),
+            is_gaussian=same,
             is_input=all(x.is_input for x in ks),
+            parts=tuple(zip(w, ks)) if gaussian and not same else None,
         )
 
     def make_module(self, input_shape: Shapes, generator: Any, dtype: Any, device: Any) -> nn.Module:

@@ -56,6 +56,11 @@ class Kernel:
             weights or sparse ``(N, E, 2)`` integer edge lists (CONVENTIONS section 6); ``None``
             when not given (``pattern2`` also when ``x2`` is ``x1``). Passed unchanged through
             every layer.
+        parts: after ``FanInConcat`` of branches with different Gaussian kernels, the branches'
+            own kernels with their channel fractions, ``((w_b, kernel_b), ...)``: each channel is
+            Gaussian with its branch's covariance, so an elementwise nonlinearity right after is
+            ``sum_b w_b phi(kernel_b)``. ``None`` otherwise; :meth:`replace` drops it unless given,
+            so it never outlives the layer after the concatenation.
 
     Example:
         >>> from torchntk import layers
@@ -76,6 +81,7 @@ class Kernel:
     mask2: torch.Tensor | None = None
     pattern1: torch.Tensor | None = None
     pattern2: torch.Tensor | None = None
+    parts: tuple | None = None
 
     @property
     def spatial_ndim(self) -> int:
@@ -108,7 +114,9 @@ class Kernel:
         return self.pattern1, (self.pattern1 if self.same_inputs else self.pattern2)
 
     def replace(self, **changes: object) -> "Kernel":
-        """A copy with some fields changed (``dataclasses.replace``)."""
+        """A copy with some fields changed (``dataclasses.replace``); ``parts`` is dropped unless
+        it is among the changes (it describes this layer's output only)."""
+        changes.setdefault("parts", None)
         return dataclasses.replace(self, **changes)
 
     def to(self, *args: object, **kwargs: object) -> "Kernel":

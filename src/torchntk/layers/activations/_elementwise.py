@@ -128,6 +128,20 @@ class ElementwiseLayer(Layer):
         q11, q22 = _spatial.self_variances(cov, k.full_spatial, k.spatial_ndim)
         return self.rule(q11, cov, q22)[0]
 
+    def _mixture(self, k: Kernel) -> Kernel:
+        """After a concatenation of Gaussian branches: the rule on each branch's kernel, mixed with
+        the branches' channel fractions (each channel is Gaussian with its own branch's covariance)."""
+        outs = [(w, self.kernel_rule(part)) for w, part in k.parts]
+
+        def mix(field: str) -> torch.Tensor | None:
+            vals = [(w, getattr(o, field)) for w, o in outs]
+            if any(v is None for _, v in vals):
+                return None
+            return sum((w * v for w, v in vals[1:]), vals[0][0] * vals[0][1])
+
+        return k.replace(nngp=mix("nngp"), ntk=mix("ntk"), cov1=mix("cov1"), cov2=mix("cov2"),
+                         is_gaussian=False, is_input=False)
+
     def _self_covs(self, k: Kernel) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(cov1', cov2')``; both batches in one call of the rule when they are small (the
         rule is elementwise: the values are those of two calls, with half the calls' overhead)."""
@@ -142,6 +156,8 @@ class ElementwiseLayer(Layer):
     def kernel_rule(self, k: Kernel) -> Kernel:
         if isinstance(k, list):
             single(self, [x.shape for x in k])
+        if not k.is_gaussian and k.parts is not None:
+            return self._mixture(k)
         if not k.is_gaussian:
             where = "the network's input" if k.is_input else "a non-Gaussian pre-activation"
             raise SpecError(

@@ -24,6 +24,7 @@ from ...errors import ShapeError, SpecError, UnsupportedLayerError
 from .._core.combinators import FanInConcat, Identity
 from .._core.kernel import Kernel
 from .._core.protocol import Layer, Serial, Shapes, single
+from .._core.supports import Supports
 from ..activations import Elementwise, Erf, Gelu, LeakyRelu, Relu
 from ..activations._elementwise import ElementwiseLayer
 from ..conv.convolution import Conv
@@ -124,6 +125,8 @@ class ModelSerial(Serial):
     """The layers of an ``nn.Sequential`` (flattened, so that every consumer of a ``serial``
     spec reads them), with each module's input check and name from its :class:`Checked` part.
     ``header`` prefixes the repr."""
+
+    supports = Supports(masks=True, features="serial")  # a serial: its own layers' rules
 
     def __init__(self, parts: list[Layer], header: str = "") -> None:
         layers: list[Layer] = []
