@@ -171,6 +171,24 @@ def test_bad_uses():
     with pytest.raises(InvalidArgumentError, match="pos_emb_decay_fn"):
         bad_fn.kernel(_x(2, 4, 5))
     not_psd = L.GlobalSelfAttention(4, 4, 4, 1, pos_emb_type="sum", pos_emb_decay_fn=lambda d: -d)
-    with pytest.raises(InvalidArgumentError, match="positive definite"):
+    with pytest.raises(SpecError, match="not positive semi-definite"):  # the module and the kernel alike
         not_psd.module((4, 5))
     assert L.GlobalSelfAttention(4, 4, 4, 1, attention_mechanism="ReLU", pos_emb_type="CONCAT").attention_mechanism == "relu"
+
+
+def test_an_indefinite_positional_decay_is_refused():
+    """R[p, a] = decay(|p - a|^p_norm) is the embeddings' covariance: an indefinite R (min
+    eigenvalue -575 relative in the battery's case) would make the kernel indefinite."""
+    from torchntk.errors import SpecError
+
+    x = torch.randn(4, 3, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+    def spec(fn):
+        return L.serial(L.Conv(8, (1,)), L.GlobalSelfAttention(8, 4, 4, 2, pos_emb_type="SUM", pos_emb_decay_fn=fn),
+                        L.GlobalAvgPool(), L.Dense(1))
+
+    k = spec(lambda d: torch.exp(-d)).kernel(x)  # a Gaussian of the distance: positive definite
+    lam = torch.linalg.eigvalsh(k.ntk)
+    assert float(lam[0]) >= -1e-12 * float(lam[-1])
+    with pytest.raises(SpecError, match="pos_emb_decay_fn"):
+        spec(lambda d: 3 * torch.cos(d)).kernel(x)

@@ -8,12 +8,14 @@ attention weights, the positional-embedding covariance ``R`` and the closed form
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable
 
 import torch
 
-from ...errors import InvalidArgumentError
+from ..._kernel_checks import check_eigenvalues
+from ...errors import InvalidArgumentError, SpecError
 
 
 def pos_emb_covariance(
@@ -24,9 +26,7 @@ def pos_emb_covariance(
     d = math.prod(spatial)
     if decay_fn is None:
         return torch.eye(d, dtype=dtype, device=device)
-    grids = torch.meshgrid(*[torch.arange(s, dtype=dtype, device=device) for s in spatial], indexing="ij")
-    coords = torch.stack([g.reshape(-1) for g in grids], dim=1)  # (D, nsp)
-    dist = (coords[:, None, :] - coords[None, :, :]).abs().pow(p_norm).sum(-1)
+    dist = _distances(spatial, p_norm, dtype, device)
     r = decay_fn(dist)
     if not isinstance(r, torch.Tensor) or r.shape != dist.shape:
         raise InvalidArgumentError(
@@ -35,7 +35,32 @@ def pos_emb_covariance(
         )
     if not bool(torch.isfinite(r).all()):
         raise InvalidArgumentError("GlobalSelfAttention: `pos_emb_decay_fn` gave non-finite covariances")
+    _check_psd(tuple(spatial), float(p_norm), decay_fn)
     return r.to(dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _check_psd(spatial: tuple[int, ...], p_norm: float, decay_fn: Callable) -> None:
+    """Refuse a ``decay_fn`` whose ``R`` is not a covariance (not PSD) on these positions: the
+    kernel would be indefinite (once per positions, norm and function; float64 eigenvalues)."""
+    r = torch.as_tensor(decay_fn(_distances(spatial, p_norm, torch.float64, "cpu")), dtype=torch.float64)
+    r = (r + r.T) / 2
+    try:
+        check_eigenvalues("pos_emb_decay_fn", torch.linalg.eigvalsh(r), torch.float64)
+    except InvalidArgumentError as err:
+        raise SpecError(
+            f"GlobalSelfAttention: the covariance R[p, a] = pos_emb_decay_fn(|p - a|^{p_norm:g}) on the "
+            f"{spatial} positions is not positive semi-definite ({err}), so no positional embedding "
+            "has it and the kernel would be indefinite; use a positive-definite decay such as "
+            "exp(-d) or a Gaussian of the distance"
+        ) from None
+
+
+def _distances(spatial: tuple[int, ...], p_norm: float, dtype: Any, device: Any) -> torch.Tensor:
+    """``sum_axes |p - a|^p_norm`` ``(D, D)`` over the flattened positions (row-major)."""
+    grids = torch.meshgrid(*[torch.arange(s, dtype=dtype, device=device) for s in spatial], indexing="ij")
+    coords = torch.stack([g.reshape(-1) for g in grids], dim=1)  # (D, nsp)
+    return (coords[:, None, :] - coords[None, :, :]).abs().pow(p_norm).sum(-1)
 
 
 def attention_weights(logits: torch.Tensor, keep: torch.Tensor | None, mechanism: str) -> torch.Tensor:
