@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .._checks import check_choice, check_finite, check_int, renamed
-from .._memory import format_memory, memory_budget
+from .._memory import DEFAULT_MEMORY, format_memory, memory_budget
 from ..errors import InvalidArgumentError, ShapeError, SpecError
 from ..layers import Layer
 from ..layers._core.gram import _check_inputs
@@ -150,7 +150,8 @@ class FeatureMap:
         self.precision = check_choice("precision", precision.lower(), PRECISIONS)
         if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise InvalidArgumentError(f"`dtype` must be a floating torch.dtype, got {dtype!r}")
-        memory = memory_budget(memory)
+        # a fixed default: the rows per batch (and so the rounding) are the same on every machine
+        memory = memory_budget(DEFAULT_MEMORY if memory is None else memory)
         self.spec, self.n_features, self.seed = spec, int(n_features), int(seed)
         self.width = self.n_features
         if hermite_tolerance is None:
