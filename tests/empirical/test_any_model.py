@@ -82,7 +82,7 @@ def test_auto_falls_back_once_with_a_warning_and_remembers():
     from torchntk.empirical._functional import make_functional
 
     torch.manual_seed(0)
-    norm = torch.nn.Sequential(torch.nn.LayerNorm(3), CubeLayer(), torch.nn.LayerNorm(3)).double()
+    norm = torch.nn.Sequential(torch.nn.PReLU(3), CubeLayer(), torch.nn.PReLU(3)).double()
     x = torch.randn(4, 3, dtype=torch.float64)
     fm = make_functional(norm)
     plans, _ = _cost.candidates(fm, x, 4, 3, "mean", "auto", DEFAULT_MEMORY, False, None)

@@ -48,7 +48,7 @@ from ._functional import Functional
 from .autograd import AutogradBackend
 from .jacobian import JacobianBackend
 from .ntvp import NtvpBackend
-from .structured import StructuredBackend, choose_method, layer_flops, probe_layers
+from .structured import StructuredBackend, choose_method, group_flops, layer_flops, probe_layers
 
 # Torch functions (as the probe sees them: the outermost call of a nest) whose CPU kernels have
 # no forward-mode derivative: fused attention, and the attention of nn.MultiheadAttention.
@@ -87,7 +87,8 @@ def _itemsize(fm: Functional, acc_dtype: torch.dtype | None) -> int:
 
 def model_flops(fm: Functional, shapes: dict) -> float:
     """Forward flops per example: covered layers exactly, 2 per other parameter."""
-    covered = sum(2 * sh.P * sh.K * sh.C for sh in shapes.values())
+    per = {"embedding": lambda sh: sh.P * sh.C, "norm": lambda sh: 8 * sh.P * sh.C}
+    covered = sum(per.get(sh.kind, lambda sh: 2 * sh.P * sh.K * sh.C)(sh) for sh in shapes.values())
     return max(covered, 2.0 * sum(t.numel() for t in fm.params.values()))
 
 
@@ -119,7 +120,10 @@ def structured_plan(fm: Functional, probe: tuple, n1: int, n2: int, o: int, mode
         if m == "jw":
             example += o * sh.C * sh.K / sh.G
         if m == "pair":
-            pair += (o * o if mode == "full" else o) * sh.P**2 + sh.P**2
+            pair += (o * o if mode == "full" else o) * sh.active**2 + sh.active**2
+    g_flops, g_pairs = group_flops(layers, shapes, o, n1, n2, mode)
+    flops += g_flops
+    pair += 3 * (o * o if mode == "full" else o) * g_pairs  # the two factor products and their product
     p_fb = sum(fm.params[n].numel() for n in fallback)
     if fallback:
         e_fb = o * o if mode == "full" else o
