@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from ._layers import LayerInfo
+from .autograd import batched_grads
 
 
 def active_positions(G: torch.Tensor) -> torch.Tensor | None:
@@ -181,3 +182,59 @@ def use_flops(emb1: bool, emb2: bool, p1: float, p2: float, v: int, d: int, o: i
     else:
         per = 2 * e * v + 2 * d
     return n1 * n2 * p1 * p2 * (per + 2 * e)
+
+
+def weight_groups(layers: list[LayerInfo]) -> dict[str, list[str]]:
+    """Weight name -> the covered layers using it, for embeddings and tied weights."""
+    groups: dict[str, list[str]] = {}
+    for lay in layers:
+        if lay.weight is not None and (lay.kind == "embedding" or lay.tied):
+            groups.setdefault(lay.weight, []).append(lay.name)
+    return groups
+
+
+def group_flops(layers: list[LayerInfo], shapes: dict, o: int, n1: int, n2: int,
+                mode: str) -> tuple[float, float]:
+    """Flops of the weights of :func:`weight_groups` over all pairs of uses, and the largest
+    number of position pairs per example pair (for the memory estimate)."""
+    flops, most = 0.0, 0.0
+    for names in weight_groups(layers).values():
+        for u in names:
+            for w in names:
+                su, sw = shapes[u], shapes[w]
+                emb_u, emb_w = su.kind == "embedding", sw.kind == "embedding"
+                d = su.C if emb_u else su.K
+                v = sw.C if not emb_w else (su.C if not emb_u else 0)
+                flops += use_flops(emb_u, emb_w, su.active, sw.active, v, d, o, n1, n2, mode)
+                most = max(most, su.active * sw.active)
+    return flops, most
+
+
+def probe_cotangents(out: torch.Tensor, ys: list[torch.Tensor]) -> list:
+    """``d <w_k, out[k]> / d y`` for the two examples ``k`` of a probe batch (``out (2, O)``) and
+    random ``w_k``: per recorded tensor ``y``, a tensor ``(2, *y.shape)``, None where ``out``
+    does not depend on ``y``, or False for all when the backward pass fails. A position gets a
+    cotangent from some output exactly when it gets one from the random mix (but for a
+    cancellation of probability zero), so one pass tells the active positions."""
+    w = torch.randn(out.shape, generator=torch.Generator().manual_seed(0), dtype=out.dtype).to(out.device)
+    cot = torch.zeros((2, *out.shape), dtype=out.dtype, device=out.device)
+    cot[0, 0], cot[1, 1] = w[0], w[1]
+    if not ys:
+        return []
+    try:  # only the cost model and the check of expanded lookups use it: a model that cannot run
+        # this backward pass here fails again, and is reported, where it matters
+        with torch.enable_grad():
+            return batched_grads(out, ys, cot, {})
+    except Exception:  # noqa: BLE001
+        return [False] * len(ys)
+
+
+def mixes_rows(g: torch.Tensor | None | bool) -> bool:
+    """True when the cotangent ``g (2, 2, ...)`` of :func:`probe_cotangents` of an expanded
+    lookup puts example ``k``'s cotangent on another row than ``k`` (a forward reading row 0
+    for every example), or is unknown (False)."""
+    if g is None:
+        return False
+    if g is False:
+        return True
+    return bool(g[0, 1].ne(0).any() or g[1, 0].ne(0).any())

@@ -42,7 +42,8 @@ import torch
 from ._functional import Functional
 from ._layers import Capture, LayerInfo, cotangent_layout, find_layers, patches
 from ._modes import Accumulator, pair_view
-from ._tokens import UseFeat, active_positions, norm_grads, use_features, use_flops, use_pair
+from ._tokens import (UseFeat, active_positions, group_flops, mixes_rows, norm_grads, probe_cotangents, use_features, use_pair,
+                      weight_groups)
 from .autograd import batched_grads, per_example_jacobians
 from .jacobian import contract_jacobians, jacobians
 
@@ -71,10 +72,12 @@ def probe_layers(
     names of the torch functions the model called.
 
     Runs the model on two examples (``x[:2]``, or ``x[0]`` twice) with hooks and a usage
-    tracker (see :mod:`._layers`), and one batched backward pass of its outputs, which tells
-    each layer's active positions (:func:`._tokens.active_positions`, for the cost model). A
-    layer whose input or output has no batch axis of two is left out, except an embedding of
-    ids shared by the batch (expanded to it, when that leaves the output unchanged).
+    tracker (see :mod:`._layers`), and one backward pass of two random output cotangents
+    (:func:`._tokens.probe_cotangents`), which tells each layer's active positions
+    (:func:`._tokens.active_positions`, for the cost model). A layer whose input or output has
+    no batch axis of two is left out, except an embedding of ids shared by the batch (expanded
+    to it, when that leaves the output unchanged and each row's cotangent comes from its own
+    example).
     """
     if fm.module is None:
         return [], {}, list(fm.params), set()
@@ -91,14 +94,14 @@ def probe_layers(
     with torch.enable_grad(), Capture(layers, track=owner, batch=2) as cap:
         out = fm(params, xb)
     outside = {n for n in params if id(params[n]) in cap.tracker.outside}
+    once = [lay.name for lay in layers if len(cap.calls[lay.name]) == 1]
+    grads = dict(zip(once, probe_cotangents(out, [cap.calls[n][0].y for n in once])))
     dropped = set()
-    if cap.expanded:  # the expansion to the batch must leave the function unchanged
+    if cap.expanded:  # the expansion to the batch must leave the function and its rows per example
         with torch.no_grad():
             plain = fm(fm.params, xb)
-        if plain.shape != out.shape or not torch.allclose(plain, out.detach(), rtol=1e-6, atol=0.0):
-            dropped = set(cap.expanded)
-        else:
-            dropped = _mixed_rows(out, {n: cap.calls[n][0].y for n in cap.expanded})
+        same = plain.shape == out.shape and torch.allclose(plain, out.detach(), rtol=1e-6, atol=0.0)
+        dropped = {n for n in cap.expanded if not same or mixes_rows(grads.get(n, False))}
     kept, recs = [], []
     for lay in layers:
         calls = cap.calls[lay.name]
@@ -126,16 +129,9 @@ def probe_layers(
             kept[k] = replace(lay, weight=None, tied=False)
     pairs = [(lay, r) for lay, r in zip(kept, recs) if lay.weight is not None or lay.bias is not None]
     kept = [lay for lay, _ in pairs]
-    o = out.shape[1]
-    eye = torch.eye(o, dtype=out.dtype, device=out.device)[:, None, :].expand(o, out.shape[0], o)
-    try:  # the active positions only inform the cost model: a model that cannot run this
-        # backward pass here (it fails again, and is reported, where it matters) counts all
-        with torch.enable_grad():
-            gs = batched_grads(out, [r.y for _, r in pairs], eye, {}) if pairs else []
-    except Exception:  # noqa: BLE001
-        gs = [False] * len(pairs)
     shapes = {}
-    for (lay, rec), g in zip(pairs, gs):
+    for lay, rec in pairs:
+        g = grads[lay.name]
         pt = patches(lay, rec.a)
         c = rec.y.shape[1] if lay.conv_dims else rec.y.shape[-1]
         kind = "tied" if lay.tied and lay.kind == "linear" else lay.kind
@@ -145,21 +141,6 @@ def probe_layers(
         shapes[lay.name] = LayerShape(P=p, K=k, C=c, G=lay.groups, kind=kind, Pa=pa)
     covered = {n for lay in kept for n in (lay.weight, lay.bias) if n is not None}
     return kept, shapes, [n for n in fm.params if n not in covered], cap.tracker.functions
-
-
-def _mixed_rows(out: torch.Tensor, ys: dict[str, torch.Tensor]) -> set[str]:
-    """The expanded lookups ``ys`` (outputs ``(2, ...)``) whose row ``k`` receives cotangent from
-    the output of another example than ``k`` (a forward reading row 0 for every example):
-    their rows are not per-example, so they are not covered."""
-    w = torch.randn(out.shape, generator=torch.Generator().manual_seed(0), dtype=out.dtype).to(out.device)
-    cot = torch.zeros((2, *out.shape), dtype=out.dtype, device=out.device)
-    cot[0, 0], cot[1, 1] = w[0], w[1]
-    try:
-        with torch.enable_grad():
-            gs = batched_grads(out, list(ys.values()), cot, {})
-    except Exception:  # noqa: BLE001 - no evidence that the rows are per example
-        return set(ys)
-    return {n for n, g in zip(ys, gs) if g is not None and bool(g[0, 1].ne(0).any() or g[1, 0].ne(0).any())}
 
 
 def _active(G: torch.Tensor, p: int) -> torch.Tensor:
@@ -200,32 +181,6 @@ def layer_flops(sh: LayerShape, method: str, o: int, n1: int, n2: int, mode: str
     if method == "jw":
         return 2 * (n1 + n2) * o * sh.C * p * sh.K / sh.G + 2 * n1 * n2 * e * sh.C * (sh.K / sh.G + 1)
     return 2 * n1 * n2 * p**2 * (e * sh.C + sh.K + e * sh.G) + 2 * n1 * n2 * e * sh.C
-
-
-def weight_groups(layers: list[LayerInfo]) -> dict[str, list[str]]:
-    """Weight name -> the covered layers using it, for embeddings and tied weights."""
-    groups: dict[str, list[str]] = {}
-    for lay in layers:
-        if lay.weight is not None and (lay.kind == "embedding" or lay.tied):
-            groups.setdefault(lay.weight, []).append(lay.name)
-    return groups
-
-
-def group_flops(layers: list[LayerInfo], shapes: dict[str, LayerShape], o: int, n1: int, n2: int,
-                mode: str) -> tuple[float, float]:
-    """Flops of the weights of :func:`weight_groups` over all pairs of uses, and the largest
-    number of position pairs per example pair (for the memory estimate)."""
-    flops, most = 0.0, 0.0
-    for names in weight_groups(layers).values():
-        for u in names:
-            for w in names:
-                su, sw = shapes[u], shapes[w]
-                emb_u, emb_w = su.kind == "embedding", sw.kind == "embedding"
-                d = su.C if emb_u else su.K
-                v = sw.C if not emb_w else (su.C if not emb_u else 0)
-                flops += use_flops(emb_u, emb_w, su.active, sw.active, v, d, o, n1, n2, mode)
-                most = max(most, su.active * sw.active)
-    return flops, most
 
 
 @dataclass
