@@ -139,3 +139,15 @@ def test_auto_plans_the_structured_path_for_a_language_model_of_useful_width():
                                 False, None)
     assert plans[0].backend.name == "structured"
     assert plans[0].flops < 0.5 * next(p.flops for p in plans if p.backend.name == "jacobian")
+
+
+def test_first_auto_call_plans_on_two_examples_and_passes_over_the_batch_once():
+    """The first call on a fresh model plans from a few passes on at most two examples, then
+    runs one forward pass over the whole batch (and its batched backward pass)."""
+    model = _model()
+    sizes = []
+    model.register_forward_pre_hook(lambda m, args: sizes.append(args[0].shape[0]))
+    x = _ids(6, 6)
+    k = empirical_ntk(model, x, mode="mean")
+    assert sizes.count(6) == 1 and max(s for s in sizes if s != 6) <= 2 and len(sizes) <= 8, sizes
+    assert_close(k, brute_ntk(model, x, mode="mean"), rtol=1e-10)
