@@ -40,7 +40,7 @@ class TinyLM(nn.Module):
         self.mask, self.width = mask, width
 
     def forward(self, ids):
-        n, L = ids.shape
+        L = ids.shape[1]
         h = self.tok(ids) + self.pos(torch.arange(L).unsqueeze(0))
         q, k, v = self.qkv(self.ln1(h)).chunk(3, dim=-1)
         att = q @ k.transpose(1, 2) / self.width**0.5

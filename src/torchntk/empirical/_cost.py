@@ -46,10 +46,11 @@ from torch import nn
 from .._memory import format_memory
 from ._blocks import plan_block
 from ._functional import Functional
+from ._tokens import group_flops
 from .autograd import AutogradBackend
 from .jacobian import JacobianBackend
 from .ntvp import NtvpBackend
-from .structured import StructuredBackend, choose_method, group_flops, layer_flops, probe_layers
+from .structured import StructuredBackend, choose_method, layer_flops, probe_layers
 
 # Torch functions (as the probe sees them: the outermost call of a nest) whose CPU kernels have
 # no forward-mode derivative: fused attention, and the attention of nn.MultiheadAttention.

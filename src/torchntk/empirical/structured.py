@@ -27,8 +27,11 @@ Dilation and padding only change which input numbers form a patch (:func:`._laye
 The cotangents of all ``O`` outputs come from one batched backward pass
 (``torch.autograd.grad(..., is_grads_batched=True)``) after one forward pass with hooks. In the
 ``"diagonal"`` and ``"mean"`` modes only the output pairs ``a == b`` are formed (``O`` times
-fewer flops). Parameters outside covered layers (LayerNorm, embeddings, custom modules, tied
-weights) are handled by the Jacobian path (``vmap``), or, for models that ``vmap`` cannot
+fewer flops). Embeddings (also tied to an output head) and LayerNorm/RMSNorm affine maps
+have the rules of :mod:`._tokens` (method ``"use"`` and ``"norm"``), and positions without
+cotangent are dropped from a block's features. Parameters outside covered layers (custom
+modules, attention parameters outside Linear maps, weights tied between other layers) are
+handled by the Jacobian path (``vmap``), or, for models that ``vmap`` cannot
 trace (recurrent layers, custom autograd functions), by the per-example autograd loop of
 :mod:`.autograd` (``StructuredBackend(..., loop=True)``); the kernel is exact either way.
 """
@@ -42,8 +45,16 @@ import torch
 from ._functional import Functional
 from ._layers import Capture, LayerInfo, cotangent_layout, find_layers, patches
 from ._modes import Accumulator, pair_view
-from ._tokens import (UseFeat, active_positions, group_flops, mixes_rows, norm_grads, probe_cotangents, use_features, use_pair,
-                      weight_groups)
+from ._tokens import (
+    UseFeat,
+    active_positions,
+    mixes_rows,
+    norm_grads,
+    probe_cotangents,
+    use_features,
+    use_pair,
+    weight_groups,
+)
 from .autograd import batched_grads, per_example_jacobians
 from .jacobian import contract_jacobians, jacobians
 
