@@ -100,6 +100,9 @@ def test_symmetric_blocked_and_per_layer_parts_are_exact():
     parts = empirical_ntk(model, x, mode="mean", implementation="structured", per_layer=True)
     assert set(parts) == {n for n, _ in model.named_parameters()}
     assert_close(sum(parts.values()), brute_ntk(model, x, mode="mean"), rtol=1e-10)
+    # one example: the probe duplicates it to see which lookups are shared by the batch
+    one = x[1:2]
+    assert_close(empirical_ntk(model, one, implementation="structured"), brute_ntk(model, one), rtol=1e-10)
     names = ["tok.weight", "pos.weight"]
     assert_close(parts["tok.weight"] + parts["pos.weight"], brute_ntk(model, x, mode="mean", names=names),
                  rtol=1e-10)
