@@ -39,7 +39,6 @@ import torch
 import torch.nn.functional as F
 
 from ._layers import LayerInfo
-from .autograd import batched_grads
 
 
 def active_positions(G: torch.Tensor) -> torch.Tensor | None:
@@ -210,27 +209,28 @@ def group_flops(layers: list[LayerInfo], shapes: dict, o: int, n1: int, n2: int,
     return flops, most
 
 
-def probe_cotangents(out: torch.Tensor, ys: list[torch.Tensor]) -> list:
-    """``d <w_k, out[k]> / d y`` for the two examples ``k`` of a probe batch (``out (2, O)``) and
-    random ``w_k``: per recorded tensor ``y``, a tensor ``(2, *y.shape)``, None where ``out``
-    does not depend on ``y``, or False for all when the backward pass fails. A position gets a
-    cotangent from some output exactly when it gets one from the random mix (but for a
-    cancellation of probability zero), so one pass tells the active positions."""
-    w = torch.randn(out.shape, generator=torch.Generator().manual_seed(0), dtype=out.dtype).to(out.device)
-    cot = torch.zeros((2, *out.shape), dtype=out.dtype, device=out.device)
-    cot[0, 0], cot[1, 1] = w[0], w[1]
+def probe_cotangents(out: torch.Tensor, ys: list[torch.Tensor], per_example: bool) -> list:
+    """``d <w, out> / d y`` for random ``w (2, O)`` (one plain backward pass) or, with
+    ``per_example=True``, ``d <w_k, out[k]> / d y`` for each of the two examples ``k`` of the
+    probe batch (two passes): per recorded tensor ``y``, a tensor ``(1 or 2, *y.shape)``, None
+    where ``out`` does not depend on ``y``, or False for all when the backward pass fails. A
+    position gets a cotangent from some output exactly when it gets one from the random mix (but
+    for a cancellation of probability zero), so one pass tells the active positions."""
     if not ys:
         return []
+    w = torch.randn(out.shape, generator=torch.Generator().manual_seed(0), dtype=out.dtype).to(out.device)
+    cots = [w * (torch.arange(out.shape[0], device=out.device) == k)[:, None] for k in range(2)] if per_example else [w]
     try:  # only the cost model and the check of expanded lookups use it: a model that cannot run
         # this backward pass here fails again, and is reported, where it matters
         with torch.enable_grad():
-            return batched_grads(out, ys, cot, {})
+            runs = [torch.autograd.grad(out, ys, c, retain_graph=True, allow_unused=True) for c in cots]
     except Exception:  # noqa: BLE001
         return [False] * len(ys)
+    return [None if run0 is None else torch.stack([r[m] for r in runs]) for m, run0 in enumerate(runs[0])]
 
 
 def mixes_rows(g: torch.Tensor | None | bool) -> bool:
-    """True when the cotangent ``g (2, 2, ...)`` of :func:`probe_cotangents` of an expanded
+    """True when the cotangent ``g (2, 2, ...)`` of :func:`probe_cotangents` (per example) of an expanded
     lookup puts example ``k``'s cotangent on another row than ``k`` (a forward reading row 0
     for every example), or is unknown (False)."""
     if g is None:

@@ -83,8 +83,8 @@ def probe_layers(
     names of the torch functions the model called.
 
     Runs the model on two examples (``x[:2]``, or ``x[0]`` twice) with hooks and a usage
-    tracker (see :mod:`._layers`), and one backward pass of two random output cotangents
-    (:func:`._tokens.probe_cotangents`), which tells each layer's active positions
+    tracker (see :mod:`._layers`), and one backward pass of a random output cotangent (two,
+    one per example, when a lookup was expanded: :func:`._tokens.probe_cotangents`), which tells each layer's active positions
     (:func:`._tokens.active_positions`, for the cost model). A layer whose input or output has
     no batch axis of two is left out, except an embedding of ids shared by the batch (expanded
     to it, when that leaves the output unchanged and each row's cotangent comes from its own
@@ -106,7 +106,13 @@ def probe_layers(
         out = fm(params, xb)
     outside = {n for n in params if id(params[n]) in cap.tracker.outside}
     once = [lay.name for lay in layers if len(cap.calls[lay.name]) == 1]
-    grads = dict(zip(once, probe_cotangents(out, [cap.calls[n][0].y for n in once])))
+    by_name = {lay.name: lay for lay in layers}
+    # active positions matter for the layers of transformers (Linear maps over positions,
+    # embeddings, norms) and expanded lookups; MLPs and CNNs skip the backward pass
+    seq = [n for n in once if _over_positions(by_name[n], cap.calls[n][0])]
+    grads = dict.fromkeys(once, False)
+    if seq or cap.expanded:
+        grads.update(zip(once, probe_cotangents(out, [cap.calls[n][0].y for n in once], bool(cap.expanded))))
     dropped = set()
     if cap.expanded:  # the expansion to the batch must leave the function and its rows per example
         with torch.no_grad():
@@ -143,15 +149,28 @@ def probe_layers(
     shapes = {}
     for lay, rec in pairs:
         g = grads[lay.name]
-        pt = patches(lay, rec.a)
+        p, k = _positions(lay, rec)
         c = rec.y.shape[1] if lay.conv_dims else rec.y.shape[-1]
         kind = "tied" if lay.tied and lay.kind == "linear" else lay.kind
-        k = 1 if lay.kind == "embedding" else pt.shape[2]
-        p = pt.shape[1]
         pa = -1 if g is False else (0 if g is None else len(_active(cotangent_layout(lay, g.detach()), p)))
         shapes[lay.name] = LayerShape(P=p, K=k, C=c, G=lay.groups, kind=kind, Pa=pa)
     covered = {n for lay in kept for n in (lay.weight, lay.bias) if n is not None}
     return kept, shapes, [n for n in fm.params if n not in covered], cap.tracker.functions
+
+
+def _positions(lay: LayerInfo, rec) -> tuple[int, int]:
+    """``(P, K)`` of a layer call: positions and numbers per patch (1 for an embedding's ids)."""
+    if lay.kind == "embedding":
+        return rec.a[0].numel(), 1
+    if lay.conv_dims:  # one patch of C_in * prod(kernel) numbers per output position
+        return rec.y[0, 0].numel(), lay.module.weight[0].numel() * lay.groups
+    pt = patches(lay, rec.a[:1])
+    return pt.shape[1], pt.shape[2]
+
+
+def _over_positions(lay: LayerInfo, rec) -> bool:
+    """A transformer's layer: an embedding, a norm, or a Linear map over several positions."""
+    return lay.kind != "linear" or (lay.conv_dims == 0 and _positions(lay, rec)[0] > 1)
 
 
 def _active(G: torch.Tensor, p: int) -> torch.Tensor:
