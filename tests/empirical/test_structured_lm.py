@@ -154,3 +154,17 @@ def test_first_auto_call_plans_on_two_examples_and_passes_over_the_batch_once():
     k = empirical_ntk(model, x, mode="mean")
     assert sizes.count(6) == 1 and max(s for s in sizes if s != 6) <= 2 and len(sizes) <= 8, sizes
     assert_close(k, brute_ntk(model, x, mode="mean"), rtol=1e-10)
+
+
+@pytest.mark.parametrize("small", [True, False])
+def test_mean_gram_as_one_product_or_per_output_agree_with_the_definition(monkeypatch, small):
+    from torchntk.empirical import _modes
+
+    monkeypatch.setattr(_modes, "SMALL_GRAM", 1 << 30 if small else 0)
+    g = torch.Generator().manual_seed(0)
+    u1, u2 = torch.randn(3, 5, 7, generator=g, dtype=DT), torch.randn(3, 4, 7, generator=g, dtype=DT)
+    ref = torch.einsum("aif,ajf->ij", u1, u2)
+    # float64 sums of 21 products in another order: rounding only
+    assert_close(_modes.gram(u1, u2, "mean"), ref, rtol=1e-13)
+    sym = _modes.mirror(_modes.gram_sym(u1, "mean"), "mean")
+    assert_close(sym, torch.einsum("aif,ajf->ij", u1, u1), rtol=1e-13)
