@@ -130,6 +130,27 @@ def test_shared_lookup_read_by_row_is_left_to_the_jacobian_path():
     assert_close(empirical_ntk(model, x, implementation="structured"), brute_ntk(model, x), rtol=1e-10)
 
 
+class TiedUsedOutside(TinyLM):
+    """The tied table also enters the output directly (a weight-norm penalty term); the head
+    has a bias of its own, which stays factorized."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(WIDTH, VOCAB)
+        self.head.weight = self.tok.weight
+
+    def forward(self, ids):
+        return super().forward(ids) + self.tok.weight.pow(2).sum() * 1e-2
+
+
+def test_tied_table_also_used_outside_its_layers_is_left_to_the_jacobian_path():
+    torch.manual_seed(2)
+    model = TiedUsedOutside().to(DT)
+    x = _ids(3, 7)
+    assert structured.probe_layers(make_functional(model), x)[2] == ["tok.weight"]
+    assert_close(empirical_ntk(model, x, implementation="structured"), brute_ntk(model, x), rtol=1e-10)
+
+
 def test_auto_plans_the_structured_path_for_a_language_model_of_useful_width():
     """At width 128 and a 1000-word vocabulary (tied head) the per-example Jacobians of the
     Jacobian path (P = 330k numbers per output) cost far more than the factorized layers."""

@@ -130,7 +130,7 @@ def probe_layers(
         b = None if lay.bias in outside else lay.bias
         if w is None and b is None:
             continue
-        kept.append(replace(lay, weight=w, bias=b))
+        kept.append(replace(lay, weight=w, bias=b, tied=lay.tied and w is not None))
         recs.append(calls[0])
     # a tied weight is covered only when every use of it is
     uses: dict[str, int] = {}
