@@ -189,3 +189,29 @@ def test_mean_gram_as_one_product_or_per_output_agree_with_the_definition(monkey
     assert_close(_modes.gram(u1, u2, "mean"), ref, rtol=1e-13)
     sym = _modes.mirror(_modes.gram_sym(u1, "mean"), "mean")
     assert_close(sym, torch.einsum("aif,ajf->ij", u1, u1), rtol=1e-13)
+
+
+def test_planning_runs_on_one_thread_and_restores_the_thread_count():
+    before = torch.get_num_threads()
+    seen = []
+
+    class Probe(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 2)
+
+        def forward(self, x):
+            seen.append((x.shape[0], torch.get_num_threads()))
+            return self.lin(x)
+
+    torch.set_num_threads(2)
+    try:
+        x = torch.randn(5, 3, dtype=torch.float32)
+        empirical_ntk(Probe(), x, implementation="structured")
+        assert torch.get_num_threads() == 2
+        assert {t for n, t in seen if n <= 2} == {1} and {t for n, t in seen if n == 5} == {2}
+        with pytest.raises(RuntimeError, match="inside"), _cost.planning_threads():
+            raise RuntimeError("inside")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
