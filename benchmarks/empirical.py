@@ -516,6 +516,9 @@ def main() -> None:
     if gpt2 is not None:
         n_gpt = 4 if args.tiny else 32
         ids = torch.randint(0, 5000, (n_gpt, 16), generator=torch.Generator().manual_seed(0))
+        # transformers' one-time costs in a process (its first forward and backward passes),
+        # paid on another instance and two examples before any timing, like warm_up's
+        torchntk.empirical_ntk(copy.deepcopy(gpt2), ids[:2], mode="mean")
         workloads.append((f"GPT-2 tiny N={n_gpt} mean", gpt2, ids, "mean", impls[:3]))
     elif want("gpt2"):
         print("(GPT-2 skipped: transformers does not import)")
