@@ -122,14 +122,6 @@ class RowZero(nn.Module):
         return self.head(torch.tanh(h).mean(1))
 
 
-def test_shared_lookup_read_by_row_is_left_to_the_jacobian_path():
-    torch.manual_seed(1)
-    model = RowZero().to(DT)
-    x = _ids(4, 4)
-    assert structured.probe_layers(make_functional(model), x)[2] == ["pos.weight"]
-    assert_close(empirical_ntk(model, x, implementation="structured"), brute_ntk(model, x), rtol=1e-10)
-
-
 class TiedUsedOutside(TinyLM):
     """The tied table also enters the output directly (a weight-norm penalty term); the head
     has a bias of its own, which stays factorized."""
@@ -143,11 +135,13 @@ class TiedUsedOutside(TinyLM):
         return super().forward(ids) + self.tok.weight.pow(2).sum() * 1e-2
 
 
-def test_tied_table_also_used_outside_its_layers_is_left_to_the_jacobian_path():
+@pytest.mark.parametrize("cls, left", [(RowZero, ["pos.weight"]), (TiedUsedOutside, ["tok.weight"])])
+def test_lookups_that_cannot_be_factorized_are_left_to_the_jacobian_path(cls, left):
+    """A shared lookup read by row, and a tied table also used outside its layers."""
     torch.manual_seed(2)
-    model = TiedUsedOutside().to(DT)
-    x = _ids(3, 7)
-    assert structured.probe_layers(make_functional(model), x)[2] == ["tok.weight"]
+    model = cls().to(DT)
+    x = _ids(4, 7)
+    assert structured.probe_layers(make_functional(model), x)[2] == left
     assert_close(empirical_ntk(model, x, implementation="structured"), brute_ntk(model, x), rtol=1e-10)
 
 
