@@ -171,6 +171,33 @@ class BertStyle(nn.Module):
         return self.head(self.enc(self.tok(ids) + self.pos(pos)).mean(1))
 
 
+class LabelLogits(nn.Module):
+    """A ``transformers`` causal language model -> the logits of ``labels`` at the last position
+    (``out.logits[:, -1, labels]``), the outputs of the kernel view of prompt-based fine-tuning."""
+
+    def __init__(self, lm: nn.Module, labels: list[int]):
+        super().__init__()
+        self.lm, self.labels = lm, labels
+
+    def forward(self, ids):
+        return self.lm(ids).logits[:, -1, self.labels]
+
+
+def make_gpt2(width: int = 256, layers: int = 2, vocab: int = 5000, seed: int = 0) -> nn.Module | None:
+    """A GPT-2 style model from a ``transformers`` configuration (random weights, eager attention,
+    head tied to the token embedding), as :class:`LabelLogits` of 10 label words; None without
+    ``transformers``."""
+    try:
+        import transformers
+    except ImportError:
+        return None
+    torch.manual_seed(seed)
+    cfg = transformers.GPT2Config(vocab_size=vocab, n_positions=64, n_embd=width, n_layer=layers, n_head=4,
+                                  bos_token_id=0, eos_token_id=0)
+    cfg._attn_implementation = "eager"
+    return LabelLogits(transformers.GPT2LMHeadModel(cfg).eval(), list(range(100, 110)))
+
+
 def digits() -> torch.Tensor:
     from sklearn.datasets import load_digits
 
@@ -370,7 +397,9 @@ class Chosen(logging.Handler):
         self.name = "?"
 
     def emit(self, record):
-        self.name = record.args[0]
+        # the record's argument is the call's report (``logging.Handler.name`` must stay a str)
+        arg = record.args[0] if isinstance(record.args, tuple) else record.args
+        self.name = str(getattr(arg, "implementation", arg))
 
 
 CHOSEN = Chosen()
@@ -440,7 +469,8 @@ def main() -> None:
                     help="thread budget of every contender: torch's intra-op threads and XLA's "
                          "multi-threaded Eigen (default 2; 0 keeps the libraries' defaults)")
     ap.add_argument("--tiny", action="store_true", help="small sizes: a smoke test of the script")
-    ap.add_argument("--only", nargs="+", choices=("mlp", "cnn", "bert", "peer", "peer-inprocess", "scale"),
+    ap.add_argument("--only", nargs="+",
+                    choices=("mlp", "cnn", "gpt2", "bert", "peer", "peer-inprocess", "scale"),
                     help="run only these parts (default: all but peer-inprocess); 'peer' is the MLP "
                          "and CNN rows against neural-tangents, each contender in its own process; "
                          "'peer-inprocess' the same in this process")
@@ -482,6 +512,16 @@ def main() -> None:
         workloads += [(f"MLP N={n_mlp} {m}", mlp, X[:n_mlp], m, impls) for m in ("full", "mean")]
     if want("cnn"):
         workloads += [(f"CNN N={n_cnn} {m}", cnn, imgs, m, impls[:3]) for m in ("full", "mean")]
+    gpt2 = make_gpt2(width=32 if args.tiny else 256) if want("gpt2") else None
+    if gpt2 is not None:
+        n_gpt = 4 if args.tiny else 32
+        ids = torch.randint(0, 5000, (n_gpt, 16), generator=torch.Generator().manual_seed(0))
+        # transformers' one-time costs in a process (its first forward and backward passes),
+        # paid on another instance and two examples before any timing, like warm_up's
+        torchntk.empirical_ntk(copy.deepcopy(gpt2), ids[:2], mode="mean")
+        workloads.append((f"GPT-2 tiny N={n_gpt} mean", gpt2, ids, "mean", impls[:3]))
+    elif want("gpt2"):
+        print("(GPT-2 skipped: transformers does not import)")
     if want("bert"):
         bert = BertStyle(width=16 if args.tiny else 64).eval()
         ids = torch.randint(0, 1000, (n_bert, 16), generator=torch.Generator().manual_seed(0))

@@ -95,3 +95,49 @@ def test_gpt2_conv1d_is_covered_by_the_structured_path():
     model, sel, x1, _ = _build("gpt2")
     fallback = structured.probe_layers(make_functional(model, output=sel), x1)[2]
     assert not any(".attn." in n or ".mlp." in n for n in fallback), fallback
+
+
+class _MaskedLM(torch.nn.Module):
+    """A causal LM on ``(N, 2, L)`` inputs, ids and attention mask stacked (the mask passed to
+    the model as a keyword), giving the logits of label words at the last position."""
+
+    def __init__(self, lm, labels):
+        super().__init__()
+        self.lm, self.labels = lm, labels
+
+    def forward(self, x):
+        return self.lm(input_ids=x[:, 0], attention_mask=x[:, 1]).logits[:, -1, self.labels]
+
+
+def _gpt2_lm():
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=20, n_embd=8, n_layer=2, n_head=2, n_positions=16,
+                                  bos_token_id=0, eos_token_id=0)
+    cfg._attn_implementation = "eager"
+    return transformers.GPT2LMHeadModel(cfg).double().eval()
+
+
+@pytest.mark.parametrize("mode", ["full", "mean"])
+def test_gpt2_lm_head_label_logits_every_parameter_factorized_and_exact(mode):
+    """GPT-2 with its head tied to the token embedding, last-token logits of 3 label words (the
+    kernel view of prompt-based fine-tuning): nothing is left to the Jacobian path (embeddings,
+    tied head, LayerNorms, Conv1D all factorized), and the kernel matches brute force; also with
+    an attention mask over left padding, passed as a keyword by a wrapper."""
+    from torchntk.empirical import structured
+    from torchntk.empirical._functional import make_functional
+
+    lm, labels = _gpt2_lm(), [3, 5, 7]
+    sel = lambda out: out.logits[:, -1, labels]  # noqa: E731
+    g = torch.Generator().manual_seed(2)
+    x1, x2 = torch.randint(0, 20, (3, 6), generator=g), torch.randint(0, 20, (2, 6), generator=g)
+    assert structured.probe_layers(make_functional(lm, output=sel), x1)[2] == []
+    ref = brute_ntk(SelectOutput(lm, sel), x1, x2, mode)
+    for impl in ("structured", "auto"):
+        # float64: the factorized and brute-force kernels differ by rounding only
+        assert_close(empirical_ntk(lm, x1, x2, mode=mode, output=sel, implementation=impl), ref, rtol=1e-9)
+    masked = _MaskedLM(lm, labels)
+    mask = torch.ones(3, 6, dtype=torch.long)
+    mask[0, :2] = 0  # left padding of the first sequence
+    xm = torch.stack([x1, mask], 1)
+    assert_close(empirical_ntk(masked, xm, mode=mode, implementation="structured"),
+                 brute_ntk(masked, xm, mode=mode), rtol=1e-9)

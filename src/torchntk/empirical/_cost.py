@@ -35,16 +35,20 @@ same structure runs no probe and tries no failing implementation again.
 
 from __future__ import annotations
 
+import contextlib
 import types
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
+from typing import Iterator
 
 import torch
 from torch import nn
 
 from .._memory import format_memory
+from ._blocks import plan_block
 from ._functional import Functional
+from ._tokens import group_flops
 from .autograd import AutogradBackend
 from .jacobian import JacobianBackend
 from .ntvp import NtvpBackend
@@ -68,6 +72,7 @@ class Plan:
     fixed_bytes: float
     example_bytes: float
     pair_bytes: float
+    features: float = 0.0  # the part of ``flops`` spent on features (repeated when blocks recompute them)
 
     def min_bytes(self) -> float:
         return self.fixed_bytes + 2 * self.example_bytes + self.pair_bytes
@@ -87,14 +92,38 @@ def _itemsize(fm: Functional, acc_dtype: torch.dtype | None) -> int:
 
 def model_flops(fm: Functional, shapes: dict) -> float:
     """Forward flops per example: covered layers exactly, 2 per other parameter."""
-    covered = sum(2 * sh.P * sh.K * sh.C for sh in shapes.values())
+    per = {"embedding": lambda sh: sh.P * sh.C, "norm": lambda sh: 8 * sh.P * sh.C}
+    covered = sum(per.get(sh.kind, lambda sh: 2 * sh.P * sh.K * sh.C)(sh) for sh in shapes.values())
     return max(covered, 2.0 * sum(t.numel() for t in fm.params.values()))
 
 
-def jacobian_flops(fwd: float, p: int, o: int, n1: int, n2: int, mode: str) -> float:
-    """Backward passes, per-example weight gradients (``O F`` per example), products."""
+#: Flops that one byte of features written and read back is worth in the estimates: a CPU core
+#: streams a few bytes through memory in the time of one multiply-add of a large matrix product.
+BYTE_FLOPS = 2.0
+
+
+def pass_flops(fwd: float, o: int, n: int, weights: bool) -> float:
+    """A forward pass and ``O`` backward passes on ``n`` examples: ``F`` each for the gradients
+    of the layers' inputs, twice that with the per-example gradients of the weights too."""
+    return fwd * n * (1 + (2 if weights else 1) * o)
+
+
+def jacobian_flops(fwd: float, p: int, o: int, n1: int, n2: int, mode: str, s: int = 4) -> tuple[float, float]:
+    """(all flops, the features' part) of the Jacobian path: the passes with weight gradients,
+    ``O P`` numbers of Jacobian per example written and read (:data:`BYTE_FLOPS`), products."""
     e = o * o if mode == "full" else o
-    return 3 * fwd * (o + 1) * (n1 + n2) + o * fwd * (n1 + n2) + 2 * n1 * n2 * e * p
+    feats = pass_flops(fwd, o, n1 + n2, True) + BYTE_FLOPS * 2 * (n1 + n2) * o * p * s
+    return feats + 2 * n1 * n2 * e * p, feats
+
+
+def recompute_factor(plan: Plan, n1: int, n2: int, budget: int) -> float:
+    """How many times the features of each example are computed in the tiling the budget allows
+    (1 when one block holds all examples; each row block's columns again otherwise)."""
+    b = plan_block(max(n1, n2), None, budget, plan.fixed_bytes, plan.example_bytes, plan.pair_bytes)
+    if b >= max(n1, n2):
+        return 1.0
+    rows = -(-n1 // b)
+    return (n1 + rows * n2) / (n1 + n2)
 
 
 def structured_plan(fm: Functional, probe: tuple, n1: int, n2: int, o: int, mode: str,
@@ -110,7 +139,8 @@ def structured_plan(fm: Functional, probe: tuple, n1: int, n2: int, o: int, mode
     methods = {lay.name: choose_method(shapes[lay.name], o, n1, n2, mode, limit) for lay in layers}
     e = o * o if mode == "full" else (o if mode == "diagonal" else 1)
     fwd = model_flops(fm, shapes)
-    flops = 3 * fwd * (o + 1) * (n1 + n2)
+    feats = pass_flops(fwd, o, n1 + n2, False)
+    flops = 0.0
     example, pair = 0.0, 3.0 * e
     for lay in layers:
         sh, m = shapes[lay.name], methods[lay.name]
@@ -119,15 +149,19 @@ def structured_plan(fm: Functional, probe: tuple, n1: int, n2: int, o: int, mode
         if m == "jw":
             example += o * sh.C * sh.K / sh.G
         if m == "pair":
-            pair += (o * o if mode == "full" else o) * sh.P**2 + sh.P**2
+            pair += (o * o if mode == "full" else o) * sh.active**2 + sh.active**2
+    g_flops, g_pairs = group_flops(layers, shapes, o, n1, n2, mode)
+    flops += g_flops
+    pair += 3 * (o * o if mode == "full" else o) * g_pairs  # the two factor products and their product
     p_fb = sum(fm.params[n].numel() for n in fallback)
     if fallback:
         e_fb = o * o if mode == "full" else o
-        flops += 3 * fwd * (o + 1) * (n1 + n2) + 2 * o * (n1 + n2) * p_fb + 2 * n1 * n2 * e_fb * p_fb
+        feats += pass_flops(fwd, o, n1 + n2, True) + BYTE_FLOPS * 2 * (n1 + n2) * o * p_fb * s
+        flops += 2 * n1 * n2 * e_fb * p_fb
         example += 2 * o * p_fb
     parts = len(fm.params) if per_layer else 1
     backend = StructuredBackend(fm, o, layers, methods, fallback, shapes, loop=loop)
-    return Plan(backend, flops, n1 * n2 * e * s * parts, example * s, pair * s)
+    return Plan(backend, flops + feats, n1 * n2 * e * s * parts, example * s, pair * s, feats)
 
 
 @dataclass
@@ -246,6 +280,22 @@ def entry(fm: Functional, x1: torch.Tensor, name: str = "x1") -> Entry:
     return hit
 
 
+@contextlib.contextmanager
+def planning_threads() -> Iterator[None]:
+    """Run the planning passes (:func:`entry`, the per-example check) on one thread: on two
+    examples each operation is tiny, and a pool of threads waits for all of its threads at every
+    operation, which costs milliseconds apiece when the cores are shared (a first call on a
+    GPT-2 style model planned in 0.3-1.5 s on 2 threads of 2 busy cores, 0.07-0.12 s on one)."""
+    n = torch.get_num_threads()
+    if n > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if n > 1:
+            torch.set_num_threads(n)
+
+
 def known_limits(fm: Functional, functions: set[str]) -> set[str]:
     """Implementations that cannot handle the model, from cheap evidence: recurrent modules have
     no ``vmap`` rule; the fused attention kernels (``scaled_dot_product_attention``, the fast
@@ -283,20 +333,22 @@ def candidates(
     parts = len(fm.params) if per_layer else 1
     out_bytes = n1 * n2 * e * s * parts
     fwd = model_flops(fm, ent.probe[1])
-    jac_flops = jacobian_flops(fwd, p, o, n1, n2, mode)
+    jac_flops, jac_feats = jacobian_flops(fwd, p, o, n1, n2, mode, s)
     auto = implementation == "auto"
     plans: dict[str, Plan] = {}
     if auto or implementation == "structured":
         plans["structured"] = structured_plan(fm, ent.probe, n1, n2, o, mode, per_layer, s, budget)
     if auto or implementation == "jacobian":
-        plans["jacobian"] = Plan(JacobianBackend(fm, o), jac_flops, out_bytes, 2 * o * p * s, 3 * e * s)
+        plans["jacobian"] = Plan(JacobianBackend(fm, o), jac_flops, out_bytes, 2 * o * p * s, 3 * e * s, jac_feats)
     if auto or implementation == "ntvp":
         chunk = int(max(1, budget / 4 // max(3 * p * s, 1)))
         plans["ntvp"] = Plan(
             NtvpBackend(fm, o, chunk=chunk), 3 * fwd * n2 * o * (n1 + n2) * parts, out_bytes, 0.0, 3 * o * o * s
         )
     if auto or implementation == "autograd":
-        plans["autograd"] = Plan(AutogradBackend(fm, o), jac_flops, out_bytes, 2 * o * p * s, 3 * e * s)
+        plans["autograd"] = Plan(AutogradBackend(fm, o), jac_flops, out_bytes, 2 * o * p * s, 3 * e * s, jac_feats)
+    for pl in plans.values():  # blocks smaller than the batch compute the features again
+        pl.flops += pl.features * (recompute_factor(pl, n1, n2, budget) - 1)
     if not auto:
         return [plans[implementation]], ent
     limits = known_limits(fm, ent.probe[3])

@@ -68,14 +68,17 @@ def _gap(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
 def check_per_example(fm: Functional, x: torch.Tensor) -> None:
     """Raise ModelStateError unless ``f`` is deterministic per example on the batch ``x``.
 
-    ``x`` holds at least two examples (fewer: nothing to compare). Runs the model three times
-    on at most two examples, without gradients: ``f(x[:2])`` twice, then ``f(x[:1])``; the
+    ``x`` holds at least two examples (fewer: nothing to compare). Runs the model at most three times
+    on at most two examples, without gradients: ``f(x[:2])`` twice (the first may be the
+    output :meth:`Functional.probe` computed on them), then ``f(x[:1])``; the
     results must agree to :func:`_tolerance` relative to the largest output.
     """
     if x.shape[0] < 2:
         return
     with torch.no_grad():
-        both = fm(fm.params, x[:2])
+        both = fm.probed_output(x[:2])  # the probe's forward pass on these examples, if it ran
+        if both is None:
+            both = fm(fm.params, x[:2])
         again = fm(fm.params, x[:2])
         one = fm(fm.params, x[:1])
     if not (bool(torch.isfinite(both).all()) and bool(torch.isfinite(one).all())):

@@ -33,10 +33,23 @@ def gram(u1: torch.Tensor, u2: torch.Tensor, mode: str) -> torch.Tensor:
         return (u1.reshape(o * n1, -1) @ u2.reshape(o * n2, -1).T).view(o, n1, o, n2)
     if mode == "diagonal":
         return torch.bmm(u1, u2.transpose(1, 2))
+    if u1.numel() + u2.numel() <= SMALL_GRAM:  # one product over (output, feature) pairs
+        return _flat(u1) @ _flat(u2).T
     out = u1[0] @ u2[0].T  # "mean": sum over outputs without an (O, N1, N2) temporary
     for a in range(1, o):
         out.addmm_(u1[a], u2[a].T)
     return out
+
+
+#: Features of at most this many numbers (both sides) are copied into one ``(N, O F)`` matrix
+#: for a "mean" Gram: one matrix product instead of ``O`` small ones, each of which waits for
+#: every thread of the pool (milliseconds apiece when the cores are shared).
+SMALL_GRAM = 1 << 22
+
+
+def _flat(u: torch.Tensor) -> torch.Tensor:
+    """``u (O, N, F)`` as ``(N, O F)``."""
+    return u.transpose(0, 1).reshape(u.shape[1], -1)
 
 
 def sym_chunks(m: int, f: int | None = None) -> list[slice]:
@@ -77,6 +90,8 @@ def gram_sym(u: torch.Tensor, mode: str) -> torch.Tensor:
         out = u.new_empty(o * n, o * n)
         _upper_mm(out, u.reshape(o * n, -1), 0.0)
         return out.view(o, n, o, n)
+    if mode == "mean" and u.numel() <= SMALL_GRAM // 2:
+        return gram(u, u, mode)
     out = u.new_empty(o, n, n) if mode == "diagonal" else u.new_empty(n, n)
     for a in range(o):
         _upper_mm(out[a] if mode == "diagonal" else out, u[a], 0.0 if (a == 0 or mode == "diagonal") else 1.0)

@@ -222,10 +222,11 @@ def _compute(fm, x1, x2, mode, implementation, per_layer, block_size, budget, so
     # Derivatives are needed even when the caller is in no_grad or inference mode.
     with torch.inference_mode(False), torch.enable_grad():
         check_finite_model(fm)
-        entry = _cost.entry(fm, x1)  # runs the model on a few examples on a plan-cache miss
-        if not entry.per_example:
-            check_per_example(fm, x1[:2] if x1.shape[0] > 1 or x2 is None else torch.cat([x1, x2[:1]]))
-            entry.per_example = True
+        with _cost.planning_threads():
+            entry = _cost.entry(fm, x1)  # runs the model on a few examples on a plan-cache miss
+            if not entry.per_example:
+                check_per_example(fm, x1[:2] if x1.shape[0] > 1 or x2 is None else torch.cat([x1, x2[:1]]))
+                entry.per_example = True
         n1 = x1.shape[0]
         n2 = n1 if x2 is None else x2.shape[0]
         left_out: dict[str, str] = {}

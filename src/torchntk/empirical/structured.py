@@ -27,21 +27,34 @@ Dilation and padding only change which input numbers form a patch (:func:`._laye
 The cotangents of all ``O`` outputs come from one batched backward pass
 (``torch.autograd.grad(..., is_grads_batched=True)``) after one forward pass with hooks. In the
 ``"diagonal"`` and ``"mean"`` modes only the output pairs ``a == b`` are formed (``O`` times
-fewer flops). Parameters outside covered layers (LayerNorm, embeddings, custom modules, tied
-weights) are handled by the Jacobian path (``vmap``), or, for models that ``vmap`` cannot
+fewer flops). Embeddings (also tied to an output head) and LayerNorm/RMSNorm affine maps
+have the rules of :mod:`._tokens` (method ``"use"`` and ``"norm"``), and positions without
+cotangent are dropped from a block's features. Parameters outside covered layers (custom
+modules, attention parameters outside Linear maps, weights tied between other layers) are
+handled by the Jacobian path (``vmap``), or, for models that ``vmap`` cannot
 trace (recurrent layers, custom autograd functions), by the per-example autograd loop of
 :mod:`.autograd` (``StructuredBackend(..., loop=True)``); the kernel is exact either way.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from ._functional import Functional
 from ._layers import Capture, LayerInfo, cotangent_layout, find_layers, patches
 from ._modes import Accumulator, pair_view
+from ._tokens import (
+    UseFeat,
+    active_positions,
+    mixes_rows,
+    norm_grads,
+    probe_cotangents,
+    use_features,
+    use_pair,
+    weight_groups,
+)
 from .autograd import batched_grads, per_example_jacobians
 from .jacobian import contract_jacobians, jacobians
 
@@ -55,6 +68,12 @@ class LayerShape:
     K: int
     C: int
     G: int = 1
+    kind: str = "linear"  # "linear", "embedding", "norm" or "tied" (a Linear use of a tied weight)
+    Pa: int = -1  # positions with a cotangent in the probe (-1: all P)
+
+    @property
+    def active(self) -> int:
+        return self.P if self.Pa < 0 else self.Pa
 
 
 def probe_layers(
@@ -63,60 +82,137 @@ def probe_layers(
     """Covered layers, their shapes, the parameter names left to the Jacobian path, and the
     names of the torch functions the model called.
 
-    Runs one forward pass on ``x[:1]`` with hooks and a usage tracker (see :mod:`._layers`).
+    Runs the model on two examples (``x[:2]``, or ``x[0]`` twice) with hooks and a usage
+    tracker (see :mod:`._layers`), and one backward pass of a random output cotangent (two,
+    one per example, when a lookup was expanded: :func:`._tokens.probe_cotangents`), which tells each layer's active positions
+    (:func:`._tokens.active_positions`, for the cost model). A layer whose input or output has
+    no batch axis of two is left out, except an embedding of ids shared by the batch (expanded
+    to it, when that leaves the output unchanged and each row's cotangent comes from its own
+    example).
     """
     if fm.module is None:
         return [], {}, list(fm.params), set()
     layers = find_layers(fm.module, fm.params)
     params = dict(fm.params)
-    owner = {}
+    owner: dict[int, set[str]] = {}
     for lay in layers:
         for n in (lay.weight, lay.bias):
             if n is not None:
-                params[n] = params[n].detach()
-                owner[id(params[n])] = lay.name
-    with torch.no_grad(), Capture(layers, track=owner) as cap:
-        fm(params, x[:1])
+                if params[n] is fm.params[n]:
+                    params[n] = params[n].detach().requires_grad_(True)
+                owner.setdefault(id(params[n]), set()).add(lay.name)
+    xb = x[:2] if x.shape[0] >= 2 else x[[0, 0]]
+    with torch.enable_grad(), Capture(layers, track=owner, batch=2) as cap:
+        out = fm(params, xb)
     outside = {n for n in params if id(params[n]) in cap.tracker.outside}
-    kept, shapes = [], {}
+    once = [lay.name for lay in layers if len(cap.calls[lay.name]) == 1]
+    by_name = {lay.name: lay for lay in layers}
+    # active positions matter for the layers of transformers (Linear maps over positions,
+    # embeddings, norms) and expanded lookups; MLPs and CNNs skip the backward pass
+    seq = [n for n in once if _over_positions(by_name[n], cap.calls[n][0])]
+    grads = dict.fromkeys(once, False)
+    if seq or cap.expanded:
+        grads.update(zip(once, probe_cotangents(out, [cap.calls[n][0].y for n in once], bool(cap.expanded))))
+    dropped = set()
+    if cap.expanded:  # the expansion to the batch must leave the function and its rows per example
+        plain = fm.probed_output(xb)
+        if plain is None:
+            with torch.no_grad():
+                plain = fm(fm.params, xb)
+        same = plain.shape == out.shape and torch.allclose(plain, out.detach(), rtol=1e-6, atol=0.0)
+        dropped = {n for n in cap.expanded if not same or mixes_rows(grads.get(n, False))}
+    kept, recs = [], []
     for lay in layers:
         calls = cap.calls[lay.name]
-        if len(calls) != 1:  # unused, or called more than once (shared module)
+        if len(calls) != 1 or lay.name in dropped:  # unused, or called more than once (shared module)
             continue
+        if calls[0].a.shape[:1] != (2,) or calls[0].y.shape[:1] != (2,):
+            continue  # no batch axis: its per-example gradients are not its rows
         w = None if lay.weight in outside else lay.weight
         b = None if lay.bias in outside else lay.bias
         if w is None and b is None:
             continue
-        lay = LayerInfo(lay.name, lay.module, w, b, lay.ws, lay.bs, lay.conv_dims, lay.groups)
-        a, y = calls[0].a, calls[0].y
-        pt = patches(lay, a)
-        c = y.shape[1] if lay.conv_dims else y.shape[-1]
-        shapes[lay.name] = LayerShape(P=pt.shape[1], K=pt.shape[2], C=c, G=lay.groups)
-        kept.append(lay)
+        kept.append(replace(lay, weight=w, bias=b, tied=lay.tied and w is not None))
+        recs.append(calls[0])
+    # a tied weight is covered only when every use of it is
+    uses: dict[str, int] = {}
+    for lay in layers:
+        if lay.tied:
+            uses[lay.weight] = uses.get(lay.weight, 0) + 1
+    found: dict[str, int] = {}
+    for lay in kept:
+        if lay.tied:
+            found[lay.weight] = found.get(lay.weight, 0) + 1
+    for k, lay in enumerate(kept):
+        if lay.tied and found[lay.weight] != uses[lay.weight]:
+            kept[k] = replace(lay, weight=None, tied=False)
+    pairs = [(lay, r) for lay, r in zip(kept, recs) if lay.weight is not None or lay.bias is not None]
+    kept = [lay for lay, _ in pairs]
+    shapes = {}
+    for lay, rec in pairs:
+        g = grads[lay.name]
+        p, k = _positions(lay, rec)
+        c = rec.y.shape[1] if lay.conv_dims else rec.y.shape[-1]
+        kind = "tied" if lay.tied and lay.kind == "linear" else lay.kind
+        pa = -1 if g is False else (0 if g is None else len(_active(cotangent_layout(lay, g.detach()), p)))
+        shapes[lay.name] = LayerShape(P=p, K=k, C=c, G=lay.groups, kind=kind, Pa=pa)
     covered = {n for lay in kept for n in (lay.weight, lay.bias) if n is not None}
     return kept, shapes, [n for n in fm.params if n not in covered], cap.tracker.functions
 
 
+def _positions(lay: LayerInfo, rec) -> tuple[int, int]:
+    """``(P, K)`` of a layer call: positions and numbers per patch (1 for an embedding's ids)."""
+    if lay.kind == "embedding":
+        return rec.a[0].numel(), 1
+    if lay.conv_dims:  # one patch of C_in * prod(kernel) numbers per output position
+        return rec.y[0, 0].numel(), lay.module.weight[0].numel() * lay.groups
+    pt = patches(lay, rec.a[:1])
+    return pt.shape[1], pt.shape[2]
+
+
+def _over_positions(lay: LayerInfo, rec) -> bool:
+    """A transformer's layer: an embedding, a norm, or a Linear map over several positions."""
+    return lay.kind != "linear" or (lay.conv_dims == 0 and _positions(lay, rec)[0] > 1)
+
+
+def _active(G: torch.Tensor, p: int) -> torch.Tensor:
+    keep = active_positions(G)
+    return torch.arange(p) if keep is None else keep
+
+
 def choose_method(sh: LayerShape, o: int, n1: int, n2: int, mode: str, pair_limit: float) -> str:
-    """``"p1"`` for one position; else ``"jw"`` or ``"pair"``, whichever costs fewer flops."""
+    """``"use"`` for embeddings and tied Linear uses (:mod:`._tokens`), ``"norm"`` for norms,
+    ``"p1"`` for one position; else ``"jw"`` or ``"pair"``, whichever costs fewer flops (over
+    the active positions)."""
+    if sh.kind in ("embedding", "tied"):
+        return "use"
+    if sh.kind == "norm":
+        return "norm"
     if sh.P == 1 and sh.G == 1:
         return "p1"
     e = o * o if mode == "full" else o
-    jw = 2 * (n1 + n2) * o * sh.C * sh.P * sh.K / sh.G + 2 * n1 * n2 * e * sh.C * sh.K / sh.G
-    pair = 2 * n1 * n2 * sh.P**2 * (e * sh.C + sh.K + e * sh.G)
-    if pair < jw and n1 * n2 * e * sh.P**2 <= pair_limit:
+    p = sh.active
+    jw = 2 * (n1 + n2) * o * sh.C * p * sh.K / sh.G + 2 * n1 * n2 * e * sh.C * sh.K / sh.G
+    pair = 2 * n1 * n2 * p**2 * (e * sh.C + sh.K + e * sh.G)
+    if pair < jw and n1 * n2 * e * p**2 <= pair_limit:
         return "pair"
     return "jw"
 
 
 def layer_flops(sh: LayerShape, method: str, o: int, n1: int, n2: int, mode: str) -> float:
-    """Estimated flops of one layer's part of an ``n1 x n2`` kernel (features and products)."""
+    """Estimated flops of one layer's part of an ``n1 x n2`` kernel (features and products;
+    for ``"use"`` only its bias: the weight's part is :func:`group_flops`)."""
     e = o * o if mode == "full" else o
+    p = sh.active
+    if method == "use":
+        return 2 * n1 * n2 * e * sh.C if sh.kind == "tied" else 0.0
+    if method == "norm":
+        return 4 * (n1 + n2) * o * p * sh.C + 4 * n1 * n2 * e * sh.C
     if method == "p1":
         return 2 * n1 * n2 * (e * sh.C + sh.K)
     if method == "jw":
-        return 2 * (n1 + n2) * o * sh.C * sh.P * sh.K / sh.G + 2 * n1 * n2 * e * sh.C * (sh.K / sh.G + 1)
-    return 2 * n1 * n2 * sh.P**2 * (e * sh.C + sh.K + e * sh.G) + 2 * n1 * n2 * e * sh.C
+        return 2 * (n1 + n2) * o * sh.C * p * sh.K / sh.G + 2 * n1 * n2 * e * sh.C * (sh.K / sh.G + 1)
+    return 2 * n1 * n2 * p**2 * (e * sh.C + sh.K + e * sh.G) + 2 * n1 * n2 * e * sh.C
 
 
 @dataclass
@@ -126,8 +222,12 @@ class _LayerFeat:
     u: torch.Tensor | None  # p1: G (O, N, C); jw: JW (O, N, C*K); pair: G (O, N, P, C)
     v: torch.Tensor | None  # p1: A (N, K);    jw: sum_p G (O, N, C); pair: A (N, P, K)
     gs: torch.Tensor | None = None  # pair: sum_p G (O, N, C)
+    use: UseFeat | None = None  # use: the factors of :mod:`._tokens`
 
     def take(self, rows: slice) -> "_LayerFeat":
+        if self.use is not None:
+            return _LayerFeat(self.lay, self.method, None, None, None, self.use.take(rows))
+
         def cut(t, axis):
             return None if t is None else (t[rows] if axis == 0 else t[:, rows])
 
@@ -151,6 +251,7 @@ class StructuredBackend:
                  fallback: list[str], shapes: dict[str, LayerShape] | None = None, loop: bool = False) -> None:
         self.fm, self.out_dim = fm, out_dim
         self.layers, self.methods, self.fallback = layers, methods, fallback
+        self.groups = weight_groups(layers)
         self.shapes = shapes or {}
         self.loop = loop  # uncovered parameters by the autograd loop instead of vmap
         self.state: dict = {}
@@ -176,14 +277,17 @@ class StructuredBackend:
             for n in (lay.weight, lay.bias):
                 if n is not None:
                     params[n] = params[n].detach().requires_grad_(True)
-        with torch.enable_grad(), Capture(self.layers, copy=self.copy) as cap:
+        n = x.shape[0]
+        with torch.enable_grad(), Capture(self.layers, copy=self.copy, batch=n) as cap:
             out = fm(params, x)
             for lay in self.layers:
-                if len(cap.calls[lay.name]) != 1:  # a RuntimeError: "auto" moves on
+                calls = cap.calls[lay.name]
+                if len(calls) != 1 or calls[0].y.shape[:1] != (n,):  # a RuntimeError: "auto" moves on
                     raise RuntimeError(
                         f"the structured plan is stale: layer {lay.name!r} ran "
-                        f"{len(cap.calls[lay.name])} times in this forward pass and once in the "
-                        "planning probe (the model's computation depends on its weights or inputs)"
+                        f"{len(calls)} times in this forward pass (once in the planning probe), "
+                        f"or on a batch other than the {n} examples (the model's computation "
+                        "depends on its weights or inputs)"
                     )
             recs = [cap.calls[lay.name][0] for lay in self.layers]
             retry = not self.copy and any(r.overwritten() for r in recs)
@@ -202,6 +306,11 @@ class StructuredBackend:
     def _layer_features(self, lay: LayerInfo, a: torch.Tensor, g: torch.Tensor) -> _LayerFeat:
         method = self.methods[lay.name]
         G = cotangent_layout(lay, g)  # (O, N, P, C)
+        if method == "norm":
+            return _LayerFeat(lay, "jw", *norm_grads(lay, a, G))
+        if method == "use":
+            A = None if lay.kind == "embedding" else patches(lay, a)
+            return _LayerFeat(lay, method, None, None, None, use_features(lay, a, G, A))
         if lay.groups > 1:
             return self._grouped_features(lay, method, a, G)
         if method == "p1":
@@ -209,6 +318,9 @@ class StructuredBackend:
             return _LayerFeat(lay, method, G[:, :, 0], A)
         A = patches(lay, a) if lay.weight is not None else None
         Gs = G.sum(2) if lay.bias is not None else None
+        keep = active_positions(G) if A is not None else None
+        if keep is not None:  # positions without cotangent contribute nothing
+            G, A = G[:, :, keep], A[:, keep]
         if method == "jw":
             return _LayerFeat(lay, method, None if A is None else _weight_grads(G, A), Gs)
         return _LayerFeat(lay, method, G.contiguous(), A, Gs)
@@ -239,6 +351,10 @@ class StructuredBackend:
         for a, b in zip(feats1, feats2):
             lay = a.lay
             ws2, bs2 = lay.ws**2, lay.bs**2
+            if a.method == "use":
+                if lay.bias is not None:
+                    acc.add(lay.bias, acc.gram(acc.cast(a.use.gs), acc.cast(b.use.gs), mode), bs2)
+                continue
             if a.method == "p1":
                 gg = acc.gram(acc.cast(a.u), acc.cast(b.u), mode)
                 if lay.weight is None:
@@ -270,6 +386,16 @@ class StructuredBackend:
                 acc.add(lay.weight, part, ws2)
             else:
                 acc.add(lay.weight, _pair_part(acc.cast(a.u), acc.cast(a.v), acc.cast(b.u), acc.cast(b.v), mode), ws2)
+        if self.groups:
+            uses1 = {f.lay.name: f.use for f in feats1 if f.use is not None}
+            uses2 = {f.lay.name: f.use for f in feats2 if f.use is not None}
+            for name, users in self.groups.items():
+                part = None
+                for u in users:
+                    for w in users:
+                        t = use_pair(uses1[u], uses2[w], mode, acc.cast)
+                        part = t if part is None else part.add_(t)
+                acc.add(name, part)
         contract_jacobians(jac1, jac2, mode, acc)
 
 
@@ -289,14 +415,15 @@ def _weight_grads(G: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
 
 
 def _pair_part(g1, a1, g2, a2, mode: str) -> torch.Tensor:
-    """``sum_{p,q} (g1[a,i,p] . g2[b,j,q]) (a1[i,p] . a2[j,q])`` in the internal layout."""
-    o, n1, p, c = g1.shape
-    n2 = g2.shape[1]
-    app = (a1.reshape(n1 * p, -1) @ a2.reshape(n2 * p, -1).T).view(n1, p, n2, p)
+    """``sum_{p,q} (g1[a,i,p] . g2[b,j,q]) (a1[i,p] . a2[j,q])`` in the internal layout (the two
+    blocks may keep different numbers of active positions ``p1``, ``p2``)."""
+    o, n1, p1, c = g1.shape
+    n2, p2 = g2.shape[1:3]
+    app = (a1.reshape(n1 * p1, -1) @ a2.reshape(n2 * p2, -1).T).view(n1, p1, n2, p2)
     if mode == "full":
-        gpp = (g1.reshape(o * n1 * p, c) @ g2.reshape(o * n2 * p, c).T).view(o, n1, p, o, n2, p)
+        gpp = (g1.reshape(o * n1 * p1, c) @ g2.reshape(o * n2 * p2, c).T).view(o, n1, p1, o, n2, p2)
         return torch.einsum("aipbjq,ipjq->aibj", gpp, app)
-    gd = torch.bmm(g1.reshape(o, n1 * p, c), g2.reshape(o, n2 * p, c).transpose(1, 2)).view(o, n1, p, n2, p)
+    gd = torch.bmm(g1.reshape(o, n1 * p1, c), g2.reshape(o, n2 * p2, c).transpose(1, 2)).view(o, n1, p1, n2, p2)
     if mode == "mean":
         return torch.einsum("aipjq,ipjq->ij", gd, app)
     return torch.einsum("aipjq,ipjq->aij", gd, app)
