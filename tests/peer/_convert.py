@@ -115,15 +115,18 @@ def build(node: Recipe, width: float = 1.0, *, readout: bool = True) -> Any:
 REPAIRS = ("shapes",)
 
 
-def build_stax(node: Recipe, width: float = 1.0, *, spatial_ndim: int = 0, repairs: tuple[str, ...] = ()) -> tuple:
+def build_stax(
+    node: Recipe, width: float = 1.0, *, spatial_ndim: int = 0, repairs: tuple[str, ...] = (), zero_bias: str = "none"
+) -> tuple:
     """The peer's ``(init_fn, apply_fn, kernel_fn)`` of the same recipe (inputs with
     ``spatial_ndim`` spatial axes), hidden widths times ``width``; ``repairs`` names known
-    peer defects (:data:`REPAIRS`) to work around."""
+    peer defects (:data:`REPAIRS`) to work around. ``zero_bias="literal"`` passes ``b_std=0``
+    as is (the peer's zero-initialized bias) instead of torchntk's meaning (no bias)."""
     from neural_tangents import stax
 
     def leaf(name: str, kw: dict) -> Any:
         kw = dict(kw)
-        if name in ("Dense", "Conv") and kw.get("b_std") == 0:
+        if name in ("Dense", "Conv") and kw.get("b_std") == 0 and zero_bias == "none":
             kw["b_std"] = None  # torchntk's "no bias" (the peer's 0 is a zero-initialized bias)
         if name == "Conv":
             kw["filter_shape"] = tuple(kw["filter_shape"])

@@ -194,14 +194,15 @@ def _inputs(r: random.Random, family: str, g: torch.Generator) -> tuple[torch.Te
     return x1, x2, spatial
 
 
-def random_case(seed: int, family: str | None = None) -> Case:
-    """The architecture and inputs of ``seed`` (``family`` forced or drawn)."""
+def random_case(seed: int, family: str | None = None, max_depth: int = 12) -> Case:
+    """The architecture and inputs of ``seed`` (``family`` forced or drawn; depth 1 to
+    ``max_depth`` layers before the readout, a residual fan counting as one)."""
     r = random.Random(seed)
     g = torch.Generator().manual_seed(seed)
     family = family or r.choice(FAMILIES)
     x1, x2, spatial = _inputs(r, family, g)
     d = _Drawer(r, family, x1.shape[1], spatial)
-    depth = r.randint(1, 12)
+    depth = r.randint(1, max_depth)
     nodes, gaussian = [d.affine(r.choice([8, 16, 32, 64]))], True  # an affine layer first
     while len(nodes) < depth:
         more, gaussian = d.block(gaussian)
