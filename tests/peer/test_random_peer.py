@@ -47,10 +47,10 @@ def _judge(seed: int, mode: str = "plain", max_depth: int = 12) -> str:
     if out.status == "both_nonfinite":  # the kernel itself overflows float64 (e.g. a deep Exp chain)
         return "both overflow"
     if out.status in ("disagree", "peer_nonfinite") and _diagonal_only(case, mode):
-        # correlation 1 after pre-activation variances ~1e8 and more: the Erf NTK rule loses the
-        # self-kernel's diagonal to the rounding of q11 q22 - q12^2 in both libraries
-        # (docs/peer-differences.md); every other entry agrees
-        return "ill-conditioned diagonal"
+        # correlation 1 after pre-activation variances ~1e8 and more: the peer's Erf NTK rule
+        # loses the self-kernel's diagonal to the rounding of (1 + 2b^2 q11)(1 + 2b^2 q22) - 4b^4 q12^2
+        # (docs/peer-differences.md; torchntk's against the closed form below); all else agrees
+        return "peer Erf diagonal"
     if out.status == "disagree":
         repaired = A.compare(case.recipe, case.x1, case.x2, case.patterns, mode=mode, repairs=C.REPAIRS)
         if repaired.status == "agree":
@@ -110,7 +110,7 @@ def test_five_hundred_random_architectures_jitted_and_eager():
         jit, eager = _judge(seed, "jit"), _judge(seed, "eager")
         assert jit == eager, (seed, jit, eager)
         counts[eager] += 1
-    assert sum(counts.values()) >= 500 and counts["agree"] >= 400 and counts["both overflow"] + counts["ill-conditioned diagonal"] <= 25, counts
+    assert sum(counts.values()) >= 500 and counts["agree"] >= 400 and counts["both overflow"] + counts["peer Erf diagonal"] <= 25, counts
 
 
 # -- the fully connected case of the issue: b_std=0 ---------------------------------------------
@@ -227,16 +227,16 @@ def test_monte_carlo_error_shrinks_like_inverse_sqrt_width():
     assert arbs[-1].to_ours["ntk"] <= 4 * arbs[-1].stderr + 0.01
 
 
-# -- both libraries: the Erf NTK's diagonal at huge variances ---------------------------------
+# -- the Erf NTK's diagonal at huge variances (torchntk fixed; the peer gives inf) -------------
 
 
-@pytest.mark.xfail(strict=True, reason="torchntk's Erf sdot at correlation 1 and variances ~1e22 loses the diagonal "
-                   "to the rounding of q11 q22 - q12^2 (the peer gives inf); open, activation numerics")
 def test_erf_ntk_diagonal_at_huge_variance_against_the_one_dimensional_closed_form():
     """On the diagonal (u = v ~ N(0, q)) the expectations are one-dimensional:
     sdot = E[phi'(u)^2] = a^2 b^2 (4/pi) / sqrt(1 + 4 b^2 q), sigma = a^2 (2/pi) asin(2b^2 q / (1 + 2b^2 q)) + c^2,
     so Dense(64, W_std=1e11) > Sigmoid_like > Dense(1) has NTK diagonal sigma + q sdot with
-    q = W_std^2 |x|^2 / d. float64 gives this to ~1e-15 relative; 1e-6 is generous."""
+    q = W_std^2 |x|^2 / d. float64 gives this to ~1e-15 relative; 1e-6 is generous. (Before
+    the fix torchntk gave ~1e-2 of it: the rounding of q11 q22 - q12^2, ~1e-16 q^2, outweighed
+    1 + 4 b^2 q; the peer gives inf.)"""
     import math
 
     g = torch.Generator().manual_seed(1)
