@@ -80,7 +80,9 @@ def _variance_range(q11: Tensor, q22: Tensor) -> tuple[bool, bool]:
         bottom, top = torch.aminmax(q)
         bottom, top = float(bottom), float(top)
         if not top <= hi:
-            return top != top, False  # NaN: no scaling helps, leave it to the plain formula
+            # NaN or inf: no scaling helps (and the scaled form would recurse on it forever),
+            # leave it to the plain formula
+            return not math.isfinite(top), False
         positive = positive and bottom > 0
         if bottom < lo and float(torch.where(q > 0, q, torch.full_like(q, hi)).min()) < lo:
             return False, False
