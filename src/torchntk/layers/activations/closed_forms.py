@@ -76,20 +76,36 @@ def _records_grad(*ts: Tensor | float) -> bool:
     return torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in ts)
 
 
+#: Relative size below which a covariance's determinant is rounding (64 ulps of q11 q22).
+_DET_FLOOR = 64 * 2.0**-52
+
+
+def _zero_keeping_grad(t: Tensor) -> Tensor:
+    """0 with the gradient of ``t`` (Price's theorem differentiates the rule in q12)."""
+    return t - t.detach()
+
+
 def _root_plus_det(x: Tensor, q11: Tensor, q12: Tensor, q22: Tensor, c: float | Tensor = 1.0) -> Tensor:
     """``sqrt(x + c D)`` (for ``x >= 1``) with ``D = max(q11 q22 - q12^2, 0)`` the determinant of the covariance,
     finite wherever the result is representable: in the plain form when the variances are in
-    range, else as ``2^k sqrt(x / 4^k + c D_s)`` with ``D = 4^k D_s`` from :func:`_scaled`."""
+    range, else as ``2^k sqrt(x / 4^k + c D_s)`` with ``D = 4^k D_s`` from :func:`_scaled`.
+    A ``D`` below ``_DET_FLOOR q11 q22`` is the rounding of a correlation-1 covariance (its
+    products carry ~1e-16 relative error) and is taken as 0: at large variances it would
+    otherwise outweigh ``x`` (its gradient is kept)."""
     if _in_range(q11, q22):
         # two rounded products, then one subtraction (not a fused multiply-add, which some
         # processors use in addcmul): at correlation 1 (q12 = q11 = q22, as on a kernel's
         # diagonal) the determinant is then exactly 0, not a rounding error of q^2 that would
-        # swamp x (1 + 4 q for Erf) once q exceeds 1/u
-        det = (q11 * q22 - q12 * q12).clamp(min=0)
+        # swamp x (1 + 4 q for Erf) once q exceeds 1/u; near correlation 1 a determinant below
+        # 64 ulps of q11 q22 is rounding too, and is taken as 0
+        prod = q11 * q22
+        det = prod - q12 * q12
+        det = torch.where(det > _DET_FLOOR * prod, det, _zero_keeping_grad(det))
         # a tensor c (a differentiable hyperparameter) cannot be torch.add's alpha
         return torch.sqrt(x + c * det if isinstance(c, Tensor) else torch.add(x, det, alpha=c))
     a, b, d, k = _scaled(q11, q12, q22)
-    det = c * torch.clamp(a * d - b * b, min=0)
+    det = a * d - b * b
+    det = c * torch.where(det > _DET_FLOOR * (a * d), det, _zero_keeping_grad(det))
     # k < 0 (tiny variances): D = 4^k D_s is negligible against x >= 1 and may underflow
     up = torch.clamp(k, min=0)
     return _ldexp(torch.sqrt(_ldexp(x, -2 * up) + _ldexp(det, 2 * (k - up))), up)
