@@ -78,14 +78,15 @@ def test_erf_at_huge_scale_is_the_sign_kernel():
     torch.testing.assert_close(erf, sign, rtol=1e-13, atol=1e-15)
 
 
-def test_piecewise_linear_rule_with_an_infinite_variance_returns_instead_of_recursing():
+def test_piecewise_linear_rule_with_an_infinite_variance_raises_instead_of_recursing():
     # an upstream overflow (q = inf) once sent the scaled form into endless recursion
-    # (RecursionError); now the plain formula runs and the result is simply not finite
+    # (RecursionError); now it is a NonFiniteError saying the variance overflowed
     from torchntk import layers as L
+    from torchntk.errors import NonFiniteError
 
     q11 = torch.tensor([float("inf"), 1.0], dtype=torch.float64)
     q22 = torch.tensor([1.0, 2.0], dtype=torch.float64)
     q12 = torch.tensor([0.5, 0.3], dtype=torch.float64)
     for act in (L.Relu(), L.ABRelu(-0.3, 1.2), L.Abs()):
-        sigma, sdot = act.rule(q11, q12, q22)
-        assert sigma.shape == q12.shape and not torch.isfinite(sigma).all()
+        with pytest.raises(NonFiniteError, match="variance is inf"):
+            act.rule(q11, q12, q22)
