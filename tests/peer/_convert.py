@@ -39,10 +39,14 @@ _WIDTHS = {
     "GlobalSelfAttention": ("n_chan_out", "n_chan_key", "n_chan_val", "n_chan_pos_emb"),
 }
 
+# Decays of the positional covariance R[p, a] = decay(|p - a|^p_norm): positive definite for
+# p_norm <= 2 (exp(-|x|^a), (1 + |x|^a)^-s are characteristic functions for a <= 2). "exp_growing"
+# is not a covariance: torchntk refuses it, the peer returns an indefinite kernel.
 DECAY_FNS = {
     "inverse": (lambda d: 1.0 / (1.0 + d), lambda d: 1.0 / (1.0 + d)),
-    "exp": (torch.exp, np.exp),
+    "exp": (lambda d: torch.exp(-d), lambda d: np.exp(-d)),
     "inverse_sqrt": (lambda d: (1.0 + d) ** -0.5, lambda d: (1.0 + d) ** -0.5),
+    "exp_growing": (torch.exp, np.exp),
 }
 
 

@@ -118,6 +118,10 @@ class _Drawer:
                 kw["pos_emb_decay_fn"] = r.choice(["inverse", "exp", "inverse_sqrt"])
             if r.random() < 0.4:
                 kw["pos_emb_p_norm"] = r.choice([1, 1.5, 2, 3])
+                if "pos_emb_decay_fn" in kw and kw["pos_emb_p_norm"] > 2:
+                    # decay(|x|^p) is a covariance only for p <= 2 (torchntk refuses the others;
+                    # tests/peer/test_random_peer.py::test_an_invalid_positional_covariance)
+                    kw["pos_emb_p_norm"] = 2
             if r.random() < 0.4:
                 kw["val_pos_emb"] = True
             if pe == "concat" and r.random() < 0.5:

@@ -101,13 +101,10 @@ def test_random_architecture_agrees_with_the_peer(seed):
     _judge(seed, max_depth=5)
 
 
-# Seeds of the slow run whose disagreement is not explained yet (docs/peer-differences.md, "Open"):
-# 1284, 1393: the peer's NTK is inf where two *different* inputs have correlation ~1 at variances
-# 1e8-1e79 (the Erf-diagonal mechanism off the diagonal, not proven); 1326: attention with
-# concatenated positional embeddings (decay exp, p-norm 1.5, val_pos_emb) then Gelu and softmax
-# attention, 2.6e-2 apart eagerly, refused jitted, and without a finite network for the Monte Carlo
-# (torchntk's module refuses the embedding covariance as not positive definite).
-OPEN = {1284, 1326, 1393}
+# Seeds of the slow run whose disagreement is not explained yet (docs/peer-differences.md, "Open").
+# 1284 and 1393 are the peer's Erf diagonal (classified since torchntk's determinant floor);
+# 1326 drew exp(+d), which is no covariance, and agrees with the decay exp(-d).
+OPEN: set[int] = set()
 
 
 @pytest.mark.slow
