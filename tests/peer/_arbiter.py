@@ -3,7 +3,8 @@
 - :func:`compare` computes both libraries' NNGP and NTK (kernel and cross-kernel, float64) and
   classifies the outcome: ``agree`` (every entry within ``RTOL`` of the largest one),
   ``disagree``, ``shapes`` (different kernel shapes), ``peer_refused`` / ``ours_refused`` (an
-  exception), ``peer_nonfinite`` / ``ours_nonfinite`` / ``both_nonfinite`` (float64 overflow). The peer runs as called (``"plain"``: op by op), jitted (``"jit"``) or with
+  exception), ``peer_nonfinite`` / ``ours_nonfinite`` / ``both_nonfinite`` (float64 overflow; also when torchntk raises ``NonFiniteError`` and the
+  peer's kernel has non-finite entries). The peer runs as called (``"plain"``: op by op), jitted (``"jit"``) or with
   ``jax.disable_jit()`` (``"eager"``, the mode used to arbitrate).
 - :func:`minimize` shrinks a recipe (drops layers and branches, reduces fans to one branch,
   resets arguments to their defaults) while a predicate still holds, to the smallest such recipe.
@@ -22,6 +23,8 @@ from typing import Callable
 
 import numpy as np
 import torch
+
+from torchntk.errors import NonFiniteError
 
 from . import _convert as C
 
@@ -68,6 +71,15 @@ def peer(recipe: tuple, x1: torch.Tensor, x2: torch.Tensor | None, patterns=None
         return kernel_fn(*args, ("nngp", "ntk"), **kw)
 
 
+def _peer_overflows(recipe, x1, second, patterns, mode, repairs, zero_bias) -> bool:
+    """Whether the peer returns an NNGP or NTK with non-finite entries (a refusal is not that)."""
+    try:
+        b = peer(recipe, x1, second, patterns, mode=mode, repairs=repairs, zero_bias=zero_bias)
+    except Exception:  # noqa: BLE001
+        return False
+    return not (np.isfinite(np.asarray(b.nngp)).all() and np.isfinite(np.asarray(b.ntk)).all())
+
+
 def rel(a: np.ndarray, b: np.ndarray) -> float:
     """max |a - b| / max |b|: the entrywise error relative to the kernel's scale."""
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
@@ -80,6 +92,10 @@ def compare(recipe: tuple, x1: torch.Tensor, x2: torch.Tensor, patterns=None, *,
     for suffix, second in (("", None), ("_cross", x2)):
         try:
             a = ours(recipe, x1, second, patterns)
+        except NonFiniteError as e:  # torchntk refuses a kernel float64 cannot hold: so must the peer
+            if _peer_overflows(recipe, x1, second, patterns, mode, repairs, zero_bias):
+                return Outcome("both_nonfinite", errors, f"{type(e).__name__}: {e}")
+            return Outcome("ours_refused", errors, f"{type(e).__name__}: {e}")
         except Exception as e:  # noqa: BLE001 - classified, then reported
             return Outcome("ours_refused", errors, f"{type(e).__name__}: {e}")
         try:

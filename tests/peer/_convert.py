@@ -42,11 +42,17 @@ _WIDTHS = {
 # Decays of the positional covariance R[p, a] = decay(|p - a|^p_norm): positive definite for
 # p_norm <= 2 (exp(-|x|^a), (1 + |x|^a)^-s are characteristic functions for a <= 2). "exp_growing"
 # is not a covariance: torchntk refuses it, the peer returns an indefinite kernel.
+def _jnp():
+    import jax.numpy as jnp
+
+    return jnp
+
+
 DECAY_FNS = {
     "inverse": (lambda d: 1.0 / (1.0 + d), lambda d: 1.0 / (1.0 + d)),
-    "exp": (lambda d: torch.exp(-d), lambda d: np.exp(-d)),
+    "exp": (lambda d: torch.exp(-d), lambda d: _jnp().exp(-d)),  # traced under jax.jit: jnp, not np
     "inverse_sqrt": (lambda d: (1.0 + d) ** -0.5, lambda d: (1.0 + d) ** -0.5),
-    "exp_growing": (torch.exp, np.exp),
+    "exp_growing": (torch.exp, lambda d: _jnp().exp(d)),
 }
 
 
