@@ -82,10 +82,36 @@ def test_mean_shifts_small():
         assert abs(th - m) < abs(lim - m), (mean, th, lim, m)
 
 
+@pytest.mark.parametrize("act, W_std, b_std", [(L.Relu, 2**0.5, 0.3), (L.Erf, 1.5, 0.2)])
+def test_closure_at_width_16_depth_6(act, W_std, b_std):
+    # (L - 1)/n = 5/16: the first order is 35-39% low on the NTK variance here (40000 networks:
+    # ReLU -35% +- 3%, erf -39% +- 3.5%); the closure compounds the per-layer factors and comes
+    # within 10% (measured +0.9% and -6.0%). 20000 networks (about 2 s): standard errors 4-6%,
+    # so 10% + 2 standard errors
+    spec = mlp(act, 6, 16, W_std, b_std)
+    x = inputs(1)
+    c, f = finite.corrections(spec, x), finite.corrections(spec, x, method="first_order")
+    mc = finite.monte_carlo_moments(spec, x, 20000, seed=616)
+    for name in ("nngp_cumulant4", "ntk_variance"):
+        rel, se = _rel(c, mc, name)
+        assert se < 0.07, (name, se)
+        assert abs(rel) < 0.10 + 2 * se, (name, rel, se)
+    assert _rel(f, mc, "ntk_variance")[0] < -0.2  # the truncation the closure repairs
+
+
 # -- the acceptance grid -----------------------------------------------------------------------
 
 GRID = [
     # (activation, W_std, b_std, depth, width, networks)
+    (L.Relu, 2**0.5, 0.3, 3, 16, 40000),
+    (L.Relu, 2**0.5, 0.3, 6, 16, 60000),
+    (L.Relu, 2**0.5, 0.3, 4, 32, 40000),
+    (L.Relu, 2**0.5, 0.3, 6, 64, 30000),
+    (L.Erf, 1.5, 0.2, 3, 16, 40000),
+    (L.Erf, 1.5, 0.2, 6, 16, 60000),
+    (L.Erf, 1.5, 0.2, 4, 32, 40000),
+    (L.Erf, 1.5, 0.2, 6, 64, 30000),
+    (L.Erf, 1.0, None, 5, 16, 100000),
     (L.Relu, 2**0.5, 0.3, 3, 64, 40000),
     (L.Relu, 2**0.5, 0.3, 3, 256, 20000),
     (L.Relu, 2**0.5, 0.3, 6, 128, 30000),
@@ -100,15 +126,15 @@ GRID = [
 @pytest.mark.slow
 @pytest.mark.parametrize("act, W_std, b_std, depth, n, samples", GRID)
 def test_acceptance_grid(act, W_std, b_std, depth, n, samples):
-    # within 10% of Monte Carlo where depth/width <= 1/20 (the 1/n^2 truncation is below ~6%
-    # there); the standard errors are 1-2%
+    # the closure (default method) within 10% of Monte Carlo at depths 3-6, widths 16-256
+    # (measured: within 6%); the standard errors are 1-4%
     spec = mlp(act, depth, n, W_std, b_std)
     x = inputs(1)
     c = finite.corrections(spec, x)
     mc = finite.monte_carlo_moments(spec, x, samples, seed=depth * 1000 + n)
     for name in ("nngp_cumulant4", "ntk_variance"):
         rel, se = _rel(c, mc, name)
-        assert se < 0.03, (name, se)
+        assert se < 0.04, (name, se)
         assert abs(rel) < 0.10, (name, rel, se)
     for mean, inf in (("nngp_mean", "nngp_infinite"), ("ntk_mean", "ntk_infinite")):
         m, se = float(getattr(mc, mean)), float(getattr(mc, mean + "_se"))
