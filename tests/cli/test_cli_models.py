@@ -72,3 +72,40 @@ def test_train_mode_model_is_refused_with_the_python_api_message(data, one_line_
     expected = torchntk.empirical_ntk(ns["model"].double(), x, mode="mean")
     # the same float64 computation on the same weights: round-off only
     np.testing.assert_allclose(np.load(d / "k.npz")["ntk"], expected.numpy(), rtol=1e-12, atol=1e-13)
+
+
+_TOKEN_NET = (
+    "import torch\nfrom torch import nn\n"
+    "class Tokens(nn.Module):\n"
+    "    def __init__(self):\n"
+    "        super().__init__()\n"
+    "        torch.manual_seed(0)\n"
+    "        self.emb, self.mix, self.head = nn.Embedding(50, 8), nn.Linear(8, 8), nn.Linear(8, 3)\n"
+    "    def forward(self, ids):\n"
+    "        return self.head(torch.tanh(self.mix(self.emb(ids))).mean(1))\n"
+    "model = Tokens()\n"
+)
+
+
+def test_token_ids_stay_integers_and_a_model_file_store_resumes(data, capsys):
+    # a language-model-style file: integer inputs go to nn.Embedding as int64 (not float64), and
+    # the tiled store of its empirical NTK resumes a lost tile from the same model file
+    pytest.importorskip("zarr")
+    d = data
+    (d / "tok.py").write_text(_TOKEN_NET)
+    ids = np.random.default_rng(0).integers(0, 50, (10, 6))
+    np.savez(d / "ids.npz", x=ids)
+    store = d / "k.zarr"
+    argv = ["kernel", "--model", str(d / "tok.py"), "--data", str(d / "ids.npz"), "--tile", "4", "--no-progress"]
+    assert main([*argv, "--out", str(store)]) == 0
+    ns: dict = {}
+    exec(compile(_TOKEN_NET, "tok.py", "exec"), ns)  # the test's own copy of the file's model
+    want = torchntk.empirical_ntk(ns["model"].double(), torch.as_tensor(ids), mode="mean").numpy()
+    got = torchntk.scale.KernelStore.open(store).to_numpy("ntk")
+    # tiles against one whole float64 call: two code paths, rounding only (1e-12 of the kernel)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12 * np.abs(want).max())
+    (store / "ntk" / "c" / "1" / "2").unlink()  # a tile lost (an interrupted run)
+    capsys.readouterr()
+    assert main(["kernel", "--resume", str(store), "--model", str(d / "tok.py"), "--no-progress"]) == 0
+    assert "1 tiles computed" in capsys.readouterr().out
+    np.testing.assert_allclose(torchntk.scale.KernelStore.open(store).to_numpy("ntk"), got, rtol=0, atol=1e-12 * np.abs(want).max())

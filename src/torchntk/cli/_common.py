@@ -90,7 +90,8 @@ def load_data(path: str, *, need_y: bool = False) -> tuple[torch.Tensor, torch.T
     """Inputs ``x`` ``(N, ...)`` and targets ``y`` ``(N, O)`` (or None) from ``.npz``, ``.pt``, ``.npy``.
 
     ``.npz``/``.pt``: arrays named ``x`` and optionally ``y``; ``.npy`` or a bare tensor: ``x``.
-    Inputs are float64; a 1-D ``y`` becomes ``(N, 1)``.
+    Inputs are float64, except integer arrays (token ids, indices), which stay integers as
+    int64; a 1-D ``y`` becomes ``(N, 1)``.
     """
     p = Path(path)
     if not p.exists():
@@ -113,7 +114,9 @@ def load_data(path: str, *, need_y: bool = False) -> tuple[torch.Tensor, torch.T
         data = {"x": data}
     if "x" not in data:
         raise CLIError(f"data file {path!r} has no array 'x' (found: {', '.join(map(str, data)) or 'none'})")
-    x = torch.as_tensor(np.asarray(data["x"]), dtype=torch.float64)
+    x = np.asarray(data["x"])
+    integer = x.dtype.kind in "iu" if isinstance(x, np.ndarray) and x.dtype != object else False
+    x = torch.as_tensor(x, dtype=torch.int64 if integer else torch.float64)
     y = data.get("y")
     if y is not None:
         y = torch.as_tensor(np.asarray(y), dtype=torch.float64)
