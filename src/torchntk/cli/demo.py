@@ -36,7 +36,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--out", default="torchntk-results", help="results folder (default: torchntk-results)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same numbers")
     p.add_argument("--studies", type=str, default=None,
-                   help="comma-separated subset of convergence,drift,agreement,modes,generalization")
+                   help="comma-separated subset of " + ",".join(STUDIES))
     p.add_argument("--force", action="store_true", help="recompute studies even if finished results exist")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-progress", dest="no_progress", action="store_true", help="no progress bars")
