@@ -411,8 +411,13 @@ def bench_torch(workload, net, x, mode, repeats, impls):
     rows = PENDING.setdefault(workload, (net, x, mode, []))[3]
     for impl in impls:
         fresh = copy.deepcopy(net)
-        t, peak, theta, first = measure(
-            lambda: torchntk.empirical_ntk(fresh, x, mode=mode, implementation=impl), repeats)
+        if impl.startswith("sketch="):  # the sketched kernel (implementation "auto"), seed 0
+            k = int(impl.split("=")[1])
+            t, peak, theta, first = measure(
+                lambda: torchntk.empirical_ntk(fresh, x, mode=mode, sketch=k, seed=0), repeats)
+        else:
+            t, peak, theta, first = measure(
+                lambda: torchntk.empirical_ntk(fresh, x, mode=mode, implementation=impl), repeats)
         rows.append((impl, CHOSEN.name, t, peak, theta, first))
 
 
@@ -519,7 +524,7 @@ def main() -> None:
         # transformers' one-time costs in a process (its first forward and backward passes),
         # paid on another instance and two examples before any timing, like warm_up's
         torchntk.empirical_ntk(copy.deepcopy(gpt2), ids[:2], mode="mean")
-        workloads.append((f"GPT-2 tiny N={n_gpt} mean", gpt2, ids, "mean", impls[:3]))
+        workloads.append((f"GPT-2 tiny N={n_gpt} mean", gpt2, ids, "mean", impls[:3] + ["sketch=4096"]))
     elif want("gpt2"):
         print("(GPT-2 skipped: transformers does not import)")
     if want("bert"):
@@ -531,7 +536,7 @@ def main() -> None:
     # bench_recipes), so that no "auto" call, first calls included, follows them.
     for fast in (True, False):
         for workload, net, x, mode, names in workloads:
-            chosen = [i for i in names if (i in ("auto", "structured")) == fast]
+            chosen = [i for i in names if (i in ("auto", "structured") or i.startswith("sketch=")) == fast]
             bench_torch(workload, net, x, mode, reps, chosen)
 
     if not args.quick and want("peer"):

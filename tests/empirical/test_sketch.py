@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import math
 
-import numpy as np
 import pytest
 import torch
 
 import torchntk
 from torchntk.empirical.sketch import gradient_features, sketched_ntk
 from torchntk.errors import InvalidArgumentError
+
+from ._sketch_checks import check_error_law, check_unbiased
 
 
 def _net():
@@ -26,29 +26,18 @@ def _rel(a, b):
     return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b))
 
 
-def test_sketch_is_unbiased():
+@pytest.mark.parametrize("impl", ["jacobian", "structured"])
+def test_sketch_is_unbiased(impl):
     net = _net()
     exact = torchntk.empirical_ntk(net, X, mode="mean")
-    seeds = 40
-    ests = [sketched_ntk(net, X, k=64, seed=s, mode="mean").kernel for s in range(seeds)]
-    single = np.mean([_rel(e, exact) for e in ests])
-    # the mean of independent unbiased estimates: its error falls like 1/sqrt(seeds); 2x margin
-    assert _rel(torch.stack(ests).mean(0), exact) < 2 * single / math.sqrt(seeds)
+    check_unbiased(lambda s: sketched_ntk(net, X, k=64, seed=s, mode="mean", implementation=impl).kernel, exact)
 
 
-def test_error_falls_like_k_to_the_minus_half_and_is_estimated():
+@pytest.mark.parametrize("impl", ["jacobian", "structured"])
+def test_error_falls_like_k_to_the_minus_half_and_is_estimated(impl):
     net = _net()
     exact = torchntk.empirical_ntk(net, X, mode="full")
-    ks = [256, 1024, 4096]
-    errs, estimates = [], []
-    for k in ks:
-        e = [sketched_ntk(net, X, k=k, seed=s, mode="full") for s in range(3)]
-        errs.append(np.mean([_rel(s.kernel, exact) for s in e]))
-        estimates.append(np.mean([s.error for s in e]))
-    slope = np.polyfit(np.log(ks), np.log(errs), 1)[0]
-    assert -0.65 <= slope <= -0.35, (errs, slope)
-    # the halves' estimate of the error is of the right size (it is itself a random number)
-    assert all(0.5 < est / err < 2.0 for est, err in zip(estimates, errs)), (estimates, errs)
+    check_error_law(lambda k, s: sketched_ntk(net, X, k=k, seed=s, mode="full", implementation=impl), exact)
 
 
 def test_features_modes_and_budget():

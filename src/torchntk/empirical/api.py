@@ -22,6 +22,7 @@ from ._functional import Functional, OutputSelector, ParamSelector, ids_error, m
 from ._report import EmpiricalNTKReport, Estimate
 from ._modes import MODES
 from .pseudo import SummedOutput
+from .sketch import IMPLEMENTATIONS as SKETCH_IMPLEMENTATIONS
 from .sketch import sketched_ntk
 
 IMPLEMENTATIONS = ("auto", "jacobian", "ntvp", "structured", "autograd")
@@ -117,7 +118,10 @@ def empirical_ntk(
         sketch: ``None`` (exact) or an even ``k``: an unbiased estimate from the per-example
             gradients projected to ``k`` dimensions (:func:`torchntk.empirical.sketched_ntk`,
             which also returns the estimate's error; relative Frobenius error about
-            ``sqrt((1 + effective rank) / k)``); ``seed`` fixes the projection.
+            ``sqrt((1 + effective rank) / k)``, times a factor of the Kronecker projections of
+            the structured sketch); ``seed`` fixes the projection; ``implementation`` is
+            ``"auto"``, ``"structured"`` (per-layer projections of the factorized gradients)
+            or ``"jacobian"`` (count sketches of per-example Jacobians).
         progress: a progress bar over the tiles (tqdm, :mod:`torchntk._progress`): ``None``
             (default) shows it when stderr is a terminal and the call runs over 2 s, ``True``
             always, ``False`` never.
@@ -153,12 +157,14 @@ def empirical_ntk(
             raise InvalidArgumentError(
                 "`return_report` is for the exact kernel; with `sketch`, call "
                 "torchntk.empirical.sketched_ntk, whose result carries the estimate's error")
-        if per_layer or implementation not in ("auto", "jacobian"):
+        if per_layer or implementation not in SKETCH_IMPLEMENTATIONS:
             raise InvalidArgumentError(
-                "`sketch` projects the per-example Jacobians: it takes implementation='auto' or "
-                f"'jacobian' and per_layer=False, got implementation={implementation!r}, per_layer={per_layer!r}")
+                "`sketch` projects the per-example gradients: it takes implementation='auto', "
+                f"'structured' or 'jacobian' and per_layer=False, got implementation={implementation!r}, "
+                f"per_layer={per_layer!r}")
         return sketched_ntk(model, x1, x2, k=sketch, seed=seed, mode=mode, params=params, output=output,
-                            memory=memory, block_size=block_size, accumulate_dtype=accumulate_dtype).kernel
+                            memory=memory, block_size=block_size, accumulate_dtype=accumulate_dtype,
+                            implementation=implementation).kernel
     implementation = _choice("implementation", implementation, IMPLEMENTATIONS)
     for flag, value in (("per_layer", per_layer), ("return_report", return_report)):
         if not isinstance(value, bool):

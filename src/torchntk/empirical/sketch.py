@@ -14,10 +14,26 @@ about ``sqrt((1 + effective rank) / k)``. The two halves are independent sketche
 a kernel is estimated from the kernels of the halves, ``||Theta_1 - Theta_2||_F / 2`` (each half
 has twice the variance of the whole, and the halves' difference four times).
 
-No ``P x k`` matrix is ever formed: the buckets and signs of a parameter tensor are drawn again
-from a generator seeded by ``(seed, its index)`` whenever they are needed, and the per-example
-gradients come from :func:`torchntk.empirical.jacobian.jacobians` on blocks of examples and groups
-of parameter tensors sized by the memory budget (``block x O x group size`` numbers at a time).
+No ``P x k`` matrix is ever formed, and the projection is one of two:
+
+* ``implementation="jacobian"``: the count sketches above of per-example Jacobians from
+  :func:`torchntk.empirical.jacobian.jacobians`, on blocks of examples and groups of parameter
+  tensors sized by the memory budget (``block x O x group size`` numbers at a time); the
+  buckets and signs of a parameter tensor are drawn again from a generator seeded by ``(seed,
+  its index)`` whenever they are needed.
+* ``implementation="structured"``: the factors of the structured implementation (one forward
+  pass and one batched backward pass per block of examples, :mod:`.structured`); the weight of
+  every covered Linear, convolution, embedding (tied or not) gets a sum of Kronecker sign
+  projections of its factors (:mod:`._layer_sketch`, never its per-example gradient), the other
+  tensors (biases, norms, grouped convolutions, parameters outside covered layers) the count
+  sketch above. Also unbiased; the Kronecker projections add a factor ``1 + (m1 + m2) / s``
+  to the variance of their layers (``s`` the stable rank of a per-example gradient, ``m1, m2``
+  the sides of the projections), the price of skipping the Jacobian.
+* ``"auto"`` (the default): structured when the model has covered layers and their factors can
+  be computed, else jacobian.
+
+A seed gives the same projection on every call of the same implementation (the features of two
+batches can be compared; :func:`sketched_ntk` projects ``x1`` and ``x2`` with the same one).
 The projected features are what data attribution (TRAK-style scores) and the feature-space
 solvers of :mod:`torchntk.features` take.
 """
@@ -35,10 +51,14 @@ from .._checks import check_batches, check_choice
 from .._memory import memory_budget
 from .._progress import progress_bar
 from ..errors import InvalidArgumentError
-from ._guards import check_finite_model, check_per_example
+from ._cost import entry, planning_threads
+from ._failures import is_capability_error, unsupported
 from ._functional import Functional, OutputSelector, ParamSelector, make_functional, plain_input
+from ._guards import check_finite_model, check_per_example
+from ._layer_sketch import KronSketch
 from ._modes import MODES
 from .jacobian import jacobians
+from .structured import StructuredBackend
 
 __all__ = ["gradient_features", "sketched_ntk", "SketchedKernel"]
 
@@ -78,6 +98,10 @@ def _blocks(n: int, b: int) -> Iterator[slice]:
         yield slice(s, min(s + b, n))
 
 
+#: How the per-example gradients are projected (see the module docstring).
+IMPLEMENTATIONS = ("auto", "structured", "jacobian")
+
+
 def gradient_features(
     model: nn.Module | Callable,
     x: torch.Tensor,
@@ -89,6 +113,7 @@ def gradient_features(
     memory: int | float | str | None = None,
     block_size: int | None = None,
     progress: bool | None = None,
+    implementation: str = "auto",
 ) -> torch.Tensor:
     """Projected per-example gradients ``phi (N, O, k)``: ``<phi[i, a], phi[j, b]>`` is an unbiased
     estimate of the empirical NTK ``Theta[i, j, a, b]`` (see the module docstring).
@@ -97,12 +122,16 @@ def gradient_features(
         model, params, output: as in :func:`torchntk.empirical_ntk`.
         x: inputs ``(N, ...)``.
         k: the sketch size (even): the features have ``k`` columns.
-        seed: of the buckets and signs; the same seed gives the same projection on every call,
-            so features of different batches can be compared.
+        seed: of the projection; the same seed (and implementation) gives the same projection
+            on every call, so features of different batches can be compared.
         memory: budget of the per-example gradients held at once (default:
             :func:`torchntk._memory.default_memory`, a share of the memory available).
         block_size: examples per block (default: as many as ``memory`` allows, at most 64).
         progress: a bar over the blocks (``None``: shown past 2 s on a terminal).
+        implementation: ``"structured"`` (Kronecker projections of the covered layers' factors,
+            no per-example Jacobian of them), ``"jacobian"`` (count sketches of per-example
+            Jacobians) or ``"auto"``: structured when the model has covered layers and their
+            features can be computed, else jacobian.
 
     Returns:
         ``(N, O, k)`` in the dtype of the model's parameters.
@@ -112,43 +141,153 @@ def gradient_features(
         >>> gradient_features(net, torch.randn(5, 3), 64).shape
         torch.Size([5, 2, 64])
     """
+    return _features(model, [x], k, seed, params, output, memory, block_size, progress, implementation)[0]
+
+
+def _features(model, xs: list, k, seed, params, output, memory, block_size, progress,
+              implementation: str) -> list[torch.Tensor]:
+    """:func:`gradient_features` of every input of ``xs``, all with the same projection."""
     k = _check_k(k)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise InvalidArgumentError(f"`seed` must be an int, got {seed!r}")
-    x, _ = check_batches(x)
+    implementation = check_choice("implementation", implementation, IMPLEMENTATIONS)
+    if block_size is not None and (isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1):
+        raise InvalidArgumentError(f"`block_size` must be a positive int, got {block_size!r}")
     budget = memory_budget(memory)
     with torch.inference_mode(False), torch.enable_grad():
         fm = make_functional(model, params, output)
-        x = plain_input(x)
+        names = ["x"] if len(xs) == 1 else ["x1", "x2"]
+        checked = []
+        for x, name in zip(xs, names):
+            x, _ = check_batches(x)
+            checked.append(plain_input(x))
         check_finite_model(fm)
-        out_dim = fm.probe(x, "x")
-        check_per_example(fm, x)
-        item = fm.dtype.itemsize
-        total = sum(p.numel() for p in fm.params.values())
-        # the Jacobian of a block of b examples and a group of G entries: b * O * G numbers (x3
-        # for vmap's temporaries); blocks of up to 64 examples, groups of what is left
-        b = block_size or int(max(1, min(64, x.shape[0], budget / (3 * item * out_dim * max(total, 1)))))
-        if isinstance(b, bool) or not isinstance(b, int) or b < 1:
-            raise InvalidArgumentError(f"`block_size` must be a positive int, got {block_size!r}")
-        groups = _groups(fm, max(1.0, budget / (3 * item * out_dim * b)))
-        index = {name: i for i, name in enumerate(fm.params)}
-        half = k // 2
-        dev = next(iter(fm.params.values())).device
-        phi = torch.zeros(x.shape[0], out_dim, k, dtype=fm.dtype, device=dev)
-        blocks = list(_blocks(x.shape[0], b))
-        bar = progress_bar(len(blocks) * len(groups), "gradient_features", progress)
-        try:
-            for rows in blocks:
-                for names in groups:
-                    jac = jacobians(fm, x[rows], names)
-                    for name, j in jac.items():
-                        flat = j.reshape(j.shape[0], out_dim, -1)
-                        for part, (bucket, sign) in enumerate(_hashes(flat.shape[-1], half, seed, index[name], dev)):
-                            cols = slice(part * half, (part + 1) * half)
-                            phi[rows, :, cols].index_add_(2, bucket, flat * sign.to(flat.dtype))  # a view of phi
-                    bar.update()
-        finally:
-            bar.close()
+        out_dim = fm.probe(checked[0], names[0])
+        for x, name in zip(checked[1:], names[1:]):
+            if fm.probe(x, name) != out_dim:  # pragma: no cover - the probe raises first
+                raise InvalidArgumentError(f"`{name}` gives another number of outputs than `x1`")
+        check_per_example(fm, checked[0])
+        backend = None
+        if implementation != "jacobian":
+            backend = _structured_backend(fm, checked[0], out_dim)
+            if backend is None and implementation == "structured":
+                raise InvalidArgumentError(
+                    "implementation='structured' needs covered layers (Linear, Conv, Embedding, "
+                    "LayerNorm ...) among the selected parameters; use 'jacobian' or 'auto'")
+        if backend is not None:
+            try:
+                return [_structured(fm, backend, x, k, seed, budget, block_size, progress) for x in checked]
+            except Exception as err:  # noqa: BLE001 - "auto" moves on, an explicit choice reports
+                if not is_capability_error(err):
+                    raise
+                if implementation == "structured":
+                    raise unsupported("structured", err) from err
+        return [_jacobian(fm, x, out_dim, k, seed, budget, block_size, progress) for x in checked]
+
+
+def _index(fm: Functional) -> dict[str, int]:
+    return {name: i for i, name in enumerate(fm.params)}
+
+
+def _count_sketch(phi: torch.Tensor, flat: torch.Tensor, numel_index: int, half: int, seed: int,
+                  scale: float = 1.0) -> None:
+    """Add both count sketches of ``flat (b, O, F)`` (one parameter tensor's gradients) to ``phi (b, O, k)``."""
+    for part, (bucket, sign) in enumerate(_hashes(flat.shape[-1], half, seed, numel_index, flat.device)):
+        s = sign.to(flat.dtype) if scale == 1.0 else sign.to(flat.dtype) * scale
+        phi[:, :, part * half:(part + 1) * half].index_add_(2, bucket, flat * s)
+
+
+def _jacobian(fm: Functional, x: torch.Tensor, out_dim: int, k: int, seed: int, budget: int,
+              block_size: int | None, progress: bool | None) -> torch.Tensor:
+    """Count sketches of per-example Jacobians, in blocks of examples and groups of tensors."""
+    item = fm.dtype.itemsize
+    total = sum(p.numel() for p in fm.params.values())
+    # the Jacobian of a block of b examples and a group of G entries: b * O * G numbers (x3
+    # for vmap's temporaries); blocks of up to 64 examples, groups of what is left
+    b = block_size or int(max(1, min(64, x.shape[0], budget / (3 * item * out_dim * max(total, 1)))))
+    groups = _groups(fm, max(1.0, budget / (3 * item * out_dim * b)))
+    index = _index(fm)
+    half = k // 2
+    dev = next(iter(fm.params.values())).device
+    phi = torch.zeros(x.shape[0], out_dim, k, dtype=fm.dtype, device=dev)
+    blocks = list(_blocks(x.shape[0], b))
+    bar = progress_bar(len(blocks) * len(groups), "gradient_features", progress)
+    try:
+        for rows in blocks:
+            for names in groups:
+                jac = jacobians(fm, x[rows], names)
+                for name, j in jac.items():
+                    _count_sketch(phi[rows], j.reshape(j.shape[0], out_dim, -1), index[name], half, seed)
+                bar.update()
+    finally:
+        bar.close()
+    return phi / math.sqrt(2.0)
+
+
+def _methods(layers, shapes) -> dict[str, str]:
+    """The structured features the projections take: the raw cotangents and patches
+    (``"pair"``, ``"p1"`` for one position), the factors of embeddings and tied heads
+    (``"use"``), explicit gradients of norms and grouped convolutions (``"norm"``, ``"jw"``)."""
+    out = {}
+    for lay in layers:
+        sh = shapes[lay.name]
+        if sh.kind in ("embedding", "tied"):
+            out[lay.name] = "use"
+        elif sh.kind == "norm":
+            out[lay.name] = "norm"
+        elif sh.G > 1:
+            out[lay.name] = "jw"
+        else:
+            out[lay.name] = "p1" if sh.P == 1 else "pair"
+    return out
+
+
+def _structured_backend(fm: Functional, x: torch.Tensor, out_dim: int) -> StructuredBackend | None:
+    """The structured backend of the projections, or None when no layer is covered."""
+    if fm.module is None:
+        return None
+    with planning_threads():
+        layers, shapes, fallback = entry(fm, x).probe[:3]
+    if not layers:
+        return None
+    return StructuredBackend(fm, out_dim, layers, _methods(layers, shapes), fallback, shapes)
+
+
+def _structured(fm: Functional, backend: StructuredBackend, x: torch.Tensor, k: int, seed: int, budget: int,
+                block_size: int | None, progress: bool | None) -> torch.Tensor:
+    """Kronecker projections of the covered layers (:mod:`._layer_sketch`), count sketches of
+    everything else, in blocks of examples."""
+    o, half, item = backend.out_dim, k // 2, fm.dtype.itemsize
+    index = _index(fm)
+    # per example: the cotangents and inputs of every covered layer and their projections
+    # (x3 for temporaries), the Jacobians of the uncovered parameters, the features
+    per = sum((o + 2) * sh.P * sh.C + 2 * sh.P * sh.K for sh in backend.shapes.values())
+    per = 3 * per + 3 * o * sum(fm.params[n].numel() for n in backend.fallback) + 2 * o * k
+    b = block_size or int(max(1, min(64, x.shape[0], budget / (item * max(per, 1)))))
+    dev = next(iter(fm.params.values())).device
+    phi = torch.zeros(x.shape[0], o, k, dtype=fm.dtype, device=dev)
+    blocks = list(_blocks(x.shape[0], b))
+    bar = progress_bar(len(blocks), "gradient_features", progress)
+    outs: list[torch.Tensor] = [phi]  # the block being filled
+
+    def counter(part: int):
+        def count(flat: torch.Tensor, name: str, scale: float) -> None:
+            bucket, sign = _hashes(flat.shape[-1], half, seed, index[name], flat.device)[part]
+            outs[0][:, :, part * half:(part + 1) * half].transpose(0, 1).index_add_(2, bucket, flat * (sign.to(flat.dtype) * scale))
+        return count
+
+    sketches = [KronSketch(backend, half, seed, part, index, counter(part)) for part in range(2)]
+    try:
+        for rows in blocks:
+            feats, jac = backend.features(x[rows])
+            outs[0] = block = phi[rows]
+            for part, sk in enumerate(sketches):
+                sk.add(feats, block[:, :, part * half:(part + 1) * half].transpose(0, 1))  # (O, b, k_h), a view
+            for name, j in jac.items():
+                _count_sketch(block, j.reshape(j.shape[0], o, -1), index[name], half, seed)
+            bar.update()
+    finally:
+        bar.close()
     return phi / math.sqrt(2.0)
 
 
@@ -190,15 +329,18 @@ def sketched_ntk(
     block_size: int | None = None,
     progress: bool | None = None,
     accumulate_dtype: torch.dtype | None = None,
+    implementation: str = "auto",
 ) -> SketchedKernel:
     """The empirical NTK estimated from :func:`gradient_features` of size ``k``, with its error.
 
     ``empirical_ntk(model, x1, x2, sketch=k, seed=seed, mode=mode)`` returns its ``kernel``. The
     products are summed in float64 and returned in the features' dtype (the model's parameters')
     or ``accumulate_dtype``.
-    Cost: one Jacobian of every example (as ``implementation="jacobian"``) and ``N1 N2 O^2 k``
-    (full) or ``N1 N2 O k`` flops for the products, instead of ``P`` in place of ``k``; memory
-    ``(N1 + N2) O k`` for the features.
+    Cost: the features of every example (:func:`gradient_features`: the factors of the
+    structured implementation and their projections, or one Jacobian per example) and
+    ``N1 N2 O^2 k`` (full) or ``N1 N2 O k`` flops for the products, instead of ``P`` in place of
+    ``k``; memory ``(N1 + N2) O k`` for the features. ``implementation`` as in
+    :func:`gradient_features`.
 
     Example:
         >>> net = torch.nn.Sequential(torch.nn.Linear(3, 64), torch.nn.Tanh(), torch.nn.Linear(64, 1))
@@ -207,9 +349,9 @@ def sketched_ntk(
         (torch.Size([6, 6]), True)
     """
     mode = check_choice("mode", mode.lower() if isinstance(mode, str) else mode, MODES)
-    kw = dict(seed=seed, params=params, output=output, memory=memory, block_size=block_size, progress=progress)
-    f1 = gradient_features(model, x1, k, **kw)
-    f2 = f1 if x2 is None else gradient_features(model, x2, k, **kw)
+    xs = [x1] if x2 is None else [x1, x2]
+    feats = _features(model, xs, k, seed, params, output, memory, block_size, progress, implementation)
+    f1, f2 = feats[0], feats[-1]
     half = k // 2
     # the halves are scaled by 1/sqrt(2) inside phi: each half's own estimate is 2 <phi_h, phi_h'>
     k1 = 2 * _contract(f1[..., :half], f2[..., :half], mode)

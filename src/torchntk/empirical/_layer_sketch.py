@@ -1,0 +1,214 @@
+"""Sketches of the structured features, layer by layer (private; see :mod:`.sketch`).
+
+A covered layer's weight gradient is ``X[i, a] = ws * sum_p g[i, a, p] A[i, p]^T`` (``C x K``:
+the cotangents ``g`` of its output at ``P`` positions and its input patches ``A``, see
+:mod:`.structured`). Each half of the sketch projects it with ``r`` independent Kronecker
+sign projections of ``m1 x m2`` numbers each (``k_h = r m1 m2``, the half's size):
+
+    h[i, a] = ws / sqrt(k_h) * [ S1_rho X[i, a] S2_rho^T ]_{rho = 1..r},
+    S1_rho X S2_rho^T = sum_p (S1_rho g[i, a, p]) (S2_rho A[i, p])^T,
+
+with ``S1_rho (m1, C)`` and ``S2_rho (m2, K)`` of independent random signs. The right-hand
+side never forms ``X`` (route ``"positions"``: the cotangents and patches projected, then one
+small product per replica); a layer with many positions and a small ``C K`` forms the
+per-example gradients ``X`` first (route ``"weights"``), whichever costs fewer flops. Both
+routes compute the same projection (they differ by rounding), so the route never changes
+what a seed draws.
+
+Since ``E[S^T S] = m I`` for an ``(m, d)`` sign matrix, ``E <h[i, a], h[j, b]> = <X[i, a],
+X[j, b]>``: the estimate is unbiased. Its variance: for ``X = Y`` of stable rank ``s =
+|X|_F^4 / |X^T X|_F^2`` (at most the number of positions), the relative variance of
+``|h|^2`` is about ``2 (1 + (m1 + m2) / s) / k_h``, against ``2 / k_h`` for a dense Gaussian
+projection of the same size: the factor ``1 + (m1 + m2) / s`` is what the speed costs.
+:func:`kron_shape` trades that factor against the flops of the projections; a layer whose
+gradient has one position (rank one) gets ``m1 = m2 = 1`` (factor 3: the products of two sign
+projections). A tensor sketch (the circular convolution of the factors' count sketches, by
+FFT) has the same factor for rank one (its collisions are shared along rows and columns too)
+and ran 2x slower than these matrix products on the CPU, so it is not used.
+
+An embedding's "patches" are one-hot rows (``S1 e_id`` is a column of ``S1``: a gather), and the
+uses of a weight tied between an embedding and an output head share its ``S1, S2`` (the
+projection is linear, so the sum of the uses' projections is the projection of the total
+gradient). Everything else the structured features hold as explicit vectors (biases, norms'
+scales and shifts, the per-group gradients of a grouped convolution) is count-sketched by the
+caller, like the Jacobians of the parameters outside covered layers.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+from .structured import LayerShape, StructuredBackend
+
+#: The stable rank the shape rule of :func:`kron_shape` assumes for a gradient summed over
+#: several positions (a transformer's cotangents at initialization are close to parallel
+#: across positions), and the largest ``m1 + m2`` it allows.
+ASSUMED_RANK = 2.0
+MAX_SIDES = 40
+
+
+def kron_shape(k_h: int, c: int, k: int, o: int, several: bool) -> tuple[int, int, int]:
+    """``(r, m1, m2)`` with ``r m1 m2 = k_h`` for a weight ``C x K`` with ``O`` outputs:
+    ``m1, m2`` powers of two, ``m1 <= C``, ``m2 <= K``, ``m1 + m2 <= MAX_SIDES``, that minimize
+    the projections' flops ``k_h (O C / m2 + K / m1)`` times the variance factor ``1 + (m1 +
+    m2) / ASSUMED_RANK``: the least work for a given error. A gradient of one position
+    (``several=False``: rank one) gets ``m1 = m2 = 1``. The rule sees only the layer's sizes,
+    not the numbers of examples or positions, so a seed draws the same projection for inputs of
+    any length."""
+    if not several:
+        return k_h, 1, 1
+    best = (math.inf, 1, 1)
+    m1 = 1
+    while m1 <= c and k_h % m1 == 0:
+        m2 = 1
+        while m2 <= k and k_h % (m1 * m2) == 0 and m1 + m2 <= MAX_SIDES:
+            score = (o * c / m2 + k / m1) * (1 + (m1 + m2) / ASSUMED_RANK)
+            best = min(best, (score, m1, m2))
+            m2 *= 2
+        m1 *= 2
+    _, m1, m2 = best
+    return k_h // (m1 * m2), m1, m2
+
+
+def signs(seed: int, index: int, part: int, rows: int, cols: int, like: torch.Tensor) -> torch.Tensor:
+    """A ``(rows, cols)`` matrix of independent random signs, drawn again from ``(seed, index,
+    part)`` on each call (64 per random word), in the dtype and on the device of ``like``."""
+    g = torch.Generator().manual_seed(int(seed) * 1_000_003 + 7919 * index + 104_729 * (part + 1) + 5)
+    n = rows * cols
+    words = torch.randint(-(1 << 63), (1 << 63) - 1, (-(-n // 64), 1), generator=g, dtype=torch.int64)
+    bits = (words >> torch.arange(64, dtype=torch.int64)) & 1
+    s = bits.flatten()[:n].view(rows, cols).to(torch.int8) * 2 - 1
+    return s.to(device=like.device, dtype=like.dtype)
+
+
+def route_flops(o: int, n: int, p: int, c: int, k: int, r: int, m1: int, m2: int) -> tuple[float, float]:
+    """Flops of the routes ``"positions"`` and ``"weights"`` for ``n`` examples."""
+    k_h = r * m1 * m2
+    positions = 2 * o * n * p * c * r * m1 + 2 * n * p * k * r * m2 + 2 * o * n * p * k_h
+    weights = 2 * o * n * p * c * k + 2 * o * n * c * k * r * m2 + 2 * o * n * c * k_h
+    return positions, weights
+
+
+def _pairs(U: torch.Tensor, V: torch.Tensor, r: int, m1: int, m2: int, u_out: bool, v_out: bool) -> torch.Tensor:
+    """``sum_p U[., p, rho, :] (x) V[., p, rho, :]`` as ``(O, N, r m1 m2)`` for ``U (O|., N, P, r m1)``
+    and ``V (O|., N, P, r m2)`` (``u_out``/``v_out``: whether the factor has the output axis)."""
+    U = U.unflatten(-1, (r, m1))
+    V = V.unflatten(-1, (r, m2))
+    lhs = ("o" if u_out else "") + "npra"
+    rhs = ("o" if v_out else "") + "nprb"
+    h = torch.einsum(f"{lhs},{rhs}->onrab", U, V)
+    return h.reshape(h.shape[0], h.shape[1], -1)
+
+
+class KronSketch:
+    """The Kronecker projections of one half of a sketch for the covered layers of a
+    structured backend; explicit vectors go to ``count (flat (O, N, F), name, scale)``."""
+
+    def __init__(self, backend: StructuredBackend, k_h: int, seed: int, part: int, index: dict[str, int],
+                 count: Callable[[torch.Tensor, str, float], None]) -> None:
+        self.backend, self.k_h, self.seed, self.part = backend, k_h, seed, part
+        self.index, self.count = index, count
+        o = backend.out_dim
+        self.cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # the factors, drawn once per call
+        self.shapes: dict[str, tuple[int, int, int]] = {}  # weight name -> (r, m1, m2)
+        for lay in backend.layers:
+            if lay.weight is None or lay.weight in self.shapes:
+                continue
+            sh = backend.shapes.get(lay.name) or LayerShape(P=1, K=1, C=1)
+            c, kk = _weight_dims(lay, sh)
+            # one position with a cotangent (a Linear on (N, K) inputs, the layers after a causal
+            # model's last attention): a rank-one gradient; an embedding group always has several
+            several = lay.tied or lay.kind == "embedding" or sh.active > 1
+            self.shapes[lay.weight] = kron_shape(k_h, c, kk, o, several)
+
+    def _factors(self, name: str, c: int, k: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hit = self.cache.get(name)
+        if hit is None:
+            r, m1, m2 = self.shapes[name]
+            i = self.index[name]
+            hit = (signs(self.seed, i, 2 * self.part, r * m1, c, like),
+                   signs(self.seed, i, 2 * self.part + 1, r * m2, k, like))
+            self.cache[name] = hit
+        return hit
+
+    def add(self, feats: list, out: torch.Tensor) -> None:
+        """Add the projections of the layer features ``feats`` (of a block of examples) to
+        ``out (O, N, k_h)``."""
+        for lf in feats:
+            lay = lf.lay
+            if lf.method == "use":
+                u = lf.use
+                if lay.bias is not None:
+                    self.count(u.gs, lay.bias, lay.bs)
+                self._use(lay, u, out)
+                continue
+            if lf.method == "jw":  # norms and grouped convolutions: explicit gradients
+                if lay.weight is not None and lf.u is not None:
+                    self.count(lf.u, lay.weight, lay.ws)
+                if lay.bias is not None and lf.v is not None:
+                    self.count(lf.v, lay.bias, lay.bs)
+                continue
+            if lf.method == "p1":  # one position: u (O, N, C), v (N, K)
+                if lay.bias is not None:
+                    self.count(lf.u, lay.bias, lay.bs)
+                if lay.weight is not None:
+                    self._weight(lay, lf.u[:, :, None], lf.v[:, None], out)
+                continue
+            if lay.bias is not None:  # "pair": u (O, N, P, C), v (N, P, K), gs (O, N, C)
+                self.count(lf.gs, lay.bias, lay.bs)
+            if lay.weight is not None:
+                self._weight(lay, lf.u, lf.v, out)
+
+    def _weight(self, lay, G: torch.Tensor, A: torch.Tensor, out: torch.Tensor) -> None:
+        o, n, p, c = G.shape
+        k = A.shape[-1]
+        r, m1, m2 = self.shapes[lay.weight]
+        S1, S2 = self._factors(lay.weight, c, k, G)
+        scale = lay.ws / math.sqrt(self.k_h)
+        positions, weights = route_flops(o, n, p, c, k, r, m1, m2)
+        if positions <= weights:
+            h = _pairs(G @ S1.T, A @ S2.T, r, m1, m2, True, False)
+        else:
+            X = torch.einsum("onpc,npk->onck", G, A)
+            T = (X @ S2.T).unflatten(-1, (r, m2))  # (O, N, C, r, m2)
+            h = torch.einsum("rac,oncrb->onrab", S1.view(r, m1, c), T).reshape(o, n, -1)
+        out.add_(h, alpha=scale)
+
+    def _use(self, lay, u, out: torch.Tensor) -> None:
+        """One use of an embedding group's weight ``(V, d)``: ids and cotangents (embedding) or
+        cotangents and inputs (a tied Linear head)."""
+        if lay.weight is None:
+            return
+        scale = lay.ws / math.sqrt(self.k_h)
+        r, m1, m2 = self.shapes[lay.weight]
+        if lay.kind == "embedding":
+            ids, G = u.rows, u.cols  # (N, P), (O, N, P, d)
+            S1, S2 = self._factors(lay.weight, lay.module.weight.shape[0], G.shape[-1], G)
+            U = S1.T[ids]  # (N, P, r m1): the columns of S1 at the ids
+            h = _pairs(U, G @ S2.T, r, m1, m2, False, True)
+        else:
+            G, A = u.rows, u.cols  # (O, N, P, V), (N, P, d)
+            S1, S2 = self._factors(lay.weight, G.shape[-1], A.shape[-1], G)
+            used = G.ne(0).flatten(0, 2).any(0)  # words without cotangent (unselected logits) add nothing
+            if not bool(used.all()):
+                keep = torch.nonzero(used).flatten()
+                G, S1 = G[..., keep], S1[:, keep]
+            h = _pairs(G @ S1.T, A @ S2.T, r, m1, m2, True, False)
+        out.add_(h, alpha=scale)
+
+
+def _weight_dims(lay, sh: LayerShape) -> tuple[int, int]:
+    """``(C, K)`` of a covered weight: rows (outputs; the table's rows for an embedding group)
+    and columns (patch numbers; the table's width)."""
+    if lay.kind == "embedding" or lay.tied:
+        v, d = lay.module.weight.shape
+        return v, d
+    return sh.C, sh.K
+
+
+def _uses(backend: StructuredBackend, weight: str) -> list[LayerShape]:
+    return [backend.shapes.get(lay.name) or LayerShape(P=1, K=1, C=1)
+            for lay in backend.layers if lay.weight == weight]
