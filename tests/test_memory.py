@@ -70,7 +70,11 @@ def test_every_entry_point_accepts_strings_and_rejects_nonsense():
     x = torch.randn(6, 3, dtype=torch.float64)
     spec = L.mlp(16, 2)
     ref = spec.kernel(x).ntk
-    torch.testing.assert_close(spec.kernel(x, memory="1GiB").ntk, ref, rtol=0, atol=0)
+    # another budget may plan other blocks (other matmul shapes for the input Gram): float64
+    # rounding off the diagonal, which the ReLU carries with a modest factor; the diagonal is
+    # cov1 bit for bit in every blocking
+    torch.testing.assert_close(spec.kernel(x, memory="1GiB").ntk, ref, rtol=1e-12,
+                               atol=1e-12 * float(ref.abs().max()))
     with pytest.raises(InvalidArgumentError, match="`memory`"):
         spec.kernel(x, memory="lots")
     net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)).double()

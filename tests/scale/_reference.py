@@ -110,3 +110,39 @@ def assert_same_kernel(got: torch.Tensor, ref: torch.Tensor, *, symmetric: bool 
         torch.testing.assert_close(got.diagonal(), ref.diagonal(), rtol=1e-7, atol=1e-7 * scale)
     else:
         torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12 * scale)
+
+
+class RecordingKernel:
+    """``fn`` that keeps a copy of every block it returns, with where its rows and columns start
+    in ``x`` (the blocks must be slices of ``x``, as :func:`torchntk.scale.tiled_kernel` passes
+    them). A store's contents can then be compared bit for bit with the bytes computed for it
+    (the same bytes), not with another run of the kernel (another code path: another rounding).
+    """
+
+    def __init__(self, fn, x: torch.Tensor) -> None:
+        self.fn, self.x, self.calls = fn, x, []
+        self.torchntk_identity = fn.torchntk_identity
+
+    def _start(self, t: torch.Tensor) -> int:
+        assert t.untyped_storage().data_ptr() == self.x.untyped_storage().data_ptr(), "not a slice of x"
+        return (t.storage_offset() - self.x.storage_offset()) // self.x.stride(0)
+
+    def __call__(self, a: torch.Tensor, b: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = self.fn(a, b)
+        self.calls.append((self._start(a), self._start(b), {k: v.clone() for k, v in out.items()}))
+        return out
+
+    def kernel(self) -> dict[str, torch.Tensor]:
+        """The symmetric ``K(x, x)`` of the recorded blocks in call order (a later block overwrites
+        an earlier one: the 2 x 2 probe comes first), each lower block the mirror of its upper
+        one as a symmetric store reads it; entries no block covered are NaN."""
+        n = self.x.shape[0]
+        out: dict[str, torch.Tensor] = {}
+        for i0, j0, blocks in self.calls:
+            for name, v in blocks.items():
+                k = out.setdefault(name, torch.full((n, n), float("nan"), dtype=v.dtype))
+                r, c = v.shape
+                k[i0:i0 + r, j0:j0 + c] = v
+                if i0 != j0:
+                    k[j0:j0 + c, i0:i0 + r] = v.T
+        return out

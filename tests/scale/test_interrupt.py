@@ -64,12 +64,16 @@ def test_kill_minus_9_then_resume_gives_the_identical_store(tmp_path):
     done_before = partial.done_tiles()
     missing = partial.missing_tiles()
     assert 3 <= len(done_before) < 15 and len(missing) == 15 - len(done_before)
+    kept = {(name, t): partial.read_tile(name, *t) for name in ("nngp", "ntk") for t in done_before}
 
     fn = _Counting()
     store = resume(path, fn, _x(), progress=False)
     assert store.last_run == {"computed": len(missing), "skipped": len(done_before), "repaired": 0}
     assert fn.calls == len(missing) + 1  # the missing tiles, plus the probe of 2 x 2 inputs
     assert store.is_complete
+    # the killed run's tiles are not computed again: the same bytes re-read
+    for (name, t), before in kept.items():
+        np.testing.assert_array_equal(store.read_tile(name, *t), before)
 
     ref = tiled_kernel(ReluFCKernel(depth=2), _x(), out=tmp_path / "ref.zarr", block_size=TILE,
                        identity={"run": "interrupt-test"}, progress=False)
@@ -78,7 +82,10 @@ def test_kill_minus_9_then_resume_gives_the_identical_store(tmp_path):
         k: v for k, v in ref.manifest.items() if k != "store_id"}
     assert store.done_tiles() == ref.done_tiles()
     for name in ("nngp", "ntk"):
-        # the raw chunks, lower triangle (never written: NaN) included
-        np.testing.assert_array_equal(store._array(name)[:], ref._array(name)[:])
+        # the same tiles written (the lower triangle never: NaN)...
+        np.testing.assert_array_equal(np.isnan(store._array(name)[:]), np.isnan(ref._array(name)[:]))
+        # ...their values from two processes (the killed child's thread count and code paths
+        # need not be this one's): equal up to rounding
+        assert_same_kernel(store.to_tensor(name), ref.to_tensor(name))
     x = _x()
     assert_same_kernel(store.to_tensor("ntk"), ReluFCKernel(depth=2, block=None)(x, x)["ntk"])

@@ -10,7 +10,7 @@ import torch
 
 from torchntk.errors import InvalidArgumentError, ShapeError, StoreError
 from torchntk.scale import KernelStore, kernel_fn_from_spec, resume, tiled_kernel, with_identity
-from ._reference import ReluFCKernel, assert_same_kernel
+from ._reference import RecordingKernel, ReluFCKernel, assert_same_kernel
 
 
 def _x(n, d=40, seed=0):
@@ -61,7 +61,8 @@ def test_store_round_trip_and_manifest(tmp_path):
     x = _x(300)
     fn = ReluFCKernel(depth=3)
     ident = {"command": "kernel", "argv": ["--depth", "3"], "n": 300}
-    store = tiled_kernel(fn, x, out=tmp_path / "k.zarr", block_size=64, identity=ident, progress=False)
+    rec = RecordingKernel(fn, x)
+    store = tiled_kernel(rec, x, out=tmp_path / "k.zarr", block_size=64, identity=ident, progress=False)
     assert store.last_run == {"computed": 15, "skipped": 0, "repaired": 0}
     assert store.is_complete and store.missing_tiles() == []
     again = KernelStore.open(tmp_path / "k.zarr")
@@ -76,14 +77,15 @@ def test_store_round_trip_and_manifest(tmp_path):
     both = again.to_tensor("all")
     for k in mono:
         assert_same_kernel(both[k], mono[k])
-    # the same bytes read back: bit for bit
-    mem = tiled_kernel(fn, x, block_size=64, progress=False)
-    assert all(torch.equal(both[k], mem[k]) for k in mem)
-    assert torch.equal(again.to_tensor(), mem["ntk"])  # default: the last array
-    np.testing.assert_array_equal(again.diagonal("nngp"), torch.diagonal(mem["nngp"]).numpy())
+    # the bytes computed for the store, read back: bit for bit (not against an in-memory run,
+    # another code path)
+    computed = rec.kernel()
+    assert all(torch.equal(both[k], computed[k]) for k in computed)
+    assert torch.equal(again.to_tensor(), computed["ntk"])  # default: the last array
+    np.testing.assert_array_equal(again.diagonal("nngp"), torch.diagonal(computed["nngp"]).numpy())
     # lower-triangle chunks are never written: they are mirrored on read
     assert np.isnan(again._array("ntk")[200:, :64]).all()
-    assert np.array_equal(again.read_tile("ntk", 3, 0), mem["ntk"][192:256, :64].numpy())
+    assert np.array_equal(again.read_tile("ntk", 3, 0), computed["ntk"][192:256, :64].numpy())
     # a second call resumes a complete store: nothing computed
     calls = []
     counting = with_identity(lambda a, b: calls.append(1) or fn(a, b), fn.torchntk_identity)
@@ -153,9 +155,14 @@ def test_interrupted_store_reports_missing_tiles_and_refuses_reads(tmp_path):
     assert store.missing_tiles() == [(0, 1), (2, 3)]
     with pytest.raises(StoreError, match="not computed"):
         store.read_tile("ntk", 1, 0)
+    kept = {t: store.read_tile("ntk", *t) for t in store.done_tiles()}
     done = resume(path, fn, x, progress=False)
     assert done.last_run == {"computed": 2, "skipped": 8, "repaired": 0}
-    assert torch.equal(done.to_tensor("ntk"), tiled_kernel(fn, x, block_size=64, progress=False)["ntk"])
+    # the tiles that were there are not computed again: the same bytes re-read
+    for t, before in kept.items():
+        np.testing.assert_array_equal(done.read_tile("ntk", *t), before)
+    # a resumed store against the in-memory run (another code path) and the closed form: to rounding
+    assert_same_kernel(done.to_tensor("ntk"), tiled_kernel(fn, x, block_size=64, progress=False)["ntk"])
     assert_same_kernel(done.to_tensor("ntk"), ReluFCKernel(depth=2, block=None)(x, x)["ntk"])
 
 
@@ -191,9 +198,11 @@ def test_spec_kernel_fn_reproduces_the_spec():
 def test_compressed_store_and_optional_dependency_message(tmp_path, monkeypatch):
     x = _x(130)
     fn = ReluFCKernel(depth=2)
-    store = tiled_kernel(fn, x, out=tmp_path / "z.zarr", block_size=64, compressor="zstd", progress=False)
+    rec = RecordingKernel(fn, x)
+    store = tiled_kernel(rec, x, out=tmp_path / "z.zarr", block_size=64, compressor="zstd", progress=False)
+    # the bytes computed for the store, compressed and read back: bit for bit
+    assert torch.equal(store.to_tensor("nngp"), rec.kernel()["nngp"])
     mem = tiled_kernel(fn, x, block_size=64, progress=False)
-    assert torch.equal(store.to_tensor("nngp"), mem["nngp"])  # the same tiles, compressed and read back
     with pytest.raises(InvalidArgumentError, match="compressor"):
         tiled_kernel(fn, x, out=tmp_path / "bad.zarr", compressor="gzip9", progress=False)
     import sys
@@ -201,5 +210,5 @@ def test_compressed_store_and_optional_dependency_message(tmp_path, monkeypatch)
     monkeypatch.setitem(sys.modules, "zarr", None)  # as if zarr were not installed
     with pytest.raises(ImportError, match=r"pip install 'torchntk\[scale\]'"):
         tiled_kernel(fn, x, out=tmp_path / "nozarr.zarr", progress=False)
-    # the in-memory path does not need zarr
+    # the in-memory path does not need zarr (the same call repeated: the same bytes)
     assert torch.equal(tiled_kernel(fn, x, block_size=64, progress=False)["ntk"], mem["ntk"])
