@@ -18,6 +18,7 @@ from torch import nn
 import torchntk
 import torchntk.nn as tnn
 from torchntk.empirical import _layer_sketch
+from torchntk.empirical._cost import entry
 from torchntk.empirical._functional import make_functional
 from torchntk.empirical.sketch import _hashes, _structured_backend, gradient_features, sketched_ntk
 from torchntk.errors import InvalidArgumentError, UnsupportedLayerError
@@ -73,7 +74,7 @@ def _expected(model, x, k: int, seed: int) -> torch.Tensor:
     each other tensor's count sketch, summed into the halves, as ``(N, O, k)``."""
     fm = make_functional(model)
     names = list(fm.params)
-    backend = _structured_backend(fm, x, 4)
+    backend = _structured_backend(fm, entry(fm, x).probe, 4)
     kron = {lay.weight for lay in backend.layers
             if lay.weight is not None and backend.methods[lay.name] in ("p1", "pair", "use")}
     assert {"tok.weight", "qkv.weight", "proj.weight", "fc.weight", "out.weight"} <= kron
@@ -169,28 +170,37 @@ def test_auto_falls_back_to_the_jacobian_sketch_and_explicit_choices_report():
                                rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.parametrize("k_h,c,k,o,several", [(2048, 256, 256, 10, True), (2048, 256, 1024, 10, True),
-                                                (2048, 5000, 256, 10, True), (1024, 64, 32, 1, False),
-                                                (999, 64, 64, 3, True), (64, 2, 3, 4, True), (2, 1, 1, 1, True)])
-def test_kron_shape_rule(k_h, c, k, o, several):
-    r, m1, m2 = _layer_sketch.kron_shape(k_h, c, k, o, several)
+@pytest.mark.parametrize("k_h,c,k,o_c,o_k,several", [
+    (2048, 256, 256, 10, 1, True), (2048, 256, 1024, 10, 1, True), (2048, 5000, 256, 10, 11, True),
+    (2048, 5000, 256, 0, 10, True), (1024, 64, 32, 1, 1, False), (999, 64, 64, 3, 1, True),
+    (64, 2, 3, 4, 1, True), (2, 1, 1, 1, 1, True)])
+def test_kron_shape_rule(k_h, c, k, o_c, o_k, several):
+    r, m1, m2 = _layer_sketch.kron_shape(k_h, c, k, o_c, o_k, several)
     assert r * m1 * m2 == k_h and 1 <= m1 <= max(1, c) and 1 <= m2 <= max(1, k)
     assert m1 + m2 <= _layer_sketch.MAX_SIDES
     if not several or k_h % 2:  # a rank-one gradient, or no power of two divides k_h
         assert (m1, m2) == (1, 1)
-    # the rule minimizes its score over the allowed shapes: brute force over all of them
-    if several:
-        def score(a, b):
-            return (o * c / b + k / a) * (1 + (a + b) / _layer_sketch.ASSUMED_RANK)
-        shapes = [(a, b) for a in (1, 2, 4, 8, 16, 32) for b in (1, 2, 4, 8, 16, 32)
-                  if a <= c and b <= k and k_h % (a * b) == 0 and a + b <= _layer_sketch.MAX_SIDES]
-        assert score(m1, m2) <= min(score(a, b) for a, b in shapes) * (1 + 1e-12)
+        return
+
+    def score(a, b):  # the rule minimizes this over the allowed shapes: brute force over all
+        return (o_c * c / b + o_k * k / a) * (1 + (a + b) / _layer_sketch.ASSUMED_RANK)
+
+    shapes = [(a, b) for a in (1, 2, 4, 8, 16, 32) for b in (1, 2, 4, 8, 16, 32)
+              if a <= c and b <= k and k_h % (a * b) == 0 and a + b <= _layer_sketch.MAX_SIDES]
+    assert score(m1, m2) <= min(score(a, b) for a, b in shapes) * (1 + 1e-12)
+    if o_c == 0:  # nothing to save on a gathered side: no variance spent there
+        assert m2 == 1
 
 
-def test_signs_are_reproducible_and_balanced():
+def test_signs_are_reproducible_balanced_and_cached_within_a_bound(monkeypatch):
     like = torch.zeros((), dtype=DT)
     s = _layer_sketch.signs(5, 3, 1, 64, 1000, like)
-    assert torch.equal(s, _layer_sketch.signs(5, 3, 1, 64, 1000, like))  # the same draw repeated
+    _layer_sketch.clear_signs()  # drawn again, not taken from the cache: the same draw repeated
+    assert torch.equal(s, _layer_sketch.signs(5, 3, 1, 64, 1000, like))
+    monkeypatch.setattr(_layer_sketch, "SIGNS_CACHE_BYTES", 3 * 64 * 1000 * 8)
+    for part in range(6):
+        _layer_sketch.signs(5, 3, part, 64, 1000, like)
+    assert sum(t.numel() * t.element_size() for t in _layer_sketch._SIGNS.values()) <= 3 * 64 * 1000 * 8
     assert set(s.unique().tolist()) == {-1.0, 1.0}
     # independent fair signs: S^T S / rows has unit diagonal and off-diagonal entries of
     # standard deviation 1/sqrt(rows) = 0.125; 6 standard deviations

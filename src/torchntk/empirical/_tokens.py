@@ -90,20 +90,22 @@ class UseFeat:
         return UseFeat(self.lay, rows, cols, None if self.gs is None else self.gs[:, r])
 
 
-def use_features(lay: LayerInfo, a: torch.Tensor, G: torch.Tensor, A: torch.Tensor | None) -> UseFeat:
+def use_features(lay: LayerInfo, a: torch.Tensor, G: torch.Tensor, A: torch.Tensor | None,
+                 check: bool = True) -> UseFeat:
     """Features of one use: an embedding (``a`` its ids, ``G (O, N, P, d)``) or a Linear layer
-    (``G (O, N, P, V)``, ``A (N, P, d)`` its inputs), positions without cotangent dropped."""
+    (``G (O, N, P, V)``, ``A (N, P, d)`` its inputs), positions without cotangent dropped
+    (``check=False``: kept; exact too)."""
     if lay.kind == "embedding":
         ids = a.reshape(a.shape[0], -1)
         pad = lay.module.padding_idx
         if pad is not None:  # the padding row receives no gradient
             G = G.masked_fill((ids == pad)[None, :, :, None], 0)
-        keep = active_positions(G)
+        keep = active_positions(G) if check else None
         if keep is not None:
             ids, G = ids[:, keep], G[:, :, keep]
         return UseFeat(lay, ids, G.contiguous())
     gs = G.sum(2) if lay.bias is not None else None
-    keep = active_positions(G)
+    keep = active_positions(G) if check else None
     if keep is not None:
         G, A = G[:, :, keep], A[:, keep]
     return UseFeat(lay, G.contiguous(), A.contiguous(), gs)

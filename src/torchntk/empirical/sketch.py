@@ -157,19 +157,20 @@ def _features(model, xs: list, k, seed, params, output, memory, block_size, prog
     with torch.inference_mode(False), torch.enable_grad():
         fm = make_functional(model, params, output)
         names = ["x"] if len(xs) == 1 else ["x1", "x2"]
-        checked = []
-        for x, name in zip(xs, names):
-            x, _ = check_batches(x)
-            checked.append(plain_input(x))
+        checked = [plain_input(check_batches(x)[0]) for x in xs]
         check_finite_model(fm)
-        out_dim = fm.probe(checked[0], names[0])
+        with planning_threads():
+            ent = entry(fm, checked[0], names[0])  # the cached plan: output width, structured probe
+            if not ent.per_example:
+                check_per_example(fm, checked[0])
+                ent.per_example = True
+        out_dim = ent.out_dim
         for x, name in zip(checked[1:], names[1:]):
             if fm.probe(x, name) != out_dim:  # pragma: no cover - the probe raises first
                 raise InvalidArgumentError(f"`{name}` gives another number of outputs than `x1`")
-        check_per_example(fm, checked[0])
         backend = None
         if implementation != "jacobian":
-            backend = _structured_backend(fm, checked[0], out_dim)
+            backend = _structured_backend(fm, ent.probe, out_dim)
             if backend is None and implementation == "structured":
                 raise InvalidArgumentError(
                     "implementation='structured' needs covered layers (Linear, Conv, Embedding, "
@@ -242,13 +243,11 @@ def _methods(layers, shapes) -> dict[str, str]:
     return out
 
 
-def _structured_backend(fm: Functional, x: torch.Tensor, out_dim: int) -> StructuredBackend | None:
-    """The structured backend of the projections, or None when no layer is covered."""
-    if fm.module is None:
-        return None
-    with planning_threads():
-        layers, shapes, fallback = entry(fm, x).probe[:3]
-    if not layers:
+def _structured_backend(fm: Functional, probe: tuple, out_dim: int) -> StructuredBackend | None:
+    """The structured backend of the projections from the structured ``probe`` of
+    :func:`._cost.entry`, or None when no layer is covered."""
+    layers, shapes, fallback = probe[:3]
+    if fm.module is None or not layers:
         return None
     return StructuredBackend(fm, out_dim, layers, _methods(layers, shapes), fallback, shapes)
 
@@ -265,29 +264,30 @@ def _structured(fm: Functional, backend: StructuredBackend, x: torch.Tensor, k: 
     per = 3 * per + 3 * o * sum(fm.params[n].numel() for n in backend.fallback) + 2 * o * k
     b = block_size or int(max(1, min(64, x.shape[0], budget / (item * max(per, 1)))))
     dev = next(iter(fm.params.values())).device
-    phi = torch.zeros(x.shape[0], o, k, dtype=fm.dtype, device=dev)
+    acc = torch.zeros(o, x.shape[0], k, dtype=fm.dtype, device=dev)  # output-major, as the factors
     blocks = list(_blocks(x.shape[0], b))
     bar = progress_bar(len(blocks), "gradient_features", progress)
-    outs: list[torch.Tensor] = [phi]  # the block being filled
+    outs: list[torch.Tensor] = [acc]  # the block being filled
 
     def counter(part: int):
         def count(flat: torch.Tensor, name: str, scale: float) -> None:
             bucket, sign = _hashes(flat.shape[-1], half, seed, index[name], flat.device)[part]
-            outs[0][:, :, part * half:(part + 1) * half].transpose(0, 1).index_add_(2, bucket, flat * (sign.to(flat.dtype) * scale))
+            outs[0][:, :, part * half:(part + 1) * half].index_add_(2, bucket, flat * (sign.to(flat.dtype) * scale))
         return count
 
     sketches = [KronSketch(backend, half, seed, part, index, counter(part)) for part in range(2)]
     try:
         for rows in blocks:
             feats, jac = backend.features(x[rows])
-            outs[0] = block = phi[rows]
+            outs[0] = block = acc[:, rows]
             for part, sk in enumerate(sketches):
-                sk.add(feats, block[:, :, part * half:(part + 1) * half].transpose(0, 1))  # (O, b, k_h), a view
+                sk.add(feats, block[:, :, part * half:(part + 1) * half])  # (O, b, k_h), a view
             for name, j in jac.items():
-                _count_sketch(block, j.reshape(j.shape[0], o, -1), index[name], half, seed)
+                _count_sketch(block.transpose(0, 1), j.reshape(j.shape[0], o, -1), index[name], half, seed)
             bar.update()
     finally:
         bar.close()
+    phi = acc.transpose(0, 1).contiguous()
     return phi / math.sqrt(2.0)
 
 

@@ -308,9 +308,10 @@ class StructuredBackend:
         G = cotangent_layout(lay, g)  # (O, N, P, C)
         if method == "norm":
             return _LayerFeat(lay, "jw", *norm_grads(lay, a, G))
+        check = self._sparse(lay)
         if method == "use":
             A = None if lay.kind == "embedding" else patches(lay, a)
-            return _LayerFeat(lay, method, None, None, None, use_features(lay, a, G, A))
+            return _LayerFeat(lay, method, None, None, None, use_features(lay, a, G, A, check))
         if lay.groups > 1:
             return self._grouped_features(lay, method, a, G)
         if method == "p1":
@@ -318,12 +319,18 @@ class StructuredBackend:
             return _LayerFeat(lay, method, G[:, :, 0], A)
         A = patches(lay, a) if lay.weight is not None else None
         Gs = G.sum(2) if lay.bias is not None else None
-        keep = active_positions(G) if A is not None else None
+        keep = active_positions(G) if A is not None and check else None
         if keep is not None:  # positions without cotangent contribute nothing
             G, A = G[:, :, keep], A[:, keep]
         if method == "jw":
             return _LayerFeat(lay, method, None if A is None else _weight_grads(G, A), Gs)
         return _LayerFeat(lay, method, G.contiguous(), A, Gs)
+
+    def _sparse(self, lay: LayerInfo) -> bool:
+        """Whether to look for positions without cotangent in a block: when the planning probe
+        found some (a full pass over the cotangents; keeping zero positions is exact too)."""
+        sh = self.shapes.get(lay.name)
+        return sh is None or 0 <= sh.Pa < sh.P
 
     def _grouped_features(self, lay: LayerInfo, method: str, a: torch.Tensor, G: torch.Tensor) -> _LayerFeat:
         """Features of a grouped convolution: ``"jw"`` blocks ``(O, N, G * C/G * K/G)`` or, for
