@@ -109,3 +109,42 @@ def test_token_ids_stay_integers_and_a_model_file_store_resumes(data, capsys):
     assert main(["kernel", "--resume", str(store), "--model", str(d / "tok.py"), "--no-progress"]) == 0
     assert "1 tiles computed" in capsys.readouterr().out
     np.testing.assert_allclose(torchntk.scale.KernelStore.open(store).to_numpy("ntk"), got, rtol=0, atol=1e-12 * np.abs(want).max())
+
+
+def test_sketched_kernel_of_a_model_file_in_tiles_resumes_with_the_same_projection(data, capsys, one_line_error):
+    # --sketch K: every tile projects its rows with the same draw, so the store is the Python
+    # sketched kernel (up to rounding), and a lost tile is recomputed with that draw on resume
+    pytest.importorskip("zarr")
+    d = data
+    (d / "tok.py").write_text(_TOKEN_NET)
+    ids = np.random.default_rng(0).integers(0, 50, (10, 6))
+    np.savez(d / "ids.npz", x=ids)
+    store = d / "s.zarr"
+    argv = ["kernel", "--model", str(d / "tok.py"), "--data", str(d / "ids.npz"), "--no-progress",
+            "--sketch", "256", "--sketch-seed", "3"]
+    assert main([*argv, "--tile", "4", "--out", str(store)]) == 0
+    ns: dict = {}
+    exec(compile(_TOKEN_NET, "tok.py", "exec"), ns)  # the test's own copy of the file's model
+    want = torchntk.empirical_ntk(ns["model"].double(), torch.as_tensor(ids), mode="mean", sketch=256, seed=3).numpy()
+    exact = torchntk.empirical_ntk(ns["model"].double(), torch.as_tensor(ids), mode="mean").numpy()
+    got = torchntk.scale.KernelStore.open(store).to_numpy("ntk")
+    # tiles against one whole call: the same projection, products in other blocks (rounding only)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12 * np.abs(want).max())
+    assert 0 < np.abs(got - exact).max() < 0.5 * np.abs(exact).max()  # an estimate, not the exact kernel
+    (store / "ntk" / "c" / "1" / "2").unlink()  # a tile lost (an interrupted run)
+    capsys.readouterr()
+    assert main(["kernel", "--resume", str(store), "--model", str(d / "tok.py"), "--no-progress"]) == 0
+    assert "1 tiles computed" in capsys.readouterr().out
+    np.testing.assert_allclose(torchntk.scale.KernelStore.open(store).to_numpy("ntk"), got, rtol=0,
+                               atol=1e-12 * np.abs(want).max())
+    # an .npz output: the same estimate
+    assert main([*argv, "--out", str(d / "s.npz")]) == 0
+    np.testing.assert_allclose(np.load(d / "s.npz")["ntk"], want, rtol=0, atol=1e-12 * np.abs(want).max())
+    capsys.readouterr()
+    for bad, needle in ((["--sketch", "3"], "even"), (["--sketch-seed", "1"], "add --sketch"),
+                        (["--sketch", "64", "--analytic"], "--analytic")):
+        base = ["kernel", "--model", str(d / "tok.py"), "--data", str(d / "ids.npz"), "--out", str(d / "x.npz")]
+        assert main([*base, *bad]) == 2
+        assert needle in one_line_error()
+    assert main(["kernel", "--resume", str(store), "--sketch", "64"]) == 2
+    assert "--sketch" in one_line_error()

@@ -20,8 +20,9 @@ _REQUEST_TYPES = {"data": str, "test": (str, type(None)), "model": (str, type(No
                   "depth": int, "activation": str, "w_std": (int, float, type(None)),
                   "b_std": (int, float, type(None)),
                   "outputs": int, "analytic": bool, "mode": str, "seed": int,
-                  "n_train": (int, type(None)), "n_test": (int, type(None)), "data_seed": (int, type(None))}
-_OPTIONAL = ("n_train", "n_test", "data_seed")
+                  "n_train": (int, type(None)), "n_test": (int, type(None)), "data_seed": (int, type(None)),
+                  "sketch": int, "sketch_seed": int}
+_OPTIONAL = ("n_train", "n_test", "data_seed", "sketch", "sketch_seed")
 
 
 def _stored_request(path: Path, store: Any) -> dict[str, Any]:
@@ -33,7 +34,7 @@ def _stored_request(path: Path, store: Any) -> dict[str, Any]:
     req = dict(req)
     req.pop("command")
     for key, kind in _REQUEST_TYPES.items():
-        if key in _OPTIONAL and key not in req:       # stores written before built-in datasets
+        if key in _OPTIONAL and key not in req:       # stores of exact kernels, or written before built-in datasets
             continue
         if key not in req or not isinstance(req[key], kind) or (kind is int and isinstance(req[key], bool)):
             raise CLIError(f"the kernel store {str(path)!r} has corrupt metadata: its recorded request "
@@ -50,7 +51,8 @@ _CONFLICTS = {"data": "--data", "test": "--test", "n_train": "--n-train", "n_tes
               "data_seed": "--data-seed", "width": "--width", "depth": "--depth", "activation": "--activation",
               "w_std": "--w-std", "b_std": "--b-std", "outputs": "--outputs", "analytic": "--analytic",
               "mode": "--mode", "seed": "--seed", "out": "--out", "block_size": "--block-size",
-              "memory": "--memory", "features": "--features", "force": "--force"}
+              "memory": "--memory", "features": "--features", "force": "--force", "sketch": "--sketch",
+              "sketch_seed": "--sketch-seed"}
 
 
 def resume_store(args: argparse.Namespace, progress: bool) -> int:

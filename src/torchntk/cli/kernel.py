@@ -72,6 +72,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="finish an interrupted .zarr store (settings are read from it; a store "
                         "computed from a model file also needs --model with that file)")
     p.add_argument("--no-progress", dest="no_progress", action="store_true", help="no progress bar")
+    p.add_argument("--sketch", type=int, default=None, metavar="K",
+                   help="empirical NTK: an unbiased estimate from the per-example gradients projected to K "
+                        "numbers (even; torchntk.empirical.sketched_ntk), for models too large for the exact "
+                        "kernel; in a .zarr store every tile projects with the same draw")
+    p.add_argument("--sketch-seed", dest="sketch_seed", type=int, default=None, metavar="S",
+                   help="with --sketch: the seed of the projection (default 0)")
     p.add_argument("--features", type=int, default=None, metavar="M",
                    help="with --analytic: save random features (phi_ntk, phi_nngp: (N, ~2M), (N, M)) of the "
                         "spec's kernels instead of the N x N kernels (torchntk.features; --seed draws them)")
@@ -119,7 +125,7 @@ def _features(args: argparse.Namespace, req: dict[str, Any], out: Path) -> int:
 
 
 _REQUEST_KEYS = ("data", "test", "n_train", "n_test", "data_seed", "model", "width", "depth", "activation",
-                 "w_std", "b_std", "outputs", "analytic", "mode", "seed")
+                 "w_std", "b_std", "outputs", "analytic", "mode", "seed", "sketch", "sketch_seed")
 #: The built-in network's options and their defaults (refused with --model, which they do not shape).
 _BUILTIN = {"width": 512, "depth": 3, "activation": "relu", "w_std": 1.0, "b_std": 0.1, "outputs": 1}
 #: The options that --model --analytic passes on to torchntk.layers.from_module (as W_std, b_std).
@@ -130,6 +136,16 @@ def _request(args: argparse.Namespace) -> dict[str, Any]:
     """The settings that define the kernel (stored in a .zarr manifest for --resume)."""
     req = {k: getattr(args, k) for k in _REQUEST_KEYS}
     req["mode"] = req["mode"] or "mean"
+    if req["sketch"] is None:
+        if req["sketch_seed"] is not None:
+            raise CLIError("--sketch-seed draws the projection of --sketch: add --sketch K")
+        del req["sketch"], req["sketch_seed"]   # the request of an exact kernel, as before --sketch
+    else:
+        if req["analytic"]:
+            raise CLIError("--sketch projects the gradients of a finite network: it does not apply with --analytic")
+        if req["sketch"] < 2 or req["sketch"] % 2:
+            raise CLIError(f"--sketch must be an even int >= 2, got {req['sketch']}")
+        req["sketch_seed"] = 0 if req["sketch_seed"] is None else req["sketch_seed"]
     scales = {}
     if req["model"]:
         scales = {k: req[k] for k in _FROM_MODULE_SCALES} if req["analytic"] else {}
@@ -212,9 +228,10 @@ def _compute(req: dict[str, Any], x: torch.Tensor, xt: torch.Tensor | None,
             k = spec.kernel(xt, x)
             out.update(nngp_test_train=k.nngp.numpy(), ntk_test_train=k.ntk.numpy())
     else:
-        out["ntk"] = empirical_ntk(module, x, mode=req["mode"]).detach().double().numpy()
+        kw = _sketch_kwargs(req)
+        out["ntk"] = empirical_ntk(module, x, mode=req["mode"], **kw).detach().double().numpy()
         if xt is not None:
-            out["ntk_test_train"] = empirical_ntk(module, xt, x, mode=req["mode"]).detach().double().numpy()
+            out["ntk_test_train"] = empirical_ntk(module, xt, x, mode=req["mode"], **kw).detach().double().numpy()
     return out
 
 
@@ -235,7 +252,12 @@ def _kernel_fn(req: dict[str, Any], x: torch.Tensor, seed_given: bool = False):
     spec, module = _build(req, x, seed_given)
     if module is None:
         return kernel_fn_from_spec(spec)
-    return _NamedNTK(kernel_fn_from_model(module, mode=req["mode"]))
+    return _NamedNTK(kernel_fn_from_model(module, mode=req["mode"], **_sketch_kwargs(req)))
+
+
+def _sketch_kwargs(req: dict[str, Any]) -> dict[str, int]:
+    """``sketch``/``seed`` of :func:`torchntk.empirical_ntk` for a request with ``--sketch``."""
+    return {} if req.get("sketch") is None else {"sketch": int(req["sketch"]), "seed": int(req["sketch_seed"])}
 
 
 def _inputs(req: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
