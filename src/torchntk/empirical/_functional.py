@@ -420,3 +420,30 @@ class SelectOutput(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return select_output(self.model(x), self.output)
+
+
+def model_input(name: str, x: object, fm: "Functional") -> object:
+    """An input as the model takes it: a numpy array as a tensor on the model's device (floating
+    arrays in the model's dtype, integer arrays, token ids, as int64); a meta, complex or bool
+    tensor refused; anything else unchanged (checked later, by ``check_batches``)."""
+    if type(x).__module__ == "numpy" and hasattr(x, "dtype") and hasattr(x, "shape"):
+        kind = x.dtype.kind
+        dev = next(iter(fm.params.values())).device
+        if kind == "f":
+            return torch.as_tensor(x).to(device=dev, dtype=fm.dtype)
+        if kind in "iu":
+            return torch.as_tensor(x).to(device=dev, dtype=torch.int64)
+        raise InvalidArgumentError(
+            f"`{name}` is a numpy array of dtype {x.dtype}; pass real numbers (converted to the "
+            f"model's {fm.dtype}) or integer token ids"
+        )
+    if isinstance(x, torch.Tensor):
+        if x.device.type == "meta":
+            raise InvalidArgumentError(
+                f"`{name}` is a meta tensor (shape {tuple(x.shape)}, no data); pass a tensor with values"
+            )
+        if x.is_complex() or x.dtype == torch.bool:
+            raise InvalidArgumentError(
+                f"`{name}` must hold real numbers or integer ids (token ids), got dtype {x.dtype}"
+            )
+    return x

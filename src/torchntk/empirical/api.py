@@ -18,7 +18,8 @@ from .._progress import check_progress
 from ._blocks import EFFICIENT_BLOCK, block_bytes, compute_tiled, count_tiles, plan_block
 from ._failures import failing_operation, is_capability_error, unsupported
 from ._guards import check_finite_model, check_kernel_finite, check_per_example, in_place_error
-from ._functional import Functional, OutputSelector, ParamSelector, ids_error, make_functional, plain_input
+from ._functional import (OutputSelector, ParamSelector, ids_error, make_functional, model_input,
+                          plain_input)
 from ._report import EmpiricalNTKReport, Estimate
 from ._modes import MODES
 from .pseudo import SummedOutput
@@ -28,20 +29,6 @@ from .sketch import sketched_ntk
 IMPLEMENTATIONS = ("auto", "jacobian", "ntvp", "structured", "autograd")
 # DEBUG records of the implementation each call runs (what "auto" chose, and any fallback).
 _LOG = logging.getLogger("torchntk.empirical")
-
-
-def _check_kind(name: str, x: object) -> None:
-    """What :func:`check_batches` does not check: data (no meta tensor), real numbers or ids."""
-    if not isinstance(x, torch.Tensor):
-        return
-    if x.device.type == "meta":
-        raise InvalidArgumentError(
-            f"`{name}` is a meta tensor (shape {tuple(x.shape)}, no data); pass a tensor with values"
-        )
-    if x.is_complex() or x.dtype == torch.bool:
-        raise InvalidArgumentError(
-            f"`{name}` must hold real numbers or integer ids (token ids), got dtype {x.dtype}"
-        )
 
 
 def _choice(name: str, value: object, choices: tuple[str, ...]) -> str:
@@ -171,9 +158,7 @@ def empirical_ntk(
             raise InvalidArgumentError(f"`{flag}` must be True or False, got {value!r}")
     check_progress(progress)
     fm = make_functional(model, params, output)
-    x1, x2 = _from_numpy("x1", x1, fm), _from_numpy("x2", x2, fm)
-    _check_kind("x1", x1)
-    _check_kind("x2", x2)
+    x1, x2 = model_input("x1", x1, fm), model_input("x2", x2, fm)
     x1, x2 = check_batches(x1, x2)
     if x2 is not None and x2.dtype != x1.dtype:
         raise InvalidArgumentError(
@@ -203,23 +188,6 @@ def empirical_ntk(
     if _LOG.isEnabledFor(logging.DEBUG):
         _LOG.debug("%s", report)
     return (kernel, report) if return_report else kernel
-
-
-def _from_numpy(name: str, x: object, fm: Functional) -> object:
-    """A numpy array as a tensor on the model's device: floating arrays in the model's dtype,
-    integer arrays (token ids) as int64; anything else unchanged (checked later)."""
-    if type(x).__module__ != "numpy" or not hasattr(x, "dtype") or not hasattr(x, "shape"):
-        return x
-    kind = x.dtype.kind
-    dev = next(iter(fm.params.values())).device
-    if kind == "f":
-        return torch.as_tensor(x).to(device=dev, dtype=fm.dtype)
-    if kind in "iu":
-        return torch.as_tensor(x).to(device=dev, dtype=torch.int64)
-    raise InvalidArgumentError(
-        f"`{name}` is a numpy array of dtype {x.dtype}; pass real numbers (converted to the "
-        f"model's {fm.dtype}) or integer token ids"
-    )
 
 
 def _compute(fm, x1, x2, mode, implementation, per_layer, block_size, budget, source, accumulate_dtype,

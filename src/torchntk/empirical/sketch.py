@@ -53,7 +53,7 @@ from .._progress import progress_bar
 from ..errors import InvalidArgumentError
 from ._cost import entry, planning_threads
 from ._failures import is_capability_error, unsupported
-from ._functional import Functional, OutputSelector, ParamSelector, make_functional, plain_input
+from ._functional import Functional, OutputSelector, ParamSelector, make_functional, model_input, plain_input
 from ._guards import check_finite_model, check_per_example
 from ._layer_sketch import KronSketch
 from ._modes import MODES
@@ -157,7 +157,8 @@ def _features(model, xs: list, k, seed, params, output, memory, block_size, prog
     with torch.inference_mode(False), torch.enable_grad():
         fm = make_functional(model, params, output)
         names = ["x"] if len(xs) == 1 else ["x1", "x2"]
-        checked = [plain_input(check_batches(x)[0]) for x in xs]
+        pair = check_batches(*(model_input(name, x, fm) for x, name in zip(xs, ["x1", "x2"])))
+        checked = [plain_input(x) for x in pair if x is not None]
         check_finite_model(fm)
         with planning_threads():
             ent = entry(fm, checked[0], names[0])  # the cached plan: output width, structured probe
