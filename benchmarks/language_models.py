@@ -7,10 +7,14 @@ logits of 10 label words at the last of ``T = 16`` positions (:class:`empirical.
 thread budget of ``--threads``. Printed per row: the parameter count, wall time, the process's
 peak resident set size (``ru_maxrss``) and the implementation and blocks ``"auto"`` chose.
 With ``--check`` the first two examples' block is compared with ``implementation="jacobian"``
-(an independent path: per-example Jacobians of every parameter).
+(an independent path: per-example Jacobians of every parameter). With ``--sketch K`` each row
+computes ``sketched_ntk(..., k=K)`` instead (the structured projections), and ``--check``
+compares its first 32 x 32 block with the exact kernel of those 32 examples (relative
+Frobenius error, beside the sketch's own estimate of its error).
 
     .venv/bin/python benchmarks/language_models.py            # both rows (about 15 min on 2 cores)
     .venv/bin/python benchmarks/language_models.py --only 22M --check
+    .venv/bin/python benchmarks/language_models.py --sketch 4096 --check
 
 Needs ``transformers`` (skipped without it).
 """
@@ -49,12 +53,14 @@ def build(overrides: dict) -> torch.nn.Module:
     return LabelLogits(transformers.GPT2LMHeadModel(cfg).eval(), list(range(100, 110)))
 
 
-def child(name: str, threads: int, check: bool) -> None:
+def child(name: str, threads: int, check: bool, sketch: int | None = None) -> None:
     torch.set_num_threads(threads)
     overrides, n, memory = ROWS[name]
     net = build(overrides)
     vocab = net.lm.config.vocab_size
     ids = torch.randint(0, vocab, (n, T), generator=torch.Generator().manual_seed(0))
+    if sketch is not None:
+        return sketch_child(name, net, ids, memory, sketch, check)
     t = time.perf_counter()
     K, report = torchntk.empirical_ntk(net, ids, mode="mean", memory=memory, return_report=True)
     seconds = time.perf_counter() - t
@@ -67,11 +73,26 @@ def child(name: str, threads: int, check: bool) -> None:
     print(json.dumps(out), flush=True)
 
 
+def sketch_child(name: str, net: torch.nn.Module, ids: torch.Tensor, memory: str, k: int, check: bool) -> None:
+    t = time.perf_counter()
+    est = torchntk.empirical.sketched_ntk(net, ids, k=k, mode="mean", memory=memory)
+    seconds = time.perf_counter() - t
+    out = {"row": name, "parameters": sum(p.numel() for p in net.parameters()), "N": ids.shape[0], "memory": memory,
+           "seconds": seconds, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+           "sketch": k, "estimated_error": est.error}
+    if check:
+        m = min(32, ids.shape[0])
+        exact = torchntk.empirical_ntk(net, ids[:m], mode="mean", memory=memory).double()
+        out["check_rel_err"] = float((est.kernel[:m, :m].double() - exact).norm() / exact.norm())
+    print(json.dumps(out), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", nargs="+", choices=list(ROWS), default=list(ROWS))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--check", action="store_true", help="compare the first 2x2 block with 'jacobian'")
+    ap.add_argument("--sketch", type=int, default=None, metavar="K", help="the sketched kernel of size K instead")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     try:
@@ -80,17 +101,25 @@ def main() -> None:
         print("(skipped: transformers does not import)")
         return
     if args.child:
-        return child(args.child, args.threads, args.check)
+        return child(args.child, args.threads, args.check, args.sketch)
     print(machine(), f"threads {args.threads}", flush=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     for name in args.only:
         cmd = [sys.executable, os.path.abspath(__file__), "--child", name, "--threads", str(args.threads)]
-        res = subprocess.run(cmd + (["--check"] if args.check else []), env=env, capture_output=True, text=True)
+        cmd += (["--check"] if args.check else []) + ([] if args.sketch is None else ["--sketch", str(args.sketch)])
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True)
         line = next((ln for ln in res.stdout.splitlines() if ln.startswith("{")), None)
         if line is None:
             print(f"{name}: failed\n{res.stderr[-2000:]}")
             continue
         r = json.loads(line)
+        if "sketch" in r:
+            extra = f", sketch={r['sketch']}: estimated error {r['estimated_error']:.3f}"
+            if "check_rel_err" in r:
+                extra += f", against the exact kernel of the first 32: {r['check_rel_err']:.3f}"
+            print(f"GPT-2 {r['parameters'] / 1e6:.1f}M params, N={r['N']}, T={T}, mean, memory={r['memory']}: "
+                  f"{r['seconds']:.1f} s, peak RSS {r['peak_rss_gib']:.2f} GiB{extra}", flush=True)
+            continue
         extra = f", check vs jacobian {r['check_rel_err']:.1e}" if "check_rel_err" in r else ""
         print(f"GPT-2 {r['parameters'] / 1e6:.1f}M params, N={r['N']}, T={T}, mean, memory={r['memory']}: "
               f"{r['seconds']:.1f} s, peak RSS {r['peak_rss_gib']:.2f} GiB, {r['implementation']} in blocks "
