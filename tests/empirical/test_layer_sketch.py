@@ -88,9 +88,9 @@ def _expected(model, x, k: int, seed: int) -> torch.Tensor:
             if name in kron:
                 p = fm.params[name]
                 c, kk = p.shape[0], p[0].numel()  # rows: outputs (table rows); columns: the rest
-                sk = _layer_sketch.KronSketch(backend, half, seed, part, {name: index}, None)
-                r, m1, m2 = sk.shapes[name]
-                S1, S2 = sk._factors(name, c, kk, J)
+                r, m1, m2 = _layer_sketch.KronSketch(backend, half, seed, {name: index}, None).shapes[name]
+                S1 = _layer_sketch.signs(seed, index, 2 * part, r * m1, c, J)
+                S2 = _layer_sketch.signs(seed, index, 2 * part + 1, r * m2, kk, J)
                 X = J.reshape(*J.shape[:2], c, kk)
                 h = torch.einsum("rac,nock,rbk->norab", S1.view(r, m1, c), X, S2.view(r, m2, kk))
                 out[:, :, cols] += h.reshape(*J.shape[:2], -1) / math.sqrt(half)

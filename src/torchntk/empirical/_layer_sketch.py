@@ -137,12 +137,13 @@ def _pairs(U: torch.Tensor, V: torch.Tensor, r: int, m1: int, m2: int, u_out: bo
 
 
 class KronSketch:
-    """The Kronecker projections of one half of a sketch for the covered layers of a
+    """The Kronecker projections of both halves of a sketch (``2 k_h`` numbers, the halves'
+    replicas side by side: one product per factor for both) for the covered layers of a
     structured backend; explicit vectors go to ``count (flat (O, N, F), name, scale)``."""
 
-    def __init__(self, backend: StructuredBackend, k_h: int, seed: int, part: int, index: dict[str, int],
+    def __init__(self, backend: StructuredBackend, k_h: int, seed: int, index: dict[str, int],
                  count: Callable[[torch.Tensor, str, float], None]) -> None:
-        self.backend, self.k_h, self.seed, self.part = backend, k_h, seed, part
+        self.backend, self.k_h, self.seed = backend, k_h, seed
         self.index, self.count = index, count
         o = backend.out_dim
         self.cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # the factors, drawn once per call
@@ -162,18 +163,20 @@ class KronSketch:
                 self.shapes[lay.weight] = kron_shape(k_h, c, kk, o, 1, sh.active > 1)
 
     def _factors(self, name: str, c: int, k: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``S1 (r m1, C)`` and ``S2 (r m2, K)`` of a weight, one row per (replica, side index)."""
+        """``S1 (2 r m1, C)`` and ``S2 (2 r m2, K)`` of a weight, one row per (replica, side
+        index), the first half's ``r`` replicas first (each half's drawn from ``(seed, index,
+        2 half)`` and ``(seed, index, 2 half + 1)``)."""
         hit = self.cache.get(name)
         if hit is None:
             r, m1, m2 = self.shapes[name]
             i = self.index[name]
-            hit = (signs(self.seed, i, 2 * self.part, r * m1, c, like),
-                   signs(self.seed, i, 2 * self.part + 1, r * m2, k, like))
+            hit = (torch.cat([signs(self.seed, i, 2 * h, r * m1, c, like) for h in range(2)]),
+                   torch.cat([signs(self.seed, i, 2 * h + 1, r * m2, k, like) for h in range(2)]))
             self.cache[name] = hit
         return hit
 
     def _table_factors(self, name: str, v: int, d: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The factors of an embedding group's table ``(V, d)``, ``S1`` transposed ``(V, r m1)``
+        """The factors of an embedding group's table ``(V, d)``, ``S1`` transposed ``(V, 2 r m1)``
         (rows gathered at the ids, or multiplied by a head's cotangents)."""
         key = name + "/table"
         hit = self.cache.get(key)
@@ -184,7 +187,7 @@ class KronSketch:
 
     def add(self, feats: list, out: torch.Tensor) -> None:
         """Add the projections of the layer features ``feats`` (of a block of examples) to
-        ``out (O, N, k_h)``."""
+        ``out (O, N, 2 k_h)``."""
         for lf in feats:
             lay = lf.lay
             if lf.method == "use":
@@ -216,13 +219,13 @@ class KronSketch:
         r, m1, m2 = self.shapes[lay.weight]
         S1, S2 = self._factors(lay.weight, c, k, G)
         scale = lay.ws / math.sqrt(self.k_h)
-        positions, weights = route_flops(o, n, p, c, k, r, m1, m2)
+        positions, weights = route_flops(o, n, p, c, k, 2 * r, m1, m2)
         if positions <= weights:
-            h = _pairs(G @ S1.T, A @ S2.T, r, m1, m2, True, False)
+            h = _pairs(G @ S1.T, A @ S2.T, 2 * r, m1, m2, True, False)
         else:
             X = torch.einsum("onpc,npk->onck", G, A)
-            T = (X @ S2.T).unflatten(-1, (r, m2))  # (O, N, C, r, m2)
-            h = torch.einsum("rac,oncrb->onrab", S1.view(r, m1, c), T).reshape(o, n, -1)
+            T = (X @ S2.T).unflatten(-1, (2 * r, m2))  # (O, N, C, 2r, m2)
+            h = torch.einsum("rac,oncrb->onrab", S1.view(2 * r, m1, c), T).reshape(o, n, -1)
         out.add_(h, alpha=scale)
 
     def _use(self, lay, u, out: torch.Tensor) -> None:
@@ -236,8 +239,8 @@ class KronSketch:
         if lay.kind == "embedding":
             ids, G = u.rows, u.cols  # (N, P), (O, N, P, d)
             S1t, S2 = self._table_factors(lay.weight, v, d, G)
-            U = S1t[ids]  # (N, P, r m1): the columns of S1 at the ids
-            h = _pairs(U, G @ S2.T, r, m1, m2, False, True)
+            U = S1t[ids]  # (N, P, 2 r m1): the columns of S1 at the ids
+            h = _pairs(U, G @ S2.T, 2 * r, m1, m2, False, True)
         else:
             G, A = u.rows, u.cols  # (O, N, P, V), (N, P, d)
             S1t, S2 = self._table_factors(lay.weight, v, d, G)
@@ -245,7 +248,7 @@ class KronSketch:
             if not bool(used.all()):
                 keep = torch.nonzero(used).flatten()
                 G, S1t = G[..., keep], S1t[keep]
-            h = _pairs(G @ S1t, A @ S2.T, r, m1, m2, True, False)
+            h = _pairs(G @ S1t, A @ S2.T, 2 * r, m1, m2, True, False)
         out.add_(h, alpha=scale)
 
 

@@ -269,20 +269,23 @@ def _structured(fm: Functional, backend: StructuredBackend, x: torch.Tensor, k: 
     blocks = list(_blocks(x.shape[0], b))
     bar = progress_bar(len(blocks), "gradient_features", progress)
     outs: list[torch.Tensor] = [acc]  # the block being filled
+    hashes: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # both halves' buckets and signs
 
-    def counter(part: int):
-        def count(flat: torch.Tensor, name: str, scale: float) -> None:
-            bucket, sign = _hashes(flat.shape[-1], half, seed, index[name], flat.device)[part]
-            outs[0][:, :, part * half:(part + 1) * half].index_add_(2, bucket, flat * (sign.to(flat.dtype) * scale))
-        return count
+    def count(flat: torch.Tensor, name: str, scale: float) -> None:
+        """Both count sketches of ``flat (O, b, F)`` into the block, in one ``index_add_``."""
+        hit = hashes.get(name)
+        if hit is None:
+            (b1, s1), (b2, s2) = _hashes(flat.shape[-1], half, seed, index[name], flat.device)
+            hit = hashes[name] = (torch.cat([b1, b2 + half]), torch.cat([s1, s2]).to(flat.dtype))
+        bucket, sign = hit
+        outs[0].index_add_(2, bucket, flat.repeat(1, 1, 2) * (sign * scale))
 
-    sketches = [KronSketch(backend, half, seed, part, index, counter(part)) for part in range(2)]
+    sketch = KronSketch(backend, half, seed, index, count)
     try:
         for rows in blocks:
             feats, jac = backend.features(x[rows])
             outs[0] = block = acc[:, rows]
-            for part, sk in enumerate(sketches):
-                sk.add(feats, block[:, :, part * half:(part + 1) * half])  # (O, b, k_h), a view
+            sketch.add(feats, block)  # (O, b, k), a view
             for name, j in jac.items():
                 _count_sketch(block.transpose(0, 1), j.reshape(j.shape[0], o, -1), index[name], half, seed)
             bar.update()
