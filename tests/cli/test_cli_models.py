@@ -87,14 +87,20 @@ _TOKEN_NET = (
 )
 
 
+def _token_files(d):
+    """The token model file ``tok.py`` and ``ids.npz`` (10 sequences of 6 ids) in ``d``; the ids."""
+    (d / "tok.py").write_text(_TOKEN_NET)
+    ids = np.random.default_rng(0).integers(0, 50, (10, 6))
+    np.savez(d / "ids.npz", x=ids)
+    return ids
+
+
 def test_token_ids_stay_integers_and_a_model_file_store_resumes(data, capsys):
     # a language-model-style file: integer inputs go to nn.Embedding as int64 (not float64), and
     # the tiled store of its empirical NTK resumes a lost tile from the same model file
     pytest.importorskip("zarr")
     d = data
-    (d / "tok.py").write_text(_TOKEN_NET)
-    ids = np.random.default_rng(0).integers(0, 50, (10, 6))
-    np.savez(d / "ids.npz", x=ids)
+    ids = _token_files(d)
     store = d / "k.zarr"
     argv = ["kernel", "--model", str(d / "tok.py"), "--data", str(d / "ids.npz"), "--tile", "4", "--no-progress"]
     assert main([*argv, "--out", str(store)]) == 0
@@ -116,9 +122,7 @@ def test_sketched_kernel_of_a_model_file_in_tiles_resumes_with_the_same_projecti
     # sketched kernel (up to rounding), and a lost tile is recomputed with that draw on resume
     pytest.importorskip("zarr")
     d = data
-    (d / "tok.py").write_text(_TOKEN_NET)
-    ids = np.random.default_rng(0).integers(0, 50, (10, 6))
-    np.savez(d / "ids.npz", x=ids)
+    ids = _token_files(d)
     store = d / "s.zarr"
     argv = ["kernel", "--model", str(d / "tok.py"), "--data", str(d / "ids.npz"), "--no-progress",
             "--sketch", "256", "--sketch-seed", "3"]
