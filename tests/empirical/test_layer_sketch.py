@@ -132,7 +132,8 @@ def test_rows_blocks_and_the_cross_kernel_share_the_projection():
     # a sub-batch and blocks of two examples: the same numbers up to rounding
     torch.testing.assert_close(gradient_features(model, IDS[2:5], 256, seed=2), phi[2:5], rtol=1e-10, atol=1e-13)
     torch.testing.assert_close(gradient_features(model, IDS, 256, seed=2, block_size=2), phi, rtol=1e-10, atol=1e-13)
-    # numpy token ids, as empirical_ntk takes them: the same call
+    # numpy token ids, as empirical_ntk takes them: converted to the same int64 tensor, then the
+    # same call on the same bytes (bitwise equality holds on every CPU)
     assert torch.equal(gradient_features(model, IDS.numpy(), 256, seed=2), phi)
     cross = sketched_ntk(model, IDS, IDS[:3], k=256, seed=2, mode="full").kernel
     torch.testing.assert_close(cross, torch.einsum("iak,jbk->ijab", phi, phi[:3]), rtol=1e-10, atol=1e-13)
