@@ -244,7 +244,7 @@ class KronSketch:
         else:
             G, A = u.rows, u.cols  # (O, N, P, V), (N, P, d)
             S1t, S2 = self._table_factors(lay.weight, v, d, G)
-            used = G.ne(0).flatten(0, 2).any(0)  # words without cotangent (unselected logits) add nothing
+            used = G.flatten(0, 2).any(0)  # words without cotangent (unselected logits) add nothing
             if not bool(used.all()):
                 keep = torch.nonzero(used).flatten()
                 G, S1t = G[..., keep], S1t[keep]

@@ -44,7 +44,7 @@ from ._layers import LayerInfo
 def active_positions(G: torch.Tensor) -> torch.Tensor | None:
     """The positions of cotangents ``G (O, N, P, C)`` that are not all zero (NaN counts as
     non-zero), or ``None`` when all are."""
-    keep = G.ne(0).any(3).any(1).any(0)
+    keep = G.any(3).any(1).any(0)  # any() of floats: non-zero or NaN, without a bool copy of G
     return None if bool(keep.all()) else torch.nonzero(keep).flatten()
 
 
