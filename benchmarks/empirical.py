@@ -495,10 +495,13 @@ def main() -> None:
                     help="run only these parts (default: all but peer-inprocess); 'peer' is the MLP "
                          "and CNN rows against neural-tangents, each contender in its own process; "
                          "'peer-inprocess' the same in this process")
+    ap.add_argument("--default-malloc", action="store_true",
+                    help="keep glibc's default allocator thresholds (the times a user sees; the "
+                         "peak column then misses memory reused from earlier calls)")
     ap.add_argument("--scale-check", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)  # contender model n repeats out.npz
     args = ap.parse_args()
-    if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None:
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None and not args.default_malloc:
         # Make glibc serve every large block by mmap and give it back on free, so that the
         # resident-memory rise of one call is not hidden by memory freed by an earlier one.
         os.execve(sys.executable, [sys.executable, *sys.argv], _child_env(args.threads))

@@ -135,7 +135,7 @@ def test_rows_blocks_and_the_cross_kernel_share_the_projection():
     # numpy token ids, as empirical_ntk takes them: converted to the same int64 tensor, then the
     # same call on the same bytes (bitwise equality holds on every CPU)
     assert torch.equal(gradient_features(model, IDS.numpy(), 256, seed=2), phi)
-    cross = sketched_ntk(model, IDS, IDS[:3], k=256, seed=2, mode="full").kernel
+    cross = sketched_ntk(model, IDS, IDS[:3], k=256, seed=2, mode="full", exact_parts=False).kernel
     torch.testing.assert_close(cross, torch.einsum("iak,jbk->ijab", phi, phi[:3]), rtol=1e-10, atol=1e-13)
 
 
@@ -211,3 +211,59 @@ def test_signs_are_reproducible_balanced_and_cached_within_a_bound(monkeypatch):
     off = gram - torch.eye(1000, dtype=DT)
     assert float(off.abs().max()) < 6 * 0.125 and abs(float(off.mean())) < 0.01
     assert not torch.equal(s, _layer_sketch.signs(5, 3, 2, 64, 1000, like))
+
+
+def _exact_names(model, x, k: int) -> frozenset:
+    fm = make_functional(model)
+    ent = entry(fm, x)
+    backend = _structured_backend(fm, ent.probe, ent.out_dim)
+    return _layer_sketch.KronSketch(backend, k // 2, 0, {n: i for i, n in enumerate(fm.params)},
+                                    lambda *a: None, exact=True).exact, fm, backend
+
+
+def test_exact_parts_choose_rank_one_weights_then_vectors_within_the_features_size():
+    model = _lm()
+    names, fm, backend = _exact_names(model, IDS, 256)
+    # after the last attention only the last position has a cotangent: fc and out are rank one
+    assert {"fc.weight", "out.weight"} <= names
+    # never a weight of several positions or a group of tied uses
+    assert not names & {"tok.weight", "pos.weight", "qkv.weight", "proj.weight"}
+    o = backend.out_dim
+    size = {lay.weight: o * backend.shapes[lay.name].C + backend.shapes[lay.name].K
+            for lay in backend.layers if lay.weight in ("fc.weight", "out.weight")}
+    for k in (8, 64, 256):  # the kept factors never hold more than the O k numbers of the features
+        chosen = _exact_names(model, IDS, k)[0]
+        assert sum(size.get(n, o * fm.params[n].numel()) for n in chosen) <= o * k
+    assert not _exact_names(model, IDS, 2)[0]
+
+
+@pytest.mark.parametrize("mode", ["full", "diagonal", "mean"])
+def test_a_model_whose_parameters_all_qualify_gets_its_exact_kernel(mode):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 3)).to(DT)
+    x = torch.randn(9, 5, dtype=DT, generator=torch.Generator().manual_seed(2))
+    for x2 in (None, x[:4]):
+        est = sketched_ntk(net, x, x2, k=512, seed=1, mode=mode, block_size=4)
+        exact = torchntk.empirical_ntk(net, x, x2, mode=mode)
+        # float64 products of the same factors in another order
+        torch.testing.assert_close(est.kernel, exact, rtol=1e-10, atol=1e-12)
+        assert est.error == 0.0
+
+
+def test_exact_parts_keep_the_estimate_unbiased_and_blocks_consistent():
+    model = _lm()
+    exact = torchntk.empirical_ntk(model, IDS, mode="mean")
+    check_unbiased(lambda s: sketched_ntk(model, IDS, k=64, seed=s, mode="mean").kernel, exact)
+    whole = sketched_ntk(model, IDS, IDS[:3], k=256, seed=4, mode="full")
+    blocks = sketched_ntk(model, IDS, IDS[:3], k=256, seed=4, mode="full", block_size=2)
+    torch.testing.assert_close(blocks.kernel, whole.kernel, rtol=1e-10, atol=1e-12)
+    # the exact parts are exact: the projected parameters' error is all that is left
+    pure = [sketched_ntk(model, IDS, k=256, seed=s, mode="full", exact_parts=False) for s in range(8)]
+    hybrid = [sketched_ntk(model, IDS, k=256, seed=s, mode="full") for s in range(8)]
+    full = torchntk.empirical_ntk(model, IDS, mode="full")
+
+    def rel(e):
+        return float(torch.linalg.vector_norm(e.kernel - full) / torch.linalg.vector_norm(full))
+    assert sum(map(rel, hybrid)) < sum(map(rel, pure))
+    with pytest.raises(InvalidArgumentError, match="exact_parts"):
+        sketched_ntk(model, IDS, k=256, exact_parts="yes")

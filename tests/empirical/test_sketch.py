@@ -30,14 +30,17 @@ def _rel(a, b):
 def test_sketch_is_unbiased(impl):
     net = _net()
     exact = torchntk.empirical_ntk(net, X, mode="mean")
-    check_unbiased(lambda s: sketched_ntk(net, X, k=64, seed=s, mode="mean", implementation=impl).kernel, exact)
+    check_unbiased(lambda s: sketched_ntk(net, X, k=64, seed=s, mode="mean", implementation=impl,
+                                          exact_parts=False).kernel, exact)
 
 
 @pytest.mark.parametrize("impl", ["jacobian", "structured"])
 def test_error_falls_like_k_to_the_minus_half_and_is_estimated(impl):
     net = _net()
     exact = torchntk.empirical_ntk(net, X, mode="full")
-    check_error_law(lambda k, s: sketched_ntk(net, X, k=k, seed=s, mode="full", implementation=impl), exact)
+    # the law of the projections: no parameter contracted exactly
+    check_error_law(lambda k, s: sketched_ntk(net, X, k=k, seed=s, mode="full", implementation=impl,
+                                              exact_parts=False), exact)
 
 
 def test_features_modes_and_budget():

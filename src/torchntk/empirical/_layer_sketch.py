@@ -139,12 +139,17 @@ def _pairs(U: torch.Tensor, V: torch.Tensor, r: int, m1: int, m2: int, u_out: bo
 class KronSketch:
     """The Kronecker projections of both halves of a sketch (``2 k_h`` numbers, the halves'
     replicas side by side: one product per factor for both) for the covered layers of a
-    structured backend; explicit vectors go to ``count (flat (O, N, F), name, scale)``."""
+    structured backend; explicit vectors go to ``count (flat (O, N, F), name, scale)``.
+
+    With ``exact=True`` the parameters of :func:`exact_names` are not projected: their scaled
+    factors are kept, per block, in :attr:`kept` (``name -> [(G (O, b, P, C), A (b, P, K))]``
+    for a weight, ``[(u (O, b, F), None)]`` for a vector) for exact products."""
 
     def __init__(self, backend: StructuredBackend, k_h: int, seed: int, index: dict[str, int],
-                 count: Callable[[torch.Tensor, str, float], None]) -> None:
+                 count: Callable[[torch.Tensor, str, float], None], exact: bool = False) -> None:
         self.backend, self.k_h, self.seed = backend, k_h, seed
         self.index, self.count = index, count
+        self.kept: dict[str, list[tuple[torch.Tensor, torch.Tensor | None]]] = {}
         o = backend.out_dim
         self.cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # the factors, drawn once per call
         self.shapes: dict[str, tuple[int, int, int]] = {}  # weight name -> (r, m1, m2)
@@ -161,6 +166,7 @@ class KronSketch:
                 # one position with a cotangent (a Linear on (N, K) inputs, the layers after a
                 # causal model's last attention): a rank-one gradient
                 self.shapes[lay.weight] = kron_shape(k_h, c, kk, o, 1, sh.active > 1)
+        self.exact = exact_names(backend, self.shapes, o * 2 * k_h) if exact else frozenset()
 
     def _factors(self, name: str, c: int, k: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``S1 (2 r m1, C)`` and ``S2 (2 r m2, K)`` of a weight, one row per (replica, side
@@ -185,6 +191,12 @@ class KronSketch:
             hit = self.cache[key] = (S1.T.contiguous(), S2)
         return hit
 
+    def _vector(self, flat: torch.Tensor, name: str, scale: float) -> None:
+        if name in self.exact:
+            self.kept.setdefault(name, []).append((flat * scale, None))
+        else:
+            self.count(flat, name, scale)
+
     def add(self, feats: list, out: torch.Tensor) -> None:
         """Add the projections of the layer features ``feats`` (of a block of examples) to
         ``out (O, N, 2 k_h)``."""
@@ -193,27 +205,30 @@ class KronSketch:
             if lf.method == "use":
                 u = lf.use
                 if lay.bias is not None:
-                    self.count(u.gs, lay.bias, lay.bs)
+                    self._vector(u.gs, lay.bias, lay.bs)
                 self._use(lay, u, out)
                 continue
             if lf.method == "jw":  # norms and grouped convolutions: explicit gradients
                 if lay.weight is not None and lf.u is not None:
-                    self.count(lf.u, lay.weight, lay.ws)
+                    self._vector(lf.u, lay.weight, lay.ws)
                 if lay.bias is not None and lf.v is not None:
-                    self.count(lf.v, lay.bias, lay.bs)
+                    self._vector(lf.v, lay.bias, lay.bs)
                 continue
             if lf.method == "p1":  # one position: u (O, N, C), v (N, K)
                 if lay.bias is not None:
-                    self.count(lf.u, lay.bias, lay.bs)
+                    self._vector(lf.u, lay.bias, lay.bs)
                 if lay.weight is not None:
                     self._weight(lay, lf.u[:, :, None], lf.v[:, None], out)
                 continue
             if lay.bias is not None:  # "pair": u (O, N, P, C), v (N, P, K), gs (O, N, C)
-                self.count(lf.gs, lay.bias, lay.bs)
+                self._vector(lf.gs, lay.bias, lay.bs)
             if lay.weight is not None:
                 self._weight(lay, lf.u, lf.v, out)
 
     def _weight(self, lay, G: torch.Tensor, A: torch.Tensor, out: torch.Tensor) -> None:
+        if lay.weight in self.exact:
+            self.kept.setdefault(lay.weight, []).append((G * lay.ws, A))
+            return
         o, n, p, c = G.shape
         k = A.shape[-1]
         r, m1, m2 = self.shapes[lay.weight]
@@ -250,6 +265,41 @@ class KronSketch:
                 G, S1t = G[..., keep], S1t[keep]
             h = _pairs(G @ S1t, A @ S2.T, 2 * r, m1, m2, True, False)
         out.add_(h, alpha=scale)
+
+
+def exact_names(backend: StructuredBackend, shapes: dict[str, tuple[int, int, int]], budget: int) -> frozenset[str]:
+    # ``shapes``: the projected weights (:class:`KronSketch`); a tied or embedding weight is
+    # a group of uses (never rank one), a grouped convolution's weight a vector
+    """The parameters whose products are cheaper exact than projected, at most ``budget``
+    numbers per example in all (the ``O k`` numbers of the features: the exact products then
+    cost at most as much as the features' products, and their factors take at most as much
+    memory): first the weights of rank-one gradients (one position with a cotangent; ``O C + K``
+    numbers, projected with the variance factor 3 at ``2 k (O C + K)`` flops per example), then
+    the explicit vectors (biases, norms' scales and shifts, grouped convolutions' weights: ``O F``).
+    The choice depends on the layers' sizes only (never on the number of examples), so the
+    tiles of a kernel and the whole kernel choose alike."""
+    o = backend.out_dim
+    rank_one, vectors = [], []
+    for lay in backend.layers:
+        sh = backend.shapes.get(lay.name) or LayerShape(P=1, K=1, C=1)
+        method = backend.methods[lay.name]
+        if method in ("p1", "pair") and lay.weight in shapes and sh.active <= 1:
+            rank_one.append((lay.weight, o * sh.C + sh.K))
+        if method == "use":
+            if lay.bias is not None:
+                vectors.append((lay.bias, o * lay.module.weight.shape[0]))
+            continue
+        if method in ("norm", "jw"):
+            if lay.weight is not None:
+                vectors.append((lay.weight, o * lay.module.weight.numel()))
+        if lay.bias is not None:
+            vectors.append((lay.bias, o * lay.module.bias.numel()))
+    chosen, used = set(), 0
+    for name, size in rank_one + vectors:
+        if name not in chosen and used + size <= budget:
+            chosen.add(name)
+            used += size
+    return frozenset(chosen)
 
 
 def _weight_dims(lay, sh: LayerShape) -> tuple[int, int]:

@@ -56,9 +56,9 @@ from ._failures import is_capability_error, unsupported
 from ._functional import Functional, OutputSelector, ParamSelector, make_functional, model_input, plain_input
 from ._guards import check_finite_model, check_per_example
 from ._layer_sketch import KronSketch
-from ._modes import MODES
+from ._modes import MODES, finalize, gram
 from .jacobian import jacobians
-from .structured import StructuredBackend
+from .structured import StructuredBackend, _pair_part
 
 __all__ = ["gradient_features", "sketched_ntk", "SketchedKernel"]
 
@@ -141,12 +141,17 @@ def gradient_features(
         >>> gradient_features(net, torch.randn(5, 3), 64).shape
         torch.Size([5, 2, 64])
     """
-    return _features(model, [x], k, seed, params, output, memory, block_size, progress, implementation)[0]
+    return _features(model, [x], k, seed, params, output, memory, block_size, progress, implementation)[0][0]
+
+
+Kept = dict[str, list[tuple[torch.Tensor, "torch.Tensor | None"]]]
 
 
 def _features(model, xs: list, k, seed, params, output, memory, block_size, progress,
-              implementation: str) -> list[torch.Tensor]:
-    """:func:`gradient_features` of every input of ``xs``, all with the same projection."""
+              implementation: str, exact: bool = False) -> list[tuple[torch.Tensor, Kept]]:
+    """:func:`gradient_features` of every input of ``xs``, all with the same projection, each
+    with the factors of the parameters kept for exact products (``exact=True``, structured
+    only: :func:`._layer_sketch.exact_names`; else none)."""
     k = _check_k(k)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise InvalidArgumentError(f"`seed` must be an int, got {seed!r}")
@@ -178,13 +183,13 @@ def _features(model, xs: list, k, seed, params, output, memory, block_size, prog
                     "LayerNorm ...) among the selected parameters; use 'jacobian' or 'auto'")
         if backend is not None:
             try:
-                return [_structured(fm, backend, x, k, seed, budget, block_size, progress) for x in checked]
+                return [_structured(fm, backend, x, k, seed, budget, block_size, progress, exact) for x in checked]
             except Exception as err:  # noqa: BLE001 - "auto" moves on, an explicit choice reports
                 if not is_capability_error(err):
                     raise
                 if implementation == "structured":
                     raise unsupported("structured", err) from err
-        return [_jacobian(fm, x, out_dim, k, seed, budget, block_size, progress) for x in checked]
+        return [(_jacobian(fm, x, out_dim, k, seed, budget, block_size, progress), {}) for x in checked]
 
 
 def _index(fm: Functional) -> dict[str, int]:
@@ -254,9 +259,10 @@ def _structured_backend(fm: Functional, probe: tuple, out_dim: int) -> Structure
 
 
 def _structured(fm: Functional, backend: StructuredBackend, x: torch.Tensor, k: int, seed: int, budget: int,
-                block_size: int | None, progress: bool | None) -> torch.Tensor:
+                block_size: int | None, progress: bool | None, exact: bool = False) -> tuple[torch.Tensor, Kept]:
     """Kronecker projections of the covered layers (:mod:`._layer_sketch`), count sketches of
-    everything else, in blocks of examples."""
+    everything else, in blocks of examples; with ``exact``, the factors of the parameters of
+    :func:`._layer_sketch.exact_names` kept instead of projected."""
     o, half, item = backend.out_dim, k // 2, fm.dtype.itemsize
     index = _index(fm)
     # per example: the cotangents and inputs of every covered layer and their projections
@@ -280,7 +286,7 @@ def _structured(fm: Functional, backend: StructuredBackend, x: torch.Tensor, k: 
         bucket, sign = hit
         outs[0].index_add_(2, bucket, flat.repeat(1, 1, 2) * (sign * scale))
 
-    sketch = KronSketch(backend, half, seed, index, count)
+    sketch = KronSketch(backend, half, seed, index, count, exact)
     try:
         for rows in blocks:
             feats, jac = backend.features(x[rows])
@@ -292,7 +298,7 @@ def _structured(fm: Functional, backend: StructuredBackend, x: torch.Tensor, k: 
     finally:
         bar.close()
     phi = acc.transpose(0, 1).contiguous()
-    return phi / math.sqrt(2.0)
+    return phi / math.sqrt(2.0), sketch.kept
 
 
 @dataclass
@@ -319,6 +325,47 @@ def _contract(a: torch.Tensor, b: torch.Tensor, mode: str) -> torch.Tensor:
     return diag if mode == "diagonal" else diag.mean(-1)
 
 
+#: The axes of the two examples in the internal layout of each mode (:mod:`._modes`).
+_EXAMPLE_AXES = {"full": (1, 3), "diagonal": (1, 2), "mean": (0, 1)}
+
+
+def _runs(blocks: list) -> list:
+    """Consecutive blocks of kept factors joined along the examples where their shapes allow
+    (a weight's blocks may keep different numbers of positions)."""
+    out: list = []
+    for u, a in blocks:
+        last = out[-1] if out else None
+        if last is not None and (a is None) == (last[1] is None) and u.shape[2:] == last[0].shape[2:] \
+                and (a is None or a.shape[1:] == last[1].shape[1:]):
+            out[-1] = (torch.cat([last[0], u], 1), None if a is None else torch.cat([last[1], a], 0))
+        else:
+            out.append((u, a))
+    return out
+
+
+def _exact_part(kept1: Kept, kept2: Kept, mode: str, out_dim: int) -> torch.Tensor | None:
+    """The exact kernel of the parameters kept by the sketch, in float64 and the public shape
+    of ``mode``: ``sum <u1, u2>`` over a vector's per-example gradients ``u``, and ``sum_{p,q}
+    (g1[p] . g2[q]) (a1[p] . a2[q])`` over a weight's cotangents ``g`` and inputs ``a``."""
+    if not kept1:
+        return None
+    ax1, ax2 = _EXAMPLE_AXES[mode]
+    total = None
+    for name, blocks in kept1.items():
+        rows = []
+        for u1, a1 in _runs(blocks):
+            row = []
+            for u2, a2 in _runs(kept2[name]):
+                if a1 is None:
+                    row.append(gram(u1.double(), u2.double(), mode))
+                else:
+                    row.append(_pair_part(u1.double(), a1.double(), u2.double(), a2.double(), mode))
+            rows.append(torch.cat(row, ax2))
+        part = torch.cat(rows, ax1)
+        total = part if total is None else total.add_(part)
+    return finalize(total, mode, out_dim)
+
+
 def sketched_ntk(
     model: nn.Module | Callable,
     x1: torch.Tensor,
@@ -334,8 +381,20 @@ def sketched_ntk(
     progress: bool | None = None,
     accumulate_dtype: torch.dtype | None = None,
     implementation: str = "auto",
+    exact_parts: bool = True,
 ) -> SketchedKernel:
     """The empirical NTK estimated from :func:`gradient_features` of size ``k``, with its error.
+
+    With ``exact_parts`` (the default; structured implementation only) the parameters whose
+    exact products cost less than their projections are not projected but contracted exactly:
+    the weights of rank-one per-example gradients (a Linear map at one position with a
+    cotangent, such as an MLP's layers or a causal model's layers after its last attention),
+    then biases and norms' scales and shifts, while their factors take at most the ``O k``
+    numbers per example of the features (:func:`._layer_sketch.exact_names`; the choice depends
+    on the layers' sizes, not on ``N``). The estimate stays unbiased, its variance is that of
+    the projected parameters alone, and ``error`` estimates the whole error. A model whose
+    parameters all qualify (a small MLP) gets its exact kernel and ``error == 0``.
+    ``exact_parts=False`` projects every parameter, as :func:`gradient_features` does.
 
     ``empirical_ntk(model, x1, x2, sketch=k, seed=seed, mode=mode)`` returns its ``kernel``. The
     products are summed in float64 and returned in the features' dtype (the model's parameters')
@@ -343,24 +402,33 @@ def sketched_ntk(
     Cost: the features of every example (:func:`gradient_features`: the factors of the
     structured implementation and their projections, or one Jacobian per example) and
     ``N1 N2 O^2 k`` (full) or ``N1 N2 O k`` flops for the products, instead of ``P`` in place of
-    ``k``; memory ``(N1 + N2) O k`` for the features. ``implementation`` as in
-    :func:`gradient_features`.
+    ``k``, plus at most as much for the exact parts; memory ``(N1 + N2) O k`` for the features
+    (at most twice that with the exact parts). ``implementation`` as in :func:`gradient_features`.
 
     Example:
         >>> net = torch.nn.Sequential(torch.nn.Linear(3, 64), torch.nn.Tanh(), torch.nn.Linear(64, 1))
-        >>> est = sketched_ntk(net, torch.randn(6, 3), k=512, mode="mean")
+        >>> x = torch.randn(6, 3)
+        >>> est = sketched_ntk(net, x, k=512, mode="mean", exact_parts=False)
         >>> est.kernel.shape, 0 < est.error < 1
         (torch.Size([6, 6]), True)
+        >>> sketched_ntk(net, x, k=512, mode="mean").error  # every layer is cheaper exact here
+        0.0
     """
     mode = check_choice("mode", mode.lower() if isinstance(mode, str) else mode, MODES)
     xs = [x1] if x2 is None else [x1, x2]
-    feats = _features(model, xs, k, seed, params, output, memory, block_size, progress, implementation)
-    f1, f2 = feats[0], feats[-1]
+    if not isinstance(exact_parts, bool):
+        raise InvalidArgumentError(f"`exact_parts` must be True or False, got {exact_parts!r}")
+    feats = _features(model, xs, k, seed, params, output, memory, block_size, progress, implementation,
+                      exact_parts)
+    (f1, kept1), (f2, kept2) = feats[0], feats[-1]
     half = k // 2
     # the halves are scaled by 1/sqrt(2) inside phi: each half's own estimate is 2 <phi_h, phi_h'>
     k1 = 2 * _contract(f1[..., :half], f2[..., :half], mode)
     k2 = 2 * _contract(f1[..., half:], f2[..., half:], mode)
     kernel = (k1 + k2) / 2
+    exact = _exact_part(kept1, kept2, mode, f1.shape[1])
+    if exact is not None:  # k1 - k2 stays the error of the projected part
+        kernel = kernel + exact
     if x2 is None:
         kernel = (kernel + kernel.transpose(0, 1) if mode != "full" else kernel + kernel.permute(1, 0, 3, 2)) / 2
     norm = float(torch.linalg.vector_norm(kernel))
