@@ -268,8 +268,6 @@ class KronSketch:
 
 
 def exact_names(backend: StructuredBackend, shapes: dict[str, tuple[int, int, int]], budget: int) -> frozenset[str]:
-    # ``shapes``: the projected weights (:class:`KronSketch`); a tied or embedding weight is
-    # a group of uses (never rank one), a grouped convolution's weight a vector
     """The parameters whose products are cheaper exact than projected, at most ``budget``
     numbers per example in all (the ``O k`` numbers of the features: the exact products then
     cost at most as much as the features' products, and their factors take at most as much
@@ -277,7 +275,9 @@ def exact_names(backend: StructuredBackend, shapes: dict[str, tuple[int, int, in
     numbers, projected with the variance factor 3 at ``2 k (O C + K)`` flops per example), then
     the explicit vectors (biases, norms' scales and shifts, grouped convolutions' weights: ``O F``).
     The choice depends on the layers' sizes only (never on the number of examples), so the
-    tiles of a kernel and the whole kernel choose alike."""
+    tiles of a kernel and the whole kernel choose alike. ``shapes`` holds the covered weights
+    (:class:`KronSketch`); a tied or embedding weight is a group of uses (never rank one), a
+    grouped convolution's weight a vector."""
     o = backend.out_dim
     rank_one, vectors = [], []
     for lay in backend.layers:
