@@ -58,7 +58,7 @@ from ._guards import check_finite_model, check_per_example
 from ._layer_sketch import KronSketch
 from ._modes import MODES, finalize, gram
 from .jacobian import jacobians
-from .structured import StructuredBackend, _pair_part
+from .structured import StructuredBackend, pair_part
 
 __all__ = ["gradient_features", "sketched_ntk", "SketchedKernel"]
 
@@ -359,7 +359,7 @@ def _exact_part(kept1: Kept, kept2: Kept, mode: str, out_dim: int) -> torch.Tens
                 if a1 is None:
                     row.append(gram(u1.double(), u2.double(), mode))
                 else:
-                    row.append(_pair_part(u1.double(), a1.double(), u2.double(), a2.double(), mode))
+                    row.append(pair_part(u1.double(), a1.double(), u2.double(), a2.double(), mode))
             rows.append(torch.cat(row, ax2))
         part = torch.cat(rows, ax1)
         total = part if total is None else total.add_(part)

@@ -386,13 +386,13 @@ class StructuredBackend:
                 acc.add(lay.weight, acc.gram(acc.cast(a.u), acc.cast(b.u), mode), ws2)
             elif lay.groups > 1:
                 part = sum(
-                    _pair_part(acc.cast(a.u[:, :, :, h]), acc.cast(a.v[:, :, h]),
+                    pair_part(acc.cast(a.u[:, :, :, h]), acc.cast(a.v[:, :, h]),
                                acc.cast(b.u[:, :, :, h]), acc.cast(b.v[:, :, h]), mode)
                     for h in range(lay.groups)
                 )
                 acc.add(lay.weight, part, ws2)
             else:
-                acc.add(lay.weight, _pair_part(acc.cast(a.u), acc.cast(a.v), acc.cast(b.u), acc.cast(b.v), mode), ws2)
+                acc.add(lay.weight, pair_part(acc.cast(a.u), acc.cast(a.v), acc.cast(b.u), acc.cast(b.v), mode), ws2)
         if self.groups:
             uses1 = {f.lay.name: f.use for f in feats1 if f.use is not None}
             uses2 = {f.lay.name: f.use for f in feats2 if f.use is not None}
@@ -421,7 +421,7 @@ def _weight_grads(G: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
     return JW.view(o, n, -1)
 
 
-def _pair_part(g1, a1, g2, a2, mode: str) -> torch.Tensor:
+def pair_part(g1, a1, g2, a2, mode: str) -> torch.Tensor:
     """``sum_{p,q} (g1[a,i,p] . g2[b,j,q]) (a1[i,p] . a2[j,q])`` in the internal layout (the two
     blocks may keep different numbers of active positions ``p1``, ``p2``)."""
     o, n1, p1, c = g1.shape
