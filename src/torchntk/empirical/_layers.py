@@ -189,11 +189,17 @@ class Capture:
     With ``copy=True`` the layer's output is passed on as a copy (and its input recorded as
     one), so a forward that updates them in place (``F.relu(y, inplace=True)``, ``y[:, 0] = 0``)
     leaves the recorded tensors and the cotangent ``d f / d y`` of the layer's own output intact.
+
+    With ``cut`` (a layer's name) that layer runs on a detached copy of its input that requires
+    grad (:attr:`cut_input` holds the original input, in the graph, and the weight the call
+    used): the graph ends at the copy, so a backward pass from the output stops there, and the
+    cotangent of the input can be formed by the caller (:mod:`.structured`, the sparse head).
     """
 
     def __init__(self, layers: list[LayerInfo], track: dict[int, set[str]] | None = None, copy: bool = False,
-                 batch: int = 0, expand: bool = True) -> None:
-        self.layers, self.copy = layers, copy
+                 batch: int = 0, expand: bool = True, cut: str | None = None) -> None:
+        self.layers, self.copy, self.cut = layers, copy, cut
+        self.cut_input: tuple[torch.Tensor, torch.Tensor] | None = None  # (input, weight) of ``cut``
         self.batch, self.expand = batch, expand  # see _post: batch-1 embedding lookups
         self.expanded: set[str] = set()
         self.calls: dict[str, list[Record]] = {lay.name: [] for lay in layers}
@@ -219,6 +225,11 @@ class Capture:
     def _pre(self, name: str):
         def hook(module, inputs):
             self.stack.append(name)
+            if name == self.cut and inputs and isinstance(inputs[0], torch.Tensor):
+                h = inputs[0]
+                self.cut_input = (h, module.weight.detach())
+                return (h.detach().requires_grad_(h.requires_grad), *inputs[1:])
+            return None
 
         return hook
 
@@ -266,6 +277,12 @@ def patches(lay: LayerInfo, a: torch.Tensor) -> torch.Tensor:
     k, s, d = m.kernel_size[0], m.stride[0], dil[0]
     u = a.unfold(2, (k - 1) * d + 1, s)[..., ::d]  # (N, C_in, L_out, k)
     return u.permute(0, 2, 1, 3).reshape(n, u.shape[2], -1)
+
+
+def weight_matrix(lay: LayerInfo, w: torch.Tensor) -> torch.Tensor:
+    """The weight ``w`` of a Linear layer as the ``(C, K)`` matrix of ``y = ws * a W^T + bs * b``
+    (``transformers``' ``Conv1D`` holds ``W^T``, ``(K, C)``)."""
+    return w.T if _is_transposed_linear(lay.module) else w
 
 
 def cotangent_layout(lay: LayerInfo, g: torch.Tensor) -> torch.Tensor:

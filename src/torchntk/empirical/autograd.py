@@ -29,9 +29,11 @@ from .jacobian import contract_jacobians
 
 
 def batched_grads(
-    out: torch.Tensor, inputs: Sequence[torch.Tensor], cotangents: torch.Tensor, state: dict | None = None
+    out: torch.Tensor | Sequence[torch.Tensor], inputs: Sequence[torch.Tensor],
+    cotangents: torch.Tensor | Sequence[torch.Tensor], state: dict | None = None
 ) -> list[torch.Tensor | None]:
-    """``[d <cotangents[k], out> / d inputs]`` for every ``k``: tensors ``(K, *input.shape)``.
+    """``[d <cotangents[k], out> / d inputs]`` for every ``k``: tensors ``(K, *input.shape)``;
+    ``out`` and ``cotangents`` may be sequences of the same length (the sum of their products).
 
     One batched backward pass (``is_grads_batched=True``); if the graph holds an operation
     without a batching rule, one backward pass per cotangent. ``state`` (a dict kept by the
@@ -48,9 +50,12 @@ def batched_grads(
                 raise
             if state is not None:
                 state["batched"] = False
+    many = not isinstance(cotangents, torch.Tensor)
+    count = cotangents[0].shape[0] if many else cotangents.shape[0]
     per = [
-        torch.autograd.grad(out, inputs, cotangents[k], retain_graph=True, allow_unused=True)
-        for k in range(cotangents.shape[0])
+        torch.autograd.grad(out, inputs, [c[k] for c in cotangents] if many else cotangents[k],
+                            retain_graph=True, allow_unused=True)
+        for k in range(count)
     ]
     return [None if per[0][m] is None else torch.stack([g[m] for g in per]) for m in range(len(inputs))]
 

@@ -25,7 +25,11 @@ forms the per-group ``g^T A`` blocks; ``"pair"`` sums the per-group patch-pair c
 Dilation and padding only change which input numbers form a patch (:func:`._layers.patches`).
 
 The cotangents of all ``O`` outputs come from one batched backward pass
-(``torch.autograd.grad(..., is_grads_batched=True)``) after one forward pass with hooks. In the
+(``torch.autograd.grad(..., is_grads_batched=True)``) after one forward pass with hooks. A
+language model's head, whose selected label-word logits use a few of its ``V`` outputs, would
+spend most of that pass in a dense ``(O N P, V) @ (V, d)`` product: the graph is cut at the head's
+input (:func:`sparse_head`), its cotangent formed from the used columns only
+(:func:`input_cotangent`), and a second pass starts from the output and the head's input. In the
 ``"diagonal"`` and ``"mean"`` modes only the output pairs ``a == b`` are formed (``O`` times
 fewer flops). Embeddings (also tied to an output head) and LayerNorm/RMSNorm affine maps
 have the rules of :mod:`._tokens` (method ``"use"`` and ``"norm"``), and positions without
@@ -43,7 +47,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from ._functional import Functional
-from ._layers import Capture, LayerInfo, cotangent_layout, find_layers, patches
+from ._layers import Capture, LayerInfo, cotangent_layout, find_layers, patches, weight_matrix
 from ._modes import Accumulator, pair_view
 from ._tokens import (
     UseFeat,
@@ -70,6 +74,7 @@ class LayerShape:
     G: int = 1
     kind: str = "linear"  # "linear", "embedding", "norm" or "tied" (a Linear use of a tied weight)
     Pa: int = -1  # positions with a cotangent in the probe (-1: all P)
+    Ca: int = -1  # output features with a cotangent in the probe (-1: all C, or not probed)
 
     @property
     def active(self) -> int:
@@ -154,8 +159,14 @@ def probe_layers(
         p, k = _positions(lay, rec)
         c = rec.y.shape[1] if lay.conv_dims else rec.y.shape[-1]
         kind = "tied" if lay.tied and lay.kind == "linear" else lay.kind
-        pa = -1 if g is False else (0 if g is None else len(_active(cotangent_layout(lay, g.detach()), p)))
-        shapes[lay.name] = LayerShape(P=p, K=k, C=c, G=lay.groups, kind=kind, Pa=pa)
+        pa = ca = -1
+        if g is None:
+            pa = 0
+        elif g is not False:
+            G = cotangent_layout(lay, g.detach())
+            pa = len(_active(G, p))
+            ca = int(G.any(2).any(1).any(0).sum()) if lay.kind == "linear" and not lay.conv_dims else -1
+        shapes[lay.name] = LayerShape(P=p, K=k, C=c, G=lay.groups, kind=kind, Pa=pa, Ca=ca)
     covered = {n for lay in kept for n in (lay.weight, lay.bias) if n is not None}
     return kept, shapes, [n for n in fm.params if n not in covered], cap.tracker.functions
 
@@ -235,11 +246,66 @@ class _LayerFeat:
         return _LayerFeat(self.lay, self.method, cut(self.u, 1), cut(self.v, v_axis), cut(self.gs, 1))
 
 
-def _cotangents(out: torch.Tensor, ys: list[torch.Tensor], state: dict) -> list[torch.Tensor | None]:
-    """``d out[:, a] / d y`` for every output ``a``: tensors ``(O, *y.shape)``."""
+#: The least number of products per example and position that the sparse head must save
+#: (unused output features times inputs) to be worth a second backward pass.
+SPARSE_HEAD_MIN = 1 << 16
+
+
+def sparse_head(layers: list[LayerInfo], shapes: dict[str, LayerShape]) -> LayerInfo | None:
+    """The Linear layer (on ``(N, ..., K)`` inputs, one group) whose input cotangent is best
+    formed from its output features with a cotangent only: a language model's head, whose
+    selected label-word logits use ``Ca`` of its ``C`` (the vocabulary) outputs. The one with the
+    most products saved, ``(C - Ca) K``, at least :data:`SPARSE_HEAD_MIN`; None if none."""
+    best, most = None, SPARSE_HEAD_MIN - 1
+    for lay in layers:
+        sh = shapes.get(lay.name)
+        if sh is None or lay.kind != "linear" or lay.conv_dims or lay.groups > 1 or not 0 <= sh.Ca < sh.C:
+            continue
+        saved = (sh.C - sh.Ca) * sh.K
+        if saved > most:
+            best, most = lay, saved
+    return best
+
+
+def input_cotangent(lay: LayerInfo, g: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``d f / d a = ws * g W`` of a Linear layer ``y = ws * a W^T + bs * b`` (``W (C, K)``, see
+    :func:`._layers.weight_matrix`) from the cotangents ``g (O, N, ..., C)`` of its output, as
+    ``(O, N, P, K)``: only the output features and positions with a cotangent (for some output
+    and example) enter the product, the others add exact zeros (NaN counts as a cotangent)."""
+    G = cotangent_layout(lay, g)  # (O, N, P, C)
+    W = weight_matrix(lay, w)
+    cols = torch.nonzero(G.any(2).any(1).any(0)).flatten()
+    keep = active_positions(G)
+    part = (G if keep is None else G[:, :, keep])[..., cols] @ W[cols]
+    if lay.ws != 1.0:
+        part = part * lay.ws
+    if keep is None:
+        return part
+    full = part.new_zeros(*G.shape[:3], W.shape[1])
+    full[:, :, keep] = part
+    return full
+
+
+def _cotangents(out: torch.Tensor, ys: list[torch.Tensor], state: dict, cut: tuple | None = None) -> list[torch.Tensor | None]:
+    """``d out[:, a] / d y`` for every output ``a``: tensors ``(O, *y.shape)``.
+
+    With ``cut = (k, lay, (h, w))`` the graph of ``out`` ends at a copy of the input ``h`` of
+    layer ``ys[k]`` (:class:`._layers.Capture`): one backward pass gives the cotangents of
+    ``ys[k]``, :func:`input_cotangent` that of ``h``, and a second pass from ``out`` and ``h``
+    together (the chain rule: every path from a layer to ``out`` either crosses the cut, and
+    then reaches it through ``h``, or not) those of the other layers."""
     n, o = out.shape
-    eye = torch.eye(o, dtype=out.dtype, device=out.device)
-    return batched_grads(out, ys, eye[:, None, :].expand(o, n, o), state)
+    eye = torch.eye(o, dtype=out.dtype, device=out.device)[:, None, :].expand(o, n, o)
+    if cut is None:
+        return batched_grads(out, ys, eye, state)
+    k, lay, (h, w) = cut
+    gy = batched_grads(out, [ys[k]], eye, state)[0]
+    outs, cots = [out], [eye]
+    if gy is not None and h.requires_grad:
+        outs.append(h)
+        cots.append(input_cotangent(lay, gy.detach(), w).reshape(o, *h.shape))
+    rest = batched_grads(outs, ys[:k] + ys[k + 1:], cots, state) if len(ys) > 1 else []
+    return rest[:k] + [gy] + rest[k:]
 
 
 class StructuredBackend:
@@ -256,6 +322,7 @@ class StructuredBackend:
         self.loop = loop  # uncovered parameters by the autograd loop instead of vmap
         self.state: dict = {}
         self.copy = False  # layer outputs passed on as copies (the forward updates them in place)
+        self.head = sparse_head(layers, self.shapes)  # its input cotangent formed sparsely
         if loop:
             self.name = "structured+autograd"
 
@@ -278,7 +345,8 @@ class StructuredBackend:
                 if n is not None:
                     params[n] = params[n].detach().requires_grad_(True)
         n = x.shape[0]
-        with torch.enable_grad(), Capture(self.layers, copy=self.copy, batch=n) as cap:
+        head = None if self.head is None else self.head.name
+        with torch.enable_grad(), Capture(self.layers, copy=self.copy, batch=n, cut=head) as cap:
             out = fm(params, x)
             for lay in self.layers:
                 calls = cap.calls[lay.name]
@@ -291,7 +359,10 @@ class StructuredBackend:
                     )
             recs = [cap.calls[lay.name][0] for lay in self.layers]
             retry = not self.copy and any(r.overwritten() for r in recs)
-            gs = None if retry else _cotangents(out, [r.y for r in recs], self.state)
+            cut = None
+            if cap.cut_input is not None:
+                cut = (self.layers.index(self.head), self.head, cap.cut_input)
+            gs = None if retry else _cotangents(out, [r.y for r in recs], self.state, cut)
         del out, params
         if retry:
             self.copy = True
