@@ -34,9 +34,12 @@ model). torchntk shares plans by model structure and input shape, so in each wor
 run first, pays the planning probe and the contenders after it (and the "mean" rows after the
 "full" ones) reuse the plan, as a user's second model of the same architecture would. The
 torch.func recipes run after all torchntk and peer timings (see :func:`bench_recipes`), and
-their rows are printed then. "peak" is the largest rise of the process's resident memory
-over its level before the call, sampled every millisecond; "ran" names the implementation
-that "auto" chose.
+their rows are printed then. Every process runs under glibc's default allocator (what a
+user's program gets; no ``MALLOC_*`` tuning), and no memory sampler runs during the timed
+calls. "peak" is measured on one more call after ``malloc_trim(0)`` (the heap's free pages
+given back, so memory freed by an earlier call does not hide this one's): the largest rise of
+the process's resident memory over its level before the call, sampled every millisecond;
+"ran" names the implementation that "auto" chose.
 
     .peer-venv/bin/python benchmarks/empirical.py            # everything (about 3 minutes)
     .peer-venv/bin/python benchmarks/empirical.py --only cnn peer   # some parts
@@ -48,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import ctypes
 import logging
 import os
 import resource
@@ -98,26 +102,44 @@ class PeakRSS:
         return self.peak - self.base
 
 
-def measure(fn, repeats: int):
-    """(median seconds, peak rise in bytes, last result, first-call seconds) after one warm-up
-    call (the first call, timed on its own).
+def _trim() -> None:
+    """Give the heap's free pages back to the system (glibc's ``malloc_trim(0)``), so that the
+    resident memory before a call holds only what is live, and the call's own rise shows."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # another C library: the peak column may read low
+        pass
 
-    A contender whose warm-up call takes over 3 s is reported from that call alone (its time is
-    dominated by compute, not by first-call overheads)."""
-    with PeakRSS() as mem:
+
+def measure(fn, repeats: int):
+    """(median seconds, peak rise in bytes, last result, first-call seconds): one first call
+    (timed on its own), ``repeats`` warm calls (their median time), then one more call after
+    :func:`_trim` for the peak column (the largest rise of the resident memory over its level
+    before the call). Every call runs under glibc's default allocator, as a user's program
+    does, and the timed calls without a memory sampler; the first call finds the heap as the
+    calls before it left it (trimmed, it would also pay for faulting in every page of its
+    working set, which is the allocator's first touch, not the library's first call).
+
+    A contender whose first call takes over 3 s is reported from that call alone (its time is
+    dominated by compute, not by first-call overheads; its peak is that call's, measured after
+    a trim)."""
+    t = time.perf_counter()
+    out = fn()
+    first = time.perf_counter() - t
+    if first > 3.0:
+        _trim()
+        with PeakRSS() as mem:
+            out = fn()
+        return first, mem.rise, out, first
+    times = []
+    for _ in range(repeats):
         t = time.perf_counter()
         out = fn()
-        first = time.perf_counter() - t
-    if first > 3.0:
-        return first, mem.rise, out, first
-    times, peak = [], 0
-    for _ in range(repeats):
-        with PeakRSS() as mem:
-            t = time.perf_counter()
-            out = fn()
-            times.append(time.perf_counter() - t)
-        peak = max(peak, mem.rise)
-    return statistics.median(times), peak, out, first
+        times.append(time.perf_counter() - t)
+    _trim()
+    with PeakRSS() as mem:
+        out = fn()
+    return statistics.median(times), mem.rise, out, first
 
 
 # -- the torch.func tutorial recipe ------------------------------------------------------------
@@ -349,7 +371,7 @@ def bench_peer_processes(threads: int, reps: int) -> None:
 def _child_env(threads: int) -> dict:
     """The environment of a contender's process: ``threads`` for torch (OpenMP) and for XLA's
     multi-threaded Eigen (left on, as is the peer's default)."""
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
+    env = dict(os.environ)
     if threads > 0:
         env["OMP_NUM_THREADS"] = str(threads)
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=true "
@@ -495,16 +517,9 @@ def main() -> None:
                     help="run only these parts (default: all but peer-inprocess); 'peer' is the MLP "
                          "and CNN rows against neural-tangents, each contender in its own process; "
                          "'peer-inprocess' the same in this process")
-    ap.add_argument("--default-malloc", action="store_true",
-                    help="keep glibc's default allocator thresholds (the times a user sees; the "
-                         "peak column then misses memory reused from earlier calls)")
     ap.add_argument("--scale-check", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)  # contender model n repeats out.npz
     args = ap.parse_args()
-    if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None and not args.default_malloc:
-        # Make glibc serve every large block by mmap and give it back on free, so that the
-        # resident-memory rise of one call is not hidden by memory freed by an earlier one.
-        os.execve(sys.executable, [sys.executable, *sys.argv], _child_env(args.threads))
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     logging.getLogger("torchntk.empirical").addHandler(CHOSEN)
