@@ -169,3 +169,26 @@ def test_the_sketched_kernel_checks_the_model_too():
         model.a.bias[0] = float("inf")
     with pytest.raises(NonFiniteError, match="'a.bias'"):
         empirical_ntk(model, X, sketch=8)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_kernel_check_passes_finite_entries_whose_sum_overflows_and_names_one_bad_entry(dtype):
+    """The check sums the kernel first (an inf or NaN entry makes the sum inf or NaN); a sum
+    that overflows on finite entries must not be taken for a bad entry."""
+    from torchntk.empirical._functional import make_functional
+    from torchntk.empirical._guards import check_kernel_finite
+
+    net = _net(torch.tanh).to(dtype)
+    fm, x = make_functional(net), X[:3].to(dtype)
+    big = torch.full((3, 3, 2, 2), torch.finfo(dtype).max / 2, dtype=dtype)
+    assert not torch.isfinite(big.sum())
+    check_kernel_finite(big, fm, x, None)  # finite entries: no error
+    check_kernel_finite({"a.weight": big, "b.weight": -big}, fm, x, None)
+    for value in (float("inf"), float("nan")):
+        bad = big.clone()
+        bad[1, 2, 0, 1] = value
+        # every output is finite: the rows and columns holding the entry are named
+        with pytest.raises(NonFiniteError, match=r"examples \[1\] of `x1`"):
+            check_kernel_finite(bad, fm, x, None)
+        with pytest.raises(NonFiniteError, match=r"examples \[1\] of `x1` and \[2\] of `x2`"):
+            check_kernel_finite(bad / 4, fm, x, x)
