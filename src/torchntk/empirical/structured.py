@@ -28,8 +28,8 @@ The cotangents of all ``O`` outputs come from one batched backward pass
 (``torch.autograd.grad(..., is_grads_batched=True)``) after one forward pass with hooks. A
 language model's head, whose selected label-word logits use a few of its ``V`` outputs, would
 spend most of that pass in a dense ``(O N P, V) @ (V, d)`` product: the graph is cut at the head's
-input (:func:`sparse_head`), its cotangent formed from the used columns only
-(:func:`input_cotangent`), and a second pass starts from the output and the head's input. In the
+input (:func:`._sparse_head.sparse_head`), its cotangent formed from the used columns only
+(:func:`._sparse_head.input_cotangent`), and a second pass starts from the output and the head's input. In the
 ``"diagonal"`` and ``"mean"`` modes only the output pairs ``a == b`` are formed (``O`` times
 fewer flops). Embeddings (also tied to an output head) and LayerNorm/RMSNorm affine maps
 have the rules of :mod:`._tokens` (method ``"use"`` and ``"norm"``), and positions without
@@ -47,8 +47,9 @@ from dataclasses import dataclass, replace
 import torch
 
 from ._functional import Functional
-from ._layers import Capture, LayerInfo, cotangent_layout, find_layers, patches, weight_matrix
+from ._layers import Capture, LayerInfo, cotangent_layout, find_layers, patches
 from ._modes import Accumulator, pair_view
+from ._sparse_head import layer_cotangents, sparse_head
 from ._tokens import (
     UseFeat,
     active_positions,
@@ -59,7 +60,7 @@ from ._tokens import (
     use_pair,
     weight_groups,
 )
-from .autograd import batched_grads, per_example_jacobians
+from .autograd import per_example_jacobians
 from .jacobian import contract_jacobians, jacobians
 
 
@@ -246,68 +247,6 @@ class _LayerFeat:
         return _LayerFeat(self.lay, self.method, cut(self.u, 1), cut(self.v, v_axis), cut(self.gs, 1))
 
 
-#: The least number of products per example and position that the sparse head must save
-#: (unused output features times inputs) to be worth a second backward pass.
-SPARSE_HEAD_MIN = 1 << 16
-
-
-def sparse_head(layers: list[LayerInfo], shapes: dict[str, LayerShape]) -> LayerInfo | None:
-    """The Linear layer (on ``(N, ..., K)`` inputs, one group) whose input cotangent is best
-    formed from its output features with a cotangent only: a language model's head, whose
-    selected label-word logits use ``Ca`` of its ``C`` (the vocabulary) outputs. The one with the
-    most products saved, ``(C - Ca) K``, at least :data:`SPARSE_HEAD_MIN`; None if none."""
-    best, most = None, SPARSE_HEAD_MIN - 1
-    for lay in layers:
-        sh = shapes.get(lay.name)
-        if sh is None or lay.kind != "linear" or lay.conv_dims or lay.groups > 1 or not 0 <= sh.Ca < sh.C:
-            continue
-        saved = (sh.C - sh.Ca) * sh.K
-        if saved > most:
-            best, most = lay, saved
-    return best
-
-
-def input_cotangent(lay: LayerInfo, g: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """``d f / d a = ws * g W`` of a Linear layer ``y = ws * a W^T + bs * b`` (``W (C, K)``, see
-    :func:`._layers.weight_matrix`) from the cotangents ``g (O, N, ..., C)`` of its output, as
-    ``(O, N, P, K)``: only the output features and positions with a cotangent (for some output
-    and example) enter the product, the others add exact zeros (NaN counts as a cotangent)."""
-    G = cotangent_layout(lay, g)  # (O, N, P, C)
-    W = weight_matrix(lay, w)
-    cols = torch.nonzero(G.any(2).any(1).any(0)).flatten()
-    keep = active_positions(G)
-    part = (G if keep is None else G[:, :, keep])[..., cols] @ W[cols]
-    if lay.ws != 1.0:
-        part = part * lay.ws
-    if keep is None:
-        return part
-    full = part.new_zeros(*G.shape[:3], W.shape[1])
-    full[:, :, keep] = part
-    return full
-
-
-def _cotangents(out: torch.Tensor, ys: list[torch.Tensor], state: dict, cut: tuple | None = None) -> list[torch.Tensor | None]:
-    """``d out[:, a] / d y`` for every output ``a``: tensors ``(O, *y.shape)``.
-
-    With ``cut = (k, lay, (h, w))`` the graph of ``out`` ends at a copy of the input ``h`` of
-    layer ``ys[k]`` (:class:`._layers.Capture`): one backward pass gives the cotangents of
-    ``ys[k]``, :func:`input_cotangent` that of ``h``, and a second pass from ``out`` and ``h``
-    together (the chain rule: every path from a layer to ``out`` either crosses the cut, and
-    then reaches it through ``h``, or not) those of the other layers."""
-    n, o = out.shape
-    eye = torch.eye(o, dtype=out.dtype, device=out.device)[:, None, :].expand(o, n, o)
-    if cut is None:
-        return batched_grads(out, ys, eye, state)
-    k, lay, (h, w) = cut
-    gy = batched_grads(out, [ys[k]], eye, state)[0]
-    outs, cots = [out], [eye]
-    if gy is not None and h.requires_grad:
-        outs.append(h)
-        cots.append(input_cotangent(lay, gy.detach(), w).reshape(o, *h.shape))
-    rest = batched_grads(outs, ys[:k] + ys[k + 1:], cots, state) if len(ys) > 1 else []
-    return rest[:k] + [gy] + rest[k:]
-
-
 class StructuredBackend:
     """Blocked-kernel backend: features are per-layer cotangents and input patches."""
 
@@ -362,7 +301,7 @@ class StructuredBackend:
             cut = None
             if cap.cut_input is not None:
                 cut = (self.layers.index(self.head), self.head, cap.cut_input)
-            gs = None if retry else _cotangents(out, [r.y for r in recs], self.state, cut)
+            gs = None if retry else layer_cotangents(out, [r.y for r in recs], self.state, cut)
         del out, params
         if retry:
             self.copy = True
