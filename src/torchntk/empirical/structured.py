@@ -27,11 +27,11 @@ Dilation and padding only change which input numbers form a patch (:func:`._laye
 The cotangents of all ``O`` outputs come from one batched backward pass
 (``torch.autograd.grad(..., is_grads_batched=True)``) after one forward pass with hooks. A
 language model's head, whose selected label-word logits use a few of its ``V`` outputs, would
-spend most of that pass in a dense ``(O N P, V) @ (V, d)`` product: the graph is cut at the head's
-input (:func:`._sparse_head.sparse_head`), its cotangent formed from the used columns only
-(:func:`._sparse_head.input_cotangent`), and a second pass starts from the output and the head's input. In the
-``"diagonal"`` and ``"mean"`` modes only the output pairs ``a == b`` are formed (``O`` times
-fewer flops). Embeddings (also tied to an output head) and LayerNorm/RMSNorm affine maps
+spend most of that pass in a dense ``(O N P, V) @ (V, d)`` product: the graph is cut at the
+head's input (:func:`._sparse_head.sparse_head`), its cotangent formed from the used columns
+only (:func:`._sparse_head.input_cotangent`), and a second pass starts from the output and the
+head's input. In the ``"diagonal"`` and ``"mean"`` modes only the output pairs ``a == b``
+are formed (``O`` times fewer flops). Embeddings (also tied to an output head) and LayerNorm/RMSNorm affine maps
 have the rules of :mod:`._tokens` (method ``"use"`` and ``"norm"``), and positions without
 cotangent are dropped from a block's features. Parameters outside covered layers (custom
 modules, attention parameters outside Linear maps, weights tied between other layers) are
