@@ -15,6 +15,7 @@ Frobenius error, beside the sketch's own estimate of its error).
     .venv/bin/python benchmarks/language_models.py            # both rows (about 15 min on 2 cores)
     .venv/bin/python benchmarks/language_models.py --only 22M --check
     .venv/bin/python benchmarks/language_models.py --sketch 4096 --check
+    .venv/bin/python benchmarks/language_models.py --only 124M --dense-head   # without the sparse head
 
 Needs ``transformers`` (skipped without it).
 """
@@ -93,8 +94,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--check", action="store_true", help="compare the first 2x2 block with 'jacobian'")
     ap.add_argument("--sketch", type=int, default=None, metavar="K", help="the sketched kernel of size K instead")
+    ap.add_argument("--dense-head", action="store_true",
+                    help="form the head's input cotangent densely, as autograd does (no sparse head): "
+                         "the ablation of empirical/_sparse_head.py")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.dense_head:
+        from torchntk.empirical import _sparse_head
+
+        _sparse_head.SPARSE_HEAD_MIN = 1 << 62  # no layer saves that much
     try:
         import transformers  # noqa: F401
     except ImportError:
@@ -107,6 +115,7 @@ def main() -> None:
     for name in args.only:
         cmd = [sys.executable, os.path.abspath(__file__), "--child", name, "--threads", str(args.threads)]
         cmd += (["--check"] if args.check else []) + ([] if args.sketch is None else ["--sketch", str(args.sketch)])
+        cmd += ["--dense-head"] if args.dense_head else []
         res = subprocess.run(cmd, env=env, capture_output=True, text=True)
         line = next((ln for ln in res.stdout.splitlines() if ln.startswith("{")), None)
         if line is None:
