@@ -138,3 +138,22 @@ def test_batched_grads_of_several_outputs_match_the_loop_over_cotangents():
                        for k in range(4)])
     assert_close(batched, ref, rtol=1e-13)
     assert_close(looped, ref, rtol=1e-13)
+
+
+def test_the_sparse_head_in_blocks_per_layer_and_in_the_sketch(monkeypatch):
+    """Blocks of two examples, the per-parameter parts and the sketch's features are unchanged
+    by the cut (each block cuts its own forward pass; the features are the same projection of
+    the same cotangents, to rounding)."""
+    from torchntk.empirical import gradient_features
+
+    model = _model()
+    x = _ids(5, 3)
+    plain = gradient_features(model, x, 64, seed=1)
+    calls = _force_sparse_head(monkeypatch)
+    assert_close(empirical_ntk(model, x, mode="mean", implementation="structured", block_size=2),
+                 brute_ntk(model, x, mode="mean"), rtol=1e-10)
+    parts = empirical_ntk(model, x, mode="mean", implementation="structured", per_layer=True)
+    for names in (["tok.weight"], ["qkv.weight", "qkv.bias"], ["lnf.weight"]):
+        assert_close(sum(parts[n] for n in names), brute_ntk(model, x, mode="mean", names=names), rtol=1e-10)
+    assert_close(gradient_features(model, x, 64, seed=1), plain, rtol=1e-12)
+    assert calls.count("head") >= 5  # 3 blocks, the per-layer call and the features
