@@ -193,7 +193,7 @@ class Capture:
     With ``cut`` (a layer's name) that layer runs on a detached copy of its input that requires
     grad (:attr:`cut_input` holds the original input, in the graph, and the weight the call
     used): the graph ends at the copy, so a backward pass from the output stops there, and the
-    cotangent of the input can be formed by the caller (:mod:`.structured`, the sparse head).
+    cotangent of the input can be formed by the caller (:mod:`._sparse_head`).
     """
 
     def __init__(self, layers: list[LayerInfo], track: dict[int, set[str]] | None = None, copy: bool = False,
