@@ -111,35 +111,43 @@ def _trim() -> None:
         pass
 
 
-def measure(fn, repeats: int):
-    """(median seconds, peak rise in bytes, last result, first-call seconds): one first call
-    (timed on its own), ``repeats`` warm calls (their median time), then one more call after
-    :func:`_trim` for the peak column (the largest rise of the resident memory over its level
-    before the call). Every call runs under glibc's default allocator, as a user's program
-    does, and the timed calls without a memory sampler; the first call finds the heap as the
-    calls before it left it (trimmed, it would also pay for faulting in every page of its
-    working set, which is the allocator's first touch, not the library's first call).
+def measure_calls(fns: list, repeats: int) -> list[tuple]:
+    """Per contender of ``fns``: (median seconds, peak rise in bytes, last result, first-call
+    seconds). One first call of each (timed on its own), ``repeats`` rounds of warm calls with
+    the contenders alternated (``a, b, a, b, ...``: a drift of the machine's speed moves every
+    median alike), then one more call of each after :func:`_trim` for the peak column (the
+    largest rise of the resident memory over its level before the call). Every call runs under
+    glibc's default allocator, as a user's program does, and the timed calls without a memory
+    sampler; a first call finds the heap as the calls before it left it (trimmed, it would also
+    pay for faulting in every page of its working set, which is the allocator's first touch,
+    not the library's first call).
 
-    A contender whose first call takes over 3 s is reported from that call alone (its time is
-    dominated by compute, not by first-call overheads; its peak is that call's, measured after
-    a trim)."""
-    t = time.perf_counter()
-    out = fn()
-    first = time.perf_counter() - t
-    if first > 3.0:
+    When a first call takes over 3 s the contenders are reported from their first calls alone
+    (the time is dominated by compute, not by first-call overheads)."""
+    firsts, outs = [], []
+    for fn in fns:
+        t = time.perf_counter()
+        outs.append(fn())
+        firsts.append(time.perf_counter() - t)
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats if max(firsts) <= 3.0 else 0):
+        for i, fn in enumerate(fns):
+            t = time.perf_counter()
+            outs[i] = fn()
+            times[i].append(time.perf_counter() - t)
+    peaks = []
+    for fn in fns:
         _trim()
         with PeakRSS() as mem:
-            out = fn()
-        return first, mem.rise, out, first
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    _trim()
-    with PeakRSS() as mem:
-        out = fn()
-    return statistics.median(times), mem.rise, out, first
+            fn()
+        peaks.append(mem.rise)
+    return [(statistics.median(ts) if ts else first, peak, out, first)
+            for ts, peak, out, first in zip(times, peaks, outs, firsts)]
+
+
+def measure(fn, repeats: int):
+    """:func:`measure_calls` of one contender."""
+    return measure_calls([fn], repeats)[0]
 
 
 # -- the torch.func tutorial recipe ------------------------------------------------------------
@@ -461,34 +469,9 @@ def bench_recipes(recipe_repeats: int) -> None:
     PENDING.clear()
 
 
-def measure_pair(fa, fb, repeats: int):
-    """:func:`measure` of two contenders with their warm calls alternated (``a, b, a, b, ...``),
-    so that a drift of the machine's speed during the run moves both medians alike: per
-    contender (median seconds, peak rise, last result, first-call seconds). A contender whose
-    first call takes over 3 s is timed by that call alone, as in :func:`measure`."""
-    firsts, outs = [], []
-    for f in (fa, fb):
-        t = time.perf_counter()
-        outs.append(f())
-        firsts.append(time.perf_counter() - t)
-    times = [[], []]
-    for _ in range(repeats if max(firsts) <= 3.0 else 0):
-        for i, f in enumerate((fa, fb)):
-            t = time.perf_counter()
-            outs[i] = f()
-            times[i].append(time.perf_counter() - t)
-    peaks = []
-    for f in (fa, fb):
-        _trim()
-        with PeakRSS() as mem:
-            f()
-        peaks.append(mem.rise)
-    return [(statistics.median(times[i]) if times[i] else firsts[i], peaks[i], outs[i], firsts[i]) for i in range(2)]
-
-
 def bench_sketch(net: nn.Module, ids: torch.Tensor, k: int, repeats: int) -> None:
     """``sketch=k`` against the exact call (``"auto"``, mode "mean"), each on a fresh copy of
-    ``net``, at N = 32 and 8x that, their calls alternated (:func:`measure_pair`): time (median
+    ``net``, at N = 32 and 8x that, their calls alternated (:func:`measure_calls`): time (median
     after a first call), the ratio, and the relative Frobenius error of three seeds (with the
     sketch's own estimate of it)."""
     for n in (ids.shape[0], 8 * ids.shape[0]):
@@ -496,9 +479,9 @@ def bench_sketch(net: nn.Module, ids: torch.Tensor, k: int, repeats: int) -> Non
                                                          generator=torch.Generator().manual_seed(n))
         work = f"GPT-2 N={n} mean"
         exact_net, sketch_net = copy.deepcopy(net), copy.deepcopy(net)
-        (t_ex, p_ex, exact, f_ex), (t_sk, p_sk, est, f_sk) = measure_pair(
+        (t_ex, p_ex, exact, f_ex), (t_sk, p_sk, est, f_sk) = measure_calls([
             lambda: torchntk.empirical_ntk(exact_net, x, mode="mean"),
-            lambda: torchntk.empirical.sketched_ntk(sketch_net, x, k=k, mode="mean"), repeats)
+            lambda: torchntk.empirical.sketched_ntk(sketch_net, x, k=k, mode="mean")], repeats)
         report(work, "torchntk auto (exact)", t_ex, p_ex, None, first=f_ex)
         errs = [est] + [torchntk.empirical.sketched_ntk(sketch_net, x, k=k, seed=s, mode="mean") for s in (1, 2)]
         fro = [float((e.kernel.double() - exact.double()).norm() / exact.double().norm()) for e in errs]
